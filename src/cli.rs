@@ -1,0 +1,19 @@
+//! Command line: one clap struct per subcommand, each flag with an env fallback where it makes
+//! sense in a container. `run` dispatches; it is the only place that wires the layers together.
+
+use clap::{Parser, Subcommand};
+
+/// ebb: a custom-metrics autoscaler for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "ebb", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {}
+}

@@ -1,0 +1,10 @@
+//! ebb: a Kubernetes autoscaler that reads load signals (Prometheus, RabbitMQ), learns from their
+//! history, and turns them into replica counts, either through the HPA (as an external metrics
+//! API server) or by scaling workloads itself.
+//!
+//! Layers, from the bottom up (nothing below imports from above); see `docs/architecture.md`:
+//! `engine` (pure decisions) <- `backtest`; `source` <- `collect` <- `api`, `controller`;
+//! `cli` wires the parts. `localstack` starts the real services ebb talks to, for the demo and
+//! the tests.
+
+pub mod cli;
