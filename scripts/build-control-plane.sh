@@ -17,7 +17,12 @@ CACHE="${EBB_CACHE:-$HOME/.cache/ebb}"
 BIN="$CACHE/k8s-$K8S_VERSION-kwok-$KWOK_VERSION/bin"
 WANT=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
 
-have_all() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; }
+have_all() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; [ -s "$BIN/kwok-stages.yaml" ]; }
+if have_all; then echo "$BIN"; exit 0; fi
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/build.lock"
+flock 9
 if have_all; then echo "$BIN"; exit 0; fi
 
 command -v go >/dev/null || { echo "error: Go is needed to build the control plane (go >= 1.26)" >&2; exit 1; }
@@ -62,6 +67,14 @@ go build -mod=mod -trimpath -ldflags "$ldflags" -o "$BIN/" "${pkgs[@]}"
 
 log "go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+
+# kwok acts only through Stage objects; the ones it publishes for fast node and pod lifecycles
+# come with its module: gather them from the module cache (kwok --config takes a multi-doc file).
+kwok_src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
+         pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+  echo "---"; cat "$kwok_src/$f"
+done > "$BIN/kwok-stages.yaml"
 
 have_all || { echo "error: missing binaries in $BIN: $(ls "$BIN")" >&2; exit 1; }
 log "done"

@@ -12,8 +12,15 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Start the local stack (Kubernetes control plane with kwok nodes, Prometheus, RabbitMQ)
+    /// on loopback with a sample workload, and keep it up until Ctrl-C.
+    Demo(crate::localstack::DemoArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    crate::install_crypto_provider();
+    match cli.command {
+        Command::Demo(args) => crate::localstack::run_demo(args),
+    }
 }

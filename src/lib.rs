@@ -8,3 +8,10 @@
 //! the tests.
 
 pub mod cli;
+pub mod localstack;
+
+/// Installs ring as the process's rustls provider (kube, reqwest and lapin all use rustls;
+/// Cargo.toml enables only ring). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,461 @@
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver with the aggregation
+//! layer, kube-controller-manager (whose HPA controller is the real consumer of ebb's metrics
+//! API), kube-scheduler, and kwok, which makes pods on its fake node Running and Ready.
+//! Recipe and flags: `shared/reference/local-control-plane.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use super::certs::{Ca, CertPair, Usage};
+use super::process::{ManagedProcess, free_port, wait_until};
+use super::{StackError, start_error};
+
+/// The name of the fake node kwok manages.
+pub const NODE_NAME: &str = "kwok-node-0";
+/// The annotation that tells kwok to manage a node.
+const KWOK_NODE_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
+
+/// What to run in the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOptions {
+    /// Run the HPA controller in kube-controller-manager (off where a test needs ebb's Direct
+    /// mode alone).
+    pub hpa_controller: bool,
+    /// `--horizontal-pod-autoscaler-sync-period` (upstream default 15 s).
+    pub hpa_sync_period: Duration,
+    /// `--horizontal-pod-autoscaler-downscale-stabilization` (upstream default 5 min).
+    pub hpa_downscale_stabilization: Duration,
+}
+
+impl Default for ControlPlaneOptions {
+    fn default() -> Self {
+        Self {
+            hpa_controller: true,
+            hpa_sync_period: Duration::from_secs(15),
+            hpa_downscale_stabilization: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A running control plane. Dropping it stops every process (in reverse start order).
+#[derive(Debug)]
+pub struct ControlPlane {
+    // Field order is drop order: dependents first, etcd last.
+    kwok: ManagedProcess,
+    scheduler: ManagedProcess,
+    controller_manager: ManagedProcess,
+    apiserver: ManagedProcess,
+    etcd: ManagedProcess,
+    dir: PathBuf,
+    cluster_ca: Ca,
+    front_proxy_ca: Ca,
+    /// `https://127.0.0.1:<port>`
+    pub server_url: String,
+    /// A kubeconfig for `admin` in group `system:masters`.
+    pub admin_kubeconfig: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok with binaries
+    /// from `bin`, state under `dir`, and waits until a Deployment could get Ready pods.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        options: &ControlPlaneOptions,
+    ) -> Result<Self, StackError> {
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki)?;
+        let cluster_ca = Ca::new("ebb-localstack-ca")?;
+        let front_proxy_ca = Ca::new("ebb-localstack-front-proxy-ca")?;
+        let ca_file = pki.join("ca.crt");
+        std::fs::write(&ca_file, cluster_ca.cert_pem())?;
+        let front_proxy_ca_file = pki.join("front-proxy-ca.crt");
+        std::fs::write(&front_proxy_ca_file, front_proxy_ca.cert_pem())?;
+        let (apiserver_crt, apiserver_key) = cluster_ca
+            .issue(
+                "kube-apiserver",
+                None,
+                &[
+                    "127.0.0.1",
+                    "localhost",
+                    "10.0.0.1",
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                ],
+                Usage::Server,
+            )?
+            .write(&pki, "apiserver")?;
+        // The aggregator presents this certificate to extension API servers such as ebb; they
+        // trust X-Remote-* headers only from it.
+        let (proxy_crt, proxy_key) = front_proxy_ca
+            .issue("front-proxy-client", None, &[], Usage::Client)?
+            .write(&pki, "front-proxy-client")?;
+        let (sa_private, sa_public) = super::certs::service_account_keys()?;
+        let sa_key = pki.join("sa.key");
+        let sa_pub = pki.join("sa.pub");
+        std::fs::write(&sa_key, sa_private)?;
+        std::fs::write(&sa_pub, sa_public)?;
+
+        let etcd_port = free_port();
+        let etcd_peer_port = free_port();
+        let api_port = free_port();
+        let server_url = format!("https://127.0.0.1:{api_port}");
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
+        let mut etcd = Command::new(bin.join("etcd"));
+        etcd.args([
+            "--name=default",
+            &format!("--data-dir={}", dir.join("etcd").display()),
+            &format!("--listen-client-urls={etcd_url}"),
+            &format!("--advertise-client-urls={etcd_url}"),
+            &format!("--listen-peer-urls={peer_url}"),
+            &format!("--initial-advertise-peer-urls={peer_url}"),
+            &format!("--initial-cluster=default={peer_url}"),
+            // A throwaway cluster: durability buys nothing and fsync costs seconds on slow disks.
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]);
+        let etcd = ManagedProcess::spawn("etcd", etcd, &dir.join("etcd.log"))?;
+
+        let mut apiserver = Command::new(bin.join("kube-apiserver"));
+        apiserver.args([
+            &format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            &format!("--secure-port={api_port}"),
+            &format!("--tls-cert-file={}", apiserver_crt.display()),
+            &format!("--tls-private-key-file={}", apiserver_key.display()),
+            &format!("--client-ca-file={}", ca_file.display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            &format!("--service-account-key-file={}", sa_pub.display()),
+            &format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--authorization-mode=RBAC",
+            // The endpoint reconciler rejects a loopback advertise address.
+            "--endpoint-reconciler-type=none",
+            // The aggregation layer.
+            &format!(
+                "--requestheader-client-ca-file={}",
+                front_proxy_ca_file.display()
+            ),
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            &format!("--proxy-client-cert-file={}", proxy_crt.display()),
+            &format!("--proxy-client-key-file={}", proxy_key.display()),
+            "--v=1",
+        ]);
+        let apiserver =
+            ManagedProcess::spawn("kube-apiserver", apiserver, &dir.join("kube-apiserver.log"))?;
+
+        // Kubeconfigs: admin for us and kwok, the well-known users bootstrap RBAC binds for the
+        // controller manager and the scheduler.
+        let write_kubeconfig = |name: &str, user: &str, group: Option<&str>| {
+            let pair = cluster_ca.issue(user, group, &[], Usage::Client)?;
+            write_kubeconfig(dir, name, &server_url, cluster_ca.cert_pem(), &pair)
+        };
+        let admin_kubeconfig = write_kubeconfig("admin", "admin", Some("system:masters"))?;
+        let kcm_kubeconfig = write_kubeconfig(
+            "kube-controller-manager",
+            "system:kube-controller-manager",
+            None,
+        )?;
+        let scheduler_kubeconfig =
+            write_kubeconfig("kube-scheduler", "system:kube-scheduler", None)?;
+
+        let client = kube_client(&admin_kubeconfig).await?;
+        let ready = wait_until(Duration::from_secs(90), || async {
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("request");
+            client
+                .request_text(req)
+                .await
+                .is_ok_and(|body| body == "ok")
+        })
+        .await;
+        if !ready {
+            return Err(start_error(
+                &apiserver,
+                "/readyz did not answer ok within 90 s",
+            ));
+        }
+
+        let mut controllers = vec![
+            "deployment-controller",
+            "replicaset-controller",
+            "garbage-collector-controller",
+            "namespace-controller",
+            "serviceaccount-controller",
+            "serviceaccount-token-controller",
+            "disruption-controller",
+            "root-ca-certificate-publisher-controller",
+            // Lifts the not-ready taint the API server puts on every new node once kwok reports
+            // it Ready.
+            "node-lifecycle-controller",
+        ];
+        if options.hpa_controller {
+            controllers.push("horizontal-pod-autoscaler-controller");
+        }
+        let mut kcm = Command::new(bin.join("kube-controller-manager"));
+        kcm.args([
+            &format!("--kubeconfig={}", kcm_kubeconfig.display()),
+            &format!("--authentication-kubeconfig={}", kcm_kubeconfig.display()),
+            &format!("--authorization-kubeconfig={}", kcm_kubeconfig.display()),
+            "--bind-address=127.0.0.1",
+            &format!("--secure-port={}", free_port()),
+            "--leader-elect=false",
+            &format!("--controllers={}", controllers.join(",")),
+            &format!("--service-account-private-key-file={}", sa_key.display()),
+            &format!("--root-ca-file={}", ca_file.display()),
+            // Each controller acts as its own service account, as in a real cluster: the HPA
+            // controller reads external metrics as kube-system:horizontal-pod-autoscaler.
+            "--use-service-account-credentials=true",
+            &format!(
+                "--horizontal-pod-autoscaler-sync-period={}ms",
+                options.hpa_sync_period.as_millis()
+            ),
+            &format!(
+                "--horizontal-pod-autoscaler-downscale-stabilization={}ms",
+                options.hpa_downscale_stabilization.as_millis()
+            ),
+            "--v=1",
+        ]);
+        let controller_manager = ManagedProcess::spawn(
+            "kube-controller-manager",
+            kcm,
+            &dir.join("kube-controller-manager.log"),
+        )?;
+
+        let mut scheduler = Command::new(bin.join("kube-scheduler"));
+        scheduler.args([
+            &format!("--kubeconfig={}", scheduler_kubeconfig.display()),
+            &format!(
+                "--authentication-kubeconfig={}",
+                scheduler_kubeconfig.display()
+            ),
+            &format!(
+                "--authorization-kubeconfig={}",
+                scheduler_kubeconfig.display()
+            ),
+            "--bind-address=127.0.0.1",
+            &format!("--secure-port={}", free_port()),
+            "--leader-elect=false",
+        ]);
+        let scheduler =
+            ManagedProcess::spawn("kube-scheduler", scheduler, &dir.join("kube-scheduler.log"))?;
+
+        let mut kwok = Command::new(bin.join("kwok"));
+        kwok.args([
+            &format!("--kubeconfig={}", admin_kubeconfig.display()),
+            "--manage-all-nodes=false",
+            &format!(
+                "--manage-nodes-with-annotation-selector={}={}",
+                KWOK_NODE_ANNOTATION.0, KWOK_NODE_ANNOTATION.1
+            ),
+            &format!("--config={}", bin.join("kwok-stages.yaml").display()),
+            "--node-ip=10.0.1.1",
+            "--cidr=10.1.0.0/16",
+            &format!("--server-address=127.0.0.1:{}", free_port()),
+        ]);
+        let kwok = ManagedProcess::spawn("kwok", kwok, &dir.join("kwok.log"))?;
+
+        let plane = Self {
+            kwok,
+            scheduler,
+            controller_manager,
+            apiserver,
+            etcd,
+            dir: dir.to_path_buf(),
+            cluster_ca,
+            front_proxy_ca,
+            server_url,
+            admin_kubeconfig,
+        };
+        plane.create_fake_node(&client).await?;
+        plane.wait_for_default_service_account(&client).await?;
+        Ok(plane)
+    }
+
+    async fn create_fake_node(&self, client: &kube::Client) -> Result<(), StackError> {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE_NAME,
+                "annotations": { KWOK_NODE_ANNOTATION.0: KWOK_NODE_ANNOTATION.1 },
+                "labels": { "type": "kwok", "kubernetes.io/hostname": NODE_NAME },
+            },
+            "status": {
+                "allocatable": { "cpu": "1000", "memory": "4Ti", "pods": "10000" },
+                "capacity": { "cpu": "1000", "memory": "4Ti", "pods": "10000" },
+            },
+        }))?;
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await?;
+        let nodes = Api::<Node>::all(client.clone());
+        let ready = wait_until(Duration::from_secs(60), || async {
+            nodes.get(NODE_NAME).await.is_ok_and(|n| {
+                n.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .await;
+        if ready {
+            Ok(())
+        } else {
+            Err(start_error(
+                &self.kwok,
+                "the kwok node did not become Ready within 60 s",
+            ))
+        }
+    }
+
+    /// Pods are rejected until the namespace's `default` ServiceAccount exists.
+    async fn wait_for_default_service_account(
+        &self,
+        client: &kube::Client,
+    ) -> Result<(), StackError> {
+        let sas = Api::<ServiceAccount>::namespaced(client.clone(), "default");
+        let ok = wait_until(Duration::from_secs(60), || async {
+            sas.get("default").await.is_ok()
+        })
+        .await;
+        if ok {
+            Ok(())
+        } else {
+            Err(start_error(
+                &self.controller_manager,
+                "the default ServiceAccount did not appear within 60 s",
+            ))
+        }
+    }
+
+    /// A new client as `admin` (system:masters), bound to the calling tokio runtime.
+    pub async fn client(&self) -> Result<kube::Client, StackError> {
+        kube_client(&self.admin_kubeconfig).await
+    }
+
+    /// A kubeconfig for `user` (and optional `group`), authenticated by a client certificate.
+    pub fn kubeconfig_for(&self, user: &str, group: Option<&str>) -> Result<PathBuf, StackError> {
+        let pair = self.cluster_ca.issue(user, group, &[], Usage::Client)?;
+        let name = user.replace([':', '/'], "-");
+        write_kubeconfig(
+            &self.dir,
+            &name,
+            &self.server_url,
+            self.cluster_ca.cert_pem(),
+            &pair,
+        )
+    }
+
+    /// A serving certificate from the cluster CA, for an aggregated API server.
+    pub fn serving_cert(&self, sans: &[&str]) -> Result<CertPair, StackError> {
+        Ok(self.cluster_ca.issue(
+            sans.first().copied().unwrap_or("server"),
+            None,
+            sans,
+            Usage::Server,
+        )?)
+    }
+
+    /// The cluster CA in PEM: an APIService's caBundle when the server cert came from
+    /// [`Self::serving_cert`].
+    pub fn ca_pem(&self) -> &str {
+        self.cluster_ca.cert_pem()
+    }
+
+    /// A client certificate from the front-proxy CA (only `front-proxy-client` is an allowed
+    /// name): lets tests forge what the aggregator sends, and prove a server checks the name.
+    pub fn front_proxy_client_cert(&self, common_name: &str) -> Result<CertPair, StackError> {
+        Ok(self
+            .front_proxy_ca
+            .issue(common_name, None, &[], Usage::Client)?)
+    }
+
+    /// Creates a namespace (with its `default` ServiceAccount awaited).
+    pub async fn create_namespace(&self, name: &str) -> Result<(), StackError> {
+        let client = self.client().await?;
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        let sas = Api::<ServiceAccount>::namespaced(client, name);
+        if wait_until(Duration::from_secs(30), || async {
+            sas.get("default").await.is_ok()
+        })
+        .await
+        {
+            Ok(())
+        } else {
+            Err(StackError::Timeout(format!(
+                "the default ServiceAccount of namespace {name}"
+            )))
+        }
+    }
+
+    /// Where the processes' logs and state live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The processes, for status lines and liveness checks.
+    pub fn processes(&self) -> [&ManagedProcess; 5] {
+        [
+            &self.etcd,
+            &self.apiserver,
+            &self.controller_manager,
+            &self.scheduler,
+            &self.kwok,
+        ]
+    }
+}
+
+fn write_kubeconfig(
+    dir: &Path,
+    name: &str,
+    server: &str,
+    ca_pem: &str,
+    pair: &CertPair,
+) -> Result<PathBuf, StackError> {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "ebb-local", "cluster": {
+            "server": server, "certificate-authority-data": b64(ca_pem) } }],
+        "users": [{ "name": name, "user": {
+            "client-certificate-data": b64(&pair.cert_pem),
+            "client-key-data": b64(&pair.key_pem) } }],
+        "contexts": [{ "name": name, "context": { "cluster": "ebb-local", "user": name } }],
+        "current-context": name,
+    });
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+    Ok(path)
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn kube_client(kubeconfig: &Path) -> Result<kube::Client, StackError> {
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig).map_err(kube::Error::from)?,
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(kube::Error::from)?;
+    Ok(kube::Client::try_from(config)?)
+}

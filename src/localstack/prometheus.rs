@@ -1,0 +1,187 @@
+//! A real Prometheus (the Debian package) on a free loopback port with its own data dir, the
+//! remote-write receiver on (so tests push exact samples) and out-of-order ingestion allowed
+//! (so history can be backfilled through the same door).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::process::{ManagedProcess, free_port, wait_until};
+use super::{StackError, start_error};
+
+/// A job Prometheus scrapes.
+#[derive(Debug, Clone)]
+pub struct ScrapeTarget {
+    pub job: String,
+    /// `host:port`
+    pub address: String,
+    pub interval: Duration,
+}
+
+/// A running (or stopped, between `stop` and `start`) Prometheus.
+#[derive(Debug)]
+pub struct Prometheus {
+    process: Option<ManagedProcess>,
+    dir: PathBuf,
+    port: u16,
+    http: reqwest::Client,
+}
+
+impl Prometheus {
+    /// Starts Prometheus with data under `dir`, scraping `targets`.
+    pub async fn start(dir: &Path, targets: &[ScrapeTarget]) -> Result<Self, StackError> {
+        std::fs::create_dir_all(dir.join("data"))?;
+        let mut config = String::from(
+            "global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n\
+             storage:\n  tsdb:\n    out_of_order_time_window: 30d\n",
+        );
+        if !targets.is_empty() {
+            config.push_str("scrape_configs:\n");
+            for t in targets {
+                config.push_str(&format!(
+                    "  - job_name: {:?}\n    scrape_interval: {}ms\n    static_configs:\n      - targets: [{:?}]\n",
+                    t.job,
+                    t.interval.as_millis(),
+                    t.address
+                ));
+            }
+        }
+        std::fs::write(dir.join("prometheus.yml"), config)?;
+        let mut prometheus = Self {
+            process: None,
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            http: super::http_client(),
+        };
+        prometheus.start_again().await?;
+        Ok(prometheus)
+    }
+
+    /// Starts the process again after [`Self::stop`], on the same port and data.
+    pub async fn start_again(&mut self) -> Result<(), StackError> {
+        if self.process.is_some() {
+            return Ok(());
+        }
+        let mut cmd = Command::new("prometheus");
+        cmd.args([
+            &format!(
+                "--config.file={}",
+                self.dir.join("prometheus.yml").display()
+            ),
+            &format!("--storage.tsdb.path={}", self.dir.join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{}", self.port),
+            "--web.enable-remote-write-receiver",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=60d",
+        ]);
+        let process = ManagedProcess::spawn("prometheus", cmd, &self.dir.join("prometheus.log"))?;
+        let url = format!("{}/-/ready", self.url());
+        let http = &self.http;
+        let ready = wait_until(Duration::from_secs(30), || async {
+            http.get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        if !ready {
+            return Err(start_error(&process, "/-/ready did not answer within 30 s"));
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Stops the process (data and port are kept for [`Self::start_again`]).
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Pushes samples through the remote-write receiver. `labels` must include `__name__`;
+    /// samples are `(unix milliseconds, value)`.
+    pub async fn push(
+        &self,
+        labels: &[(&str, &str)],
+        samples: &[(i64, f64)],
+    ) -> Result<(), StackError> {
+        let body = remote_write::encode(labels, samples);
+        let response = self
+            .http
+            .post(format!("{}/api/v1/write", self.url()))
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .body(body)
+            .send()
+            .await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            let status = response.status();
+            Err(StackError::Upstream(format!(
+                "remote write: {status}: {}",
+                response.text().await.unwrap_or_default()
+            )))
+        }
+    }
+}
+
+/// The remote-write 1.0 wire format: a snappy-compressed protobuf `WriteRequest`
+/// (prometheus/prometheus prompb/remote.proto, types.proto).
+mod remote_write {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WriteRequest {
+        #[prost(message, repeated, tag = "1")]
+        timeseries: Vec<TimeSeries>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct TimeSeries {
+        #[prost(message, repeated, tag = "1")]
+        labels: Vec<Label>,
+        #[prost(message, repeated, tag = "2")]
+        samples: Vec<Sample>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Label {
+        #[prost(string, tag = "1")]
+        name: String,
+        #[prost(string, tag = "2")]
+        value: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Sample {
+        #[prost(double, tag = "1")]
+        value: f64,
+        #[prost(int64, tag = "2")]
+        timestamp: i64,
+    }
+
+    pub(super) fn encode(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Vec<u8> {
+        use prost::Message as _;
+        let mut labels: Vec<Label> = labels
+            .iter()
+            .map(|(n, v)| Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect();
+        // The receiver requires labels sorted by name.
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        let request = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels,
+                samples: samples
+                    .iter()
+                    .map(|&(timestamp, value)| Sample { value, timestamp })
+                    .collect(),
+            }],
+        };
+        snap::raw::Encoder::new()
+            .compress_vec(&request.encode_to_vec())
+            .expect("snappy compression of an in-memory buffer")
+    }
+}
