@@ -8,7 +8,11 @@
 //! the tests.
 
 pub mod cli;
+pub mod collect;
+pub mod history;
 pub mod localstack;
+pub mod source;
+pub mod telemetry;
 
 /// Installs ring as the process's rustls provider (kube, reqwest and lapin all use rustls;
 /// Cargo.toml enables only ring). Idempotent.
