@@ -19,6 +19,7 @@
 //! is, next to the last good value, never as a number.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -114,6 +115,10 @@ struct Inner {
     upstreams: Mutex<HashMap<String, Arc<Semaphore>>>,
     options: CollectorOptions,
     telemetry: Arc<Telemetry>,
+    /// Subscriptions alive.
+    subscriptions: AtomicUsize,
+    /// Heap bytes of all history rings (fixed at each ring's creation).
+    history_bytes: AtomicUsize,
     /// Wakes the scheduler early when a new query is registered (its first fetch is due now).
     wake: Notify,
 }
@@ -134,6 +139,8 @@ impl Collector {
             upstreams: Mutex::default(),
             options,
             telemetry,
+            subscriptions: AtomicUsize::new(0),
+            history_bytes: AtomicUsize::new(0),
             wake: Notify::new(),
         });
         tokio::spawn(run_scheduler(Arc::downgrade(&inner)));
@@ -187,6 +194,10 @@ impl Collector {
                         .map(|w| Mutex::new(SeriesRing::with_window(w))),
                     created_at: now,
                 });
+                if let Some(history) = &slot.history {
+                    let bytes = history.lock().expect("history lock").heap_bytes();
+                    inner.history_bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
                 slots.insert(query, slot.clone());
                 if let Some(window) = inner.options.history_window {
                     tokio::spawn(backfill(slot.clone(), window));
@@ -195,6 +206,7 @@ impl Collector {
                 slot
             }
         };
+        inner.subscriptions.fetch_add(1, Ordering::Relaxed);
         inner.update_gauges(&slots);
         drop(slots);
         Ok(Subscription {
@@ -223,7 +235,7 @@ impl Collector {
 
     /// Heap bytes held by all history rings.
     pub fn history_bytes(&self) -> usize {
-        history_bytes(&self.inner.slots.lock().expect("slots lock"))
+        self.inner.history_bytes.load(Ordering::Relaxed)
     }
 
     /// The telemetry this collector records into.
@@ -238,24 +250,18 @@ impl Slot {
     }
 }
 
-fn history_bytes(slots: &HashMap<Arc<Query>, Arc<Slot>>) -> usize {
-    slots
-        .values()
-        .filter_map(|s| s.history.as_ref())
-        .map(|h| h.lock().expect("history lock").heap_bytes())
-        .sum()
-}
-
 impl Inner {
+    /// Gauges kept up to date on (un)registration, in O(1): registering thousands of targets
+    /// must not rescan every slot each time.
     fn update_gauges(&self, slots: &HashMap<Arc<Query>, Arc<Slot>>) {
         let collect = &self.telemetry.collect;
         collect.distinct_queries.set(slots.len() as i64);
-        let subscribers: usize = slots
-            .values()
-            .map(|s| s.schedule.lock().expect("schedule lock").intervals.len())
-            .sum();
-        collect.subscriptions.set(subscribers as i64);
-        collect.history_bytes.set(history_bytes(slots) as i64);
+        collect
+            .subscriptions
+            .set(self.subscriptions.load(Ordering::Relaxed) as i64);
+        collect
+            .history_bytes
+            .set(self.history_bytes.load(Ordering::Relaxed) as i64);
     }
 
     /// Starts the fetches that are due, and refreshes the value-age gauges.
@@ -280,7 +286,13 @@ impl Inner {
                     }
                 }
                 drop(schedule);
-                let since_ok = match slot.read().and_then(|v| v.last_ok) {
+                let last_ok = slot
+                    .value
+                    .read()
+                    .expect("value lock")
+                    .as_ref()
+                    .and_then(|v| v.last_ok);
+                let since_ok = match last_ok {
                     Some((_, at)) => now - at,
                     None => now - slot.created_at,
                 };
@@ -450,7 +462,12 @@ impl Drop for Subscription {
         };
         if now_unused {
             slots.remove(&self.slot.query);
+            if let Some(history) = &self.slot.history {
+                let bytes = history.lock().expect("history lock").heap_bytes();
+                self.inner.history_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            }
         }
+        self.inner.subscriptions.fetch_sub(1, Ordering::Relaxed);
         self.inner.update_gauges(&slots);
     }
 }
