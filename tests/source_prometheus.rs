@@ -173,3 +173,102 @@ async fn an_outage_is_an_error_within_one_timeout_and_recovery_follows() {
     .await;
     drop(stack);
 }
+
+/// Prometheus behind an HTTPS endpoint that demands a bearer token, as an authenticating
+/// proxy does in production. The proxy is the only stand-in: the local Prometheus has no TLS
+/// or auth configured; the answers still come from the real one behind it.
+async fn prometheus_behind_tls_and_a_token(
+    upstream: String,
+    token: &'static str,
+) -> (String, ebb::localstack::certs::Ca) {
+    use axum::extract::Request;
+    use axum::response::IntoResponse;
+    use ebb::localstack::certs::{Ca, Usage};
+    let ca = Ca::new("proxy-ca").unwrap();
+    let cert = ca
+        .issue(
+            "localhost",
+            None,
+            &["localhost", "127.0.0.1"],
+            Usage::Server,
+        )
+        .unwrap();
+    let http = reqwest::Client::new();
+    let router = axum::Router::new().fallback(move |request: Request| {
+        let (http, upstream) = (http.clone(), upstream.clone());
+        async move {
+            let expected = format!("Bearer {token}");
+            if request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                != Some(expected.as_str())
+            {
+                return (http::StatusCode::UNAUTHORIZED, "unauthorized").into_response();
+            }
+            let path = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let answer = http.get(format!("{upstream}{path}")).send().await.unwrap();
+            let status = answer.status();
+            let body = answer.text().await.unwrap();
+            (status, [("content-type", "application/json")], body).into_response()
+        }
+    });
+    let addr = support::serve_https(router, &cert).await;
+    (format!("https://127.0.0.1:{}", addr.port()), ca)
+}
+
+#[tokio::test]
+async fn bearer_token_and_a_custom_ca_come_from_the_secret() {
+    use ebb::source::{SecretRef, secret};
+    use k8s_openapi::ByteString;
+    let prometheus = prometheus_stack().prometheus.as_ref().unwrap();
+    prometheus
+        .push(&[("__name__", "secured_load")], &[(now_ms() - 1_000, 3.25)])
+        .await
+        .unwrap();
+    let (address, ca) = prometheus_behind_tls_and_a_token(prometheus.url(), "s3cret").await;
+    let config = PrometheusConfig {
+        address,
+        query: "secured_load".into(),
+        auth_secret_ref: Some(SecretRef {
+            name: "prom-auth".into(),
+        }),
+        timeout: Some("5s".into()),
+        empty_as: None,
+    };
+    let fetch = |pairs: Vec<(&str, String)>| {
+        let data: ebb::source::SecretData = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+            .collect();
+        let query = Query::Prometheus(config.resolve(Some(&data)).unwrap());
+        async move { Connections::new().source_for(&query).unwrap().fetch().await }
+    };
+    let ca_pem = ca.cert_pem().to_string();
+    let value = eventually(Duration::from_secs(15), "the value through TLS", || {
+        let f = fetch(vec![
+            ("bearerToken", "s3cret".into()),
+            (secret::KEY_CA, ca_pem.clone()),
+        ]);
+        async move { f.await.ok() }
+    })
+    .await;
+    assert_eq!(value, 3.25);
+    // A wrong token is an authentication error.
+    let wrong = fetch(vec![
+        ("bearerToken", "guess".into()),
+        (secret::KEY_CA, ca_pem.clone()),
+    ])
+    .await;
+    assert!(matches!(wrong, Err(SourceError::Auth(_))), "{wrong:?}");
+    // Without the CA the server is not trusted: an error, never a value.
+    let untrusted = fetch(vec![("bearerToken", "s3cret".into())]).await;
+    assert!(
+        matches!(untrusted, Err(SourceError::Unreachable(_))),
+        "{untrusted:?}"
+    );
+}

@@ -438,6 +438,9 @@ impl Subscription {
         self.slot.read()
     }
 
+    /// Unsubscribes (the same as dropping the subscription).
+    pub fn unregister(self) {}
+
     /// The query this subscribes to.
     pub fn query(&self) -> &Query {
         &self.slot.query
