@@ -217,3 +217,63 @@ async fn an_outage_is_cached_as_an_error_and_the_cache_recovers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stalled_upstream_gets_bounded_concurrency_and_no_pile_up() {
+    // A stalled upstream (accepts connections, never answers): what a hung Prometheus looks
+    // like from outside; no real service can be told to hang on demand.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let telemetry = Arc::new(Telemetry::new());
+    let collector = Collector::start(
+        telemetry.clone(),
+        CollectorOptions {
+            max_concurrency_per_upstream: 2,
+            history_window: None,
+            ..Default::default()
+        },
+    );
+    let subs: Vec<Subscription> = (0..6)
+        .map(|i| {
+            let config = PrometheusConfig {
+                address: address.clone(),
+                query: format!("vector({i})"),
+                auth_secret_ref: None,
+                timeout: Some("3s".into()),
+                empty_as: None,
+            };
+            let q = Query::Prometheus(config.resolve(None).unwrap());
+            collector.register(q, Duration::from_millis(500)).unwrap()
+        })
+        .collect();
+    // Within the first timeout only two queries may be in flight at the upstream.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(subs.iter().all(|s| s.get().is_none()));
+    // Rounds that came due meanwhile were skipped, not queued behind the stalled ones.
+    let metrics = telemetry.encode();
+    let skipped: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ebb_collect_skipped_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(skipped >= 2.0, "{metrics}");
+    // Then the timeouts land in the cache as errors, never as values.
+    let failed = eventually(Duration::from_secs(10), "timeouts in the cache", || async {
+        subs[0].get()
+    })
+    .await;
+    assert_eq!(
+        failed.result,
+        Err(SourceError::Timeout(Duration::from_secs(3)))
+    );
+}
