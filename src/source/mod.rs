@@ -66,6 +66,9 @@ pub enum SourceError {
     /// The metric's configuration or its Secret is unusable (missing key, bad PEM, bad regex).
     #[error("configuration: {0}")]
     Config(String),
+    /// The upstream failed on its side (Prometheus `internal` or `unavailable` errors).
+    #[error("upstream failed: {0}")]
+    Upstream(String),
     /// The upstream answered something we could not understand.
     #[error("unexpected answer: {0}")]
     Protocol(String),
@@ -84,6 +87,7 @@ impl SourceError {
             Self::Query(_) => "Query",
             Self::NotFound(_) => "NotFound",
             Self::Config(_) => "Config",
+            Self::Upstream(_) => "Upstream",
             Self::Protocol(_) => "Protocol",
         }
     }

@@ -337,10 +337,7 @@ fn map_error(e: prometheus_http_query::Error, timeout: Duration) -> SourceError 
         Error::Prometheus(p) if p.is_bad_data() || p.is_execution() => {
             SourceError::Query(p.message().to_string())
         }
-        Error::Prometheus(p) => SourceError::Http {
-            status: 0,
-            message: p.to_string(),
-        },
+        Error::Prometheus(p) => SourceError::Upstream(p.to_string()),
         other => SourceError::Config(other.to_string()),
     }
 }
