@@ -12,8 +12,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Replay a recorded load series through policies and print elasticity metrics.
+    Backtest(crate::backtest::BacktestArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Backtest(args) => crate::backtest::run(&args),
+    }
 }

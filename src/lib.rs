@@ -7,4 +7,6 @@
 //! `cli` wires the parts. `localstack` starts the real services ebb talks to, for the demo and
 //! the tests.
 
+pub mod backtest;
 pub mod cli;
+pub mod engine;
