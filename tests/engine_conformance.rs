@@ -870,7 +870,10 @@ fn test_normalize_desired_replicas_with_behavior() {
 // ---------------------------------------------------------------------------------------------
 // horizontal_test.go: TestNormalizeDesiredReplicas (legacy stabilizeRecommendation, 5 min window)
 
-const LEGACY_STAB_CASES: &[(&str, &[(i32, i64)], i32, i32, usize)] = &[
+/// (case name, stored recommendations (replicas, seconds ago), desired, expected, log length)
+type LegacyStabCase = (&'static str, &'static [(i32, i64)], i32, i32, usize);
+
+const LEGACY_STAB_CASES: &[LegacyStabCase] = &[
     ("empty log", &[], 5, 5, 1),
     ("stabilize", &[(4, 120), (5, 60)], 3, 5, 3),
     ("no stabilize", &[(1, 120), (2, 60)], 3, 3, 3),

@@ -138,3 +138,50 @@ pub fn replay(load: &[Option<f64>], cfg: &ReplayConfig, policy: &mut dyn ReplayP
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backtest::metrics::score;
+    use crate::engine::baseline::OracleBaseline;
+
+    #[test]
+    fn oracle_by_hand_with_a_gap() {
+        let load = [Some(10.0), Some(30.0), None, Some(5.0)];
+        let cfg = ReplayConfig {
+            capacity: 10.0,
+            startup_delay: 1,
+            min_replicas: 1,
+            max_replicas: 5,
+            step_seconds: 60.0,
+        };
+        let demand = cfg.demand(&load);
+        assert_eq!(demand, vec![Some(1), Some(3), None, Some(1)]);
+        let r = replay(&load, &cfg, &mut OracleBaseline::new(demand.clone(), 1));
+        assert_eq!((r.warm, r.decisions.clone()), (1, vec![3, 3, 1, 1]));
+        let supply = r.supply(1);
+        assert_eq!(supply, vec![1, 3, 1, 1]);
+        let e = score(&demand, &supply, &r.decisions, r.warm, 0);
+        assert_eq!((e.steps, e.cost, e.a_u, e.a_o), (3, 5, 0, 0));
+        assert_eq!((e.actions, e.reversals), (2, 1));
+        // Scoring from step 2 on: D_1 = 3 precedes, one action (3 -> 1), no reversal.
+        let e = score(&demand, &supply, &r.decisions, r.decision(1), 2);
+        assert_eq!((e.steps, e.cost, e.actions, e.reversals), (1, 1, 1, 0));
+    }
+
+    #[test]
+    fn protocol_defaults_from_the_series() {
+        let load = [Some(100.0), None, Some(300.0), Some(200.0), Some(1000.0)];
+        let cfg = ReplayConfig::for_series(&load, 60.0, None, None).unwrap();
+        // median of 100, 200, 300, 1000 is 250: c = 25; max demand 40 -> max 60 replicas.
+        assert_eq!(cfg.capacity, 25.0);
+        assert_eq!((cfg.startup_delay, cfg.max_replicas), (1, 60));
+        assert_eq!(
+            ReplayConfig::for_series(&load, 3600.0, None, None)
+                .unwrap()
+                .startup_delay,
+            0
+        );
+        assert!(ReplayConfig::for_series(&[None, None], 60.0, None, None).is_none());
+    }
+}

@@ -117,6 +117,24 @@ impl Trace {
     }
 }
 
+/// Where the shared traces live: `$EBB_TRACES_DIR`, else `../shared/traces` beside the crate
+/// (the main checkout's layout), else `/work/shared/traces`. Used by tests and benches.
+pub fn traces_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EBB_TRACES_DIR") {
+        return PathBuf::from(dir);
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces");
+    if beside.is_dir() {
+        return beside;
+    }
+    PathBuf::from("/work/shared/traces")
+}
+
+/// The shared WorldCup 98 trace (requests per minute).
+pub fn worldcup_trace_path() -> PathBuf {
+    traces_dir().join("worldcup98-requests-per-minute.csv")
+}
+
 /// Longest grid accepted (about 95 years of minutes): protects against a stray timestamp.
 pub const MAX_STEPS: i64 = 50_000_000;
 

@@ -293,12 +293,13 @@ impl ScalingState {
         now: Millis,
     ) {
         let Some(behavior) = behavior else { return };
-        let (dir, change) = if new > prev {
-            (Direction::Up, new - prev)
+        let dir = if new > prev {
+            Direction::Up
         } else {
-            (Direction::Down, prev - new)
+            Direction::Down
         };
-        let cutoff = now - secs(behavior.longest_period_seconds(dir));
+        let change = to_i32((new as i64 - prev as i64).abs());
+        let cutoff = now.saturating_sub(secs(behavior.longest_period_seconds(dir)));
         let events = match dir {
             Direction::Up => &mut self.up_events,
             Direction::Down => &mut self.down_events,
@@ -345,7 +346,7 @@ pub fn stabilize_legacy(
     window_seconds: i32,
     now: Millis,
 ) -> i32 {
-    let cutoff = now - secs(window_seconds);
+    let cutoff = now.saturating_sub(secs(window_seconds));
     let mut max = desired;
     let mut reuse = None;
     for (i, r) in state.recommendations.iter().enumerate() {
@@ -399,9 +400,12 @@ pub fn stabilize_with_behavior(
     desired: i32,
     now: Millis,
 ) -> (i32, ConditionReason) {
-    let up_cutoff = now - secs(behavior.stabilization_window_seconds(Direction::Up, 0));
-    let down_cutoff = now
-        - secs(behavior.stabilization_window_seconds(Direction::Down, downscale_default_seconds));
+    let up_cutoff = now.saturating_sub(secs(
+        behavior.stabilization_window_seconds(Direction::Up, 0),
+    ));
+    let down_cutoff = now.saturating_sub(secs(
+        behavior.stabilization_window_seconds(Direction::Down, downscale_default_seconds),
+    ));
     let (mut up_rec, mut down_rec) = (desired, desired);
     let mut reuse = None;
     for (i, r) in state.recommendations.iter().enumerate() {
@@ -437,7 +441,7 @@ pub fn stabilize_with_behavior(
 
 /// Sum of the changes in `events` newer than `period_seconds` (getReplicasChangePerPeriod).
 pub fn replicas_change_per_period(period_seconds: i32, events: &[ScaleEvent], now: Millis) -> i32 {
-    let cutoff = now - secs(period_seconds);
+    let cutoff = now.saturating_sub(secs(period_seconds));
     events
         .iter()
         .filter(|e| e.at > cutoff)
@@ -646,5 +650,195 @@ pub fn decide(
         scaling_limited: limit_reason,
         proposal: Some(proposal),
         metric_index: Some(index),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ScalingRules;
+
+    fn avg(per_pod: i64, usage: i64) -> MetricSample {
+        MetricSample {
+            target: Target::AverageValue(per_pod),
+            observation: Ok(usage),
+        }
+    }
+
+    fn spec(behavior: Option<Behavior>) -> HpaSpec {
+        HpaSpec {
+            min_replicas: 1,
+            max_replicas: 100,
+            behavior,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn per_direction_tolerance_overrides_the_global_one() {
+        let mut b = Behavior::default();
+        b.scale_up.tolerance = Some(0.05);
+        let s = spec(Some(b));
+        assert_eq!(
+            s.tolerances(),
+            Tolerances {
+                up: 0.05,
+                down: 0.1
+            }
+        );
+        // 10 pods at 107 % of target: within the global 10 %, outside the scale-up 5 %.
+        let m = [avg(1000, 10_700)];
+        let d = decide(&s, &mut ScalingState::default(), Replicas::all(10), &m, 0);
+        assert_eq!(d.desired, 11);
+        let d = decide(
+            &spec(None),
+            &mut ScalingState::default(),
+            Replicas::all(10),
+            &m,
+            0,
+        );
+        assert_eq!(d.desired, 10);
+    }
+
+    #[test]
+    fn behavior_path_scale_down_is_stabilized_then_follows() {
+        let s = spec(Some(Behavior::default()));
+        let mut st = ScalingState::default();
+        let r = Replicas::all(10);
+        let d = decide(&s, &mut st, r, &[avg(1000, 10_000)], 0);
+        assert_eq!(
+            (d.desired, d.reason),
+            (10, ConditionReason::DesiredWithinRange)
+        );
+        // Load halves: the 300 s window still holds the 10.
+        let d = decide(&s, &mut st, r, &[avg(1000, 5_000)], 15_000);
+        assert_eq!(d.desired, 10);
+        assert_eq!(d.reason, ConditionReason::ScaleDownStabilized);
+        assert!(!d.limited);
+        // 300 s later the old recommendation has left the window.
+        let d = decide(&s, &mut st, r, &[avg(1000, 5_000)], 315_000);
+        assert_eq!(
+            (d.desired, d.reason),
+            (5, ConditionReason::DesiredWithinRange)
+        );
+    }
+
+    #[test]
+    fn scale_up_rate_limit_counts_stored_events() {
+        let b = Behavior {
+            scale_up: ScalingRules {
+                policies: vec![Policy::Pods {
+                    value: 2,
+                    period_seconds: 60,
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let s = spec(Some(b));
+        let mut st = ScalingState::default();
+        let d = decide(&s, &mut st, Replicas::all(4), &[avg(1000, 20_000)], 0);
+        assert_eq!(
+            (d.desired, d.reason, d.limited),
+            (6, ConditionReason::ScaleUpLimit, true)
+        );
+        st.store_scale_event(s.behavior.as_ref(), 4, 6, 0);
+        // 30 s later the 2 pods added still count: no room in this period.
+        let d = decide(&s, &mut st, Replicas::all(6), &[avg(1000, 20_000)], 30_000);
+        assert_eq!(d.desired, 6);
+        let d = decide(&s, &mut st, Replicas::all(6), &[avg(1000, 20_000)], 61_000);
+        assert_eq!(d.desired, 8);
+    }
+
+    #[test]
+    fn failures_block_scale_down_not_scale_up_and_record_nothing() {
+        let s = spec(Some(Behavior::default()));
+        let failed = MetricSample {
+            target: Target::Value(1000),
+            observation: Err(NoData::SourceFailed),
+        };
+        let mut st = ScalingState::default();
+        let d = decide(
+            &s,
+            &mut st,
+            Replicas::all(10),
+            &[avg(1000, 2_000), failed],
+            0,
+        );
+        assert_eq!(
+            (d.desired, d.reason),
+            (10, ConditionReason::FailedGetExternalMetric)
+        );
+        assert!(st.recommendations().is_empty());
+        let d = decide(&s, &mut st, Replicas::all(10), &[failed, failed], 0);
+        assert_eq!(d.desired, 10);
+        let d = decide(
+            &s,
+            &mut st,
+            Replicas::all(10),
+            &[avg(1000, 15_000), failed],
+            0,
+        );
+        assert_eq!((d.desired, d.metric_index), (15, Some(0)));
+    }
+
+    #[test]
+    fn zero_replicas_with_nonzero_min_disables_scaling() {
+        let d = decide(
+            &spec(None),
+            &mut ScalingState::default(),
+            Replicas::all(0),
+            &[avg(1, 1000)],
+            0,
+        );
+        assert_eq!((d.desired, d.reason), (0, ConditionReason::ScalingDisabled));
+        let mut s = spec(None);
+        s.min_replicas = 0;
+        // Value target from zero: straight to ceil(ratio).
+        let m = [MetricSample {
+            target: Target::Value(1000),
+            observation: Ok(3500),
+        }];
+        let d = decide(&s, &mut ScalingState::default(), Replicas::all(0), &m, 0);
+        assert_eq!(d.desired, 4);
+    }
+
+    #[test]
+    fn steady_state_decisions_reuse_their_buffers() {
+        let s = spec(Some(Behavior::default()));
+        let mut st = ScalingState::default();
+        let mut current = 5;
+        let mut run = |st: &mut ScalingState, from: i64, to: i64| {
+            for i in from..to {
+                let now = i * 15_000;
+                let load = 5_000 + 4_000 * ((i / 7) % 3);
+                let d = decide(&s, st, Replicas::all(current), &[avg(1000, load)], now);
+                if d.desired != current {
+                    st.store_scale_event(s.behavior.as_ref(), current, d.desired, now);
+                    current = d.desired;
+                }
+            }
+        };
+        run(&mut st, 0, 200);
+        let caps = (
+            st.recommendations.capacity(),
+            st.up_events.capacity(),
+            st.down_events.capacity(),
+        );
+        run(&mut st, 200, 2_000);
+        assert_eq!(
+            caps,
+            (
+                st.recommendations.capacity(),
+                st.up_events.capacity(),
+                st.down_events.capacity()
+            )
+        );
+        // 300 s / 15 s = 20 recommendations in the window, plus this one.
+        assert!(
+            st.recommendations.len() <= 22,
+            "{}",
+            st.recommendations.len()
+        );
     }
 }
