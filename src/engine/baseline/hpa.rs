@@ -3,12 +3,15 @@
 //! tolerance 0.1; scale-down stabilization over the recommendations of the last 300 s (this
 //! one included; a step with a missing metric records none but still ages the window); the
 //! default scale-up policies (4 pods or 100 % per 15 s) applied once per 15 s sync in the step;
-//! the default scale-down policy never binds.
+//! the default scale-down policy never binds. The tolerance band and the scale-up limit are the
+//! engine's own ([`Tolerances::within`], [`scale_up_limit`] with the default behavior); the
+//! proposal is the protocol's float form `ceil(load / c - 1e-9)`, so that any `--capacity`
+//! works (the engine proper takes milli-unit integers).
 
+use crate::engine::hpa::{ScalingState, Tolerances, scale_up_limit};
 use crate::engine::policy::{ReplayPolicy, StepContext};
 use crate::engine::{
-    DEFAULT_DOWNSCALE_STABILIZATION_SECONDS, DEFAULT_SCALE_UP_POLICIES, DEFAULT_TOLERANCE, Policy,
-    ceil_eps,
+    Behavior, DEFAULT_DOWNSCALE_STABILIZATION_SECONDS, DEFAULT_TOLERANCE, ceil_eps,
 };
 
 /// The HPA controller's sync period in seconds.
@@ -19,18 +22,10 @@ pub const SYNC_PERIOD_SECONDS: f64 = 15.0;
 pub struct HpaBaseline {
     /// Recommendations of the last steps inside the window, by step modulo its length.
     window: Vec<Option<u32>>,
-}
-
-/// One sync's scale-up limit under the default policies: `max(x + 4, 2x)`.
-pub fn default_scale_up_limit(current: u64) -> u64 {
-    DEFAULT_SCALE_UP_POLICIES
-        .iter()
-        .map(|p| match *p {
-            Policy::Pods { value, .. } => current + value as u64,
-            Policy::Percent { value, .. } => current * (100 + value as u64) / 100,
-        })
-        .max()
-        .unwrap_or(current)
+    /// The default behavior, whose scale-up policies limit each sync.
+    behavior: Behavior,
+    /// No scale events: each sync's limit starts from its own current count.
+    no_events: ScalingState,
 }
 
 impl ReplayPolicy for HpaBaseline {
@@ -52,7 +47,11 @@ impl ReplayPolicy for HpaBaseline {
             return current;
         };
         let ratio = load / (ctx.capacity * current as f64);
-        let want = if (ratio - 1.0).abs() <= DEFAULT_TOLERANCE {
+        let tolerance = Tolerances {
+            up: DEFAULT_TOLERANCE,
+            down: DEFAULT_TOLERANCE,
+        };
+        let want = if tolerance.within(ratio) {
             current
         } else {
             ceil_eps(load / ctx.capacity) as u32
@@ -64,13 +63,14 @@ impl ReplayPolicy for HpaBaseline {
             return rec;
         }
         let syncs = (ctx.step_seconds / SYNC_PERIOD_SECONDS).round().max(1.0) as u32;
-        let mut limit = current as u64;
+        // The engine's own scale-up limit, once per sync: max(x + 4, 2x) with the defaults.
+        let mut limit = i32::try_from(current).unwrap_or(i32::MAX);
         for _ in 0..syncs {
-            if limit >= rec as u64 {
+            if i64::from(limit) >= i64::from(rec) {
                 break;
             }
-            limit = default_scale_up_limit(limit);
+            limit = scale_up_limit(&self.behavior, &self.no_events, limit, 0);
         }
-        rec.min(limit.min(u32::MAX as u64) as u32)
+        rec.min(u32::try_from(limit).unwrap_or(0))
     }
 }
