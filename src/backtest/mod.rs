@@ -192,13 +192,14 @@ pub fn run_backtest(trace: &Trace, opts: &BacktestOptions) -> Result<BacktestRep
             message: format!("{c} is not a positive number"),
         });
     }
-    let cfg = ReplayConfig::for_series(
+    let mut cfg = ReplayConfig::for_series(
         &trace.values,
         trace.step_seconds as f64,
         opts.capacity,
         opts.startup_delay,
     )
     .ok_or(BacktestError::NoData)?;
+    cfg.start_unix = trace.start;
     let demand = cfg.demand(&trace.values);
     let scored_from = match opts.last_days {
         None => 0,
@@ -348,11 +349,13 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         time_column: time_column.clone(),
         value_column: value_column.clone(),
     };
+    // Flags first: a typo should not wait for a large trace to load.
+    let policies = parse_policies(policy)?;
     let series = trace::read_trace(trace, &opts)?;
     let report = run_backtest(
         &series,
         &BacktestOptions {
-            policies: parse_policies(policy)?,
+            policies,
             capacity: *capacity,
             startup_delay: *startup_delay,
             last_days: *last_days,

@@ -15,6 +15,8 @@ pub struct ReplayConfig {
     pub max_replicas: u32,
     /// Step length in seconds.
     pub step_seconds: f64,
+    /// Unix seconds of step 0 (0 when unknown).
+    pub start_unix: i64,
 }
 
 impl ReplayConfig {
@@ -40,6 +42,7 @@ impl ReplayConfig {
             min_replicas: 1,
             max_replicas: max_replicas.max(1),
             step_seconds,
+            start_unix: 0,
         })
     }
 
@@ -123,6 +126,7 @@ pub fn replay(load: &[Option<f64>], cfg: &ReplayConfig, policy: &mut dyn ReplayP
         let ctx = StepContext {
             step: t,
             step_seconds: cfg.step_seconds,
+            start_unix: cfg.start_unix,
             observed: &load[..t],
             decisions: &out.decisions,
             previous,
@@ -154,6 +158,7 @@ mod tests {
             min_replicas: 1,
             max_replicas: 5,
             step_seconds: 60.0,
+            start_unix: 0,
         };
         let demand = cfg.demand(&load);
         assert_eq!(demand, vec![Some(1), Some(3), None, Some(1)]);

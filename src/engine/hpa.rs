@@ -550,6 +550,11 @@ pub fn convert_with_behavior_rate(
 /// - `metrics`: each metric's target and reading; a reading may be missing.
 /// - `now`: the decision time.
 ///
+/// Outcomes before any metric is read, as upstream: a target at 0 replicas with `min != 0` is
+/// left alone (`ScalingDisabled`); a count above `max` or below `min` goes to that bound
+/// (upstream sets no ScalingLimited condition there; ebb reports `TooManyReplicas` /
+/// `TooFewReplicas`, limited).
+///
 /// Scale events are not stored here: call [`ScalingState::store_scale_event`] once the change
 /// is applied.
 pub fn decide(

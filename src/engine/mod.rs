@@ -49,6 +49,15 @@ pub enum NoData {
 /// the average utilization in whole percent, as upstream truncates it), or no data.
 pub type Observation = Result<i64, NoData>;
 
+/// A metric's total over the items a source returned, as upstream sums them (saturating at
+/// `i64::MAX`); no items is no data, never zero.
+pub fn total(items_milli: &[i64]) -> Observation {
+    if items_milli.is_empty() {
+        return Err(NoData::Empty);
+    }
+    Ok(items_milli.iter().fold(0i64, |a, &v| a.saturating_add(v)))
+}
+
 /// A metric as the engine sees it at one decision: its target and its reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricSample {
@@ -288,4 +297,28 @@ impl Decision {
 /// multiple does not add a pod.
 pub fn ceil_eps(x: f64) -> f64 {
     (x - 1e-9).ceil()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn total_sums_saturating_and_empty_is_no_data() {
+        assert_eq!(total(&[]), Err(NoData::Empty));
+        assert_eq!(total(&[1500, 2500]), Ok(4000));
+        assert_eq!(total(&[i64::MAX, 1]), Ok(i64::MAX));
+    }
+
+    #[test]
+    fn reasons_are_the_upstream_strings() {
+        assert_eq!(
+            ConditionReason::ScaleDownStabilized.as_str(),
+            "ScaleDownStabilized"
+        );
+        assert_eq!(
+            ConditionReason::TooManyReplicas.to_string(),
+            "TooManyReplicas"
+        );
+    }
 }

@@ -12,6 +12,8 @@ pub struct StepContext<'a> {
     pub step: usize,
     /// Length of one step in seconds.
     pub step_seconds: f64,
+    /// Unix seconds of step 0, for policies that follow the time of day or week.
+    pub start_unix: i64,
     /// The load observed at steps `0..step` (one step of observation lag); `None` is missing.
     pub observed: &'a [Option<f64>],
     /// This policy's decisions for steps `0..step`, after clamping.
