@@ -223,16 +223,23 @@ pub fn run_backtest(trace: &Trace, opts: &BacktestOptions) -> Result<BacktestRep
         let e = metrics::score(&demand, &supply, &r.decisions, before, scored_from);
         Ok((r, e))
     };
-    let oracle_cost = run("oracle")?.1.cost;
     let mut results = Vec::new();
     for name in &opts.policies {
         let (replay, scores) = run(name)?;
         results.push(PolicyResult {
             policy: name.clone(),
-            cost_vs_oracle: scores.cost as f64 / oracle_cost.max(1) as f64,
+            cost_vs_oracle: f64::NAN,
             scores,
             replay,
         });
+    }
+    // cost/oracle needs the oracle's cost even when its row was not asked for.
+    let oracle_cost = match results.iter().find(|r| r.policy == "oracle") {
+        Some(r) => r.scores.cost,
+        None => run("oracle")?.1.cost,
+    };
+    for r in &mut results {
+        r.cost_vs_oracle = r.scores.cost as f64 / oracle_cost.max(1) as f64;
     }
     Ok(BacktestReport {
         config: cfg,

@@ -135,8 +135,8 @@ pub fn worldcup_trace_path() -> PathBuf {
     traces_dir().join("worldcup98-requests-per-minute.csv")
 }
 
-/// Longest grid accepted (about 95 years of minutes): protects against a stray timestamp.
-pub const MAX_STEPS: i64 = 50_000_000;
+/// Longest grid accepted (about 19 years of minutes, a few hundred MB at most): protects against a stray timestamp.
+pub const MAX_STEPS: i64 = 10_000_000;
 
 /// Read and grid a trace file.
 pub fn read_trace(path: &Path, opts: &TraceOptions) -> Result<Trace> {
