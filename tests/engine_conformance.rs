@@ -13,7 +13,7 @@ use ebb::engine::hpa::{
 };
 use ebb::engine::{
     Behavior, ConditionReason as R, Direction, MetricSample, NoData, Policy, ScalingRules,
-    SelectPolicy, Target,
+    SelectPolicy, Target, total,
 };
 
 const NOW: i64 = 10_000_000_000;
@@ -1248,6 +1248,293 @@ fn test_replica_calculator_proposals() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// replica_calculator_test.go (the table-driven version with HPAConfigurableTolerance):
+// TestReplicaCalcExternalPerPodMetric, TestReplicaCalcObjectMetric, TestReplicaCalcObjectPerPodMetric,
+// TestReplicaCalcExternalMetric, TestReplicaCalcResourceTolerance. Object metrics use the same
+// formulas as External ones (Value: usage ratio times ready pods; AverageValue: usage per pod).
+// Upstream writes tolerances as `Tolerances{scaleDown, scaleUp}`; `items` are the returned
+// values in milli-units, summed by `engine::total`.
+
+struct CalcCase {
+    name: &'static str,
+    replicas: Replicas,
+    target: Target,
+    items: &'static [i64],
+    tol: Tolerances,
+    expected: i32,
+}
+
+const DEFAULT_TOL: Tolerances = Tolerances { up: 0.1, down: 0.1 };
+const UP_1PCT: Tolerances = Tolerances {
+    up: 0.01,
+    down: 0.1,
+};
+
+const fn calc(
+    name: &'static str,
+    replicas: Replicas,
+    target: Target,
+    items: &'static [i64],
+    tol: Tolerances,
+    expected: i32,
+) -> CalcCase {
+    CalcCase {
+        name,
+        replicas,
+        target,
+        items,
+        tol,
+        expected,
+    }
+}
+
+const CALC_CASES: &[CalcCase] = &[
+    calc(
+        "TestReplicaCalcExternalPerPodMetric/replica count overflow saturates to MaxInt32",
+        reps(1, 1),
+        Target::AverageValue(1),
+        &[i64::MAX],
+        DEFAULT_TOL,
+        i32::MAX,
+    ),
+    calc(
+        "TestReplicaCalcExternalPerPodMetric/usage overflow with huge target leaves replicas unchanged",
+        reps(1, 1),
+        Target::AverageValue(i64::MAX),
+        &[i64::MAX],
+        DEFAULT_TOL,
+        1,
+    ),
+    calc(
+        "TestReplicaCalcExternalPerPodMetric/scale up",
+        reps(3, 3),
+        Target::AverageValue(2150),
+        &[8600],
+        DEFAULT_TOL,
+        4,
+    ),
+    calc(
+        "TestReplicaCalcExternalPerPodMetric/scale down",
+        reps(5, 5),
+        Target::AverageValue(2867),
+        &[8600],
+        DEFAULT_TOL,
+        3,
+    ),
+    calc(
+        "TestReplicaCalcExternalPerPodMetric/within default tolerance",
+        reps(3, 3),
+        Target::AverageValue(2900),
+        &[8600],
+        DEFAULT_TOL,
+        3,
+    ),
+    calc(
+        "TestReplicaCalcExternalPerPodMetric/outside configurable 1% tolerance",
+        reps(3, 3),
+        Target::AverageValue(2800),
+        &[8600],
+        UP_1PCT,
+        4,
+    ),
+    calc(
+        "TestReplicaCalcObjectMetric/scale up",
+        reps(3, 3),
+        Target::Value(15000),
+        &[20000],
+        DEFAULT_TOL,
+        4,
+    ),
+    calc(
+        "TestReplicaCalcObjectMetric/scale up: very large metric saturates replicas to MaxInt32",
+        reps(3, 3),
+        Target::Value(1),
+        &[i64::MAX],
+        DEFAULT_TOL,
+        i32::MAX,
+    ),
+    // Readiness false, true, false: one ready pod.
+    calc(
+        "TestReplicaCalcObjectMetric/scale up: ignores unready pods",
+        reps(3, 1),
+        Target::Value(10000),
+        &[50000],
+        DEFAULT_TOL,
+        5,
+    ),
+    calc(
+        "TestReplicaCalcObjectMetric/scale down",
+        reps(5, 5),
+        Target::Value(20000),
+        &[12000],
+        DEFAULT_TOL,
+        3,
+    ),
+    calc(
+        "TestReplicaCalcObjectMetric/within default tolerance",
+        reps(3, 3),
+        Target::Value(20000),
+        &[20666],
+        DEFAULT_TOL,
+        3,
+    ),
+    calc(
+        "TestReplicaCalcObjectMetric/outside configurable 1% tolerance",
+        reps(3, 3),
+        Target::Value(20000),
+        &[20666],
+        UP_1PCT,
+        4,
+    ),
+    calc(
+        "TestReplicaCalcObjectPerPodMetric/scale up",
+        reps(3, 3),
+        Target::AverageValue(5000),
+        &[20000],
+        DEFAULT_TOL,
+        4,
+    ),
+    calc(
+        "TestReplicaCalcObjectPerPodMetric/scale down",
+        reps(5, 5),
+        Target::AverageValue(2000),
+        &[6000],
+        DEFAULT_TOL,
+        3,
+    ),
+    calc(
+        "TestReplicaCalcObjectPerPodMetric/within default tolerance",
+        reps(4, 4),
+        Target::AverageValue(5000),
+        &[20166],
+        DEFAULT_TOL,
+        4,
+    ),
+    calc(
+        "TestReplicaCalcObjectPerPodMetric/outside configurable 1% tolerance",
+        reps(4, 4),
+        Target::AverageValue(5000),
+        &[20208],
+        UP_1PCT,
+        5,
+    ),
+    calc(
+        "TestReplicaCalcExternalMetric/scale down: ignores unready pods (would otherwise scale up)",
+        reps(3, 1),
+        Target::Value(4400),
+        &[8600],
+        DEFAULT_TOL,
+        2,
+    ),
+    calc(
+        "TestReplicaCalcExternalMetric/scale down",
+        reps(5, 5),
+        Target::Value(14334),
+        &[8600],
+        DEFAULT_TOL,
+        3,
+    ),
+    calc(
+        "TestReplicaCalcExternalMetric/within default tolerance",
+        reps(3, 3),
+        Target::Value(8888),
+        &[8600],
+        DEFAULT_TOL,
+        3,
+    ),
+    calc(
+        "TestReplicaCalcExternalMetric/outside configurable 1% tolerance",
+        reps(3, 3),
+        Target::Value(8800),
+        &[8900],
+        UP_1PCT,
+        4,
+    ),
+    calc(
+        "TestReplicaCalcExternalMetric/usage overflow caps at MaxInt64",
+        reps(3, 3),
+        Target::Value(i64::MAX),
+        &[i64::MAX / 2 + 1, i64::MAX / 2 + 1],
+        DEFAULT_TOL,
+        3,
+    ),
+    // Requests 0.9 + 1.0 + 1.1 CPU; the observation is upstream's expectedUtilization.
+    calc(
+        "TestReplicaCalcResourceTolerance/within default tolerance",
+        reps(3, 3),
+        Target::Utilization(100),
+        &[102],
+        DEFAULT_TOL,
+        3,
+    ),
+    calc(
+        "TestReplicaCalcResourceTolerance/outside 0% tolerance",
+        reps(3, 3),
+        Target::Utilization(100),
+        &[101],
+        Tolerances { up: 0.0, down: 0.0 },
+        4,
+    ),
+    calc(
+        "TestReplicaCalcResourceTolerance/within 200% scale-up tolerance",
+        reps(3, 3),
+        Target::Utilization(100),
+        &[190],
+        Tolerances { up: 2.0, down: 0.1 },
+        3,
+    ),
+    calc(
+        "TestReplicaCalcResourceTolerance/outside 8% scale-up tolerance (superfluous scale-down tolerance)",
+        reps(3, 3),
+        Target::Utilization(100),
+        &[109],
+        Tolerances {
+            up: 0.08,
+            down: 2.0,
+        },
+        4,
+    ),
+    calc(
+        "TestReplicaCalcResourceTolerance/within 36% scale-down tolerance",
+        reps(3, 3),
+        Target::Utilization(100),
+        &[65],
+        Tolerances {
+            up: 0.1,
+            down: 0.36,
+        },
+        3,
+    ),
+    calc(
+        "TestReplicaCalcResourceTolerance/outside 34% scale-down tolerance",
+        reps(3, 3),
+        Target::Utilization(100),
+        &[65],
+        Tolerances {
+            up: 0.1,
+            down: 0.34,
+        },
+        2,
+    ),
+];
+
+#[test]
+fn test_replica_calculator_tables_with_tolerances() {
+    let mut failures = Vec::new();
+    for c in CALC_CASES {
+        let sample = MetricSample {
+            target: c.target,
+            observation: total(c.items),
+        };
+        let got = hpa::propose(&sample, c.replicas, c.tol);
+        if got != Ok(c.expected) {
+            failures.push(format!("{}: got {got:?}, want {}", c.name, c.expected));
+        }
+    }
+    check(failures);
+}
+
+// ---------------------------------------------------------------------------------------------
 // horizontal_test.go: whole-reconcile cases through `hpa::decide` (legacy path; no behavior).
 
 struct ReconcileCase {
@@ -1355,6 +1642,7 @@ fn at_least_forty_upstream_cases() {
         + STORE_CASES.len()
         + 2
         + PROPOSAL_CASES.len()
+        + CALC_CASES.len()
         + RECONCILE_CASES.len();
     assert!(n >= 40, "only {n} upstream cases");
 }
