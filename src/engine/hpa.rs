@@ -578,6 +578,7 @@ pub fn decide(
         },
         proposal: None,
         metric_index: None,
+        recheck_at: None,
     };
     if current == 0 && spec.min_replicas != 0 {
         let r = ConditionReason::ScalingDisabled;
@@ -646,6 +647,7 @@ pub fn decide(
     } else {
         able_to_scale
     };
+    let recheck_at = recheck_at(spec, state, able_to_scale, limited, limit_reason, now);
     Decision {
         desired,
         reason,
@@ -655,6 +657,59 @@ pub fn decide(
         scaling_limited: limit_reason,
         proposal: Some(proposal),
         metric_index: Some(index),
+        recheck_at,
+    }
+}
+
+/// When a decision held back by a window or a rate limit may change with no new observation:
+/// the earliest moment a record that held it leaves its window or policy period.
+fn recheck_at(
+    spec: &HpaSpec,
+    state: &ScalingState,
+    able_to_scale: ConditionReason,
+    limited: bool,
+    limit_reason: ConditionReason,
+    now: Millis,
+) -> Option<Millis> {
+    // Records newer than `window` before now leave it at `at + window`.
+    let expiry = |times: &mut dyn Iterator<Item = Millis>, window: Millis| {
+        let cutoff = now.saturating_sub(window);
+        times
+            .filter(|&at| at > cutoff)
+            .map(|at| at.saturating_add(window))
+            .min()
+    };
+    let downscale = spec.config.downscale_stabilization_seconds;
+    let held = match (&spec.behavior, able_to_scale) {
+        (_, ConditionReason::ReadyForNewScale) => None,
+        (None, _) => Some(downscale),
+        (Some(b), ConditionReason::ScaleUpStabilized) => {
+            Some(b.stabilization_window_seconds(Direction::Up, downscale))
+        }
+        (Some(b), _) => Some(b.stabilization_window_seconds(Direction::Down, downscale)),
+    };
+    let stabilization =
+        held.and_then(|w| expiry(&mut state.recommendations.iter().map(|r| r.at), secs(w)));
+    let rate = match (&spec.behavior, limited, limit_reason) {
+        (Some(b), true, ConditionReason::ScaleUpLimit | ConditionReason::ScaleDownLimit) => {
+            let dir = if limit_reason == ConditionReason::ScaleUpLimit {
+                Direction::Up
+            } else {
+                Direction::Down
+            };
+            b.policies(dir)
+                .iter()
+                .filter_map(|p| {
+                    let events = state.up_events.iter().chain(&state.down_events);
+                    expiry(&mut events.map(|e| e.at), secs(p.period_seconds()))
+                })
+                .min()
+        }
+        _ => None,
+    };
+    match (stabilization, rate) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -720,6 +775,8 @@ mod tests {
         assert_eq!(d.desired, 10);
         assert_eq!(d.reason, ConditionReason::ScaleDownStabilized);
         assert!(!d.limited);
+        // The 10 recorded at 0 leaves the 300 s window at 300 s.
+        assert_eq!(d.recheck_at, Some(300_000));
         // 300 s later the old recommendation has left the window.
         let d = decide(&s, &mut st, r, &[avg(1000, 5_000)], 315_000);
         assert_eq!(
@@ -748,9 +805,9 @@ mod tests {
             (6, ConditionReason::ScaleUpLimit, true)
         );
         st.store_scale_event(s.behavior.as_ref(), 4, 6, 0);
-        // 30 s later the 2 pods added still count: no room in this period.
+        // 30 s later the 2 pods added still count: no room in this period until 60 s.
         let d = decide(&s, &mut st, Replicas::all(6), &[avg(1000, 20_000)], 30_000);
-        assert_eq!(d.desired, 6);
+        assert_eq!((d.desired, d.recheck_at), (6, Some(60_000)));
         let d = decide(&s, &mut st, Replicas::all(6), &[avg(1000, 20_000)], 61_000);
         assert_eq!(d.desired, 8);
     }

@@ -284,6 +284,10 @@ pub struct Decision {
     pub proposal: Option<i32>,
     /// Index of the metric that gave `proposal`.
     pub metric_index: Option<usize>,
+    /// When a stabilization window or a rate limit held this decision back: the earliest time
+    /// it may change with no new observation (a record leaving its window or period). A
+    /// controller may poll again then instead of waiting a full period.
+    pub recheck_at: Option<Millis>,
 }
 
 impl Decision {
