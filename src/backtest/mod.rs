@@ -79,10 +79,10 @@ pub struct BacktestArgs {
     /// Score only the last N days (the replay still runs over the whole trace).
     #[arg(long)]
     pub last_days: Option<f64>,
-    /// Write each policy's decisions as CSV `step,desired` (several policies: FILE.<policy>.csv).
+    /// Write each policy's decisions as CSV `step,desired` (several policies: one FILE.POLICY.csv each).
     #[arg(long, value_name = "FILE")]
     pub decisions: Option<PathBuf>,
-    /// Draw demand, supply and decisions as SVG (several policies: FILE.<policy>.svg).
+    /// Draw demand, supply and decisions as SVG (several policies: one FILE.POLICY.svg each).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
     /// Output format.
