@@ -4,7 +4,8 @@
 //!   metrics and a warm state (a full 300 s window of recommendations, recent scale events).
 //!   Goal: under 2 µs.
 //! - `replay/worldcup/<policy>`: the 125,310-step WorldCup 98 trace through each baseline, as
-//!   `ebb backtest` replays it. Goal: under 1 s per policy.
+//!   `ebb backtest` replays it (`hpa-engine` makes 4 engine decisions per step). Goal: under
+//!   1 s per policy.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -76,7 +77,7 @@ fn full_replay(c: &mut Criterion) {
     let mut group = c.benchmark_group("replay/worldcup");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
-    for name in ["hpa", "kpa", "oracle"] {
+    for name in ["hpa", "kpa", "oracle", "hpa-engine"] {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut policy = make_policy(name, &demand, &cfg).expect("a known policy");

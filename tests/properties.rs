@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ebb::backtest::replay::{ReplayConfig, replay};
 use ebb::backtest::trace::{TraceOptions, parse_trace};
-use ebb::engine::baseline::{HpaBaseline, KpaBaseline, OracleBaseline};
+use ebb::engine::baseline::{HpaBaseline, HpaEngineBaseline, KpaBaseline, OracleBaseline};
 use ebb::engine::hpa::{self, ControllerConfig, HpaSpec, MAX_RECORDS, Replicas, ScalingState};
 use ebb::engine::policy::ReplayPolicy;
 use ebb::engine::{
@@ -184,6 +184,7 @@ proptest! {
             Box::new(OracleBaseline::new(demand.clone(), delay)),
             Box::new(HpaBaseline::default()),
             Box::new(KpaBaseline),
+            Box::new(HpaEngineBaseline::default()),
         ];
         for p in policies.iter_mut() {
             let r = replay(&load, &cfg, p.as_mut());

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::engine::baseline::{self, HpaBaseline, KpaBaseline, OracleBaseline};
+use crate::engine::baseline::{self, HpaBaseline, HpaEngineBaseline, KpaBaseline, OracleBaseline};
 use crate::engine::policy::ReplayPolicy;
 use metrics::Elasticity;
 use replay::{Replay, ReplayConfig};
@@ -178,6 +178,7 @@ pub fn make_policy(
         "oracle" => Box::new(OracleBaseline::new(demand.to_vec(), cfg.startup_delay)),
         "hpa" => Box::new(HpaBaseline::default()),
         "kpa" => Box::new(KpaBaseline),
+        "hpa-engine" => Box::new(HpaEngineBaseline::default()),
         _ => return None,
     })
 }
@@ -269,9 +270,16 @@ pub fn format_table(report: &BacktestReport) -> String {
         scored,
         report.scored_from
     );
+    let w = report
+        .results
+        .iter()
+        .map(|r| r.policy.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     let _ = writeln!(
         out,
-        "{:<8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>12} {:>11} {:>8} {:>9}",
+        "{:<w$} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>12} {:>11} {:>8} {:>9}",
         "policy",
         "tau_U%",
         "theta_U%",
@@ -288,7 +296,7 @@ pub fn format_table(report: &BacktestReport) -> String {
         let e = &r.scores;
         let _ = writeln!(
             out,
-            "{:<8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10} {:>10} {:>12} {:>11.3} {:>8} {:>9}",
+            "{:<w$} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10} {:>10} {:>12} {:>11.3} {:>8} {:>9}",
             r.policy,
             e.tau_u,
             e.theta_u,
