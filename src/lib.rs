@@ -7,7 +7,9 @@
 //! `cli` wires the parts. `localstack` starts the real services ebb talks to, for the demo and
 //! the tests.
 
+pub mod backtest;
 pub mod cli;
+pub mod engine;
 pub mod localstack;
 
 /// Installs ring as the process's rustls provider (kube, reqwest and lapin all use rustls;
