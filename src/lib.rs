@@ -7,8 +7,10 @@
 //! `cli` wires the parts. `localstack` starts the real services ebb talks to, for the demo and
 //! the tests.
 
+pub mod backtest;
 pub mod cli;
 pub mod collect;
+pub mod engine;
 pub mod history;
 pub mod localstack;
 pub mod source;

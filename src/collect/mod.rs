@@ -150,6 +150,7 @@ impl Collector {
     /// Subscribes to `query`, polled at least every `interval`. The first subscriber to a
     /// query creates its source (failing only on unusable configuration) and triggers an
     /// immediate fetch and the history backfill; later ones share all of it.
+    /// Call from within the tokio runtime the collector was started on.
     pub fn register(&self, query: Query, interval: Duration) -> Result<Subscription, SourceError> {
         let inner = &self.inner;
         let now = Instant::now();
