@@ -22,7 +22,7 @@ pub mod rabbitmq;
 pub mod secret;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -224,7 +224,8 @@ pub fn apply_empty_as(result: Result<f64>, empty_as: Option<f64>) -> Result<f64>
 #[derive(Default)]
 pub struct Connections {
     prometheus: Mutex<HashMap<(String, PrometheusAuth), prometheus_http_query::Client>>,
-    rabbitmq: Mutex<HashMap<rabbitmq::RabbitConnection, Arc<rabbitmq::Broker>>>,
+    /// Held weakly: a broker lives as long as a source uses it.
+    rabbitmq: Mutex<HashMap<rabbitmq::RabbitConnection, Weak<rabbitmq::Broker>>>,
 }
 
 impl Connections {
@@ -253,11 +254,13 @@ impl Connections {
             Query::RabbitMq(q) => {
                 let broker = {
                     let mut brokers = self.rabbitmq.lock().expect("connections lock");
-                    match brokers.get(&q.connection) {
-                        Some(b) => b.clone(),
+                    // Brokers no source uses any more are gone (their AMQP connections closed).
+                    brokers.retain(|_, b| b.strong_count() > 0);
+                    match brokers.get(&q.connection).and_then(Weak::upgrade) {
+                        Some(b) => b,
                         None => {
                             let b = Arc::new(rabbitmq::Broker::new(q.connection.clone())?);
-                            brokers.insert(q.connection.clone(), b.clone());
+                            brokers.insert(q.connection.clone(), Arc::downgrade(&b));
                             b
                         }
                     }
