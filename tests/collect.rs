@@ -77,7 +77,9 @@ async fn a_hundred_targets_over_ten_queries_cost_ten_upstream_queries_per_interv
             ..Default::default()
         },
     );
-    let interval = Duration::from_secs(2);
+    // Long enough that reading Prometheus's counter after a round always ends before the next
+    // round starts, even on a loaded machine.
+    let interval = Duration::from_secs(5);
     let subs: Vec<Subscription> = (0..100)
         .map(|target| {
             let q = query(&prometheus.url(), &format!("vector({})", target % 10));
@@ -87,7 +89,7 @@ async fn a_hundred_targets_over_ten_queries_cost_ten_upstream_queries_per_interv
     assert_eq!(collector.distinct_queries(), 10);
 
     // Count at Prometheus between the ends of consecutive rounds: a round's fetches finish
-    // within milliseconds, far from the next one 2 s later.
+    // within milliseconds, far from the next one 5 s later.
     let mut last = round_after(&subs, tokio::time::Instant::now() - Duration::from_secs(60)).await;
     let mut before = instant_queries_served(prometheus).await;
     for _ in 0..3 {
@@ -248,14 +250,14 @@ async fn a_stalled_upstream_gets_bounded_concurrency_and_no_pile_up() {
                 address: address.clone(),
                 query: format!("vector({i})"),
                 auth_secret_ref: None,
-                timeout: Some("3s".into()),
+                timeout: Some("6s".into()),
                 empty_as: None,
             };
             let q = Query::Prometheus(config.resolve(None).unwrap());
             collector.register(q, Duration::from_millis(500)).unwrap()
         })
         .collect();
-    // Within the first timeout only two queries may be in flight at the upstream.
+    // Within the first timeout (6 s) only two queries may be in flight at the upstream.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert!(subs.iter().all(|s| s.get().is_none()));
@@ -268,12 +270,13 @@ async fn a_stalled_upstream_gets_bounded_concurrency_and_no_pile_up() {
         .unwrap();
     assert!(skipped >= 2.0, "{metrics}");
     // Then the timeouts land in the cache as errors, never as values.
-    let failed = eventually(Duration::from_secs(10), "timeouts in the cache", || async {
+    // (Three batches of two, 6 s each, at most.)
+    let failed = eventually(Duration::from_secs(40), "timeouts in the cache", || async {
         subs[0].get()
     })
     .await;
     assert_eq!(
         failed.result,
-        Err(SourceError::Timeout(Duration::from_secs(3)))
+        Err(SourceError::Timeout(Duration::from_secs(6)))
     );
 }
