@@ -13,6 +13,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Replay a recorded load series through policies and print elasticity metrics.
+    Backtest(crate::backtest::BacktestArgs),
     /// Start the local stack (Kubernetes control plane with kwok nodes, Prometheus, RabbitMQ)
     /// on loopback with a sample workload, and keep it up until Ctrl-C.
     Demo(crate::localstack::DemoArgs),
@@ -21,6 +23,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::install_crypto_provider();
     match cli.command {
+        Command::Backtest(args) => crate::backtest::run(&args),
         Command::Demo(args) => crate::localstack::run_demo(args),
     }
 }

@@ -8,7 +8,9 @@
 //! the tests.
 
 pub mod api;
+pub mod backtest;
 pub mod cli;
+pub mod engine;
 pub mod localstack;
 
 /// Installs ring as the process's rustls provider (kube, reqwest and lapin all use rustls;

@@ -1,0 +1,418 @@
+//! `ebb backtest`: replay a recorded load series through policies as
+//! `shared/reference/backtest-protocol.md` defines, and score them with the SPEC RG elasticity
+//! metrics. The policies are the engine's own ([`crate::engine::baseline`]); nothing here
+//! decides, it only reads, replays, scores and writes.
+
+pub mod metrics;
+pub mod plot;
+pub mod replay;
+pub mod trace;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::engine::baseline::{self, HpaBaseline, HpaEngineBaseline, KpaBaseline, OracleBaseline};
+use crate::engine::policy::ReplayPolicy;
+use metrics::Elasticity;
+use replay::{Replay, ReplayConfig};
+use trace::{Trace, TraceError, TraceOptions};
+
+/// Errors of the backtest layer.
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    /// The trace could not be read.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// A policy name that is not known.
+    #[error("unknown policy {0:?} (known: {known}, all)", known = baseline::NAMES.join(", "))]
+    UnknownPolicy(String),
+    /// The trace has no known value to derive capacity and bounds from.
+    #[error("the trace has no known value")]
+    NoData,
+    /// A flag value that cannot be used.
+    #[error("invalid {flag}: {message}")]
+    InvalidArg {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// An output file could not be written.
+    #[error("{path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Result alias of the backtest layer.
+pub type Result<T> = std::result::Result<T, BacktestError>;
+
+/// Output format of `ebb backtest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned text table.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// `ebb backtest`: replay a recorded load series through policies and score them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BacktestArgs {
+    /// CSV with a timestamp column and a value column (e.g. ../shared/traces/worldcup98-requests-per-minute.csv).
+    #[arg(long, env = "EBB_BACKTEST_TRACE")]
+    pub trace: PathBuf,
+    /// Policies to replay: hpa, kpa, oracle, a comma list, or all.
+    #[arg(long, default_value = "all")]
+    pub policy: String,
+    /// Load one pod serves per step (default: median load / 10).
+    #[arg(long)]
+    pub capacity: Option<f64>,
+    /// Steps before an added pod is ready (default: 1 for steps up to a minute, else 0).
+    #[arg(long)]
+    pub startup_delay: Option<usize>,
+    /// Score only the last N days (the replay still runs over the whole trace).
+    #[arg(long)]
+    pub last_days: Option<f64>,
+    /// Write each policy's decisions as CSV `step,desired` (several policies: one FILE.POLICY.csv each).
+    #[arg(long, value_name = "FILE")]
+    pub decisions: Option<PathBuf>,
+    /// Draw demand, supply and decisions as SVG (several policies: one FILE.POLICY.svg each).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Timestamp column (name or 0-based index).
+    #[arg(long)]
+    pub time_column: Option<String>,
+    /// Value column (name or 0-based index).
+    #[arg(long)]
+    pub value_column: Option<String>,
+}
+
+/// What to replay and how to score it.
+#[derive(Debug, Clone, Default)]
+pub struct BacktestOptions {
+    /// Policy names, in order.
+    pub policies: Vec<String>,
+    /// Override of `c`.
+    pub capacity: Option<f64>,
+    /// Override of `S`.
+    pub startup_delay: Option<usize>,
+    /// Score only the last N days.
+    pub last_days: Option<f64>,
+}
+
+/// One policy's replay and scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyResult {
+    /// Policy name.
+    pub policy: String,
+    /// Its scores.
+    #[serde(flatten)]
+    pub scores: Elasticity,
+    /// Its cost divided by the oracle's.
+    pub cost_vs_oracle: f64,
+    /// Its decisions.
+    #[serde(skip)]
+    pub replay: Replay,
+}
+
+/// Everything a backtest produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacktestReport {
+    /// Capacity, delay, bounds and step.
+    pub config: ReplayConfig,
+    /// Grid steps in the trace.
+    pub steps: usize,
+    /// Missing grid steps.
+    pub missing: usize,
+    /// First scored step.
+    pub scored_from: usize,
+    /// One entry per policy.
+    pub results: Vec<PolicyResult>,
+    /// Demand per step (for plots).
+    #[serde(skip)]
+    pub demand: Vec<Option<u32>>,
+}
+
+/// Expand `--policy` (comma list, `all`) into known names.
+pub fn parse_policies(spec: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let names: Vec<&str> = if name.eq_ignore_ascii_case("all") {
+            baseline::NAMES.to_vec()
+        } else if let Some(n) = baseline::NAMES
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(name))
+        {
+            vec![*n]
+        } else {
+            return Err(BacktestError::UnknownPolicy(name.to_string()));
+        };
+        for n in names {
+            if !out.iter().any(|o| o == n) {
+                out.push(n.to_string());
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(BacktestError::UnknownPolicy(spec.to_string()));
+    }
+    Ok(out)
+}
+
+/// A fresh policy by name.
+pub fn make_policy(
+    name: &str,
+    demand: &[Option<u32>],
+    cfg: &ReplayConfig,
+) -> Option<Box<dyn ReplayPolicy>> {
+    Some(match name {
+        "oracle" => Box::new(OracleBaseline::new(demand.to_vec(), cfg.startup_delay)),
+        "hpa" => Box::new(HpaBaseline::default()),
+        "kpa" => Box::new(KpaBaseline),
+        "hpa-engine" => Box::new(HpaEngineBaseline::default()),
+        _ => return None,
+    })
+}
+
+/// Replay and score the trace.
+pub fn run_backtest(trace: &Trace, opts: &BacktestOptions) -> Result<BacktestReport> {
+    if let Some(c) = opts.capacity
+        && !(c.is_finite() && c > 0.0)
+    {
+        return Err(BacktestError::InvalidArg {
+            flag: "--capacity",
+            message: format!("{c} is not a positive number"),
+        });
+    }
+    let mut cfg = ReplayConfig::for_series(
+        &trace.values,
+        trace.step_seconds as f64,
+        opts.capacity,
+        opts.startup_delay,
+    )
+    .ok_or(BacktestError::NoData)?;
+    cfg.start_unix = trace.start;
+    let demand = cfg.demand(&trace.values);
+    let scored_from = match opts.last_days {
+        None => 0,
+        Some(days) if days.is_finite() && days > 0.0 => {
+            let steps = (days * 86_400.0 / trace.step_seconds as f64).round() as usize;
+            trace.len().saturating_sub(steps)
+        }
+        Some(days) => {
+            return Err(BacktestError::InvalidArg {
+                flag: "--last-days",
+                message: format!("{days} is not a positive number of days"),
+            });
+        }
+    };
+    let run = |name: &str| -> Result<(Replay, Elasticity)> {
+        let mut policy = make_policy(name, &demand, &cfg)
+            .ok_or_else(|| BacktestError::UnknownPolicy(name.to_string()))?;
+        let r = replay::replay(&trace.values, &cfg, policy.as_mut());
+        let supply = r.supply(cfg.startup_delay);
+        let before = r.decision(scored_from as isize - 1);
+        let e = metrics::score(&demand, &supply, &r.decisions, before, scored_from);
+        Ok((r, e))
+    };
+    let mut results = Vec::new();
+    for name in &opts.policies {
+        let (replay, scores) = run(name)?;
+        results.push(PolicyResult {
+            policy: name.clone(),
+            cost_vs_oracle: f64::NAN,
+            scores,
+            replay,
+        });
+    }
+    // cost/oracle needs the oracle's cost even when its row was not asked for.
+    let oracle_cost = match results.iter().find(|r| r.policy == "oracle") {
+        Some(r) => r.scores.cost,
+        None => run("oracle")?.1.cost,
+    };
+    for r in &mut results {
+        r.cost_vs_oracle = r.scores.cost as f64 / oracle_cost.max(1) as f64;
+    }
+    Ok(BacktestReport {
+        config: cfg,
+        steps: trace.len(),
+        missing: trace.missing(),
+        scored_from,
+        results,
+        demand,
+    })
+}
+
+/// The results as an aligned text table with a header line.
+pub fn format_table(report: &BacktestReport) -> String {
+    let c = &report.config;
+    let mut out = String::new();
+    let scored = report.results.first().map_or(0, |r| r.scores.steps);
+    let _ = writeln!(
+        out,
+        "c = {:.1} per step per pod, S = {} step(s), bounds [{}, {}], step {} s, {} steps ({} missing), scored {} steps from step {}",
+        c.capacity,
+        c.startup_delay,
+        c.min_replicas,
+        c.max_replicas,
+        c.step_seconds,
+        report.steps,
+        report.missing,
+        scored,
+        report.scored_from
+    );
+    let w = report
+        .results
+        .iter()
+        .map(|r| r.policy.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let _ = writeln!(
+        out,
+        "{:<w$} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>12} {:>11} {:>8} {:>9}",
+        "policy",
+        "tau_U%",
+        "theta_U%",
+        "tau_O%",
+        "theta_O%",
+        "A_U",
+        "A_O",
+        "cost",
+        "cost/oracle",
+        "actions",
+        "reversals"
+    );
+    for r in &report.results {
+        let e = &r.scores;
+        let _ = writeln!(
+            out,
+            "{:<w$} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10} {:>10} {:>12} {:>11.3} {:>8} {:>9}",
+            r.policy,
+            e.tau_u,
+            e.theta_u,
+            e.tau_o,
+            e.theta_o,
+            e.a_u,
+            e.a_o,
+            e.cost,
+            r.cost_vs_oracle,
+            e.actions,
+            e.reversals
+        );
+    }
+    out
+}
+
+/// `FILE` for one policy, `FILE.<policy>.<ext>` when several share the flag.
+fn output_path(base: &Path, policy: &str, several: bool) -> PathBuf {
+    if !several {
+        return base.to_path_buf();
+    }
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    let name = match base.extension() {
+        Some(ext) => format!("{stem}.{policy}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{policy}"),
+    };
+    base.with_file_name(name)
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<()> {
+    std::fs::write(path, contents).map_err(|source| BacktestError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The decisions as CSV `step,desired`.
+pub fn decisions_csv(replay: &Replay) -> String {
+    let mut out = String::with_capacity(replay.decisions.len() * 10);
+    out.push_str("step,desired\n");
+    for (t, d) in replay.decisions.iter().enumerate() {
+        let _ = writeln!(out, "{t},{d}");
+    }
+    out
+}
+
+/// `ebb backtest`: read, replay, print, and write the optional files.
+pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
+    let BacktestArgs {
+        trace,
+        policy,
+        capacity,
+        startup_delay,
+        last_days,
+        decisions,
+        plot,
+        format,
+        time_column,
+        value_column,
+    } = args;
+    let opts = TraceOptions {
+        time_column: time_column.clone(),
+        value_column: value_column.clone(),
+    };
+    // Flags first: a typo should not wait for a large trace to load.
+    let policies = parse_policies(policy)?;
+    let series = trace::read_trace(trace, &opts)?;
+    let report = run_backtest(
+        &series,
+        &BacktestOptions {
+            policies,
+            capacity: *capacity,
+            startup_delay: *startup_delay,
+            last_days: *last_days,
+        },
+    )?;
+    match format {
+        Format::Table => print!("{}", format_table(&report)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    let several = report.results.len() > 1;
+    for r in &report.results {
+        if let Some(base) = decisions {
+            write_file(
+                &output_path(base, &r.policy, several),
+                &decisions_csv(&r.replay),
+            )?;
+        }
+        if let Some(base) = plot {
+            let supply = r.replay.supply(report.config.startup_delay);
+            let as_f = |v: &[u32]| v.iter().map(|&x| Some(x as f64)).collect();
+            let svg = plot::render(
+                &format!("{}: {} policy", trace.display(), r.policy),
+                &[
+                    plot::Series {
+                        label: "demand (pods)",
+                        color: "#555555",
+                        values: report.demand.iter().map(|d| d.map(f64::from)).collect(),
+                    },
+                    plot::Series {
+                        label: "ready supply",
+                        color: "#1f77b4",
+                        values: as_f(&supply),
+                    },
+                    plot::Series {
+                        label: "decisions",
+                        color: "#d62728",
+                        values: as_f(&r.replay.decisions),
+                    },
+                ],
+            );
+            write_file(&output_path(base, &r.policy, several), &svg)?;
+        }
+    }
+    Ok(())
+}

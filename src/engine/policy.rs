@@ -1,0 +1,56 @@
+//! The step-wise interface `ebb backtest` replays policies through (backtest-protocol.md,
+//! section 3). A policy sees, at step t, the observed load up to t-1 (missing points stay
+//! missing), its own past decisions and the pods ready at the start of step t; it returns the
+//! desired replica count D_t. The replay clamps it to the bounds.
+
+use super::ceil_eps;
+
+/// What a policy may know at step `step`.
+#[derive(Debug, Clone, Copy)]
+pub struct StepContext<'a> {
+    /// The step being decided (0-based, on the trace's grid).
+    pub step: usize,
+    /// Length of one step in seconds.
+    pub step_seconds: f64,
+    /// Unix seconds of step 0, for policies that follow the time of day or week.
+    pub start_unix: i64,
+    /// The load observed at steps `0..step` (one step of observation lag); `None` is missing.
+    pub observed: &'a [Option<f64>],
+    /// This policy's decisions for steps `0..step`, after clamping.
+    pub decisions: &'a [u32],
+    /// D_{t-1}: the last decision, or the warm start before step 0.
+    pub previous: u32,
+    /// Pods ready at the start of the step: `min(D_{t-S}, ..., D_{t-1})`.
+    pub ready: u32,
+    /// Load one pod serves per step within its SLO (`c`).
+    pub capacity: f64,
+    /// Lower bound on decisions.
+    pub min_replicas: u32,
+    /// Upper bound on decisions.
+    pub max_replicas: u32,
+}
+
+impl StepContext<'_> {
+    /// The most recent observation (lambda_{t-1}), if it is known.
+    pub fn last_observation(&self) -> Option<f64> {
+        self.observed.last().copied().flatten()
+    }
+}
+
+/// A policy the backtest can replay step by step.
+pub trait ReplayPolicy {
+    /// Short name shown in the results table.
+    fn name(&self) -> &str;
+    /// The desired replica count for `ctx.step`.
+    fn decide(&mut self, ctx: &StepContext<'_>) -> u32;
+}
+
+/// Pods needed for a load: `max(1, ceil(load / capacity))` (protocol section 2).
+pub fn demand(load: f64, capacity: f64) -> u32 {
+    let pods = ceil_eps(load / capacity);
+    if pods.is_nan() {
+        return 1;
+    }
+    // Saturating float-to-int conversion: absurd loads become u32::MAX, never a panic.
+    (pods as u32).max(1)
+}

@@ -1,0 +1,146 @@
+//! `ebb backtest` end to end through the binary: output, files, and errors on bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ebb-backtest-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn ebb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A small trace: unsorted rows, a two-minute gap, a burst.
+const TRACE: &str = "period,count\n\
+2024-01-01 00:02:00,300\n\
+2024-01-01 00:00:00,100\n\
+2024-01-01 00:01:00,200\n\
+2024-01-01 00:05:00,900\n\
+2024-01-01 00:06:00,4000\n\
+2024-01-01 00:07:00,3000\n\
+2024-01-01 00:08:00,500\n\
+2024-01-01 00:09:00,400\n";
+
+#[test]
+fn table_decisions_and_plot() {
+    let dir = scratch("ok");
+    let trace = dir.join("t.csv");
+    std::fs::write(&trace, TRACE).unwrap();
+    let out = ebb(&[
+        "backtest",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--policy",
+        "oracle,hpa",
+        "--decisions",
+        dir.join("d.csv").to_str().unwrap(),
+        "--plot",
+        dir.join("p.svg").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // median of the 8 known values is (400 + 500) / 2 = 450: c = 45, max demand 89 -> 134.
+    assert!(stdout.starts_with("c = 45.0 per step per pod, S = 1 step(s), bounds [1, 134], step 60 s, 10 steps (2 missing)"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("oracle ")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("hpa ")), "{stdout}");
+    assert!(!stdout.lines().any(|l| l.starts_with("kpa ")), "{stdout}");
+    for policy in ["oracle", "hpa"] {
+        let csv = std::fs::read_to_string(dir.join(format!("d.{policy}.csv"))).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "step,desired");
+        assert_eq!(lines.len(), 11, "{csv}");
+        let svg = std::fs::read_to_string(dir.join(format!("p.{policy}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("<path"), "{svg}");
+    }
+    // The oracle knows the burst one step ahead: demand at step 6 is ceil(4000 / 45) = 89.
+    let oracle = std::fs::read_to_string(dir.join("d.oracle.csv")).unwrap();
+    assert!(oracle.lines().any(|l| l == "5,89"), "{oracle}");
+
+    let json = ebb(&[
+        "backtest",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 4);
+    assert_eq!(v["results"][0]["policy"], "oracle");
+    assert_eq!(v["results"][0]["a_u"], 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = scratch("bad");
+    let bad = dir.join("bad.csv");
+    std::fs::write(
+        &bad,
+        "period,count\n2024-01-01 00:00:00,1\n2024-01-01 00:01:00,lots\n",
+    )
+    .unwrap();
+    let out = ebb(&["backtest", "--trace", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.csv:3: field \"count\": not a number: \"lots\""),
+        "{err}"
+    );
+
+    let dup = dir.join("dup.csv");
+    std::fs::write(
+        &dup,
+        "period,count\n2024-01-01 00:00:00,1\n2024-01-01 00:00:00,2\n",
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&ebb(&["backtest", "--trace", dup.to_str().unwrap()]).stderr)
+        .into_owned();
+    assert!(err.contains("dup.csv:3: duplicate timestamp"), "{err}");
+
+    let empty = dir.join("empty.csv");
+    std::fs::write(&empty, "period,count\n").unwrap();
+    let err =
+        String::from_utf8_lossy(&ebb(&["backtest", "--trace", empty.to_str().unwrap()]).stderr)
+            .into_owned();
+    assert!(
+        err.contains("empty.csv: the trace has no data rows"),
+        "{err}"
+    );
+
+    let err = String::from_utf8_lossy(
+        &ebb(&[
+            "backtest",
+            "--trace",
+            bad.to_str().unwrap(),
+            "--policy",
+            "magic",
+        ])
+        .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("unknown policy \"magic\""), "{err}");
+
+    let err = String::from_utf8_lossy(
+        &ebb(&[
+            "backtest",
+            "--trace",
+            dir.join("absent.csv").to_str().unwrap(),
+        ])
+        .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("absent.csv"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
