@@ -46,6 +46,7 @@ pub const CONFIG_MAP_NAMESPACE: &str = "kube-system";
 pub const CONFIG_MAP_NAME: &str = "extension-apiserver-authentication";
 /// Users in this group are allowed everything without a SubjectAccessReview.
 const SYSTEM_MASTERS: &str = "system:masters";
+const SYSTEM_AUTHENTICATED: &str = "system:authenticated";
 
 /// Why authentication could not be set up or a review could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -431,8 +432,22 @@ impl Auth {
         self.trust().handshake.clone()
     }
 
-    /// Who is asking, by the chain in [`module docs`](self).
+    /// Who is asking, by the chain in [`module docs`](self). Like the Go library, every
+    /// authenticated user is also in group `system:authenticated` (RBAC's discovery roles are
+    /// bound to it).
     pub async fn authenticate(
+        &self,
+        peer: Option<&PeerCertificates>,
+        headers: &HeaderMap,
+    ) -> Result<UserInfo, ApiError> {
+        let mut user = self.identify(peer, headers).await?;
+        if !user.groups.iter().any(|g| g == SYSTEM_AUTHENTICATED) {
+            user.groups.push(SYSTEM_AUTHENTICATED.to_string());
+        }
+        Ok(user)
+    }
+
+    async fn identify(
         &self,
         peer: Option<&PeerCertificates>,
         headers: &HeaderMap,
