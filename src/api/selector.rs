@@ -465,4 +465,49 @@ mod tests {
         assert_eq!(s.to_string(), "a=1,b in (x,y),!c,d notin (z)");
         assert_eq!(Selector::parse(&s.to_string()).unwrap(), s);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn word() -> impl Strategy<Value = String> {
+            "[a-z0-9]([a-z0-9._-]{0,6}[a-z0-9])?"
+        }
+
+        fn requirement() -> impl Strategy<Value = String> {
+            let key = (proptest::option::of(Just("ebb.dev/")), word())
+                .prop_map(|(p, k)| format!("{}{k}", p.unwrap_or("")));
+            let values = proptest::collection::vec(word(), 1..4).prop_map(|v| v.join(" , "));
+            (key, 0..7usize, word(), values).prop_map(|(k, op, v, vs)| match op {
+                0 => format!("{k}={v}"),
+                1 => format!("{k} == {v}"),
+                2 => format!("{k}!={v}"),
+                3 => format!("{k} in ( {vs} )"),
+                4 => format!("{k} notin ({vs})"),
+                5 => k,
+                _ => format!("! {k}"),
+            })
+        }
+
+        proptest! {
+            /// Any selector in the grammar parses, and its printed form parses back to it.
+            #[test]
+            fn generated_selectors_parse_and_round_trip(
+                parts in proptest::collection::vec(requirement(), 0..5),
+            ) {
+                let input = parts.join(", ");
+                let selector = Selector::parse(&input).unwrap();
+                prop_assert_eq!(selector.requirements().len(), parts.len());
+                prop_assert_eq!(Selector::parse(&selector.to_string()).unwrap(), selector);
+            }
+
+            /// Arbitrary text never panics the parser; an error points inside the input.
+            #[test]
+            fn arbitrary_text_never_panics(input in "\\PC{0,40}") {
+                if let Err(e) = Selector::parse(&input) {
+                    prop_assert!(e.position <= input.len());
+                }
+            }
+        }
+    }
 }
