@@ -74,7 +74,12 @@ async fn run_server_and_load() {
         .write(dir.path(), "serving")
         .unwrap();
     let (client_cert, client_key) = cluster_ca
-        .issue("system:serviceaccount:kube-system:horizontal-pod-autoscaler", None, &[], Usage::Client)
+        .issue(
+            "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+            None,
+            &[],
+            Usage::Client,
+        )
         .unwrap()
         .write(dir.path(), "client")
         .unwrap();
@@ -212,7 +217,10 @@ fn client(ca: &PathBuf, cert: &PathBuf, key: &PathBuf) -> reqwest::Client {
     let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(
-            CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<_, _>>().unwrap(),
+            CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap(),
             PrivateKeyDer::from_pem_file(key).unwrap(),
         )
         .unwrap();

@@ -174,9 +174,17 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
         "get"
     };
     let started = std::time::Instant::now();
+    // Decremented on drop: a client that hangs up mid-request must not leave the gauge high.
+    struct InFlight(prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
     state.metrics.requests_in_flight.inc();
+    let in_flight = InFlight(state.metrics.requests_in_flight.clone());
     let response = next.run(request).await;
-    state.metrics.requests_in_flight.dec();
+    drop(in_flight);
     state
         .metrics
         .request_duration_seconds
