@@ -69,9 +69,92 @@ pub struct UserInfo {
 }
 
 /// The certificate chain a TLS client presented (leaf first), inserted into each request's
-/// extensions by the accept loop.
+/// extensions by the accept loop. What the chain proves is worked out on the connection's
+/// first request and reused by the next ones (an aggregator keeps one HTTP/2 connection for
+/// all its requests) until the trust settings change or the leaf expires.
 #[derive(Debug, Clone)]
-pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
+pub struct PeerCertificates {
+    chain: Arc<[CertificateDer<'static>]>,
+    verdict: Arc<Mutex<Option<CertVerdict>>>,
+}
+
+impl PeerCertificates {
+    pub fn new(chain: Vec<CertificateDer<'static>>) -> Self {
+        Self {
+            chain: chain.into(),
+            verdict: Arc::default(),
+        }
+    }
+
+    fn verdict(&self, generation: u64, trust: &Trust) -> CertVerdict {
+        let mut cached = self.verdict.lock().unwrap_or_else(|p| p.into_inner());
+        let now = UnixTime::now();
+        if let Some(v) = cached.as_ref()
+            && v.generation == generation
+            && now.as_secs() < v.not_after
+        {
+            return v.clone();
+        }
+        let v = CertVerdict::of(&self.chain, generation, trust, now);
+        *cached = Some(v.clone());
+        v
+    }
+}
+
+/// What a client chain proves under one version of the trust settings.
+#[derive(Debug, Clone, Default)]
+struct CertVerdict {
+    generation: u64,
+    /// Seconds since the epoch after which the leaf is no longer valid.
+    not_after: u64,
+    /// Signed by the requestheader CA, with an allowed CN.
+    front_proxy: bool,
+    /// Signed by the client CA: the user (CN) and groups (O).
+    client: Option<(String, Vec<String>)>,
+}
+
+impl CertVerdict {
+    fn of(chain: &[CertificateDer<'_>], generation: u64, trust: &Trust, now: UnixTime) -> Self {
+        let mut verdict = Self {
+            generation,
+            ..Self::default()
+        };
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return verdict;
+        };
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+            return verdict;
+        };
+        verdict.not_after = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
+        let subject = parsed.subject();
+        let cn = subject
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_string);
+        let verified = |v: &Option<Arc<dyn ClientCertVerifier>>| {
+            v.as_ref()
+                .is_some_and(|v| v.verify_client_cert(leaf, intermediates, now).is_ok())
+        };
+        if let Some(rh) = &trust.settings.request_header
+            && verified(&trust.request_header_ca)
+        {
+            verdict.front_proxy = rh.allowed_names.is_empty()
+                || cn.as_ref().is_some_and(|cn| rh.allowed_names.contains(cn));
+        }
+        if verified(&trust.client_ca)
+            && let Some(cn) = cn
+        {
+            let groups = subject
+                .iter_organization()
+                .filter_map(|a| a.as_str().ok())
+                .map(str::to_string)
+                .collect();
+            verdict.client = Some((cn, groups));
+        }
+        verdict
+    }
+}
 
 /// What a request wants to do, as a SubjectAccessReview states it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -452,33 +535,21 @@ impl Auth {
         peer: Option<&PeerCertificates>,
         headers: &HeaderMap,
     ) -> Result<UserInfo, ApiError> {
+        let generation = self.generation();
         let trust = self.trust();
-        if let Some(PeerCertificates(chain)) = peer
-            && let Some((leaf, intermediates)) = chain.split_first()
-        {
-            if let (Some(rh), Some(verifier)) =
-                (&trust.settings.request_header, &trust.request_header_ca)
-                && verifier
-                    .verify_client_cert(leaf, intermediates, UnixTime::now())
-                    .is_ok()
+        if let Some(peer) = peer {
+            let verdict = peer.verdict(generation, &trust);
+            if verdict.front_proxy
+                && let Some(rh) = &trust.settings.request_header
+                && let Some(user) = user_from_headers(rh, headers)
             {
-                let (cn, _) = subject_names(leaf);
-                let allowed = rh.allowed_names.is_empty()
-                    || cn.as_ref().is_some_and(|cn| rh.allowed_names.contains(cn));
-                if allowed && let Some(user) = user_from_headers(rh, headers) {
-                    return Ok(user);
-                }
-                // A front-proxy certificate that is not allowed, or carries no user, falls
-                // through like any other: it is not signed by the client CA either.
+                return Ok(user);
             }
-            if let Some(verifier) = &trust.client_ca
-                && verifier
-                    .verify_client_cert(leaf, intermediates, UnixTime::now())
-                    .is_ok()
-                && let (Some(cn), groups) = subject_names(leaf)
-            {
+            // A front-proxy certificate without a user header, or with a name not allowed,
+            // counts only if the client CA signed it too.
+            if let Some((name, groups)) = verdict.client {
                 return Ok(UserInfo {
-                    name: cn,
+                    name,
                     groups,
                     ..UserInfo::default()
                 });
@@ -597,25 +668,6 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// The CN and the O values of a certificate's subject.
-fn subject_names(cert: &CertificateDer<'_>) -> (Option<String>, Vec<String>) {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-        return (None, Vec::new());
-    };
-    let subject = cert.subject();
-    let cn = subject
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .map(str::to_string);
-    let groups = subject
-        .iter_organization()
-        .filter_map(|a| a.as_str().ok())
-        .map(str::to_string)
-        .collect();
-    (cn, groups)
 }
 
 #[cfg(test)]

@@ -267,11 +267,10 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, app: axum::Rout
         }
         Err(_) => return,
     };
-    let peer = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|chain| PeerCertificates(chain.iter().map(|c| c.clone().into_owned()).collect()));
+    let peer =
+        tls.get_ref().1.peer_certificates().map(|chain| {
+            PeerCertificates::new(chain.iter().map(|c| c.clone().into_owned()).collect())
+        });
     let service =
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             if let Some(peer) = &peer {

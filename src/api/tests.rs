@@ -99,7 +99,7 @@ fn fixture() -> Fixture {
 fn peer(ca: &Ca, cn: &str, group: Option<&str>) -> PeerCertificates {
     let pair = ca.issue(cn, group, &[], Usage::Client).unwrap();
     let leaf = CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).unwrap();
-    PeerCertificates(vec![leaf].into())
+    PeerCertificates::new(vec![leaf])
 }
 
 struct Call {
@@ -365,4 +365,23 @@ async fn requests_are_counted_by_verb_and_code() {
         "{text}"
     );
     assert!(text.contains("ebb_api_requests_in_flight 0"), "{text}");
+}
+
+#[tokio::test]
+async fn a_connection_loses_its_identity_when_its_ca_is_rotated_out() {
+    let f = fixture();
+    // Clones share the per-connection verdict, as requests on one connection do.
+    let connection = peer(&f.cluster_ca, "admin", Some("system:masters"));
+    let (code, _, _) = call(VALUES).cert(connection.clone()).send(&f.state).await;
+    assert_eq!(code, StatusCode::OK);
+    let rotated = Ca::new("rotated").unwrap();
+    f.state
+        .auth
+        .update(AuthSettings {
+            client_ca_pem: Some(rotated.cert_pem().to_string()),
+            request_header: None,
+        })
+        .unwrap();
+    let (code, _, _) = call(VALUES).cert(connection).send(&f.state).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
 }
