@@ -114,10 +114,14 @@ async fn start_and_register() -> TestApi {
         .await
         .expect("a client");
     let auth = Arc::new(
-        Auth::from_cluster(server_client)
+        Auth::from_cluster(server_client.clone())
             .await
             .expect("authentication settings"),
     );
+    tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.refresh_from_cluster(server_client).await }
+    });
 
     let dir = tempfile::tempdir().expect("a temp dir").keep();
     let (cert_file, key_file) = kube
