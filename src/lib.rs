@@ -10,8 +10,12 @@
 pub mod api;
 pub mod backtest;
 pub mod cli;
+pub mod collect;
 pub mod engine;
+pub mod history;
 pub mod localstack;
+pub mod source;
+pub mod telemetry;
 
 /// Installs ring as the process's rustls provider (kube, reqwest and lapin all use rustls;
 /// Cargo.toml enables only ring). Idempotent.

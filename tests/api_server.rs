@@ -16,6 +16,7 @@ use std::time::Duration;
 use ebb::api::auth::Auth;
 use ebb::api::server::{ServeConfig, Server, metrics_text};
 use ebb::api::{ApiMetrics, ApiState, MetricStore, MetricValue, Readiness, Sample};
+use ebb::source::{Connections, Query, RabbitMqConfig, SecretData, Source};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
@@ -485,18 +486,30 @@ async fn direct_requests_are_authenticated_and_authorized() {
     );
 }
 
-/// Backlog (ready + unacknowledged) of a real queue, from the management API.
-async fn queue_backlog(http: &reqwest::Client, url: &str) -> Option<i64> {
-    let q: serde_json::Value = http
-        .get(url)
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    Some(q["messages_ready"].as_i64()? + q["messages_unacknowledged"].as_i64()?)
+/// ebb's RabbitMQ source for the backlog (ready + unacknowledged) of `queue`.
+fn backlog_source(rabbit: &ebb::localstack::rabbitmq::RabbitMq, queue: &str) -> Arc<dyn Source> {
+    use k8s_openapi::ByteString;
+    let management = rabbit
+        .management_url()
+        .replace("http://", "http://guest:guest@");
+    let data = SecretData::from([
+        (
+            "managementUrl".to_string(),
+            ByteString(management.into_bytes()),
+        ),
+        (
+            "amqpUrl".to_string(),
+            ByteString(rabbit.amqp_url().into_bytes()),
+        ),
+    ]);
+    let config: RabbitMqConfig = from_json(serde_json::json!({
+        "connectionSecretRef": { "name": "rabbit" }, "queue": queue, "measure": "Backlog"
+    }));
+    Connections::new()
+        .source_for(&Query::RabbitMq(
+            config.resolve(&data).expect("a valid config"),
+        ))
+        .expect("a source")
 }
 
 #[tokio::test]
@@ -511,9 +524,8 @@ async fn the_hpa_controller_scales_a_deployment_on_a_rabbitmq_backlog() {
     kube.create_namespace(&ns).await.unwrap();
     let client = kube_client().await;
 
-    // A real queue; its backlog is fed into the store the way ebb's collector will (the
-    // RabbitMQ source is being written on another branch: here the test reads the same
-    // management API counts itself).
+    // A real queue, measured by ebb's RabbitMQ source and published into the store the way
+    // the collector does: a failed fetch is published as a failure, never as 0.
     let queue = format!("orders-{ns}");
     let conn =
         lapin::Connection::connect(&rabbit.amqp_url(), lapin::ConnectionProperties::default())
@@ -528,15 +540,14 @@ async fn the_hpa_controller_scales_a_deployment_on_a_rabbitmq_backlog() {
         )
         .await
         .unwrap();
-    let queue_url = format!("{}/api/queues/%2f/{queue}", rabbit.management_url());
+    let source = backlog_source(rabbit, &queue);
     let feeder = {
-        let (store, ns, url) = (api.store.clone(), ns.clone(), queue_url.clone());
+        let (store, ns) = (api.store.clone(), ns.clone());
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
             loop {
-                let value = match queue_backlog(&http, &url).await {
-                    Some(backlog) => MetricValue::Milli(backlog * 1000),
-                    None => MetricValue::Failed("management API did not answer".into()),
+                let value = match source.fetch().await {
+                    Ok(backlog) => MetricValue::Milli((backlog * 1000.0).round() as i64),
+                    Err(e) => MetricValue::Failed(e.to_string()),
                 };
                 store.publish(&ns, METRIC, "worker", Sample { value, ..sample(0) });
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -1,0 +1,220 @@
+//! Collection at scale against a real Prometheus: 5,000 targets over 500 distinct queries, each
+//! query with 24 hours of 1-minute history (backfilled from Prometheus at registration).
+//!
+//! Prints, per interval, the instant queries Prometheus served (counted by Prometheus itself)
+//! and the collection cycle time (from the round's due time to its last result), then the
+//! process's resident memory and the history's size.
+//!
+//! `cargo bench --bench collect`; knobs (env): `EBB_BENCH_TARGETS` (5000), `EBB_BENCH_QUERIES`
+//! (500), `EBB_BENCH_INTERVAL_SECS` (15), `EBB_BENCH_ROUNDS` (3).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ebb::collect::{Collector, CollectorOptions, Subscription};
+use ebb::localstack::prometheus::Prometheus;
+use ebb::localstack::{Stack, StackOptions};
+use ebb::source::{PrometheusConfig, Query};
+use ebb::telemetry::Telemetry;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `VmRSS` (or another field) of this process, in KiB.
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Instant queries Prometheus has served, from its own `/metrics`.
+async fn instant_queries_served(http: &reqwest::Client, prometheus: &Prometheus) -> u64 {
+    let text = http
+        .get(format!("{}/metrics", prometheus.url()))
+        .send()
+        .await
+        .expect("Prometheus /metrics")
+        .text()
+        .await
+        .expect("Prometheus /metrics body");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("prometheus_http_requests_total{")
+                && l.contains(r#"handler="/api/v1/query""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until each of `subs` holds a result fetched after `after`; returns (earliest due
+/// time, latest fetch time) of that round.
+async fn next_round(
+    subs: &[Subscription],
+    after: tokio::time::Instant,
+) -> (tokio::time::Instant, tokio::time::Instant) {
+    loop {
+        let values: Option<Vec<_>> = subs
+            .iter()
+            .map(|s| s.get().filter(|v| v.fetched_at > after))
+            .collect();
+        if let Some(values) = values {
+            let due = values.iter().map(|v| v.due_at).min().expect("values");
+            let done = values.iter().map(|v| v.fetched_at).max().expect("values");
+            return (due, done);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let targets = env_or("EBB_BENCH_TARGETS", 5000) as usize;
+    let queries = env_or("EBB_BENCH_QUERIES", 500) as usize;
+    let interval = Duration::from_secs(env_or("EBB_BENCH_INTERVAL_SECS", 15));
+    let rounds = env_or("EBB_BENCH_ROUNDS", 3) as usize;
+    let history = Duration::from_secs(24 * 3600);
+
+    let stack = Stack::start(StackOptions {
+        prometheus: true,
+        ..Default::default()
+    })
+    .await
+    .expect("a local Prometheus");
+    let prometheus = stack.prometheus.as_ref().expect("Prometheus");
+    let http = reqwest::Client::new();
+
+    // 24 h of 1-minute samples per series, pushed in through remote write.
+    let started = Instant::now();
+    let now_min = chrono::Utc::now().timestamp() / 60;
+    for series in 0..queries {
+        let samples: Vec<(i64, f64)> = (0..1440)
+            .map(|i| {
+                let minute = now_min - 1440 + i;
+                let daily = (i as f64 / 1440.0 * std::f64::consts::TAU).sin();
+                (minute * 60_000, 100.0 + series as f64 + 50.0 * daily)
+            })
+            .collect();
+        let series = series.to_string();
+        prometheus
+            .push(
+                &[("__name__", "ebb_bench_load"), ("series", &series)],
+                &samples,
+            )
+            .await
+            .expect("remote write");
+    }
+    eprintln!(
+        "pushed {queries} series × 1440 samples in {:.1?}",
+        started.elapsed()
+    );
+
+    let rss_before = proc_status_kib("VmRSS:");
+    let collector = Collector::start(
+        Arc::new(Telemetry::new()),
+        CollectorOptions {
+            history_window: Some(history),
+            ..Default::default()
+        },
+    );
+    let distinct: Vec<Query> = (0..queries)
+        .map(|i| {
+            let config = PrometheusConfig {
+                address: prometheus.url(),
+                query: format!(r#"ebb_bench_load{{series="{i}"}}"#),
+                auth_secret_ref: None,
+                timeout: Some("5s".into()),
+                empty_as: None,
+            };
+            Query::Prometheus(config.resolve(None).expect("a valid query"))
+        })
+        .collect();
+    let registered = Instant::now();
+    let subs: Vec<Subscription> = (0..targets)
+        .map(|t| {
+            collector
+                .register(distinct[t % queries].clone(), interval)
+                .expect("register")
+        })
+        .collect();
+    let register_time = registered.elapsed();
+    // One subscription per distinct query is enough to watch the rounds.
+    let watched = &subs[..queries.min(targets)];
+
+    // Wait for the backfill: every ring holds (nearly) a day.
+    let backfill_started = Instant::now();
+    loop {
+        let filled = watched
+            .iter()
+            .filter(|s| s.with_history(|r| r.len() >= 1430).unwrap_or(false))
+            .count();
+        if filled == watched.len() {
+            break;
+        }
+        if backfill_started.elapsed() > Duration::from_secs(300) {
+            eprintln!("backfill incomplete: {filled}/{} series", watched.len());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let backfill_time = backfill_started.elapsed();
+
+    println!("collect bench: {targets} targets, {queries} distinct queries, interval {interval:?}");
+    println!();
+    println!("| round | upstream queries (at Prometheus) | cycle time |");
+    println!("|---|---|---|");
+    let (_, mut last) = next_round(
+        watched,
+        tokio::time::Instant::now() - Duration::from_secs(3600),
+    )
+    .await;
+    let mut before = instant_queries_served(&http, prometheus).await;
+    let mut cycles = Vec::new();
+    for round in 1..=rounds {
+        let (due, done) = next_round(watched, last).await;
+        let after = instant_queries_served(&http, prometheus).await;
+        let cycle = done - due;
+        println!("| {round} | {} | {:.1?} |", after - before, cycle);
+        cycles.push(cycle);
+        before = after;
+        last = done;
+    }
+    let rss = proc_status_kib("VmRSS:");
+    let hwm = proc_status_kib("VmHWM:");
+    let history_bytes = collector.history_bytes();
+    let points: usize = watched
+        .iter()
+        .map(|s| s.with_history(|r| r.len()).unwrap_or(0))
+        .sum();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| register {targets} targets | {register_time:.1?} |");
+    println!("| backfill {queries} × 24 h (range queries) | {backfill_time:.1?} |");
+    println!(
+        "| max cycle time | {:.1?} |",
+        cycles.iter().max().copied().unwrap_or_default()
+    );
+    println!("| history points held | {points} |");
+    println!(
+        "| history bytes | {history_bytes} ({:.2} MiB; {} B per distinct query) |",
+        history_bytes as f64 / 1048576.0,
+        history_bytes / queries.max(1)
+    );
+    println!("| RSS before collector | {:.1} MiB |", mib(rss_before));
+    println!("| RSS now (whole process) | {:.1} MiB |", mib(rss));
+    println!("| RSS peak (VmHWM) | {:.1} MiB |", mib(hwm));
+    println!(
+        "| RSS per target (now - before) | {:.0} B |",
+        (rss.saturating_sub(rss_before) * 1024) as f64 / targets as f64
+    );
+    drop(subs);
+    drop(stack);
+}

@@ -1,0 +1,279 @@
+//! The collector against a real Prometheus: identical queries are fetched once per interval
+//! (counted at Prometheus), history is backfilled at registration, failures are cached as
+//! errors next to the last good value, and the cache recovers with the upstream.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ebb::collect::{Collector, CollectorOptions, Subscription};
+use ebb::localstack::StackOptions;
+use ebb::localstack::prometheus::Prometheus;
+use ebb::source::{PrometheusConfig, Query, SourceError};
+use ebb::telemetry::Telemetry;
+use support::{eventually, start_stack};
+
+fn query(address: &str, promql: &str) -> Query {
+    let config = PrometheusConfig {
+        address: address.into(),
+        query: promql.into(),
+        auth_secret_ref: None,
+        timeout: Some("2s".into()),
+        empty_as: None,
+    };
+    Query::Prometheus(config.resolve(None).unwrap())
+}
+
+fn prometheus_only() -> ebb::localstack::Stack {
+    start_stack(StackOptions {
+        prometheus: true,
+        ..Default::default()
+    })
+}
+
+/// Instant queries Prometheus has served, from its own `/metrics`.
+async fn instant_queries_served(prometheus: &Prometheus) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", prometheus.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("prometheus_http_requests_total{")
+                && l.contains(r#"handler="/api/v1/query""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until every subscription holds a result fetched after `after`; returns the latest
+/// fetch time.
+async fn round_after(subs: &[Subscription], after: tokio::time::Instant) -> tokio::time::Instant {
+    eventually(
+        Duration::from_secs(30),
+        "a full round of fetches",
+        || async {
+            let times: Option<Vec<_>> = subs
+                .iter()
+                .map(|s| s.get().map(|v| v.fetched_at).filter(|t| *t > after))
+                .collect();
+            times?.into_iter().max()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_hundred_targets_over_ten_queries_cost_ten_upstream_queries_per_interval() {
+    let stack = prometheus_only();
+    let prometheus = stack.prometheus.as_ref().unwrap();
+    let collector = Collector::start(
+        Arc::new(Telemetry::new()),
+        CollectorOptions {
+            history_window: None,
+            ..Default::default()
+        },
+    );
+    let interval = Duration::from_secs(2);
+    let subs: Vec<Subscription> = (0..100)
+        .map(|target| {
+            let q = query(&prometheus.url(), &format!("vector({})", target % 10));
+            collector.register(q, interval).unwrap()
+        })
+        .collect();
+    assert_eq!(collector.distinct_queries(), 10);
+
+    // Count at Prometheus between the ends of consecutive rounds: a round's fetches finish
+    // within milliseconds, far from the next one 2 s later.
+    let mut last = round_after(&subs, tokio::time::Instant::now() - Duration::from_secs(60)).await;
+    let mut before = instant_queries_served(prometheus).await;
+    for _ in 0..3 {
+        last = round_after(&subs, last).await;
+        let after = instant_queries_served(prometheus).await;
+        assert_eq!(after - before, 10, "upstream queries in one interval");
+        before = after;
+    }
+    // Everyone reads the value of their own query.
+    for (target, sub) in subs.iter().enumerate() {
+        assert_eq!(sub.get().unwrap().result, Ok((target % 10) as f64));
+    }
+    let metrics = collector.telemetry().encode();
+    assert!(
+        metrics.contains("ebb_collect_distinct_queries 10"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ebb_collect_subscriptions 100"),
+        "{metrics}"
+    );
+
+    // Unsubscribing the last target of a query stops its polling.
+    drop(subs);
+    assert_eq!(collector.distinct_queries(), 0);
+}
+
+#[tokio::test]
+async fn history_is_backfilled_from_prometheus_at_registration() {
+    let stack = prometheus_only();
+    let prometheus = stack.prometheus.as_ref().unwrap();
+    // 30 minutes of history, as if ebb had been restarted.
+    let end = chrono::Utc::now().timestamp() / 60 * 60 - 60;
+    let samples: Vec<(i64, f64)> = (0..30)
+        .map(|i| ((end - (29 - i) * 60) * 1000, 100.0 + i as f64))
+        .collect();
+    prometheus
+        .push(&[("__name__", "learned_load")], &samples)
+        .await
+        .unwrap();
+    let collector = Collector::start(
+        Arc::new(Telemetry::new()),
+        CollectorOptions {
+            history_window: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        },
+    );
+    let sub = collector
+        .register(
+            query(&prometheus.url(), "learned_load"),
+            Duration::from_secs(15),
+        )
+        .unwrap();
+    let points = eventually(
+        Duration::from_secs(30),
+        "the backfilled history",
+        || async {
+            sub.with_history(|ring| ring.iter().collect::<Vec<_>>())
+                .filter(|p| p.len() >= 30)
+        },
+    )
+    .await;
+    let backfilled: Vec<(i64, f32)> = points.into_iter().filter(|(t, _)| *t <= end).collect();
+    let expected: Vec<(i64, f32)> = samples.iter().map(|&(t, v)| (t / 1000, v as f32)).collect();
+    assert_eq!(backfilled, expected);
+    assert!(collector.history_bytes() >= 60 * 4);
+}
+
+#[tokio::test]
+async fn an_outage_is_cached_as_an_error_and_the_cache_recovers() {
+    let mut stack = prometheus_only();
+    let prometheus = stack.prometheus.as_mut().unwrap();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    prometheus
+        .push(&[("__name__", "served_load")], &[(now_ms - 1_000, 5.0)])
+        .await
+        .unwrap();
+    let telemetry = Arc::new(Telemetry::new());
+    let collector = Collector::start(telemetry.clone(), CollectorOptions::default());
+    let sub = collector
+        .register(
+            query(&prometheus.url(), "served_load"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    eventually(Duration::from_secs(20), "the first value", || async {
+        (sub.get()?.result == Ok(5.0)).then_some(())
+    })
+    .await;
+
+    prometheus.stop();
+    let failed = eventually(
+        Duration::from_secs(20),
+        "the outage in the cache",
+        || async { sub.get().filter(|v| v.result.is_err()) },
+    )
+    .await;
+    assert!(
+        matches!(
+            failed.result,
+            Err(SourceError::Unreachable(_) | SourceError::Timeout(_))
+        ),
+        "{:?}",
+        failed.result
+    );
+    // The last good value and its age stay available to the engine, apart from the error.
+    assert_eq!(failed.last_ok.map(|(v, _)| v), Some(5.0));
+    assert!(failed.value_age().unwrap() >= failed.age());
+    let metrics = telemetry.encode();
+    assert!(
+        metrics.contains(r#"ebb_source_errors_total{source="prometheus",kind="Unreachable"}"#)
+            || metrics.contains(r#"kind="Timeout""#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"ebb_source_value_age_seconds{source="prometheus"}"#));
+
+    prometheus.start_again().await.unwrap();
+    prometheus
+        .push(
+            &[("__name__", "served_load")],
+            &[(chrono::Utc::now().timestamp_millis() - 500, 6.0)],
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "recovery in the cache", || async {
+        (sub.get()?.result == Ok(6.0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_gets_bounded_concurrency_and_no_pile_up() {
+    // A stalled upstream (accepts connections, never answers): what a hung Prometheus looks
+    // like from outside; no real service can be told to hang on demand.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let telemetry = Arc::new(Telemetry::new());
+    let collector = Collector::start(
+        telemetry.clone(),
+        CollectorOptions {
+            max_concurrency_per_upstream: 2,
+            history_window: None,
+            ..Default::default()
+        },
+    );
+    let subs: Vec<Subscription> = (0..6)
+        .map(|i| {
+            let config = PrometheusConfig {
+                address: address.clone(),
+                query: format!("vector({i})"),
+                auth_secret_ref: None,
+                timeout: Some("3s".into()),
+                empty_as: None,
+            };
+            let q = Query::Prometheus(config.resolve(None).unwrap());
+            collector.register(q, Duration::from_millis(500)).unwrap()
+        })
+        .collect();
+    // Within the first timeout only two queries may be in flight at the upstream.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(subs.iter().all(|s| s.get().is_none()));
+    // Rounds that came due meanwhile were skipped, not queued behind the stalled ones.
+    let metrics = telemetry.encode();
+    let skipped: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ebb_collect_skipped_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(skipped >= 2.0, "{metrics}");
+    // Then the timeouts land in the cache as errors, never as values.
+    let failed = eventually(Duration::from_secs(10), "timeouts in the cache", || async {
+        subs[0].get()
+    })
+    .await;
+    assert_eq!(
+        failed.result,
+        Err(SourceError::Timeout(Duration::from_secs(3)))
+    );
+}
