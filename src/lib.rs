@@ -7,6 +7,7 @@
 //! `cli` wires the parts. `localstack` starts the real services ebb talks to, for the demo and
 //! the tests.
 
+pub mod api;
 pub mod backtest;
 pub mod cli;
 pub mod collect;

@@ -1,0 +1,659 @@
+//! ebb's external metrics API server against the real control plane: registered through the
+//! manifests in deploy/ (Service made an ExternalName to loopback, caBundle from the local CA),
+//! read through the aggregator, by the real HPA controller, and by clients with and without
+//! the right credentials.
+//!
+//! Only one external.metrics.k8s.io APIService can exist per cluster, and the stack is shared
+//! by this binary's tests: [`api`] starts the server and registers it once.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ebb::api::auth::Auth;
+use ebb::api::server::{ServeConfig, Server, metrics_text};
+use ebb::api::{ApiMetrics, ApiState, MetricStore, MetricValue, Readiness, Sample};
+use ebb::source::{Connections, Query, RabbitMqConfig, SecretData, Source};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, PostParams};
+use support::{eventually, kube_client, shared_stack, unique_namespace};
+
+/// The metric the tests publish, as `ebb.dev/scaledtarget=<name>` entries.
+const METRIC: &str = "rabbitmq-backlog";
+
+struct TestApi {
+    store: Arc<MetricStore>,
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("a valid object")
+}
+
+/// The server, started on a runtime of its own (it outlives each test's runtime) and
+/// registered as the cluster's external metrics API, Available.
+fn api() -> &'static TestApi {
+    static API: OnceLock<TestApi> = OnceLock::new();
+    API.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+            runtime.block_on(async move {
+                tx.send(start_and_register().await).expect("the test waits");
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("the API server thread panicked")
+    })
+}
+
+fn deploy_docs(file: &str) -> Vec<serde_json::Value> {
+    let path = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("a deploy manifest");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).expect("YAML");
+            serde_json::to_value(v).expect("JSON")
+        })
+        .collect()
+}
+
+async fn apply(client: &kube::Client, doc: serde_json::Value) {
+    async fn create<K>(api: Api<K>, doc: serde_json::Value)
+    where
+        K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize,
+        K: serde::de::DeserializeOwned,
+    {
+        api.create(&PostParams::default(), &from_json(doc))
+            .await
+            .expect("a deploy/ object is accepted");
+    }
+    let ns = doc["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let c = client.clone();
+    match doc["kind"].as_str().expect("a kind") {
+        "Namespace" => create(Api::<Namespace>::all(c), doc).await,
+        "ServiceAccount" => create(Api::<ServiceAccount>::namespaced(c, &ns), doc).await,
+        "ClusterRole" => create(Api::<ClusterRole>::all(c), doc).await,
+        "ClusterRoleBinding" => create(Api::<ClusterRoleBinding>::all(c), doc).await,
+        "RoleBinding" => create(Api::<RoleBinding>::namespaced(c, &ns), doc).await,
+        "Service" => create(Api::<Service>::namespaced(c, &ns), doc).await,
+        "APIService" => create(Api::<APIService>::all(c), doc).await,
+        kind => panic!("deploy/ has a {kind} this test does not know"),
+    }
+}
+
+async fn start_and_register() -> TestApi {
+    use base64::Engine as _;
+    let kube = shared_stack().kube.as_ref().expect("a control plane");
+    let admin = kube.client().await.expect("an admin client");
+    for doc in deploy_docs("namespace.yaml")
+        .into_iter()
+        .chain(deploy_docs("rbac.yaml"))
+    {
+        apply(&admin, doc).await;
+    }
+    // The server acts as its ServiceAccount's user with only deploy/'s RBAC: proves it suffices
+    // for reading the authentication ConfigMap and asking for reviews.
+    let sa_kubeconfig = kube
+        .kubeconfig_for(
+            "system:serviceaccount:ebb-system:ebb",
+            Some("system:serviceaccounts"),
+        )
+        .expect("a kubeconfig");
+    let server_client = ebb::localstack::kube::kube_client(&sa_kubeconfig)
+        .await
+        .expect("a client");
+    let auth = Arc::new(
+        Auth::from_cluster(server_client.clone())
+            .await
+            .expect("authentication settings"),
+    );
+    tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.refresh_from_cluster(server_client).await }
+    });
+
+    let dir = tempfile::tempdir().expect("a temp dir").keep();
+    let (cert_file, key_file) = kube
+        .serving_cert(&["ebb.ebb-system.svc", "localhost", "127.0.0.1"])
+        .expect("a serving certificate")
+        .write(&dir, "serving")
+        .expect("written");
+    let store = Arc::new(MetricStore::new());
+    let metrics = ApiMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let state = ApiState {
+        store: store.clone(),
+        auth,
+        readiness: Arc::new(Readiness::default()),
+        metrics,
+    };
+    state.store.mark_filled();
+    state.readiness.mark_watch_synced();
+    let server = Server::bind(
+        ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+            cert_file,
+            key_file,
+            cert_reload_interval: Duration::from_secs(5),
+        },
+        state,
+        metrics_text(registry),
+    )
+    .await
+    .expect("the server binds");
+    let (addr, metrics_addr) = (server.local_addr(), server.metrics_addr());
+    tokio::spawn(async move { server.run().await.expect("the server runs") });
+
+    for mut doc in deploy_docs("apiservice.yaml") {
+        match doc["kind"].as_str() {
+            // No pods run ebb here: the Service points at loopback, where the test serves.
+            Some("Service") => {
+                doc["spec"] =
+                    serde_json::json!({ "type": "ExternalName", "externalName": "localhost" });
+            }
+            Some("APIService") => {
+                doc["spec"]["service"]["port"] = addr.port().into();
+                doc["spec"]["caBundle"] = base64::engine::general_purpose::STANDARD
+                    .encode(kube.ca_pem())
+                    .into();
+            }
+            _ => {}
+        }
+        apply(&admin, doc).await;
+    }
+    let apiservices = Api::<APIService>::all(admin.clone());
+    eventually(
+        Duration::from_secs(60),
+        "the APIService to be Available",
+        || async {
+            let s = apiservices
+                .get("v1beta1.external.metrics.k8s.io")
+                .await
+                .ok()?;
+            s.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    TestApi {
+        store,
+        addr,
+        metrics_addr,
+    }
+}
+
+fn sample(milli: i64) -> Sample {
+    Sample {
+        labels: BTreeMap::from([("queue".to_string(), "orders".to_string())]),
+        value: MetricValue::Milli(milli),
+        timestamp: chrono::Utc::now(),
+        window_seconds: None,
+    }
+}
+
+fn values_path(ns: &str, metric: &str, selector: &str) -> String {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("labelSelector", selector)
+        .finish();
+    format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?{query}")
+}
+
+async fn get_raw(client: &kube::Client, path: &str) -> Result<serde_json::Value, kube::Error> {
+    let text = client
+        .request_text(http::Request::get(path).body(Vec::new()).unwrap())
+        .await?;
+    Ok(serde_json::from_str(&text).expect("JSON"))
+}
+
+fn status_code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(status) => status.code,
+        other => panic!("expected a Status, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn discovery_and_values_come_back_through_the_aggregator() {
+    let api = api();
+    let kube = shared_stack().kube.as_ref().unwrap();
+    let ns = unique_namespace("values");
+    kube.create_namespace(&ns).await.unwrap();
+    api.store.publish(&ns, METRIC, "orders", sample(42_000));
+    api.store.publish(&ns, METRIC, "invoices", sample(1_500));
+    let client = kube_client().await;
+
+    let resources = get_raw(&client, "/apis/external.metrics.k8s.io/v1beta1")
+        .await
+        .unwrap();
+    assert_eq!(resources["kind"], "APIResourceList");
+    assert!(
+        resources["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == METRIC && r["namespaced"] == true),
+        "{resources}"
+    );
+    let groups = get_raw(&client, "/apis").await.unwrap();
+    assert!(
+        groups.to_string().contains("external.metrics.k8s.io"),
+        "{groups}"
+    );
+
+    let list = get_raw(
+        &client,
+        &values_path(&ns, METRIC, "ebb.dev/scaledtarget=orders"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(list["kind"], "ExternalMetricValueList");
+    assert_eq!(list["apiVersion"], "external.metrics.k8s.io/v1beta1");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["value"], "42");
+    assert_eq!(items[0]["metricName"], METRIC);
+    assert_eq!(items[0]["metricLabels"]["queue"], "orders");
+    let both = get_raw(&client, &values_path(&ns, METRIC, "queue=orders"))
+        .await
+        .unwrap();
+    assert_eq!(both["items"].as_array().unwrap().len(), 2, "{both}");
+
+    let unknown = get_raw(&client, &values_path(&ns, "no-such-metric", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(unknown), 404);
+    let bad = get_raw(
+        &client,
+        &values_path(&ns, METRIC, "ebb.dev/scaledtarget in orders"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status_code(bad), 400);
+}
+
+/// A rustls client for talking to the server directly, optionally with a client certificate.
+fn https_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    ebb::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()
+        .unwrap()
+}
+
+/// The client certificate and key of a kubeconfig the harness wrote.
+fn kubeconfig_identity(path: &std::path::Path) -> (String, String) {
+    use base64::Engine as _;
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let user = &config["users"][0]["user"];
+    let decode = |k: &str| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(user[k].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    (decode("client-certificate-data"), decode("client-key-data"))
+}
+
+async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> String {
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from_json(serde_json::json!({ "metadata": { "name": name } })),
+        )
+        .await
+        .unwrap();
+    let request = http::Request::post(format!(
+        "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": { "expirationSeconds": 3600 }
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let response: serde_json::Value = client.request(request).await.unwrap();
+    response["status"]["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn direct_requests_are_authenticated_and_authorized() {
+    let api = api();
+    let kube = shared_stack().kube.as_ref().unwrap();
+    let ns = unique_namespace("auth");
+    kube.create_namespace(&ns).await.unwrap();
+    api.store.publish(&ns, METRIC, "orders", sample(7_000));
+    let url = format!(
+        "https://localhost:{}{}",
+        api.addr.port(),
+        values_path(&ns, METRIC, "")
+    );
+    let send = |client: reqwest::Client, headers: &[(&str, &str)]| {
+        let mut request = client.get(&url);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let code = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (code, body)
+        }
+    };
+    let as_admin = [
+        ("X-Remote-User", "admin"),
+        ("X-Remote-Group", "system:masters"),
+    ];
+    let anonymous = https_client(kube.ca_pem(), None);
+
+    let (code, status) = send(anonymous.clone(), &[]).await;
+    assert_eq!(code, 401);
+    assert_eq!(
+        (
+            status["kind"].as_str(),
+            status["reason"].as_str(),
+            status["code"].as_u64()
+        ),
+        (Some("Status"), Some("Unauthorized"), Some(401))
+    );
+    // Forged front-proxy headers without the front proxy's certificate are not trusted ...
+    assert_eq!(send(anonymous.clone(), &as_admin).await.0, 401);
+    // ... nor with a client certificate of the cluster CA (its own user counts) ...
+    let nobody = kubeconfig_identity(&kube.kubeconfig_for("nobody", None).unwrap());
+    let nobody = https_client(kube.ca_pem(), Some((&nobody.0, &nobody.1)));
+    let (code, status) = send(nobody.clone(), &[]).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (403, Some("Forbidden")),
+        "{status}"
+    );
+    assert_eq!(send(nobody, &as_admin).await.0, 403);
+    // ... nor with a front-proxy-CA certificate whose name is not allowed.
+    let intruder = kube.front_proxy_client_cert("intruder").unwrap();
+    let intruder = https_client(kube.ca_pem(), Some((&intruder.cert_pem, &intruder.key_pem)));
+    assert_eq!(send(intruder, &as_admin).await.0, 401);
+    // The allowed front proxy is trusted (what the aggregator does).
+    let proxy = kube.front_proxy_client_cert("front-proxy-client").unwrap();
+    let proxy = https_client(kube.ca_pem(), Some((&proxy.cert_pem, &proxy.key_pem)));
+    let (code, list) = send(proxy, &as_admin).await;
+    assert_eq!(
+        (code, list["items"][0]["value"].as_str()),
+        (200, Some("7")),
+        "{list}"
+    );
+
+    // Bearer tokens, reviewed by the kube-apiserver; RBAC decides.
+    let admin = kube_client().await;
+    Api::<Role>::namespaced(admin.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &from_json(serde_json::json!({
+                "metadata": { "name": "metrics-reader" },
+                "rules": [{ "apiGroups": ["external.metrics.k8s.io"], "resources": [METRIC],
+                            "verbs": ["list"] }]
+            })),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &from_json(serde_json::json!({
+                "metadata": { "name": "metrics-reader" },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                             "name": "metrics-reader" },
+                "subjects": [{ "kind": "ServiceAccount", "name": "reader", "namespace": ns }]
+            })),
+        )
+        .await
+        .unwrap();
+    let reader = service_account_token(&admin, &ns, "reader").await;
+    let stranger = service_account_token(&admin, &ns, "stranger").await;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (code, list) = send(anonymous.clone(), &[("Authorization", &bearer(&reader))]).await;
+    assert_eq!(
+        (code, list["items"][0]["value"].as_str()),
+        (200, Some("7")),
+        "{list}"
+    );
+    assert_eq!(
+        send(anonymous.clone(), &[("Authorization", &bearer(&stranger))])
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        send(
+            anonymous.clone(),
+            &[("Authorization", "Bearer not-a-token")]
+        )
+        .await
+        .0,
+        401
+    );
+
+    // Health needs no credentials; /metrics (plain HTTP) counts what was answered.
+    let health = format!("https://localhost:{}/readyz", api.addr.port());
+    assert_eq!(anonymous.get(&health).send().await.unwrap().status(), 200);
+    let text = reqwest::get(format!("http://{}/metrics", api.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("ebb_api_request_duration_seconds_count{verb=\"list\",code=\"403\"}"),
+        "{text}"
+    );
+}
+
+/// ebb's RabbitMQ source for the backlog (ready + unacknowledged) of `queue`.
+fn backlog_source(rabbit: &ebb::localstack::rabbitmq::RabbitMq, queue: &str) -> Arc<dyn Source> {
+    use k8s_openapi::ByteString;
+    let management = rabbit
+        .management_url()
+        .replace("http://", "http://guest:guest@");
+    let data = SecretData::from([
+        (
+            "managementUrl".to_string(),
+            ByteString(management.into_bytes()),
+        ),
+        (
+            "amqpUrl".to_string(),
+            ByteString(rabbit.amqp_url().into_bytes()),
+        ),
+    ]);
+    let config: RabbitMqConfig = from_json(serde_json::json!({
+        "connectionSecretRef": { "name": "rabbit" }, "queue": queue, "measure": "Backlog"
+    }));
+    Connections::new()
+        .source_for(&Query::RabbitMq(
+            config.resolve(&data).expect("a valid config"),
+        ))
+        .expect("a source")
+}
+
+#[tokio::test]
+async fn the_hpa_controller_scales_a_deployment_on_a_rabbitmq_backlog() {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueuePurgeOptions};
+    use lapin::types::FieldTable;
+    let api = api();
+    let stack = shared_stack();
+    let kube = stack.kube.as_ref().unwrap();
+    let rabbit = stack.rabbitmq.as_ref().unwrap();
+    let ns = unique_namespace("hpa");
+    kube.create_namespace(&ns).await.unwrap();
+    let client = kube_client().await;
+
+    // A real queue, measured by ebb's RabbitMQ source and published into the store the way
+    // the collector does: a failed fetch is published as a failure, never as 0.
+    let queue = format!("orders-{ns}");
+    let conn =
+        lapin::Connection::connect(&rabbit.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let source = backlog_source(rabbit, &queue);
+    let feeder = {
+        let (store, ns) = (api.store.clone(), ns.clone());
+        tokio::spawn(async move {
+            loop {
+                let value = match source.fetch().await {
+                    Ok(backlog) => MetricValue::Milli((backlog * 1000.0).round() as i64),
+                    Err(e) => MetricValue::Failed(e.to_string()),
+                };
+                store.publish(&ns, METRIC, "worker", Sample { value, ..sample(0) });
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &from_json(serde_json::json!({
+                "metadata": { "name": "worker" },
+                "spec": {
+                    "replicas": 1,
+                    "selector": { "matchLabels": { "app": "worker" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "worker" } },
+                        "spec": { "containers": [{ "name": "worker", "image": "worker:1" }] }
+                    }
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &from_json(serde_json::json!({
+                "metadata": { "name": "worker" },
+                "spec": {
+                    "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
+                    "minReplicas": 1,
+                    "maxReplicas": 4,
+                    "metrics": [{
+                        "type": "External",
+                        "external": {
+                            "metric": { "name": METRIC,
+                                        "selector": { "matchLabels": { "ebb.dev/scaledtarget": "worker" } } },
+                            "target": { "type": "AverageValue", "averageValue": "10" }
+                        }
+                    }]
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    let replicas = |want: i32| {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("worker").await.ok()?;
+            (d.spec?.replicas? == want).then_some(())
+        }
+    };
+
+    // 40 messages at 10 per replica: 4 replicas.
+    for i in 0..40 {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(90), "the HPA to scale up to 4", || {
+        replicas(4)
+    })
+    .await;
+    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
+        .get("worker")
+        .await
+        .unwrap();
+    // The HPA read ebb's value (its average is per replica at the time it looked).
+    let status = serde_json::to_value(hpa.status.unwrap()).unwrap();
+    assert_eq!(
+        status["currentMetrics"][0]["external"]["metric"]["name"], METRIC,
+        "{status}"
+    );
+    assert!(
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "ScalingActive"
+                && c["status"] == "True"
+                && c["reason"] == "ValidMetricFound"),
+        "{status}"
+    );
+
+    // The queue drains: back to the minimum after the (5 s) downscale stabilization.
+    channel
+        .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(90),
+        "the HPA to scale down to 1",
+        || replicas(1),
+    )
+    .await;
+    feeder.abort();
+    conn.close(0, "done".into()).await.unwrap();
+}
