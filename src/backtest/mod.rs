@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::engine::adaptive::{AdaptiveConfig, AdaptiveError, EbbPolicy};
 use crate::engine::baseline::{self, HpaBaseline, HpaEngineBaseline, KpaBaseline, OracleBaseline};
 use crate::engine::policy::ReplayPolicy;
 use metrics::Elasticity;
@@ -26,7 +27,7 @@ pub enum BacktestError {
     #[error(transparent)]
     Trace(#[from] TraceError),
     /// A policy name that is not known.
-    #[error("unknown policy {0:?} (known: {known}, all)", known = baseline::NAMES.join(", "))]
+    #[error("unknown policy {0:?} (known: {known}, all)", known = POLICY_NAMES.join(", "))]
     UnknownPolicy(String),
     /// The trace has no known value to derive capacity and bounds from.
     #[error("the trace has no known value")]
@@ -39,6 +40,17 @@ pub enum BacktestError {
         /// Why.
         message: String,
     },
+    /// The adaptive configuration is invalid.
+    #[error(transparent)]
+    Adaptive(#[from] AdaptiveError),
+    /// The adaptive configuration file could not be read or parsed.
+    #[error("{path}: {message}")]
+    AdaptiveFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// An output file could not be written.
     #[error("{path}: {source}")]
     Write {
@@ -48,6 +60,15 @@ pub enum BacktestError {
         source: std::io::Error,
     },
 }
+
+/// Every policy `--policy` knows, in table order: the baselines, then ebb's own.
+pub const POLICY_NAMES: [&str; 5] = [
+    baseline::NAMES[0],
+    baseline::NAMES[1],
+    baseline::NAMES[2],
+    baseline::NAMES[3],
+    "ebb",
+];
 
 /// Result alias of the backtest layer.
 pub type Result<T> = std::result::Result<T, BacktestError>;
@@ -67,7 +88,7 @@ pub struct BacktestArgs {
     /// CSV with a timestamp column and a value column (e.g. ../shared/traces/worldcup98-requests-per-minute.csv).
     #[arg(long, env = "EBB_BACKTEST_TRACE")]
     pub trace: PathBuf,
-    /// Policies to replay: hpa, kpa, oracle, a comma list, or all.
+    /// Policies to replay: oracle, hpa, kpa, hpa-engine, ebb, a comma list, or all.
     #[arg(long, default_value = "all")]
     pub policy: String,
     /// Load one pod serves per step (default: median load / 10).
@@ -94,6 +115,11 @@ pub struct BacktestArgs {
     /// Value column (name or 0-based index).
     #[arg(long)]
     pub value_column: Option<String>,
+    /// The `ebb` policy's adaptive configuration: a YAML or JSON file holding either a
+    /// ScaledTarget (its `spec.adaptive` is used) or the adaptive section alone. The replay's
+    /// startup delay overrides its `startupDelaySeconds`.
+    #[arg(long, value_name = "FILE")]
+    pub adaptive: Option<PathBuf>,
 }
 
 /// What to replay and how to score it.
@@ -107,6 +133,8 @@ pub struct BacktestOptions {
     pub startup_delay: Option<usize>,
     /// Score only the last N days.
     pub last_days: Option<f64>,
+    /// Configuration of the `ebb` policy.
+    pub adaptive: AdaptiveConfig,
 }
 
 /// One policy's replay and scores.
@@ -147,11 +175,8 @@ pub fn parse_policies(spec: &str) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let names: Vec<&str> = if name.eq_ignore_ascii_case("all") {
-            baseline::NAMES.to_vec()
-        } else if let Some(n) = baseline::NAMES
-            .iter()
-            .find(|n| n.eq_ignore_ascii_case(name))
-        {
+            POLICY_NAMES.to_vec()
+        } else if let Some(n) = POLICY_NAMES.iter().find(|n| n.eq_ignore_ascii_case(name)) {
             vec![*n]
         } else {
             return Err(BacktestError::UnknownPolicy(name.to_string()));
@@ -173,8 +198,13 @@ pub fn make_policy(
     name: &str,
     demand: &[Option<u32>],
     cfg: &ReplayConfig,
+    adaptive: &AdaptiveConfig,
 ) -> Option<Box<dyn ReplayPolicy>> {
     Some(match name {
+        "ebb" => Box::new(EbbPolicy::new(
+            adaptive.clone(),
+            Some((cfg.startup_delay, cfg.step_seconds)),
+        )),
         "oracle" => Box::new(OracleBaseline::new(demand.to_vec(), cfg.startup_delay)),
         "hpa" => Box::new(HpaBaseline::default()),
         "kpa" => Box::new(KpaBaseline),
@@ -201,6 +231,7 @@ pub fn run_backtest(trace: &Trace, opts: &BacktestOptions) -> Result<BacktestRep
     )
     .ok_or(BacktestError::NoData)?;
     cfg.start_unix = trace.start;
+    opts.adaptive.validate()?;
     let demand = cfg.demand(&trace.values);
     let scored_from = match opts.last_days {
         None => 0,
@@ -216,7 +247,7 @@ pub fn run_backtest(trace: &Trace, opts: &BacktestOptions) -> Result<BacktestRep
         }
     };
     let run = |name: &str| -> Result<(Replay, Elasticity)> {
-        let mut policy = make_policy(name, &demand, &cfg)
+        let mut policy = make_policy(name, &demand, &cfg, &opts.adaptive)
             .ok_or_else(|| BacktestError::UnknownPolicy(name.to_string()))?;
         let r = replay::replay(&trace.values, &cfg, policy.as_mut());
         let supply = r.supply(cfg.startup_delay);
@@ -336,6 +367,25 @@ fn write_file(path: &Path, contents: &str) -> Result<()> {
     })
 }
 
+/// Read an adaptive configuration from YAML or JSON: a ScaledTarget (`spec.adaptive`) or the
+/// adaptive section alone. Unknown fields are errors, so a typo does not silently fall back.
+pub fn read_adaptive_config(path: &Path) -> Result<AdaptiveConfig> {
+    let fail = |message: String| BacktestError::AdaptiveFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let section = match doc.get("spec") {
+        Some(spec) => spec
+            .get("adaptive")
+            .cloned()
+            .ok_or_else(|| fail("the ScaledTarget has no spec.adaptive".to_string()))?,
+        None => doc,
+    };
+    serde_yaml::from_value(section).map_err(|e| fail(e.to_string()))
+}
+
 /// The decisions as CSV `step,desired`.
 pub fn decisions_csv(replay: &Replay) -> String {
     let mut out = String::with_capacity(replay.decisions.len() * 10);
@@ -359,6 +409,7 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         format,
         time_column,
         value_column,
+        adaptive,
     } = args;
     let opts = TraceOptions {
         time_column: time_column.clone(),
@@ -366,6 +417,11 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
     };
     // Flags first: a typo should not wait for a large trace to load.
     let policies = parse_policies(policy)?;
+    let adaptive = match adaptive {
+        Some(path) => read_adaptive_config(path)?,
+        None => AdaptiveConfig::default(),
+    };
+    adaptive.validate()?;
     let series = trace::read_trace(trace, &opts)?;
     let report = run_backtest(
         &series,
@@ -374,6 +430,7 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             capacity: *capacity,
             startup_delay: *startup_delay,
             last_days: *last_days,
+            adaptive,
         },
     )?;
     match format {
