@@ -5,7 +5,9 @@
 
 pub mod metrics;
 pub mod plot;
+pub mod prometheus;
 pub mod replay;
+pub mod synthetic;
 pub mod trace;
 
 use std::fmt::Write as _;
@@ -51,6 +53,14 @@ pub enum BacktestError {
         /// What is wrong.
         message: String,
     },
+    /// The Prometheus range query failed or returned something other than one series.
+    #[error("prometheus {url}: {message}")]
+    Prometheus {
+        /// The server.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// An output file could not be written.
     #[error("{path}: {source}")]
     Write {
@@ -84,10 +94,29 @@ pub enum Format {
 
 /// `ebb backtest`: replay a recorded load series through policies and score them.
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["trace", "synthetic", "prometheus"])))]
 pub struct BacktestArgs {
     /// CSV with a timestamp column and a value column (e.g. ../shared/traces/worldcup98-requests-per-minute.csv).
     #[arg(long, env = "EBB_BACKTEST_TRACE")]
-    pub trace: PathBuf,
+    pub trace: Option<PathBuf>,
+    /// A synthetic week of minutes instead of a trace (see docs/adaptive.md).
+    #[arg(long, value_enum)]
+    pub synthetic: Option<synthetic::Shape>,
+    /// Read the series from this Prometheus server instead (with --query, --start, --end, --step).
+    #[arg(long, value_name = "URL", requires_all = ["query", "start", "end"])]
+    pub prometheus: Option<String>,
+    /// PromQL returning one series (aggregate with sum(...)).
+    #[arg(long, requires = "prometheus")]
+    pub query: Option<String>,
+    /// Start of the range: RFC 3339, `YYYY-MM-DD HH:MM:SS` (UTC) or Unix seconds.
+    #[arg(long, requires = "prometheus")]
+    pub start: Option<String>,
+    /// End of the range (inclusive), same formats.
+    #[arg(long, requires = "prometheus")]
+    pub end: Option<String>,
+    /// Step of the range query in seconds.
+    #[arg(long, default_value_t = 60, requires = "prometheus")]
+    pub step: i64,
     /// Policies to replay: oracle, hpa, kpa, hpa-engine, ebb, a comma list, or all.
     #[arg(long, default_value = "all")]
     pub policy: String,
@@ -400,6 +429,12 @@ pub fn decisions_csv(replay: &Replay) -> String {
 pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
     let BacktestArgs {
         trace,
+        synthetic,
+        prometheus,
+        query,
+        start,
+        end,
+        step,
         policy,
         capacity,
         startup_delay,
@@ -422,7 +457,33 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         None => AdaptiveConfig::default(),
     };
     adaptive.validate()?;
-    let series = trace::read_trace(trace, &opts)?;
+    let (series, title) = if let Some(path) = trace {
+        (trace::read_trace(path, &opts)?, path.display().to_string())
+    } else if let Some(shape) = synthetic {
+        let name = format!("synthetic {shape:?}");
+        (synthetic::generate(*shape), name)
+    } else {
+        let time = |flag: &'static str, v: &Option<String>| {
+            let v = v.as_deref().unwrap_or_default();
+            trace::parse_time(v).ok_or_else(|| BacktestError::InvalidArg {
+                flag,
+                message: format!("{v:?} is not a timestamp"),
+            })
+        };
+        let q = prometheus::RangeQuery {
+            url: prometheus.clone().unwrap_or_default(),
+            query: query.clone().unwrap_or_default(),
+            start: time("--start", start)?,
+            end: time("--end", end)?,
+            step_seconds: *step,
+        };
+        let samples = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(prometheus::fetch(&q))?;
+        let title = format!("{} {}", q.url, q.query);
+        (prometheus::to_trace(&samples, q.start, q.end, q.step_seconds), title)
+    };
     let report = run_backtest(
         &series,
         &BacktestOptions {
@@ -449,7 +510,7 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             let supply = r.replay.supply(report.config.startup_delay);
             let as_f = |v: &[u32]| v.iter().map(|&x| Some(x as f64)).collect();
             let svg = plot::render(
-                &format!("{}: {} policy", trace.display(), r.policy),
+                &format!("{title}: {} policy", r.policy),
                 &[
                     plot::Series {
                         label: "demand (pods)",
