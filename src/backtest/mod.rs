@@ -482,7 +482,10 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             .build()?
             .block_on(prometheus::fetch(&q))?;
         let title = format!("{} {}", q.url, q.query);
-        (prometheus::to_trace(&samples, q.start, q.end, q.step_seconds), title)
+        (
+            prometheus::to_trace(&samples, q.start, q.end, q.step_seconds),
+            title,
+        )
     };
     let report = run_backtest(
         &series,

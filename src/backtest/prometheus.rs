@@ -36,8 +36,8 @@ pub async fn fetch(q: &RangeQuery) -> Result<Vec<(i64, f64)>> {
             ),
         });
     }
-    let client = prometheus_http_query::Client::try_from(q.url.as_str())
-        .map_err(|e| fail(e.to_string()))?;
+    let client =
+        prometheus_http_query::Client::try_from(q.url.as_str()).map_err(|e| fail(e.to_string()))?;
     let result = client
         .query_range(&q.query, q.start, q.end, q.step_seconds as f64)
         .get()
