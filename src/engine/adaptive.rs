@@ -857,3 +857,141 @@ impl ReplayPolicy for EbbPolicy {
             .replicas
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Millis = 60_000;
+
+    fn inputs(load: f64, current: u32) -> Inputs {
+        Inputs {
+            reactive: demand(load, 100.0),
+            load: Some(load),
+            target_per_pod: 100.0,
+            current,
+        }
+    }
+
+    #[test]
+    fn config_is_camel_case_and_checked() {
+        let c: AdaptiveConfig =
+            serde_yaml::from_str("maxHeadroom: 0.5\nmaxScaleDownWindowSeconds: 600\n").unwrap();
+        assert_eq!((c.max_headroom, c.max_scale_down_window_seconds), (0.5, 600));
+        assert!(c.enabled && c.forecast);
+        assert!(serde_yaml::from_str::<AdaptiveConfig>("maxHedroom: 1").is_err());
+        let bad = AdaptiveConfig {
+            min_headroom: 0.5,
+            max_headroom: 0.1,
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("minHeadroom"));
+        let never_down = AdaptiveConfig {
+            max_tolerance: 1.0,
+            ..Default::default()
+        };
+        assert!(never_down.validate().is_err());
+        assert!(AdaptiveState::new(AdaptiveConfig::default(), 0, 1.0).is_err());
+        assert!(AdaptiveState::new(AdaptiveConfig::default(), MIN, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn histogram_quantile_and_halving() {
+        let mut h = Histogram::new(10);
+        for bin in 0..100 {
+            h.add(bin % 10, 1000);
+        }
+        assert_eq!(h.quantile_bin(0.5), Some(4));
+        assert_eq!(h.quantile_bin(0.99), Some(9));
+        // Reaching the cap halves every count.
+        for _ in 0..900 {
+            h.add(0, 1000);
+        }
+        assert_eq!(h.total, 500);
+        assert_eq!(h.counts[9], 5);
+    }
+
+    #[test]
+    fn candidate_windows_span_the_bounds() {
+        assert_eq!(candidate_lengths(1, 31), vec![1, 2, 3, 5, 8, 12, 18, 27, 31]);
+        assert_eq!(candidate_lengths(11, 11), vec![11]);
+    }
+
+    #[test]
+    fn static_behaviour_while_learning_holds_a_scale_down_for_300_s() {
+        let mut s = AdaptiveState::new(AdaptiveConfig::default(), MIN, 100.0).unwrap();
+        s.observe(0, 1000.0);
+        let r = s.recommend(MIN, inputs(1000.0, 5));
+        assert_eq!(r, Recommendation {
+            replicas: 10,
+            reason: AdaptiveReason::Reactive,
+        });
+        // The load halves: the 1000 reading is still in the 300 s window.
+        for k in 1..=5 {
+            s.observe(k * MIN, 500.0);
+            let r = s.recommend((k + 1) * MIN, inputs(500.0, 10));
+            assert_eq!((r.replicas, r.reason), (10, AdaptiveReason::Stabilized), "{k}");
+        }
+        s.observe(6 * MIN, 500.0);
+        assert_eq!(s.recommend(7 * MIN, inputs(500.0, 10)).replicas, 5);
+        // A fall of one pod in ten stays inside the 0.1 band.
+        s.observe(7 * MIN, 900.0);
+        let r = s.recommend(8 * MIN, inputs(900.0, 10));
+        assert_eq!((r.replicas, r.reason), (10, AdaptiveReason::WithinTolerance));
+        // No reading: no change, never zero.
+        s.observe_missing(8 * MIN);
+        let r = s.recommend(
+            9 * MIN,
+            Inputs {
+                load: None,
+                ..inputs(0.0, 5)
+            },
+        );
+        assert_eq!((r.replicas, r.reason), (5, AdaptiveReason::NoData));
+    }
+
+    #[test]
+    fn out_of_order_and_bad_readings_are_ignored() {
+        let mut s = AdaptiveState::new(AdaptiveConfig::default(), MIN, 100.0).unwrap();
+        s.observe(2 * MIN, 1000.0);
+        s.observe(MIN, 9e9);
+        s.observe(3 * MIN, f64::NAN);
+        assert_eq!(s.recent.len(), 2);
+        assert_eq!(s.recent.back(), Some(&(3 * MIN, None)));
+        assert_eq!(s.recent.front(), Some(&(2 * MIN, Some(1000.0))));
+    }
+
+    #[test]
+    fn changes_are_reported_once_material() {
+        let a = Learned::fallback();
+        assert_eq!(a.change_from(&a), None);
+        let b = Learned {
+            headroom: 0.2,
+            headroom_basis: Basis::History,
+            ..a
+        };
+        let msg = b.change_from(&a).unwrap();
+        assert!(msg.contains("headroom 0.000 -> 0.200 (History)"), "{msg}");
+        let c = Learned {
+            headroom: 0.205,
+            ..b
+        };
+        assert_eq!(c.change_from(&b), None);
+    }
+
+    #[test]
+    fn learned_headroom_covers_growth_at_the_chosen_quantile() {
+        // A load alternating 1000 and 1300: the growth that matters is 30 % from a low reading
+        // with a one-reading window, 0 with a window of two; the window of two costs less.
+        let mut s = AdaptiveState::new(AdaptiveConfig::default(), MIN, 10.0).unwrap();
+        for k in 0..3000 {
+            s.observe(k * MIN, if k % 2 == 0 { 1000.0 } else { 1300.0 });
+        }
+        let l = s.learned();
+        assert_eq!(l.headroom_basis, Basis::History);
+        assert!(l.headroom < 0.01, "{l:?}");
+        assert!(l.scale_down_window_seconds >= 60, "{l:?}");
+        let r = s.recommend(3000 * MIN, inputs(1300.0, 13));
+        assert!(r.replicas >= 13);
+    }
+}
