@@ -89,6 +89,10 @@ pub struct AdaptiveConfig {
     pub max_scale_down_window_seconds: u64,
     /// Scale up ahead of a daily or weekly rise when the history shows one.
     pub forecast: bool,
+    /// Learn the headroom per phase of the day (3-hour phases) once a daily cycle shows: every
+    /// phase then gets the same risk. Off: one headroom for all hours, which lets the risk
+    /// gather in the volatile hours and costs less for the same overall risk.
+    pub phase_of_day: bool,
     /// Share of decisions allowed to fall short of the load within the startup horizon: the
     /// headroom covers the `1 - underProvisionRisk` quantile of the growth.
     pub under_provision_risk: f64,
@@ -107,6 +111,7 @@ impl Default for AdaptiveConfig {
             min_scale_down_window_seconds: 0,
             max_scale_down_window_seconds: 1800,
             forecast: true,
+            phase_of_day: true,
             under_provision_risk: 0.005,
         }
     }
@@ -522,9 +527,9 @@ impl AdaptiveState {
         self.first_ts.get_or_insert(ts);
         self.last_ts = Some(ts);
         if let Some(v) = value {
-            if self.config.forecast {
-                self.seasonal.observe(ts, v);
-            }
+            // The period is learned whether or not the forecast is used: the headroom's phases
+            // follow it too.
+            self.seasonal.observe(ts, v);
             if let Some(p) = previous {
                 let floor = self.target_per_pod;
                 self.push_diff((v.max(floor) / p.max(floor)).ln());
@@ -643,7 +648,7 @@ impl AdaptiveState {
         let q = 1.0 - cfg.under_provision_risk;
         let need = min_tail_count(q);
         let phase = phase_of_day(ts);
-        let daily = matches!(l.period, Some(Period::Daily | Period::Weekly));
+        let daily = cfg.phase_of_day && matches!(l.period, Some(Period::Daily | Period::Weekly));
         let mut best: Option<(f64, f64, Basis, usize, u64)> = None;
         for c in &self.candidates {
             if c.growth_all.total < need || c.hold_n <= 0.0 {
@@ -730,8 +735,11 @@ impl AdaptiveState {
             out = held;
             why = AdaptiveReason::Stabilized;
         }
+        // The forecast level alone, without the headroom: the growth the headroom was learned
+        // from already contains the seasonal rise over the horizon, so the forecast raises only
+        // when the expected rise exceeds the headroom.
         if let Some(f) = self.forecast_peak(now) {
-            let ahead = pods(load * f * (1.0 + l.headroom));
+            let ahead = pods(load * f);
             if ahead > out {
                 out = ahead;
                 why = AdaptiveReason::Forecast;
@@ -877,7 +885,10 @@ mod tests {
     fn config_is_camel_case_and_checked() {
         let c: AdaptiveConfig =
             serde_yaml::from_str("maxHeadroom: 0.5\nmaxScaleDownWindowSeconds: 600\n").unwrap();
-        assert_eq!((c.max_headroom, c.max_scale_down_window_seconds), (0.5, 600));
+        assert_eq!(
+            (c.max_headroom, c.max_scale_down_window_seconds),
+            (0.5, 600)
+        );
         assert!(c.enabled && c.forecast);
         assert!(serde_yaml::from_str::<AdaptiveConfig>("maxHedroom: 1").is_err());
         let bad = AdaptiveConfig {
@@ -885,7 +896,12 @@ mod tests {
             max_headroom: 0.1,
             ..Default::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("minHeadroom"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("minHeadroom")
+        );
         let never_down = AdaptiveConfig {
             max_tolerance: 1.0,
             ..Default::default()
@@ -913,7 +929,10 @@ mod tests {
 
     #[test]
     fn candidate_windows_span_the_bounds() {
-        assert_eq!(candidate_lengths(1, 31), vec![1, 2, 3, 5, 8, 12, 18, 27, 31]);
+        assert_eq!(
+            candidate_lengths(1, 31),
+            vec![1, 2, 3, 5, 8, 12, 18, 27, 31]
+        );
         assert_eq!(candidate_lengths(11, 11), vec![11]);
     }
 
@@ -922,22 +941,32 @@ mod tests {
         let mut s = AdaptiveState::new(AdaptiveConfig::default(), MIN, 100.0).unwrap();
         s.observe(0, 1000.0);
         let r = s.recommend(MIN, inputs(1000.0, 5));
-        assert_eq!(r, Recommendation {
-            replicas: 10,
-            reason: AdaptiveReason::Reactive,
-        });
+        assert_eq!(
+            r,
+            Recommendation {
+                replicas: 10,
+                reason: AdaptiveReason::Reactive,
+            }
+        );
         // The load halves: the 1000 reading is still in the 300 s window.
         for k in 1..=5 {
             s.observe(k * MIN, 500.0);
             let r = s.recommend((k + 1) * MIN, inputs(500.0, 10));
-            assert_eq!((r.replicas, r.reason), (10, AdaptiveReason::Stabilized), "{k}");
+            assert_eq!(
+                (r.replicas, r.reason),
+                (10, AdaptiveReason::Stabilized),
+                "{k}"
+            );
         }
         s.observe(6 * MIN, 500.0);
         assert_eq!(s.recommend(7 * MIN, inputs(500.0, 10)).replicas, 5);
         // A fall of one pod in ten stays inside the 0.1 band.
         s.observe(7 * MIN, 900.0);
         let r = s.recommend(8 * MIN, inputs(900.0, 10));
-        assert_eq!((r.replicas, r.reason), (10, AdaptiveReason::WithinTolerance));
+        assert_eq!(
+            (r.replicas, r.reason),
+            (10, AdaptiveReason::WithinTolerance)
+        );
         // No reading: no change, never zero.
         s.observe_missing(8 * MIN);
         let r = s.recommend(
