@@ -3,6 +3,8 @@
 //! - `decision/hpa_behavior_2_metrics`: one behavior-path decision for a target with two
 //!   metrics and a warm state (a full 300 s window of recommendations, recent scale events).
 //!   Goal: under 2 µs.
+//! - `decision/adaptive_observe_recommend`: one reading into a warm `AdaptiveState` (two days
+//!   of 15 s readings, all rules learned) and one recommendation.
 //! - `replay/worldcup/<policy>`: the 125,310-step WorldCup 98 trace through each baseline, as
 //!   `ebb backtest` replays it (`hpa-engine` makes 4 engine decisions per step). Goal: under
 //!   1 s per policy.
@@ -14,6 +16,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ebb::backtest::make_policy;
 use ebb::backtest::replay::{ReplayConfig, replay};
 use ebb::backtest::trace::{TraceOptions, read_trace, worldcup_trace_path};
+use ebb::engine::adaptive::{AdaptiveConfig, AdaptiveState, Inputs};
 use ebb::engine::hpa::{self, HpaSpec, Replicas, ScalingState};
 use ebb::engine::{Behavior, MetricSample, Target};
 
@@ -62,6 +65,32 @@ fn decision(c: &mut Criterion) {
     });
 }
 
+fn adaptive_decision(c: &mut Criterion) {
+    let load = |i: i64| 5000.0 * (1.0 + 0.3 * ((i % 5760) as f64 / 916.7).sin()) + (i % 7) as f64;
+    let mut state = AdaptiveState::new(AdaptiveConfig::default(), 15_000, 100.0).unwrap();
+    let mut i = 0;
+    while i < 2 * 5760 {
+        state.observe(i * 15_000, load(i));
+        i += 1;
+    }
+    c.bench_function("decision/adaptive_observe_recommend", |b| {
+        b.iter(|| {
+            i += 1;
+            let l = load(i);
+            state.observe(i * 15_000, l);
+            black_box(state.recommend(
+                (i + 1) * 15_000,
+                Inputs {
+                    reactive: (l / 100.0).ceil() as u32,
+                    load: Some(l),
+                    target_per_pod: 100.0,
+                    current: 55,
+                },
+            ))
+        })
+    });
+}
+
 fn full_replay(c: &mut Criterion) {
     let path = worldcup_trace_path();
     let trace = match read_trace(&path, &TraceOptions::default()) {
@@ -77,10 +106,11 @@ fn full_replay(c: &mut Criterion) {
     let mut group = c.benchmark_group("replay/worldcup");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
-    for name in ["hpa", "kpa", "oracle", "hpa-engine"] {
+    for name in ["hpa", "kpa", "oracle", "hpa-engine", "ebb"] {
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut policy = make_policy(name, &demand, &cfg).expect("a known policy");
+                let mut policy =
+                    make_policy(name, &demand, &cfg, &Default::default()).expect("a known policy");
                 black_box(replay(black_box(&trace.values), &cfg, policy.as_mut()))
             })
         });
@@ -88,5 +118,5 @@ fn full_replay(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, full_replay);
+criterion_group!(benches, decision, adaptive_decision, full_replay);
 criterion_main!(benches);

@@ -14,7 +14,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Replay a recorded load series through policies and print elasticity metrics.
-    Backtest(crate::backtest::BacktestArgs),
+    Backtest(Box<crate::backtest::BacktestArgs>),
     /// Start the local stack (Kubernetes control plane with kwok nodes, Prometheus, RabbitMQ)
     /// on loopback with a sample workload, and keep it up until Ctrl-C.
     Demo(crate::localstack::DemoArgs),

@@ -5,7 +5,9 @@
 
 pub mod metrics;
 pub mod plot;
+pub mod prometheus;
 pub mod replay;
+pub mod synthetic;
 pub mod trace;
 
 use std::fmt::Write as _;
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::engine::adaptive::{AdaptiveConfig, AdaptiveError, EbbPolicy};
 use crate::engine::baseline::{self, HpaBaseline, HpaEngineBaseline, KpaBaseline, OracleBaseline};
 use crate::engine::policy::ReplayPolicy;
 use metrics::Elasticity;
@@ -26,7 +29,7 @@ pub enum BacktestError {
     #[error(transparent)]
     Trace(#[from] TraceError),
     /// A policy name that is not known.
-    #[error("unknown policy {0:?} (known: {known}, all)", known = baseline::NAMES.join(", "))]
+    #[error("unknown policy {0:?} (known: {known}, all)", known = POLICY_NAMES.join(", "))]
     UnknownPolicy(String),
     /// The trace has no known value to derive capacity and bounds from.
     #[error("the trace has no known value")]
@@ -39,6 +42,25 @@ pub enum BacktestError {
         /// Why.
         message: String,
     },
+    /// The adaptive configuration is invalid.
+    #[error(transparent)]
+    Adaptive(#[from] AdaptiveError),
+    /// The adaptive configuration file could not be read or parsed.
+    #[error("{path}: {message}")]
+    AdaptiveFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The Prometheus range query failed or returned something other than one series.
+    #[error("prometheus {url}: {message}")]
+    Prometheus {
+        /// The server.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// An output file could not be written.
     #[error("{path}: {source}")]
     Write {
@@ -48,6 +70,15 @@ pub enum BacktestError {
         source: std::io::Error,
     },
 }
+
+/// Every policy `--policy` knows, in table order: the baselines, then ebb's own.
+pub const POLICY_NAMES: [&str; 5] = [
+    baseline::NAMES[0],
+    baseline::NAMES[1],
+    baseline::NAMES[2],
+    baseline::NAMES[3],
+    "ebb",
+];
 
 /// Result alias of the backtest layer.
 pub type Result<T> = std::result::Result<T, BacktestError>;
@@ -63,11 +94,30 @@ pub enum Format {
 
 /// `ebb backtest`: replay a recorded load series through policies and score them.
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["trace", "synthetic", "prometheus"])))]
 pub struct BacktestArgs {
     /// CSV with a timestamp column and a value column (e.g. ../shared/traces/worldcup98-requests-per-minute.csv).
     #[arg(long, env = "EBB_BACKTEST_TRACE")]
-    pub trace: PathBuf,
-    /// Policies to replay: hpa, kpa, oracle, a comma list, or all.
+    pub trace: Option<PathBuf>,
+    /// A synthetic week of minutes instead of a trace (see docs/adaptive.md).
+    #[arg(long, value_enum)]
+    pub synthetic: Option<synthetic::Shape>,
+    /// Read the series from this Prometheus server instead (with --query, --start, --end, --step).
+    #[arg(long, value_name = "URL", requires_all = ["query", "start", "end"])]
+    pub prometheus: Option<String>,
+    /// PromQL returning one series (aggregate with sum(...)).
+    #[arg(long, requires = "prometheus")]
+    pub query: Option<String>,
+    /// Start of the range: RFC 3339, `YYYY-MM-DD HH:MM:SS` (UTC) or Unix seconds.
+    #[arg(long, requires = "prometheus")]
+    pub start: Option<String>,
+    /// End of the range (inclusive), same formats.
+    #[arg(long, requires = "prometheus")]
+    pub end: Option<String>,
+    /// Step of the range query in seconds.
+    #[arg(long, default_value_t = 60, requires = "prometheus")]
+    pub step: i64,
+    /// Policies to replay: oracle, hpa, kpa, hpa-engine, ebb, a comma list, or all.
     #[arg(long, default_value = "all")]
     pub policy: String,
     /// Load one pod serves per step (default: median load / 10).
@@ -94,6 +144,11 @@ pub struct BacktestArgs {
     /// Value column (name or 0-based index).
     #[arg(long)]
     pub value_column: Option<String>,
+    /// The `ebb` policy's adaptive configuration: a YAML or JSON file holding either a
+    /// ScaledTarget (its `spec.adaptive` is used) or the adaptive section alone. The replay's
+    /// startup delay overrides its `startupDelaySeconds`.
+    #[arg(long, value_name = "FILE")]
+    pub adaptive: Option<PathBuf>,
 }
 
 /// What to replay and how to score it.
@@ -107,6 +162,8 @@ pub struct BacktestOptions {
     pub startup_delay: Option<usize>,
     /// Score only the last N days.
     pub last_days: Option<f64>,
+    /// Configuration of the `ebb` policy.
+    pub adaptive: AdaptiveConfig,
 }
 
 /// One policy's replay and scores.
@@ -147,11 +204,8 @@ pub fn parse_policies(spec: &str) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let names: Vec<&str> = if name.eq_ignore_ascii_case("all") {
-            baseline::NAMES.to_vec()
-        } else if let Some(n) = baseline::NAMES
-            .iter()
-            .find(|n| n.eq_ignore_ascii_case(name))
-        {
+            POLICY_NAMES.to_vec()
+        } else if let Some(n) = POLICY_NAMES.iter().find(|n| n.eq_ignore_ascii_case(name)) {
             vec![*n]
         } else {
             return Err(BacktestError::UnknownPolicy(name.to_string()));
@@ -173,8 +227,13 @@ pub fn make_policy(
     name: &str,
     demand: &[Option<u32>],
     cfg: &ReplayConfig,
+    adaptive: &AdaptiveConfig,
 ) -> Option<Box<dyn ReplayPolicy>> {
     Some(match name {
+        "ebb" => Box::new(EbbPolicy::new(
+            adaptive.clone(),
+            Some((cfg.startup_delay, cfg.step_seconds)),
+        )),
         "oracle" => Box::new(OracleBaseline::new(demand.to_vec(), cfg.startup_delay)),
         "hpa" => Box::new(HpaBaseline::default()),
         "kpa" => Box::new(KpaBaseline),
@@ -201,6 +260,7 @@ pub fn run_backtest(trace: &Trace, opts: &BacktestOptions) -> Result<BacktestRep
     )
     .ok_or(BacktestError::NoData)?;
     cfg.start_unix = trace.start;
+    opts.adaptive.validate()?;
     let demand = cfg.demand(&trace.values);
     let scored_from = match opts.last_days {
         None => 0,
@@ -216,7 +276,7 @@ pub fn run_backtest(trace: &Trace, opts: &BacktestOptions) -> Result<BacktestRep
         }
     };
     let run = |name: &str| -> Result<(Replay, Elasticity)> {
-        let mut policy = make_policy(name, &demand, &cfg)
+        let mut policy = make_policy(name, &demand, &cfg, &opts.adaptive)
             .ok_or_else(|| BacktestError::UnknownPolicy(name.to_string()))?;
         let r = replay::replay(&trace.values, &cfg, policy.as_mut());
         let supply = r.supply(cfg.startup_delay);
@@ -336,6 +396,25 @@ fn write_file(path: &Path, contents: &str) -> Result<()> {
     })
 }
 
+/// Read an adaptive configuration from YAML or JSON: a ScaledTarget (`spec.adaptive`) or the
+/// adaptive section alone. Unknown fields are errors, so a typo does not silently fall back.
+pub fn read_adaptive_config(path: &Path) -> Result<AdaptiveConfig> {
+    let fail = |message: String| BacktestError::AdaptiveFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let section = match doc.get("spec") {
+        Some(spec) => spec
+            .get("adaptive")
+            .cloned()
+            .ok_or_else(|| fail("the ScaledTarget has no spec.adaptive".to_string()))?,
+        None => doc,
+    };
+    serde_yaml::from_value(section).map_err(|e| fail(e.to_string()))
+}
+
 /// The decisions as CSV `step,desired`.
 pub fn decisions_csv(replay: &Replay) -> String {
     let mut out = String::with_capacity(replay.decisions.len() * 10);
@@ -350,6 +429,12 @@ pub fn decisions_csv(replay: &Replay) -> String {
 pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
     let BacktestArgs {
         trace,
+        synthetic,
+        prometheus,
+        query,
+        start,
+        end,
+        step,
         policy,
         capacity,
         startup_delay,
@@ -359,6 +444,7 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         format,
         time_column,
         value_column,
+        adaptive,
     } = args;
     let opts = TraceOptions {
         time_column: time_column.clone(),
@@ -366,7 +452,41 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
     };
     // Flags first: a typo should not wait for a large trace to load.
     let policies = parse_policies(policy)?;
-    let series = trace::read_trace(trace, &opts)?;
+    let adaptive = match adaptive {
+        Some(path) => read_adaptive_config(path)?,
+        None => AdaptiveConfig::default(),
+    };
+    adaptive.validate()?;
+    let (series, title) = if let Some(path) = trace {
+        (trace::read_trace(path, &opts)?, path.display().to_string())
+    } else if let Some(shape) = synthetic {
+        let name = format!("synthetic {shape:?}");
+        (synthetic::generate(*shape), name)
+    } else {
+        let time = |flag: &'static str, v: &Option<String>| {
+            let v = v.as_deref().unwrap_or_default();
+            trace::parse_time(v).ok_or_else(|| BacktestError::InvalidArg {
+                flag,
+                message: format!("{v:?} is not a timestamp"),
+            })
+        };
+        let q = prometheus::RangeQuery {
+            url: prometheus.clone().unwrap_or_default(),
+            query: query.clone().unwrap_or_default(),
+            start: time("--start", start)?,
+            end: time("--end", end)?,
+            step_seconds: *step,
+        };
+        let samples = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(prometheus::fetch(&q))?;
+        let title = format!("{} {}", q.url, q.query);
+        (
+            prometheus::to_trace(&samples, q.start, q.end, q.step_seconds),
+            title,
+        )
+    };
     let report = run_backtest(
         &series,
         &BacktestOptions {
@@ -374,6 +494,7 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             capacity: *capacity,
             startup_delay: *startup_delay,
             last_days: *last_days,
+            adaptive,
         },
     )?;
     match format {
@@ -392,7 +513,7 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             let supply = r.replay.supply(report.config.startup_delay);
             let as_f = |v: &[u32]| v.iter().map(|&x| Some(x as f64)).collect();
             let svg = plot::render(
-                &format!("{}: {} policy", trace.display(), r.policy),
+                &format!("{title}: {} policy", r.policy),
                 &[
                     plot::Series {
                         label: "demand (pods)",

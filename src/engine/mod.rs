@@ -7,8 +7,12 @@
 //!   [`hpa::ScalingState`].
 //! - [`policy`]: the step-wise interface the backtest replays ([`policy::ReplayPolicy`]).
 //! - [`baseline`]: the comparison policies (`hpa`, `kpa`, `oracle`) on that interface.
+//! - [`adaptive`]: thresholds learned from history (headroom, tolerance, scale-down window) and
+//!   the `ebb` replay policy; [`forecast`]: period detection and a seasonal forecast.
 
+pub mod adaptive;
 pub mod baseline;
+pub mod forecast;
 pub mod hpa;
 pub mod policy;
 

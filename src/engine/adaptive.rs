@@ -1,0 +1,1026 @@
+//! Thresholds learned from history. Three separate, bounded, explainable rules adjust the
+//! reactive recommendation (the HPA's `ceil(load / target)`):
+//!
+//! - **headroom** for the startup delay: the 99th percentile of the load's largest growth over
+//!   the horizon a decision must cover (pod startup plus one observation), learned per hour of
+//!   day once the history shows a daily cycle;
+//! - **tolerance**: a band around the current count inside which scale-down waits, from the
+//!   measured noise of the signal (MAD of first differences of the log-load);
+//! - **scale-down window**: how long a scale-down waits, from how soon the load came back after
+//!   past drops.
+//!
+//! Each value has hard bounds in [`AdaptiveConfig`] and falls back to the static HPA defaults
+//! (no headroom, tolerance 0.1, window 300 s) while its history is short. A seasonal forecast
+//! ([`super::forecast`]) may raise the recommendation ahead of a daily or weekly rise; nothing
+//! lowers it below the reactive one. The math, bounds and fallbacks are in `docs/adaptive.md`.
+//!
+//! [`AdaptiveState`] is a state machine fed observations with their time; memory is bounded
+//! (fixed histograms, ring buffers), and a step allocates nothing once warm.
+
+use std::collections::VecDeque;
+
+use statrs::distribution::{ContinuousCDF, Normal};
+use statrs::statistics::{Data, OrderStatistics};
+
+use super::forecast::{Period, Seasonal};
+use super::policy::{ReplayPolicy, StepContext, demand};
+use super::{DEFAULT_DOWNSCALE_STABILIZATION_SECONDS, DEFAULT_TOLERANCE, Millis, ceil_eps};
+
+/// A tail quantile is trusted once about this many samples lie beyond it.
+pub const MIN_TAIL_SAMPLES: f64 = 10.0;
+/// Width of a growth histogram bin, in log-load (0.2 %).
+pub const GROWTH_BIN: f64 = 0.002;
+/// Growth histogram bins: up to e^1.4, about 4x over the horizon; more falls in the last bin.
+pub const GROWTH_BINS: usize = 700;
+/// When a histogram holds this many samples (in multiples of the minimum), its counts halve:
+/// bounded memory, and older behaviour weighs less than recent.
+pub const HISTOGRAM_CAP_FACTOR: u64 = 8;
+/// Phases of the day for the headroom (3 hours each): enough to follow a daily cycle's rise and
+/// fall, few enough that each phase gathers a tail's worth of samples within days.
+pub const PHASES_PER_DAY: usize = 8;
+/// First differences kept for the noise estimate.
+pub const NOISE_WINDOW: usize = 256;
+/// Share of pure-noise changes the tolerance band absorbs. The band only ever delays a
+/// scale-down, so the quantile is one-sided: 95 % of the noise-driven falls stay inside it.
+pub const TOLERANCE_CONFIDENCE: f64 = 0.95;
+/// A learned value is reported (as an event) when it moves by at least this fraction.
+pub const REPORT_CHANGE: f64 = 0.1;
+/// MAD to standard deviation for normal data (1 / Phi^-1(3/4)).
+const MAD_TO_SIGMA: f64 = 1.482_602_218_505_602;
+
+const HOUR_MS: Millis = 3_600_000;
+
+/// Errors of the adaptive rules' configuration.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdaptiveError {
+    /// A bound pair or a duration that cannot be used.
+    #[error("adaptive: {field}: {message}")]
+    Invalid {
+        /// The camelCase field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How the adaptive rules are configured (ScaledTarget `spec.adaptive`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    /// Learn from history; off: the static HPA behaviour (no headroom, tolerance 0.1, 300 s).
+    pub enabled: bool,
+    /// No learned value is used before this much history, whatever the sample counts say.
+    pub min_history_seconds: u64,
+    /// Time from a scale-up to the new pods being ready; the headroom covers this horizon plus
+    /// one observation interval.
+    pub startup_delay_seconds: u64,
+    /// Lower bound of the learned headroom (fraction of the load, 0.2 = 20 %).
+    pub min_headroom: f64,
+    /// Upper bound of the learned headroom.
+    pub max_headroom: f64,
+    /// Lower bound of the learned tolerance (fraction).
+    pub min_tolerance: f64,
+    /// Upper bound of the learned tolerance.
+    pub max_tolerance: f64,
+    /// Lower bound of the learned scale-down stabilization window.
+    pub min_scale_down_window_seconds: u64,
+    /// Upper bound of the learned scale-down stabilization window; also how long a drop is
+    /// watched for a recurrence.
+    pub max_scale_down_window_seconds: u64,
+    /// Scale up ahead of a daily or weekly rise when the history shows one.
+    pub forecast: bool,
+    /// Learn the headroom per phase of the day (3-hour phases) once a daily cycle shows: every
+    /// phase then gets the same risk. Off: one headroom for all hours, which lets the risk
+    /// gather in the volatile hours and costs less for the same overall risk.
+    pub phase_of_day: bool,
+    /// Share of decisions allowed to fall short of the load within the startup horizon: the
+    /// headroom covers the `1 - underProvisionRisk` quantile of the growth.
+    pub under_provision_risk: f64,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_history_seconds: 3600,
+            startup_delay_seconds: 60,
+            min_headroom: 0.0,
+            max_headroom: 1.0,
+            min_tolerance: 0.0,
+            max_tolerance: 0.3,
+            min_scale_down_window_seconds: 0,
+            max_scale_down_window_seconds: 1800,
+            forecast: true,
+            phase_of_day: true,
+            under_provision_risk: 0.005,
+        }
+    }
+}
+
+impl AdaptiveConfig {
+    /// Check bounds: finite, non-negative, min <= max.
+    pub fn validate(&self) -> Result<(), AdaptiveError> {
+        let frac = |field, lo: f64, hi: f64| {
+            if !(lo.is_finite() && hi.is_finite() && lo >= 0.0 && lo <= hi) {
+                return Err(AdaptiveError::Invalid {
+                    field,
+                    message: format!("need 0 <= min <= max, got [{lo}, {hi}]"),
+                });
+            }
+            Ok(())
+        };
+        frac(
+            "minHeadroom/maxHeadroom",
+            self.min_headroom,
+            self.max_headroom,
+        )?;
+        frac(
+            "minTolerance/maxTolerance",
+            self.min_tolerance,
+            self.max_tolerance,
+        )?;
+        if !(self.under_provision_risk > 0.0 && self.under_provision_risk < 0.5) {
+            return Err(AdaptiveError::Invalid {
+                field: "underProvisionRisk",
+                message: format!("{} is not in (0, 0.5)", self.under_provision_risk),
+            });
+        }
+        if self.max_tolerance >= 1.0 {
+            return Err(AdaptiveError::Invalid {
+                field: "maxTolerance",
+                message: format!("{} would never scale down; use < 1", self.max_tolerance),
+            });
+        }
+        if self.min_scale_down_window_seconds > self.max_scale_down_window_seconds {
+            return Err(AdaptiveError::Invalid {
+                field: "minScaleDownWindowSeconds/maxScaleDownWindowSeconds",
+                message: format!(
+                    "min {} > max {}",
+                    self.min_scale_down_window_seconds, self.max_scale_down_window_seconds
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a learned value comes from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub enum Basis {
+    /// The static default: history too short, or adaptive off.
+    Static,
+    /// The whole history.
+    History,
+    /// The history at this hour of the day (UTC), the load having a daily cycle.
+    HourOfDay(u8),
+}
+
+/// The values in use, for status (`learned`) and events.
+#[derive(
+    Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Learned {
+    /// Extra capacity over the reactive recommendation (fraction of the load).
+    pub headroom: f64,
+    /// Where the headroom comes from.
+    pub headroom_basis: Basis,
+    /// Relative band inside which a scale-down waits.
+    pub tolerance: f64,
+    /// Where the tolerance comes from.
+    pub tolerance_basis: Basis,
+    /// Scale-down stabilization window.
+    pub scale_down_window_seconds: u64,
+    /// Where the window comes from.
+    pub scale_down_window_basis: Basis,
+    /// Measured noise: standard deviation of a reading around the level (fraction), if known.
+    pub noise: Option<f64>,
+    /// Period found in the history, if any.
+    pub period: Option<Period>,
+    /// Growth samples behind the headroom.
+    pub growth_samples: u64,
+}
+
+impl Learned {
+    fn fallback() -> Self {
+        Self {
+            headroom: 0.0,
+            headroom_basis: Basis::Static,
+            tolerance: DEFAULT_TOLERANCE,
+            tolerance_basis: Basis::Static,
+            scale_down_window_seconds: DEFAULT_DOWNSCALE_STABILIZATION_SECONDS as u64,
+            scale_down_window_basis: Basis::Static,
+            noise: None,
+            period: None,
+            growth_samples: 0,
+        }
+    }
+
+    /// A one-line event message when a value moved materially since `before` (its basis
+    /// changed, or it moved by [`REPORT_CHANGE`] relative); `None` otherwise.
+    pub fn change_from(&self, before: &Learned) -> Option<String> {
+        let moved = |a: f64, b: f64| (a - b).abs() > REPORT_CHANGE * a.abs().max(b.abs()).max(0.01);
+        let mut parts = Vec::new();
+        if self.headroom_basis != before.headroom_basis || moved(self.headroom, before.headroom) {
+            parts.push(format!(
+                "headroom {:.3} -> {:.3} ({:?})",
+                before.headroom, self.headroom, self.headroom_basis
+            ));
+        }
+        if self.tolerance_basis != before.tolerance_basis || moved(self.tolerance, before.tolerance)
+        {
+            parts.push(format!(
+                "tolerance {:.3} -> {:.3} ({:?})",
+                before.tolerance, self.tolerance, self.tolerance_basis
+            ));
+        }
+        if self.scale_down_window_basis != before.scale_down_window_basis
+            || moved(
+                self.scale_down_window_seconds as f64,
+                before.scale_down_window_seconds as f64,
+            )
+        {
+            parts.push(format!(
+                "scaleDownWindow {}s -> {}s ({:?})",
+                before.scale_down_window_seconds,
+                self.scale_down_window_seconds,
+                self.scale_down_window_basis
+            ));
+        }
+        if self.period != before.period {
+            parts.push(format!("period {:?} -> {:?}", before.period, self.period));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// Why the adjusted recommendation is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdaptiveReason {
+    /// No reading this time: the current count stays.
+    NoData,
+    /// The reactive recommendation itself.
+    Reactive,
+    /// Raised by the learned headroom.
+    Headroom,
+    /// Raised by the seasonal forecast.
+    Forecast,
+    /// A scale-down held back by the (learned) scale-down window.
+    Stabilized,
+    /// A scale-down smaller than the (learned) tolerance band.
+    WithinTolerance,
+}
+
+impl AdaptiveReason {
+    /// A CamelCase reason string for conditions and events.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::NoData => "NoData",
+            Self::Reactive => "Reactive",
+            Self::Headroom => "LearnedHeadroom",
+            Self::Forecast => "SeasonalForecast",
+            Self::Stabilized => "LearnedScaleDownWindow",
+            Self::WithinTolerance => "LearnedTolerance",
+        }
+    }
+}
+
+impl std::fmt::Display for AdaptiveReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one recommendation needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs {
+    /// The reactive recommendation (the HPA's proposal); the result is never below it.
+    pub reactive: u32,
+    /// The latest load reading the reactive recommendation came from, `None` when missing.
+    pub load: Option<f64>,
+    /// The per-pod target the load is compared against.
+    pub target_per_pod: f64,
+    /// The current replica count.
+    pub current: u32,
+}
+
+/// The adjusted recommendation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recommendation {
+    /// Replicas to ask for (before min/max bounds).
+    pub replicas: u32,
+    /// Why.
+    pub reason: AdaptiveReason,
+}
+
+/// Counts of a quantity in fixed bins, halved when full (u16: the cap stays below 65 536).
+#[derive(Debug, Clone)]
+struct Histogram {
+    counts: Vec<u16>,
+    total: u64,
+}
+
+impl Histogram {
+    fn new(bins: usize) -> Self {
+        Self {
+            counts: vec![0; bins],
+            total: 0,
+        }
+    }
+
+    fn add(&mut self, bin: usize, cap: u64) {
+        let bin = bin.min(self.counts.len() - 1);
+        self.counts[bin] = self.counts[bin].saturating_add(1);
+        self.total += 1;
+        if self.total >= cap {
+            self.total = 0;
+            for c in &mut self.counts {
+                *c /= 2;
+                self.total += u64::from(*c);
+            }
+        }
+    }
+
+    /// The smallest bin with at least `q` of the total at or below it.
+    fn quantile_bin(&self, q: f64) -> Option<usize> {
+        if self.total == 0 {
+            return None;
+        }
+        let need = (q * self.total as f64).ceil() as u64;
+        let mut acc = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            acc += u64::from(c);
+            if acc >= need {
+                return Some(i);
+            }
+        }
+        Some(self.counts.len() - 1)
+    }
+}
+
+/// What is learned for one candidate scale-down window of `len` readings: the growth over the
+/// horizon relative to the highest reading of the window (overall and per phase of the day), and
+/// the mean log-ratio of that highest reading to the latest one (what holding it costs).
+#[derive(Debug, Clone)]
+struct Candidate {
+    len: usize,
+    growth_all: Histogram,
+    growth_by_phase: Vec<Histogram>,
+    /// Sum and count of ln(window max / latest reading), halved with `growth_all`.
+    hold_sum: f64,
+    hold_n: f64,
+}
+
+/// The learning state of one target: feed it every reading with [`Self::observe`], ask it with
+/// [`Self::recommend`]. Readings are expected on a grid of `interval` (the polling interval);
+/// a longer gap is missing data.
+#[derive(Debug, Clone)]
+pub struct AdaptiveState {
+    config: AdaptiveConfig,
+    interval: Millis,
+    /// Load one pod serves: growth below one pod's worth cannot need a pod, so loads are
+    /// floored at it before taking ratios.
+    target_per_pod: f64,
+    /// Readings a decision must cover: startup delay plus one observation.
+    horizon: usize,
+    first_ts: Option<Millis>,
+    last_ts: Option<Millis>,
+    /// The last readings (`None`: missing), oldest first: the longest candidate window plus the
+    /// horizon after it.
+    recent: VecDeque<(Millis, Option<f64>)>,
+    candidates: Vec<Candidate>,
+    /// Last first differences of the log-load (ring), and a scratch copy for the median.
+    diffs: Vec<f64>,
+    diffs_next: usize,
+    scratch: Vec<f64>,
+    seasonal: Seasonal,
+    learned: Learned,
+    /// Readings in the scale-down window in use.
+    window_len: usize,
+}
+
+impl AdaptiveState {
+    /// A state with no history. `interval` is the time between readings (> 0);
+    /// `target_per_pod` the load one pod serves (> 0).
+    pub fn new(
+        config: AdaptiveConfig,
+        interval: Millis,
+        target_per_pod: f64,
+    ) -> Result<Self, AdaptiveError> {
+        config.validate()?;
+        if interval <= 0 {
+            return Err(AdaptiveError::Invalid {
+                field: "interval",
+                message: format!("{interval} ms is not positive"),
+            });
+        }
+        if !(target_per_pod.is_finite() && target_per_pod > 0.0) {
+            return Err(AdaptiveError::Invalid {
+                field: "targetPerPod",
+                message: format!("{target_per_pod} is not a positive number"),
+            });
+        }
+        let startup = (config.startup_delay_seconds as i64 * 1000 + interval - 1) / interval;
+        let horizon = startup as usize + 1;
+        let lens = candidate_lengths(
+            Self::steps(config.min_scale_down_window_seconds, interval) + 1,
+            Self::steps(config.max_scale_down_window_seconds, interval) + 1,
+        );
+        let longest = *lens.last().unwrap_or(&1);
+        let candidates = lens
+            .into_iter()
+            .map(|len| Candidate {
+                len,
+                growth_all: Histogram::new(GROWTH_BINS),
+                growth_by_phase: vec![Histogram::new(GROWTH_BINS); PHASES_PER_DAY],
+                hold_sum: 0.0,
+                hold_n: 0.0,
+            })
+            .collect();
+        let static_len = Self::steps(DEFAULT_DOWNSCALE_STABILIZATION_SECONDS as u64, interval) + 1;
+        Ok(Self {
+            horizon,
+            first_ts: None,
+            last_ts: None,
+            recent: VecDeque::with_capacity(longest + horizon),
+            candidates,
+            diffs: Vec::with_capacity(NOISE_WINDOW),
+            diffs_next: 0,
+            scratch: Vec::with_capacity(NOISE_WINDOW),
+            seasonal: Seasonal::new(),
+            learned: Learned::fallback(),
+            window_len: static_len.min(longest.max(static_len)),
+            config,
+            interval,
+            target_per_pod,
+        })
+    }
+
+    /// Rebuild a state from recorded readings `(time, value)` in time order, e.g. a Prometheus
+    /// range query after a restart: the same readings give the same learned values.
+    pub fn backfill(
+        config: AdaptiveConfig,
+        interval: Millis,
+        target_per_pod: f64,
+        readings: impl IntoIterator<Item = (Millis, f64)>,
+    ) -> Result<Self, AdaptiveError> {
+        let mut s = Self::new(config, interval, target_per_pod)?;
+        for (ts, v) in readings {
+            s.observe(ts, v);
+        }
+        Ok(s)
+    }
+
+    fn steps(seconds: u64, interval: Millis) -> usize {
+        ((seconds as i64 * 1000) / interval) as usize
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdaptiveConfig {
+        &self.config
+    }
+
+    /// Readings a decision must cover (startup delay in intervals, plus one).
+    pub fn horizon(&self) -> usize {
+        self.horizon
+    }
+
+    /// The values in use after the latest reading.
+    pub fn learned(&self) -> Learned {
+        self.learned
+    }
+
+    /// A missing reading at `ts` (the source failed): it breaks the growth and noise chains;
+    /// it never reads as zero.
+    pub fn observe_missing(&mut self, ts: Millis) {
+        self.push_reading(ts, None);
+    }
+
+    /// Feed one reading. Readings out of time order (not after the last one) are ignored;
+    /// non-finite or negative values count as missing.
+    pub fn observe(&mut self, ts: Millis, value: f64) {
+        let value = (value.is_finite() && value >= 0.0).then_some(value);
+        self.push_reading(ts, value);
+    }
+
+    fn capacity_of_recent(&self) -> usize {
+        self.candidates.last().map_or(1, |c| c.len) + self.horizon
+    }
+
+    fn push_reading(&mut self, ts: Millis, value: Option<f64>) {
+        if self.last_ts.is_some_and(|last| ts <= last) {
+            return;
+        }
+        // Grid points skipped since the last reading are missing (only the ring's worth
+        // matters).
+        if let Some(last) = self.last_ts {
+            let skipped =
+                ((ts - last) / self.interval - 1).clamp(0, self.capacity_of_recent() as i64);
+            for k in 1..=skipped {
+                self.push_recent(last + k * self.interval, None);
+            }
+        }
+        let previous = self.recent.back().and_then(|&(_, v)| v);
+        self.push_recent(ts, value);
+        self.first_ts.get_or_insert(ts);
+        self.last_ts = Some(ts);
+        if let Some(v) = value {
+            // The period is learned whether or not the forecast is used: the headroom's phases
+            // follow it too.
+            self.seasonal.observe(ts, v);
+            if let Some(p) = previous {
+                let floor = self.target_per_pod;
+                self.push_diff((v.max(floor) / p.max(floor)).ln());
+            }
+        }
+        self.record_growth();
+        self.learned = self.compute(ts);
+    }
+
+    fn push_recent(&mut self, ts: Millis, v: Option<f64>) {
+        if self.recent.len() == self.capacity_of_recent() {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((ts, v));
+    }
+
+    /// Once a reading has its whole horizon after it, record for each candidate window ending
+    /// at it the largest growth over the horizon relative to the window's highest reading.
+    fn record_growth(&mut self) {
+        let n = self.recent.len();
+        if n < self.horizon + 1 {
+            return;
+        }
+        let base_at = n - 1 - self.horizon;
+        let (base_ts, Some(base)) = self.recent[base_at] else {
+            return;
+        };
+        let floor = self.target_per_pod;
+        let mut peak = f64::NEG_INFINITY;
+        for &(_, v) in self.recent.iter().skip(base_at + 1) {
+            match v {
+                Some(v) => peak = peak.max(v),
+                None => return,
+            }
+        }
+        // What a decision must exceed: the load of one pod less than the peak's demand (a
+        // count above it covers the peak), so growth is measured in the pods it needs.
+        let must_exceed = (ceil_eps(peak / floor) - 1.0) * floor;
+        let base = base.max(floor);
+        let q = 1.0 - self.config.under_provision_risk;
+        let cap = HISTOGRAM_CAP_FACTOR * min_tail_count(q);
+        let phase = phase_of_day(base_ts);
+        // Walk back from the base, widening the window; each candidate takes the max so far.
+        let mut high = base;
+        let mut len = 0usize;
+        let mut idx = base_at as isize;
+        for c in &mut self.candidates {
+            while len < c.len && idx >= 0 {
+                if let (_, Some(v)) = self.recent[idx as usize] {
+                    high = high.max(v.max(floor));
+                }
+                len += 1;
+                idx -= 1;
+            }
+            if len < c.len {
+                break; // not enough history for this window and longer ones
+            }
+            // The bin whose headroom is strictly above the growth needed (0: none needed).
+            let bin = if must_exceed < high {
+                0
+            } else {
+                ((must_exceed / high).ln() / GROWTH_BIN).floor() as usize + 1
+            };
+            let before = c.growth_all.total;
+            c.growth_all.add(bin, cap);
+            if c.growth_all.total < before {
+                c.hold_sum /= 2.0;
+                c.hold_n /= 2.0;
+            }
+            c.hold_sum += (high / base).ln();
+            c.hold_n += 1.0;
+            c.growth_by_phase[phase].add(bin, cap);
+        }
+    }
+
+    fn push_diff(&mut self, d: f64) {
+        if self.diffs.len() < NOISE_WINDOW {
+            self.diffs.push(d);
+        } else {
+            self.diffs[self.diffs_next] = d;
+        }
+        self.diffs_next = (self.diffs_next + 1) % NOISE_WINDOW;
+    }
+
+    /// The learned values at `ts`, each falling back to its static default while its history
+    /// is short.
+    fn compute(&mut self, ts: Millis) -> Learned {
+        let mut l = Learned::fallback();
+        let cfg = &self.config;
+        l.period = self.seasonal.period();
+        let static_len = Self::steps(l.scale_down_window_seconds, self.interval) + 1;
+        self.window_len = static_len;
+        let old_enough = self
+            .first_ts
+            .is_some_and(|f| ts - f >= cfg.min_history_seconds as i64 * 1000);
+        // Noise: sigma of one reading around the level, from the MAD of first differences
+        // (a difference of two readings has sqrt(2) sigma).
+        if self.diffs.len() == NOISE_WINDOW {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.diffs);
+            let med = Data::new(&mut self.scratch[..]).median();
+            for d in &mut self.scratch {
+                *d = (*d - med).abs();
+            }
+            let mad = Data::new(&mut self.scratch[..]).median();
+            l.noise = Some(MAD_TO_SIGMA * mad / std::f64::consts::SQRT_2);
+        }
+        if !(cfg.enabled && old_enough) {
+            return l;
+        }
+        // Headroom and window together: for each candidate window with enough samples, the
+        // headroom is its growth quantile (at this phase of the day when the load has a daily
+        // cycle and the phase has enough samples); the window chosen is the one whose held
+        // level plus headroom is lowest on average. Longer windows hold more but need less
+        // headroom when bursts come back within them.
+        let q = 1.0 - cfg.under_provision_risk;
+        let need = min_tail_count(q);
+        let phase = phase_of_day(ts);
+        let daily = cfg.phase_of_day && matches!(l.period, Some(Period::Daily | Period::Weekly));
+        let mut best: Option<(f64, f64, Basis, usize, u64)> = None;
+        for c in &self.candidates {
+            if c.growth_all.total < need || c.hold_n <= 0.0 {
+                continue;
+            }
+            let by_phase = &c.growth_by_phase[phase];
+            let (hist, basis) = if daily && by_phase.total >= need {
+                (
+                    by_phase,
+                    Basis::HourOfDay((phase * 24 / PHASES_PER_DAY) as u8),
+                )
+            } else {
+                (&c.growth_all, Basis::History)
+            };
+            let Some(bin) = hist.quantile_bin(q) else {
+                continue;
+            };
+            let headroom = (bin as f64 * GROWTH_BIN)
+                .exp_m1()
+                .clamp(cfg.min_headroom, cfg.max_headroom);
+            let cost = headroom.ln_1p() + c.hold_sum / c.hold_n;
+            if best.is_none_or(|b| cost < b.0) {
+                best = Some((cost, headroom, basis, c.len, c.growth_all.total));
+            }
+        }
+        if let Some((_, headroom, basis, len, samples)) = best {
+            l.headroom = headroom;
+            l.headroom_basis = basis;
+            l.growth_samples = samples;
+            l.scale_down_window_seconds = ((len as i64 - 1) * self.interval / 1000) as u64;
+            l.scale_down_window_basis = Basis::History;
+            self.window_len = len;
+        }
+        // Tolerance: the band holding TOLERANCE_CONFIDENCE of the changes between two noisy
+        // readings of a steady load.
+        if let Some(sigma) = l.noise {
+            let z = Normal::standard().inverse_cdf(TOLERANCE_CONFIDENCE);
+            l.tolerance =
+                (z * std::f64::consts::SQRT_2 * sigma).clamp(cfg.min_tolerance, cfg.max_tolerance);
+            l.tolerance_basis = Basis::History;
+        }
+        l
+    }
+
+    /// The recommendation at `now` (the decision time, after the latest reading): the highest
+    /// reading of the scale-down window plus the headroom, raised by the forecast, and a
+    /// scale-down only beyond the tolerance band. Never below `inputs.reactive` (when there is
+    /// a reading).
+    pub fn recommend(&mut self, now: Millis, inputs: Inputs) -> Recommendation {
+        let Inputs {
+            reactive,
+            load,
+            target_per_pod,
+            current,
+        } = inputs;
+        let Some(load) = load.filter(|l| l.is_finite() && *l >= 0.0) else {
+            return Recommendation {
+                replicas: current,
+                reason: AdaptiveReason::NoData,
+            };
+        };
+        let l = self.learned;
+        let pods = |x: f64| {
+            let p = ceil_eps(x / target_per_pod);
+            if p.is_nan() { 0 } else { p as u32 }
+        };
+        // The highest reading of the window (the latest one included).
+        let held_load = self
+            .recent
+            .iter()
+            .rev()
+            .take(self.window_len)
+            .filter_map(|&(_, v)| v)
+            .fold(load, f64::max);
+        let mut out = reactive;
+        let mut why = AdaptiveReason::Reactive;
+        let with_headroom = pods(load * (1.0 + l.headroom));
+        if with_headroom > out {
+            out = with_headroom;
+            why = AdaptiveReason::Headroom;
+        }
+        let held = pods(held_load * (1.0 + l.headroom));
+        if held > out {
+            out = held;
+            why = AdaptiveReason::Stabilized;
+        }
+        // The forecast level alone, without the headroom: the growth the headroom was learned
+        // from already contains the seasonal rise over the horizon, so the forecast raises only
+        // when the expected rise exceeds the headroom.
+        if let Some(f) = self.forecast_peak(now) {
+            let ahead = pods(load * f);
+            if ahead > out {
+                out = ahead;
+                why = AdaptiveReason::Forecast;
+            }
+        }
+        // A scale-down: only beyond the tolerance band.
+        if out < current && f64::from(out) >= f64::from(current) * (1.0 - l.tolerance) {
+            return Recommendation {
+                replicas: current,
+                reason: AdaptiveReason::WithinTolerance,
+            };
+        }
+        Recommendation {
+            replicas: out,
+            reason: why,
+        }
+    }
+
+    /// The largest forecast ratio from the latest reading to each reading of the horizon,
+    /// when it is a rise.
+    fn forecast_peak(&mut self, now: Millis) -> Option<f64> {
+        if !(self.config.enabled && self.config.forecast) {
+            return None;
+        }
+        let from = self.last_ts?;
+        let mut peak: Option<f64> = None;
+        for k in 0..self.horizon as i64 {
+            let to = now + k * self.interval;
+            if let Some(r) = self.seasonal.ratio(from, to) {
+                peak = Some(peak.map_or(r, |p: f64| p.max(r)));
+            }
+        }
+        peak.filter(|&p| p > 1.0)
+    }
+}
+
+/// Candidate window lengths (in readings) from `min` to `max`: roughly doubling, so that a few
+/// candidates span seconds to an hour.
+fn candidate_lengths(min: usize, max: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut len = min.max(1);
+    while len < max {
+        out.push(len);
+        len = (len * 3).div_ceil(2).max(len + 1);
+    }
+    out.push(max.max(min).max(1));
+    out
+}
+
+/// Samples needed before the `q` quantile has about [`MIN_TAIL_SAMPLES`] beyond it.
+fn min_tail_count(q: f64) -> u64 {
+    (MIN_TAIL_SAMPLES / (1.0 - q)).round() as u64
+}
+
+fn phase_of_day(ts: Millis) -> usize {
+    let phase_ms = 24 * HOUR_MS / PHASES_PER_DAY as Millis;
+    ts.div_euclid(phase_ms).rem_euclid(PHASES_PER_DAY as i64) as usize
+}
+
+/// The `ebb` policy of `ebb backtest`: [`AdaptiveState`] fed each step's reading, its
+/// recommendation over the reactive `ceil(load / c)`.
+#[derive(Debug, Clone)]
+pub struct EbbPolicy {
+    config: AdaptiveConfig,
+    state: Option<AdaptiveState>,
+}
+
+impl EbbPolicy {
+    /// A policy with this configuration; the replay's startup delay (in steps) overrides
+    /// `startup_delay_seconds` when given.
+    pub fn new(mut config: AdaptiveConfig, startup_delay_steps: Option<(usize, f64)>) -> Self {
+        if let Some((steps, step_seconds)) = startup_delay_steps {
+            config.startup_delay_seconds = (steps as f64 * step_seconds).round() as u64;
+        }
+        Self {
+            config,
+            state: None,
+        }
+    }
+
+    /// The learning state, once the first step ran.
+    pub fn state(&self) -> Option<&AdaptiveState> {
+        self.state.as_ref()
+    }
+}
+
+impl ReplayPolicy for EbbPolicy {
+    fn name(&self) -> &str {
+        "ebb"
+    }
+
+    fn decide(&mut self, ctx: &StepContext<'_>) -> u32 {
+        let interval = ((ctx.step_seconds * 1000.0).round() as Millis).max(1);
+        let config = &self.config;
+        let state = self.state.get_or_insert_with(|| {
+            AdaptiveState::new(config.clone(), interval, ctx.capacity).unwrap_or_else(|_| {
+                // The backtest validates the configuration and capacity before the replay.
+                AdaptiveState::new(AdaptiveConfig::default(), interval, 1.0)
+                    .expect("valid defaults")
+            })
+        });
+        let start = ctx.start_unix * 1000;
+        let load = ctx.last_observation();
+        if ctx.step > 0 {
+            let ts = start + (ctx.step as Millis - 1) * interval;
+            match load {
+                Some(v) => state.observe(ts, v),
+                None => state.observe_missing(ts),
+            }
+        }
+        let reactive = load.map_or(ctx.previous, |l| demand(l, ctx.capacity));
+        let now = start + ctx.step as Millis * interval;
+        state
+            .recommend(
+                now,
+                Inputs {
+                    reactive,
+                    load,
+                    target_per_pod: ctx.capacity,
+                    current: ctx.previous,
+                },
+            )
+            .replicas
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Millis = 60_000;
+
+    fn inputs(load: f64, current: u32) -> Inputs {
+        Inputs {
+            reactive: demand(load, 100.0),
+            load: Some(load),
+            target_per_pod: 100.0,
+            current,
+        }
+    }
+
+    #[test]
+    fn config_is_camel_case_and_checked() {
+        let c: AdaptiveConfig =
+            serde_yaml::from_str("maxHeadroom: 0.5\nmaxScaleDownWindowSeconds: 600\n").unwrap();
+        assert_eq!(
+            (c.max_headroom, c.max_scale_down_window_seconds),
+            (0.5, 600)
+        );
+        assert!(c.enabled && c.forecast);
+        assert!(serde_yaml::from_str::<AdaptiveConfig>("maxHedroom: 1").is_err());
+        let bad = AdaptiveConfig {
+            min_headroom: 0.5,
+            max_headroom: 0.1,
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("minHeadroom")
+        );
+        let never_down = AdaptiveConfig {
+            max_tolerance: 1.0,
+            ..Default::default()
+        };
+        assert!(never_down.validate().is_err());
+        assert!(AdaptiveState::new(AdaptiveConfig::default(), 0, 1.0).is_err());
+        assert!(AdaptiveState::new(AdaptiveConfig::default(), MIN, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn histogram_quantile_and_halving() {
+        let mut h = Histogram::new(10);
+        for bin in 0..100 {
+            h.add(bin % 10, 1000);
+        }
+        assert_eq!(h.quantile_bin(0.5), Some(4));
+        assert_eq!(h.quantile_bin(0.99), Some(9));
+        // Reaching the cap halves every count.
+        for _ in 0..900 {
+            h.add(0, 1000);
+        }
+        assert_eq!(h.total, 500);
+        assert_eq!(h.counts[9], 5);
+    }
+
+    #[test]
+    fn candidate_windows_span_the_bounds() {
+        assert_eq!(
+            candidate_lengths(1, 31),
+            vec![1, 2, 3, 5, 8, 12, 18, 27, 31]
+        );
+        assert_eq!(candidate_lengths(11, 11), vec![11]);
+    }
+
+    #[test]
+    fn static_behaviour_while_learning_holds_a_scale_down_for_300_s() {
+        let mut s = AdaptiveState::new(AdaptiveConfig::default(), MIN, 100.0).unwrap();
+        s.observe(0, 1000.0);
+        let r = s.recommend(MIN, inputs(1000.0, 5));
+        assert_eq!(
+            r,
+            Recommendation {
+                replicas: 10,
+                reason: AdaptiveReason::Reactive,
+            }
+        );
+        // The load halves: the 1000 reading is still in the 300 s window.
+        for k in 1..=5 {
+            s.observe(k * MIN, 500.0);
+            let r = s.recommend((k + 1) * MIN, inputs(500.0, 10));
+            assert_eq!(
+                (r.replicas, r.reason),
+                (10, AdaptiveReason::Stabilized),
+                "{k}"
+            );
+        }
+        s.observe(6 * MIN, 500.0);
+        assert_eq!(s.recommend(7 * MIN, inputs(500.0, 10)).replicas, 5);
+        // A fall of one pod in ten stays inside the 0.1 band.
+        s.observe(7 * MIN, 900.0);
+        let r = s.recommend(8 * MIN, inputs(900.0, 10));
+        assert_eq!(
+            (r.replicas, r.reason),
+            (10, AdaptiveReason::WithinTolerance)
+        );
+        // No reading: no change, never zero.
+        s.observe_missing(8 * MIN);
+        let r = s.recommend(
+            9 * MIN,
+            Inputs {
+                load: None,
+                ..inputs(0.0, 5)
+            },
+        );
+        assert_eq!((r.replicas, r.reason), (5, AdaptiveReason::NoData));
+    }
+
+    #[test]
+    fn out_of_order_and_bad_readings_are_ignored() {
+        let mut s = AdaptiveState::new(AdaptiveConfig::default(), MIN, 100.0).unwrap();
+        s.observe(2 * MIN, 1000.0);
+        s.observe(MIN, 9e9);
+        s.observe(3 * MIN, f64::NAN);
+        assert_eq!(s.recent.len(), 2);
+        assert_eq!(s.recent.back(), Some(&(3 * MIN, None)));
+        assert_eq!(s.recent.front(), Some(&(2 * MIN, Some(1000.0))));
+    }
+
+    #[test]
+    fn changes_are_reported_once_material() {
+        let a = Learned::fallback();
+        assert_eq!(a.change_from(&a), None);
+        let b = Learned {
+            headroom: 0.2,
+            headroom_basis: Basis::History,
+            ..a
+        };
+        let msg = b.change_from(&a).unwrap();
+        assert!(msg.contains("headroom 0.000 -> 0.200 (History)"), "{msg}");
+        let c = Learned {
+            headroom: 0.205,
+            ..b
+        };
+        assert_eq!(c.change_from(&b), None);
+    }
+
+    #[test]
+    fn learned_headroom_covers_growth_at_the_chosen_quantile() {
+        // A load alternating 1000 and 1300: the growth that matters is 30 % from a low reading
+        // with a one-reading window, 0 with a window of two; the window of two costs less.
+        let mut s = AdaptiveState::new(AdaptiveConfig::default(), MIN, 10.0).unwrap();
+        for k in 0..3000 {
+            s.observe(k * MIN, if k % 2 == 0 { 1000.0 } else { 1300.0 });
+        }
+        let l = s.learned();
+        assert_eq!(l.headroom_basis, Basis::History);
+        assert!(l.headroom < 0.01, "{l:?}");
+        assert!(l.scale_down_window_seconds >= 60, "{l:?}");
+        let r = s.recommend(3000 * MIN, inputs(1300.0, 13));
+        assert!(r.replicas >= 13);
+    }
+}
