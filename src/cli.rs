@@ -18,6 +18,8 @@ pub enum Command {
     /// Start the local stack (Kubernetes control plane with kwok nodes, Prometheus, RabbitMQ)
     /// on loopback with a sample workload, and keep it up until Ctrl-C.
     Demo(crate::localstack::DemoArgs),
+    /// Print the ScaledTarget CustomResourceDefinition (YAML), as `deploy/crd.yaml` holds it.
+    Crd,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -25,5 +27,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Backtest(args) => crate::backtest::run(&args),
         Command::Demo(args) => crate::localstack::run_demo(args),
+        Command::Crd => {
+            print!("{}", crate::crd::crd_yaml());
+            Ok(())
+        }
     }
 }
