@@ -25,6 +25,8 @@ pub const PAUSED_REPLICAS_ANNOTATION: &str = "ebb.dev/paused-replicas";
 pub const SCALED_TARGET_LABEL: &str = "ebb.dev/scaledtarget";
 
 /// Desired scaling of one workload by ebb.
+// The printer columns repeat `type_ = ...`, which clippy takes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "ebb.dev",
