@@ -9,6 +9,7 @@
 
 pub mod backtest;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod engine;
 pub mod localstack;

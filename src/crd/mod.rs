@@ -366,3 +366,66 @@ pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), established).await;
     Ok(())
 }
+
+impl ScaledTargetSpec {
+    /// The engine's view of the bounds and behavior. Behavior fields the engine cannot read
+    /// (an unknown policy type, a tolerance that is not a quantity) are left at their defaults;
+    /// the API server's schema for `behavior` is upstream's, so that is rare.
+    pub fn engine_spec(&self) -> crate::engine::hpa::HpaSpec {
+        crate::engine::hpa::HpaSpec {
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            behavior: self.behavior.as_ref().map(engine_behavior),
+            config: Default::default(),
+        }
+    }
+
+    /// The polling interval as a std duration (the schema keeps it positive).
+    pub fn polling_interval(&self) -> std::time::Duration {
+        self.polling_interval.into()
+    }
+}
+
+fn engine_behavior(b: &HorizontalPodAutoscalerBehavior) -> crate::engine::Behavior {
+    use crate::engine::{Policy, ScalingRules, SelectPolicy};
+    use k8s_openapi::api::autoscaling::v2::HPAScalingRules;
+    let rules = |r: &Option<HPAScalingRules>| {
+        let Some(r) = r else {
+            return ScalingRules::default();
+        };
+        ScalingRules {
+            stabilization_window_seconds: r.stabilization_window_seconds,
+            select_policy: r.select_policy.as_deref().and_then(|s| match s {
+                "Max" => Some(SelectPolicy::Max),
+                "Min" => Some(SelectPolicy::Min),
+                "Disabled" => Some(SelectPolicy::Disabled),
+                _ => None,
+            }),
+            policies: r
+                .policies
+                .iter()
+                .flatten()
+                .filter_map(|p| match p.type_.as_str() {
+                    "Pods" => Some(Policy::Pods {
+                        value: p.value,
+                        period_seconds: p.period_seconds,
+                    }),
+                    "Percent" => Some(Policy::Percent {
+                        value: p.value,
+                        period_seconds: p.period_seconds,
+                    }),
+                    _ => None,
+                })
+                .collect(),
+            tolerance: r
+                .tolerance
+                .as_ref()
+                .and_then(|q| milli_value(&q.0).ok())
+                .map(|m| m as f64 / 1000.0),
+        }
+    };
+    crate::engine::Behavior {
+        scale_up: rules(&b.scale_up),
+        scale_down: rules(&b.scale_down),
+    }
+}
