@@ -145,9 +145,19 @@ impl Context {
     }
 }
 
-/// Runs the controller until the stream of ScaledTargets ends.
+/// Runs the controller over all namespaces until the stream of ScaledTargets ends.
 pub async fn run(ctx: Arc<Context>) {
     let sts = Api::<ScaledTarget>::all(ctx.client.clone());
+    run_on(sts, ctx).await
+}
+
+/// Runs the controller over one namespace (tests, namespace-scoped installs).
+pub async fn run_namespaced(ctx: Arc<Context>, namespace: &str) {
+    let sts = Api::<ScaledTarget>::namespaced(ctx.client.clone(), namespace);
+    run_on(sts, ctx).await
+}
+
+async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>) {
     Controller::new(sts, watcher::Config::default())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
