@@ -764,3 +764,47 @@ async fn escalate(
         Err(err) => tracing::warn!(scaledtarget = %key(st), error = %err, "escalation failed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target_with_fallback(threshold: i32) -> ScaledTarget {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ebb.dev/v1alpha1",
+            "kind": "ScaledTarget",
+            "metadata": { "name": "t", "namespace": "n" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "t" },
+                "maxReplicas": 5,
+                "metrics": [],
+                "fallback": { "failureThreshold": threshold, "replicas": 2 }
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_flapping_source_does_not_toggle_fallback() {
+        let st = target_with_fallback(3);
+        let mut t = TargetState::default();
+        for _ in 0..2 {
+            update_fallback(&mut t, &st, true);
+        }
+        assert!(!t.in_fallback, "two failures are below the threshold");
+        update_fallback(&mut t, &st, true);
+        assert!(t.in_fallback);
+        // Flapping: ok, fail, ok, ok, fail ... never three good polls in a row.
+        for failed in [false, true, false, false, true, false, true] {
+            update_fallback(&mut t, &st, failed);
+            assert!(t.in_fallback, "left fallback on a flapping source");
+        }
+        for _ in 0..3 {
+            update_fallback(&mut t, &st, false);
+        }
+        assert!(!t.in_fallback, "three good polls in a row end fallback");
+        // A single failure afterwards does not re-enter it.
+        update_fallback(&mut t, &st, true);
+        assert!(!t.in_fallback);
+    }
+}
