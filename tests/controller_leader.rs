@@ -16,8 +16,49 @@ use support::{eventually, kube_client, shared_stack, unique_namespace};
 
 const LEASE_SECONDS: u64 = 4;
 
+/// The user the `ebb serve` processes run as: bound to deploy/rbac.yaml's ClusterRole only.
+const USER: &str = "ebb-controller-test";
+
+/// Applies deploy/rbac.yaml's ClusterRole, bound to [`USER`] instead of the ServiceAccount.
+async fn grant_deployed_rbac(client: &kube::Client) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::api::{Patch, PatchParams};
+    use serde::Deserialize;
+    let text = include_str!("../deploy/rbac.yaml");
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .collect();
+    let role: ClusterRole = from_json(
+        docs.iter()
+            .find(|d| d["kind"] == "ClusterRole")
+            .unwrap()
+            .clone(),
+    );
+    let mut binding: ClusterRoleBinding = from_json(
+        docs.iter()
+            .find(|d| d["kind"] == "ClusterRoleBinding")
+            .unwrap()
+            .clone(),
+    );
+    binding.subjects = Some(vec![from_json(json!({
+        "kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": USER
+    }))]);
+    let pp = PatchParams::apply("ebb-test").force();
+    Api::<ClusterRole>::all(client.clone())
+        .patch("ebb-controller", &pp, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch("ebb-controller", &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
+
 fn serve(identity: &str, ns: &str, dir: &std::path::Path) -> ManagedProcess {
     let kube = shared_stack().kube.as_ref().unwrap();
+    let kubeconfig = kube
+        .kubeconfig_for(USER, None)
+        .expect("a kubeconfig for the test user");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ebb"));
     cmd.args([
         "serve",
@@ -30,7 +71,7 @@ fn serve(identity: &str, ns: &str, dir: &std::path::Path) -> ManagedProcess {
         "--lease-duration-seconds",
         &LEASE_SECONDS.to_string(),
     ])
-    .env("KUBECONFIG", &kube.admin_kubeconfig)
+    .env("KUBECONFIG", kubeconfig)
     .env("RUST_LOG", "info");
     ManagedProcess::spawn(identity, cmd, &dir.join(format!("{identity}.log")))
         .expect("spawn ebb serve")
@@ -45,6 +86,7 @@ async fn the_standby_takes_over_within_the_lease_and_nothing_is_done_twice() {
     let stack = shared_stack();
     let client = kube_client().await;
     ebb::crd::install(&client).await.unwrap();
+    grant_deployed_rbac(&client).await;
     let ns = unique_namespace("leader");
     stack
         .kube
