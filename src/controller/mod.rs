@@ -13,6 +13,7 @@ pub mod escalation;
 pub mod hpa;
 pub mod leader;
 pub mod reader;
+pub mod stats;
 mod status;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ use crate::engine::hpa::{Replicas, ScalingState, decide};
 use escalation::{EscalationPayload, EscalationReason, Escalator};
 use leader::Leadership;
 pub use reader::{DirectReader, MetricReader, ReadError};
+use stats::ControllerStats;
 use status::{Conditions, condition};
 
 /// Errors of the controller layer.
@@ -79,6 +81,8 @@ struct TargetState {
     reported: Option<i32>,
     /// Whether the paused-replicas count was applied.
     paused_applied: Option<i32>,
+    /// When the last poll started and the interval it was due after.
+    last_poll: Option<(std::time::Instant, Duration)>,
 }
 
 /// Shared state of the controller.
@@ -94,6 +98,8 @@ pub struct Context {
     targets: Mutex<HashMap<String, TargetState>>,
     kinds: Mutex<HashMap<(String, String), ApiResource>>,
     escalator: Escalator,
+    /// Counters of the controller's work.
+    pub stats: ControllerStats,
 }
 
 impl Context {
@@ -116,6 +122,7 @@ impl Context {
             targets: Mutex::default(),
             kinds: Mutex::default(),
             escalator: Escalator::default(),
+            stats: ControllerStats::default(),
         })
     }
 
@@ -131,6 +138,7 @@ impl Context {
                     .rsplit_once('/')
                     .unwrap_or(("", &t.api_version));
                 let gvk = GroupVersionKind::gvk(group, version, &t.kind);
+                self.stats.requests(1);
                 let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
                     .await
                     .map_err(|e| {
@@ -186,11 +194,30 @@ struct Reading {
 
 /// One poll of one ScaledTarget.
 pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
     let interval = st.spec.polling_interval();
     if st.metadata.deletion_timestamp.is_some() {
         ctx.targets.lock().expect("targets").remove(&key(&st));
         return Ok(Action::await_change());
     }
+    ctx.stats
+        .polls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    {
+        let mut targets = ctx.targets.lock().expect("targets");
+        let t = targets.entry(key(&st)).or_default();
+        if let Some((prev, due)) = t.last_poll.replace((started, interval)) {
+            // Only polls on the regular schedule count; an early one (a spec change) is not late.
+            let since = started.duration_since(prev);
+            if since >= due {
+                ctx.stats.record_lag(since - due);
+            }
+        }
+    }
+    // The next poll is due one interval after this one started, however long this one takes.
+    let requeue = move |after: Duration| {
+        Action::requeue(after.min(interval).saturating_sub(started.elapsed()))
+    };
     let ns = st.namespace().unwrap_or_default();
     let readings: Vec<Reading> = futures::future::join_all(st.spec.metrics.iter().map(|m| {
         let reader = ctx.reader.clone();
@@ -205,7 +232,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     .await;
     // REPLACE AT MERGE: publish the readings into the API's MetricStore here (every replica).
     if !ctx.leadership.is_leader() {
-        return Ok(Action::requeue(interval));
+        return Ok(requeue(interval));
     }
     let mut conditions = Conditions::from_status(st.status.as_ref());
     let mut status = ScaledTargetStatus {
@@ -250,14 +277,17 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         }
     };
     status.conditions = conditions.into_vec();
-    let api = Api::<ScaledTarget>::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &st.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": status })),
-    )
-    .await?;
-    Ok(Action::requeue(next.unwrap_or(interval).min(interval)))
+    if status::worth_writing(st.status.as_ref(), &status) {
+        let api = Api::<ScaledTarget>::namespaced(ctx.client.clone(), &ns);
+        ctx.stats.requests(1);
+        api.patch_status(
+            &st.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await?;
+    }
+    Ok(requeue(next.unwrap_or(interval)))
 }
 
 /// `Some(None)`: paused where it is; `Some(Some(n))`: paused at n replicas; `None`: not paused.
@@ -309,6 +339,7 @@ async fn reconcile_hpa(
     let ns = st.namespace().unwrap_or_default();
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
     let name = hpa::hpa_name(st);
+    ctx.stats.requests(2); // list, then get or apply
     let foreign = hpas
         .list(&ListParams::default())
         .await?
@@ -329,6 +360,7 @@ async fn reconcile_hpa(
     if let Some(pause) = paused {
         // KEDA's semantics: a paused target has no HPA; with a count, ebb sets it once.
         if hpas.get_opt(&name).await?.is_some() {
+            ctx.stats.requests(1);
             hpas.delete(&name, &DeleteParams::default()).await?;
         }
         if let Some(n) = pause {
@@ -405,9 +437,11 @@ async fn set_paused_replicas(
         return Ok(());
     }
     let api = ctx.scale_api(st).await?;
+    ctx.stats.requests(1);
     let scale = api.get_scale(&st.spec.target_ref.name).await?;
     let current = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
     if current != n {
+        ctx.stats.requests(1);
         patch_scale(&api, st, n).await?;
         audit(
             ctx,
@@ -449,6 +483,7 @@ async fn reconcile_scale(
     status: &mut ScaledTargetStatus,
 ) -> Result<Option<Duration>> {
     let api = ctx.scale_api(st).await?;
+    ctx.stats.requests(1);
     let scale = api.get_scale(&st.spec.target_ref.name).await?;
     let spec_replicas = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
     let status_replicas = scale.status.as_ref().map_or(0, |s| s.replicas);
@@ -545,7 +580,11 @@ async fn reconcile_scale(
         .map_or("-", |m| m.name.as_str());
     let mut tried = Vec::new();
     if desired != spec_replicas {
+        ctx.stats
+            .actions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if direct {
+            ctx.stats.requests(1);
             match patch_scale(&api, st, desired).await {
                 Ok(()) => {
                     {
@@ -700,6 +739,7 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
+    ctx.stats.requests(1);
     if let Err(e) = ctx.recorder.publish(&event, &st.object_ref(&())).await {
         tracing::warn!(scaledtarget = %key(st), error = %e, "could not publish an Event");
     }

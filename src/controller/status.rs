@@ -1,6 +1,8 @@
 //! Status conditions: set by type, keeping `lastTransitionTime` while the status stays.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::time::Duration;
+
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::ScaledTargetStatus;
@@ -51,4 +53,30 @@ impl Conditions {
     pub fn into_vec(self) -> Vec<Condition> {
         self.new
     }
+}
+
+/// How long a status with only fresher metric timestamps may go unwritten: the timestamps stay
+/// meaningful without a write per poll per target.
+const REFRESH: Duration = Duration::from_secs(60);
+
+/// Whether `new` says something `old` does not (metric timestamps aside), or `old` is stale.
+pub fn worth_writing(old: Option<&ScaledTargetStatus>, new: &ScaledTargetStatus) -> bool {
+    let Some(old) = old else { return true };
+    let strip = |s: &ScaledTargetStatus| {
+        let mut s = s.clone();
+        for m in &mut s.metrics {
+            m.timestamp = None;
+        }
+        s
+    };
+    if strip(old) != strip(new) {
+        return true;
+    }
+    let oldest = old
+        .metrics
+        .iter()
+        .filter_map(|m| m.timestamp.as_ref())
+        .map(|t| t.0)
+        .min();
+    oldest.is_none_or(|t| Timestamp::now().duration_since(t).unsigned_abs() >= REFRESH)
 }
