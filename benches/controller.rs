@@ -34,12 +34,19 @@ impl MetricReader for MemoryReader {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        Box::pin(std::future::ready(Ok(if (secs / 30) % 2 == 0 { 20.0 } else { 40.0 })))
+        Box::pin(std::future::ready(Ok(if (secs / 30) % 2 == 0 {
+            20.0
+        } else {
+            40.0
+        })))
     }
 }
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_mib() -> (f64, f64) {
@@ -93,7 +100,11 @@ where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    futures::stream::iter(0..n).map(f).buffer_unordered(64).collect::<Vec<()>>().await;
+    futures::stream::iter(0..n)
+        .map(f)
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 #[tokio::main]
@@ -133,9 +144,13 @@ async fn main() {
     }))
     .unwrap();
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    crds.patch("workloads.bench.ebb.dev", &PatchParams::apply("bench").force(), &Patch::Apply(&crd))
-        .await
-        .unwrap();
+    crds.patch(
+        "workloads.bench.ebb.dev",
+        &PatchParams::apply("bench").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
     kube.create_namespace("bench").await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await; // the CRD established
     let ar = ApiResource {
@@ -178,19 +193,31 @@ async fn main() {
         }
     })
     .await;
-    eprintln!("created {n} workloads and ScaledTargets in {:?}", created.elapsed());
+    eprintln!(
+        "created {n} workloads and ScaledTargets in {:?}",
+        created.elapsed()
+    );
 
     let (rss_before, _) = rss_mib();
-    let ctx = Context::new(client.clone(), Arc::new(MemoryReader), Leadership::fixed(true), "bench");
+    let ctx = Context::new(
+        client.clone(),
+        Arc::new(MemoryReader),
+        Leadership::fixed(true),
+        "bench",
+    );
     let controller = tokio::spawn(run_namespaced(ctx.clone(), "bench"));
     let mut rows = vec![measure(&ctx, "Shadow", interval, window).await];
 
     for_all(n, |i| {
         let sts = sts.clone();
         async move {
-            sts.patch(&format!("w{i}"), &PatchParams::default(), &Patch::Merge(json!({ "spec": { "mode": "Direct" } })))
-                .await
-                .unwrap();
+            sts.patch(
+                &format!("w{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "mode": "Direct" } })),
+            )
+            .await
+            .unwrap();
         }
     })
     .await;
@@ -203,7 +230,9 @@ async fn main() {
         window.as_secs(),
         rss_before
     );
-    println!("| mode | polls/s | lag p50 | lag p99 | lag max | API requests/s | actions | RSS MiB | peak RSS MiB |");
+    println!(
+        "| mode | polls/s | lag p50 | lag p99 | lag max | API requests/s | actions | RSS MiB | peak RSS MiB |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(

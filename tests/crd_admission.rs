@@ -52,24 +52,40 @@ async fn rejection(api: &Api<ScaledTarget>, name: &str, mut object: Value) -> St
 }
 
 #[tokio::test]
-async fn a_valid_scaled_target_is_accepted_with_defaults_filled_in() {
+async fn a_valid_scaled_target_is_accepted_with_defaults_filled_in_by_the_api_server() {
+    use kube::api::{ApiResource, DynamicObject};
     let api = setup().await;
+    // Sent as raw JSON without the defaulted fields, so that the API server fills them in.
     let mut object = valid();
-    object["spec"]
+    for field in ["pollingInterval", "mode", "minReplicas"] {
+        object["spec"].as_object_mut().unwrap().remove(field);
+    }
+    object["spec"]["metrics"][0]["rabbitmq"]
         .as_object_mut()
         .unwrap()
-        .remove("pollingInterval");
-    object["spec"].as_object_mut().unwrap().remove("mode");
-    let st: ScaledTarget = serde_json::from_value(object).unwrap();
-    let created = api.create(&PostParams::default(), &st).await.unwrap();
-    assert_eq!(created.spec.mode, ebb::crd::Mode::Hpa);
-    assert_eq!(
-        std::time::Duration::from(created.spec.polling_interval),
-        std::time::Duration::from_secs(15)
+        .remove("vhost");
+    let ns = api.resource_url().split('/').nth(5).unwrap().to_string();
+    let raw = Api::<DynamicObject>::namespaced_with(
+        kube_client().await,
+        &ns,
+        &ApiResource::erase::<ScaledTarget>(&()),
     );
-    let raw = api.get_status("orders").await.unwrap();
-    let rabbit = raw.spec.metrics[0].rabbitmq.as_ref().unwrap();
-    assert_eq!(rabbit.vhost, "/");
+    raw.create(
+        &PostParams::default(),
+        &serde_json::from_value(object).unwrap(),
+    )
+    .await
+    .unwrap();
+    let stored = raw.get("orders").await.unwrap();
+    let spec = &stored.data["spec"];
+    assert_eq!(spec["mode"], "Hpa");
+    assert_eq!(spec["pollingInterval"], "15s");
+    assert_eq!(spec["minReplicas"], 1);
+    assert_eq!(spec["metrics"][0]["rabbitmq"]["vhost"], "/");
+    assert_eq!(spec["metrics"][0]["rabbitmq"]["measure"], "Backlog");
+    // ... and it reads back as the Rust type.
+    let typed = api.get("orders").await.unwrap();
+    assert_eq!(typed.spec.mode, ebb::crd::Mode::Hpa);
 }
 
 #[tokio::test]

@@ -61,6 +61,11 @@ pub enum ControllerError {
 /// The controller layer's result.
 pub type Result<T, E = ControllerError> = std::result::Result<T, E>;
 
+/// Polls in flight at once. Each holds an API connection and buffers; unbounded, thousands of
+/// targets due together open thousands of connections (hundreds of MiB). At a few ms per poll
+/// this still runs thousands of polls per second.
+pub const MAX_CONCURRENT_POLLS: u16 = 64;
+
 /// Field manager for ebb's writes.
 pub const FIELD_MANAGER: &str = "ebb";
 
@@ -167,6 +172,7 @@ pub async fn run_namespaced(ctx: Arc<Context>, namespace: &str) {
 
 async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>) {
     Controller::new(sts, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_POLLS))
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -580,10 +586,10 @@ async fn reconcile_scale(
         .map_or("-", |m| m.name.as_str());
     let mut tried = Vec::new();
     if desired != spec_replicas {
-        ctx.stats
-            .actions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if direct {
+            ctx.stats
+                .actions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ctx.stats.requests(1);
             match patch_scale(&api, st, desired).await {
                 Ok(()) => {
@@ -649,6 +655,9 @@ async fn reconcile_scale(
                 t.reported.replace(desired) != Some(desired)
             };
             if first {
+                ctx.stats
+                    .actions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let note = format!(
                     "would scale {spec_replicas} -> {desired} (metric {metric}, rule {reason}); mode Shadow changes nothing"
                 );
