@@ -34,7 +34,7 @@ impl MetricReader for MemoryReader {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        Box::pin(std::future::ready(Ok(if (secs / 30) % 2 == 0 {
+        Box::pin(std::future::ready(Ok(if (secs / 30).is_multiple_of(2) {
             20.0
         } else {
             40.0
