@@ -11,6 +11,8 @@ pub mod api;
 pub mod backtest;
 pub mod cli;
 pub mod collect;
+pub mod controller;
+pub mod crd;
 pub mod engine;
 pub mod history;
 pub mod localstack;

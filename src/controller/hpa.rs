@@ -1,0 +1,99 @@
+//! Mode Hpa: the autoscaling/v2 HPA that ebb owns for a ScaledTarget. Its external metrics point
+//! at ebb's API (metric name = the ScaledTarget's metric name, selector
+//! `ebb.dev/scaledtarget=<name>`); its bounds and behavior are the ScaledTarget's.
+
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, ExternalMetricSource, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::Resource;
+use kube::api::ObjectMeta;
+
+use crate::crd::{SCALED_TARGET_LABEL, ScaledTarget, TargetType};
+
+/// The owned HPA's name for a ScaledTarget.
+pub fn hpa_name(st: &ScaledTarget) -> String {
+    format!("ebb-{}", st.metadata.name.as_deref().unwrap_or_default())
+}
+
+/// The HPA ebb wants for `st`, owned by it (garbage-collected with it).
+pub fn desired_hpa(st: &ScaledTarget) -> HorizontalPodAutoscaler {
+    let name = st.metadata.name.clone().unwrap_or_default();
+    let spec = &st.spec;
+    let metrics = spec
+        .metrics
+        .iter()
+        .map(|m| MetricSpec {
+            type_: "External".into(),
+            external: Some(ExternalMetricSource {
+                metric: MetricIdentifier {
+                    name: m.name.clone(),
+                    selector: Some(LabelSelector {
+                        match_labels: Some(
+                            [(SCALED_TARGET_LABEL.to_string(), name.clone())].into(),
+                        ),
+                        ..Default::default()
+                    }),
+                },
+                target: match m.target.type_ {
+                    TargetType::Value => MetricTarget {
+                        type_: "Value".into(),
+                        value: m.target.value.clone(),
+                        ..Default::default()
+                    },
+                    TargetType::AverageValue => MetricTarget {
+                        type_: "AverageValue".into(),
+                        average_value: m.target.average_value.clone(),
+                        ..Default::default()
+                    },
+                },
+            }),
+            ..Default::default()
+        })
+        .collect();
+    HorizontalPodAutoscaler {
+        metadata: ObjectMeta {
+            name: Some(hpa_name(st)),
+            namespace: st.metadata.namespace.clone(),
+            labels: Some([(SCALED_TARGET_LABEL.to_string(), name)].into()),
+            owner_references: st.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some(spec.target_ref.api_version.clone()),
+                kind: spec.target_ref.kind.clone(),
+                name: spec.target_ref.name.clone(),
+            },
+            min_replicas: Some(spec.min_replicas),
+            max_replicas: spec.max_replicas,
+            metrics: Some(metrics),
+            behavior: spec.behavior.clone(),
+        },
+        status: None,
+    }
+}
+
+/// Whether `hpa` is the one ebb owns for `st`.
+pub fn owned_by(hpa: &HorizontalPodAutoscaler, st: &ScaledTarget) -> bool {
+    let uid = st.metadata.uid.as_deref();
+    hpa.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
+/// Whether `hpa` scales the workload `st` targets.
+pub fn targets_same_workload(hpa: &HorizontalPodAutoscaler, st: &ScaledTarget) -> bool {
+    let r = &hpa.spec.scale_target_ref;
+    let t = &st.spec.target_ref;
+    r.kind == t.kind
+        && r.name == t.name
+        && group(r.api_version.as_deref().unwrap_or("")) == group(&t.api_version)
+}
+
+fn group(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(g, _)| g)
+}

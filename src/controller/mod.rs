@@ -1,0 +1,859 @@
+//! The ScaledTarget controller (kube-runtime): where ebb acts.
+//!
+//! Every replica watches ScaledTargets and reads their metrics on each poll (the values feed
+//! the external metrics API everywhere); only the replica holding the Lease ([`leader`]) writes:
+//! the owned HPA (mode Hpa), `/scale` (mode Direct), status, Events and escalations.
+//!
+//! One poll of one target ([`reconcile`]): read the metrics through [`MetricReader`], update
+//! the fallback state, ask the engine ([`crate::engine::hpa::decide`]) unless paused, apply the
+//! decision (Direct), record it (Event + structured log: the audit trail), escalate when
+//! automation cannot cope, write status, and requeue at the next poll.
+
+pub mod escalation;
+pub mod hpa;
+pub mod leader;
+pub mod reader;
+pub mod stats;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{
+    MetricStatus, Mode, PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION, ScaledTarget,
+    ScaledTargetStatus, from_milli,
+};
+use crate::engine::MetricSample;
+use crate::engine::hpa::{Replicas, ScalingState, decide};
+use escalation::{EscalationPayload, EscalationReason, Escalator};
+use leader::Leadership;
+pub use reader::{DirectReader, MetricReader, ReadError};
+use stats::ControllerStats;
+use status::{Conditions, condition};
+
+/// Errors of the controller layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The target's kind is not served by the API server.
+    #[error("cannot resolve {0}: {1}")]
+    UnknownKind(String, kube::Error),
+    /// The escalation webhook could not be called.
+    #[error("escalation: {0}")]
+    Escalation(String),
+}
+
+/// The controller layer's result.
+pub type Result<T, E = ControllerError> = std::result::Result<T, E>;
+
+/// Polls in flight at once. Each holds an API connection and buffers; unbounded, thousands of
+/// targets due together open thousands of connections (hundreds of MiB). At a few ms per poll
+/// this still runs thousands of polls per second.
+pub const MAX_CONCURRENT_POLLS: u16 = 64;
+
+/// Field manager for ebb's writes.
+pub const FIELD_MANAGER: &str = "ebb";
+
+/// What one poll remembers about a target between polls.
+#[derive(Default)]
+struct TargetState {
+    /// The object's uid: a recreated ScaledTarget starts afresh.
+    uid: String,
+    scaling: ScalingState,
+    /// Consecutive polls in which every metric failed.
+    failed_polls: i32,
+    /// Consecutive polls with a value since fallback began (to leave it).
+    ok_polls: i32,
+    in_fallback: bool,
+    /// Consecutive failed `/scale` writes.
+    scale_failures: i32,
+    /// The last desired count reported in mode Shadow (one Event per change, not per poll).
+    reported: Option<i32>,
+    /// Whether the paused-replicas count was applied.
+    paused_applied: Option<i32>,
+    /// When the last poll started and the interval it was due after.
+    last_poll: Option<(std::time::Instant, Duration)>,
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// Publishes the audit trail as Events.
+    pub recorder: Recorder,
+    /// Where metric values come from.
+    pub reader: Arc<dyn MetricReader>,
+    /// Whether this replica may act.
+    pub leadership: Leadership,
+    targets: Mutex<HashMap<String, TargetState>>,
+    kinds: Mutex<HashMap<(String, String), ApiResource>>,
+    escalator: Escalator,
+    /// Counters of the controller's work.
+    pub stats: ControllerStats,
+}
+
+impl Context {
+    /// A context for one controller process; `identity` names this replica in Events.
+    pub fn new(
+        client: kube::Client,
+        reader: Arc<dyn MetricReader>,
+        leadership: Leadership,
+        identity: &str,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "ebb".into(),
+            instance: Some(identity.into()),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            reader,
+            leadership,
+            targets: Mutex::default(),
+            kinds: Mutex::default(),
+            escalator: Escalator::default(),
+            stats: ControllerStats::default(),
+        })
+    }
+
+    async fn scale_api(&self, st: &ScaledTarget) -> Result<Api<DynamicObject>> {
+        let t = &st.spec.target_ref;
+        let key = (t.api_version.clone(), t.kind.clone());
+        let cached = self.kinds.lock().expect("kinds").get(&key).cloned();
+        let ar = match cached {
+            Some(ar) => ar,
+            None => {
+                let (group, version) = t
+                    .api_version
+                    .rsplit_once('/')
+                    .unwrap_or(("", &t.api_version));
+                let gvk = GroupVersionKind::gvk(group, version, &t.kind);
+                self.stats.requests(1);
+                let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
+                    .await
+                    .map_err(|e| {
+                        ControllerError::UnknownKind(format!("{}/{}", t.api_version, t.kind), e)
+                    })?;
+                self.kinds.lock().expect("kinds").insert(key, ar.clone());
+                ar
+            }
+        };
+        let ns = st.namespace().unwrap_or_default();
+        Ok(Api::namespaced_with(self.client.clone(), &ns, &ar))
+    }
+}
+
+/// Runs the controller over all namespaces until the stream of ScaledTargets ends.
+pub async fn run(ctx: Arc<Context>) {
+    let sts = Api::<ScaledTarget>::all(ctx.client.clone());
+    run_on(sts, ctx).await
+}
+
+/// Runs the controller over one namespace (tests, namespace-scoped installs).
+pub async fn run_namespaced(ctx: Arc<Context>, namespace: &str) {
+    let sts = Api::<ScaledTarget>::namespaced(ctx.client.clone(), namespace);
+    run_on(sts, ctx).await
+}
+
+async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>) {
+    Controller::new(sts, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_POLLS))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile stream");
+            }
+        })
+        .await;
+}
+
+/// Transient errors retry soon; the next poll would anyway.
+pub fn error_policy(st: Arc<ScaledTarget>, error: &ControllerError, _: Arc<Context>) -> Action {
+    tracing::warn!(scaledtarget = %key(&st), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn key(st: &ScaledTarget) -> String {
+    format!("{}/{}", st.namespace().unwrap_or_default(), st.name_any())
+}
+
+/// One metric's reading, kept for the decision and the status.
+struct Reading {
+    value: Result<f64, ReadError>,
+    at: Time,
+}
+
+/// One poll of one ScaledTarget.
+pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let interval = st.spec.polling_interval();
+    if st.metadata.deletion_timestamp.is_some() {
+        ctx.targets.lock().expect("targets").remove(&key(&st));
+        return Ok(Action::await_change());
+    }
+    ctx.stats
+        .polls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    {
+        let mut targets = ctx.targets.lock().expect("targets");
+        let t = targets.entry(key(&st)).or_default();
+        if let Some((prev, due)) = t.last_poll.replace((started, interval)) {
+            // Only polls on the regular schedule count; an early one (a spec change) is not late.
+            let since = started.duration_since(prev);
+            if since >= due {
+                ctx.stats.record_lag(since - due);
+            }
+        }
+    }
+    // The next poll is due one interval after this one started, however long this one takes.
+    let requeue = move |after: Duration| {
+        Action::requeue(after.min(interval).saturating_sub(started.elapsed()))
+    };
+    let ns = st.namespace().unwrap_or_default();
+    let readings: Vec<Reading> = futures::future::join_all(st.spec.metrics.iter().map(|m| {
+        let reader = ctx.reader.clone();
+        let ns = ns.clone();
+        async move {
+            Reading {
+                value: reader.read(&ns, m).await,
+                at: Time(Timestamp::now()),
+            }
+        }
+    }))
+    .await;
+    // REPLACE AT MERGE: publish the readings into the API's MetricStore here (every replica).
+    if !ctx.leadership.is_leader() {
+        return Ok(requeue(interval));
+    }
+    let mut conditions = Conditions::from_status(st.status.as_ref());
+    let mut status = ScaledTargetStatus {
+        metrics: metric_statuses(&st, &readings),
+        observed_generation: st.metadata.generation,
+        last_scale_time: st.status.as_ref().and_then(|s| s.last_scale_time.clone()),
+        ..Default::default()
+    };
+    let active = readings
+        .iter()
+        .any(|r| r.value.as_ref().is_ok_and(|v| *v > 0.0));
+    conditions.set(condition(
+        "Active",
+        active,
+        if active { "MetricsAboveZero" } else { "NoLoad" },
+        if active {
+            "at least one metric reads above zero"
+        } else {
+            "no metric reads above zero"
+        },
+    ));
+    let paused = pause(&st);
+    conditions.set(match paused {
+        Some(Some(n)) => condition(
+            "Paused",
+            true,
+            "PausedAtReplicas",
+            &format!("paused at {n} replicas by {PAUSED_REPLICAS_ANNOTATION}"),
+        ),
+        Some(None) => condition(
+            "Paused",
+            true,
+            "Paused",
+            &format!("scaling frozen by {PAUSED_ANNOTATION}"),
+        ),
+        None => condition("Paused", false, "NotPaused", "scaling is automatic"),
+    });
+    let next = match st.spec.mode {
+        Mode::Hpa => reconcile_hpa(&st, &ctx, paused, &mut conditions, &mut status).await?,
+        Mode::Direct | Mode::Shadow => {
+            reconcile_scale(&st, &ctx, &readings, paused, &mut conditions, &mut status).await?
+        }
+    };
+    status.conditions = conditions.into_vec();
+    if status::worth_writing(st.status.as_ref(), &status) {
+        let api = Api::<ScaledTarget>::namespaced(ctx.client.clone(), &ns);
+        ctx.stats.requests(1);
+        api.patch_status(
+            &st.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await?;
+    }
+    Ok(requeue(next.unwrap_or(interval)))
+}
+
+/// `Some(None)`: paused where it is; `Some(Some(n))`: paused at n replicas; `None`: not paused.
+fn pause(st: &ScaledTarget) -> Option<Option<i32>> {
+    let a = st.annotations();
+    if let Some(n) = a
+        .get(PAUSED_REPLICAS_ANNOTATION)
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(Some(n));
+    }
+    a.get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        .then_some(None)
+}
+
+fn metric_statuses(st: &ScaledTarget, readings: &[Reading]) -> Vec<MetricStatus> {
+    st.spec
+        .metrics
+        .iter()
+        .zip(readings)
+        .map(|(m, r)| MetricStatus {
+            name: m.name.clone(),
+            value: r
+                .value
+                .as_ref()
+                .ok()
+                .map(|v| Quantity(from_milli(to_milli(*v)))),
+            target: m.target.quantity().cloned(),
+            learned_target: None, // REPLACE AT MERGE: engine::adaptive's learned value
+            timestamp: Some(r.at.clone()),
+            error: r.value.as_ref().err().map(ToString::to_string),
+        })
+        .collect()
+}
+
+fn to_milli(v: f64) -> i64 {
+    (v * 1000.0).round().clamp(i64::MIN as f64, i64::MAX as f64) as i64
+}
+
+/// Mode Hpa: keep the owned HPA in sync (or away while paused); refuse to fight a foreign one.
+async fn reconcile_hpa(
+    st: &ScaledTarget,
+    ctx: &Context,
+    paused: Option<Option<i32>>,
+    conditions: &mut Conditions,
+    status: &mut ScaledTargetStatus,
+) -> Result<Option<Duration>> {
+    let ns = st.namespace().unwrap_or_default();
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
+    let name = hpa::hpa_name(st);
+    ctx.stats.requests(2); // list, then get or apply
+    let foreign = hpas
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|h| hpa::targets_same_workload(h, st) && !hpa::owned_by(h, st));
+    if let Some(foreign) = foreign {
+        let message = format!(
+            "HPA {} already scales {} {}; ebb does not fight an HPA it does not own",
+            foreign.name_any(),
+            st.spec.target_ref.kind,
+            st.spec.target_ref.name
+        );
+        conditions.set(condition("Ready", false, "ForeignHpa", &message));
+        publish(ctx, st, EventType::Warning, "ForeignHpa", "Refuse", message).await;
+        return Ok(None);
+    }
+    if let Some(pause) = paused {
+        // KEDA's semantics: a paused target has no HPA; with a count, ebb sets it once.
+        if hpas.get_opt(&name).await?.is_some() {
+            ctx.stats.requests(1);
+            hpas.delete(&name, &DeleteParams::default()).await?;
+        }
+        if let Some(n) = pause {
+            set_paused_replicas(st, ctx, n, status).await?;
+        }
+        conditions.set(condition(
+            "Ready",
+            true,
+            "Paused",
+            "the owned HPA is removed while paused",
+        ));
+        return Ok(None);
+    }
+    ctx.targets
+        .lock()
+        .expect("targets")
+        .entry(key(st))
+        .or_default()
+        .paused_applied = None;
+    let applied = hpas
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(hpa::desired_hpa(st)),
+        )
+        .await?;
+    status.hpa_name = Some(name.clone());
+    if let Some(s) = applied.status {
+        status.current_replicas = s.current_replicas;
+        status.desired_replicas = Some(s.desired_replicas);
+        status.last_scale_time = s.last_scale_time.or(status.last_scale_time.take());
+        if let Some(limited) = s
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "ScalingLimited")
+        {
+            conditions.set(condition(
+                "ScalingLimited",
+                limited.status == "True",
+                limited.reason.as_deref().unwrap_or("Unknown"),
+                limited.message.as_deref().unwrap_or(""),
+            ));
+        }
+    }
+    conditions.set(condition(
+        "Ready",
+        true,
+        "HpaSynced",
+        &format!("HPA {name} is in sync"),
+    ));
+    conditions.set(condition(
+        "Fallback",
+        false,
+        "NotNeeded",
+        "the HPA reads ebb's metrics",
+    ));
+    Ok(None)
+}
+
+async fn set_paused_replicas(
+    st: &ScaledTarget,
+    ctx: &Context,
+    n: i32,
+    status: &mut ScaledTargetStatus,
+) -> Result<()> {
+    let done = ctx
+        .targets
+        .lock()
+        .expect("targets")
+        .get(&key(st))
+        .and_then(|t| t.paused_applied);
+    if done == Some(n) {
+        return Ok(());
+    }
+    let api = ctx.scale_api(st).await?;
+    ctx.stats.requests(1);
+    let scale = api.get_scale(&st.spec.target_ref.name).await?;
+    let current = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
+    if current != n {
+        ctx.stats.requests(1);
+        patch_scale(&api, st, n).await?;
+        audit(
+            ctx,
+            st,
+            current,
+            n,
+            "paused-replicas",
+            PAUSED_REPLICAS_ANNOTATION,
+        )
+        .await;
+        status.last_scale_time = Some(Time(Timestamp::now()));
+    }
+    ctx.targets
+        .lock()
+        .expect("targets")
+        .entry(key(st))
+        .or_default()
+        .paused_applied = Some(n);
+    Ok(())
+}
+
+async fn patch_scale(api: &Api<DynamicObject>, st: &ScaledTarget, replicas: i32) -> Result<()> {
+    api.patch_scale(
+        &st.spec.target_ref.name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Modes Direct and Shadow: the engine decides from the readings; Direct applies.
+async fn reconcile_scale(
+    st: &ScaledTarget,
+    ctx: &Context,
+    readings: &[Reading],
+    paused: Option<Option<i32>>,
+    conditions: &mut Conditions,
+    status: &mut ScaledTargetStatus,
+) -> Result<Option<Duration>> {
+    let api = ctx.scale_api(st).await?;
+    ctx.stats.requests(1);
+    let scale = api.get_scale(&st.spec.target_ref.name).await?;
+    let spec_replicas = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let status_replicas = scale.status.as_ref().map_or(0, |s| s.replicas);
+    status.current_replicas = Some(spec_replicas);
+    let direct = st.spec.mode == Mode::Direct;
+    if let Some(pause) = paused {
+        match pause {
+            Some(n) if direct => set_paused_replicas(st, ctx, n, status).await?,
+            _ => {}
+        }
+        status.desired_replicas = Some(pause.unwrap_or(spec_replicas));
+        conditions.set(condition("Ready", true, "Paused", "scaling is paused"));
+        return Ok(None);
+    }
+    // Targets that cannot be read are a configuration error, reported and not guessed.
+    let mut samples = Vec::with_capacity(readings.len());
+    for (m, r) in st.spec.metrics.iter().zip(readings) {
+        let target = match m.target.to_engine() {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!("metric {}: {e}", m.name);
+                conditions.set(condition("Ready", false, "InvalidTarget", &msg));
+                return Ok(None);
+            }
+        };
+        let observation = r
+            .value
+            .as_ref()
+            .map(|v| to_milli(*v))
+            .map_err(ReadError::no_data);
+        samples.push(MetricSample {
+            target,
+            observation,
+        });
+    }
+    let spec = st.spec.engine_spec();
+    let now = Timestamp::now().as_millisecond();
+    let replicas = Replicas {
+        spec: spec_replicas,
+        status: status_replicas,
+        // `/scale` has no ready count; the pods that exist stand in (Value targets only).
+        ready: status_replicas,
+    };
+    let all_failed = samples.iter().all(|s| s.observation.is_err());
+    let k = key(st);
+    let (decision, fallback_floor) = {
+        let mut targets = ctx.targets.lock().expect("targets");
+        let t = targets.entry(k.clone()).or_default();
+        let uid = st.uid().unwrap_or_default();
+        if t.uid != uid {
+            *t = TargetState {
+                uid,
+                ..Default::default()
+            };
+        }
+        t.paused_applied = None;
+        update_fallback(t, st, all_failed);
+        let decision = decide(&spec, &mut t.scaling, replicas, &samples, now);
+        let floor = match (&st.spec.fallback, t.in_fallback) {
+            (Some(f), true) => Some(spec_replicas.max(f.replicas).min(st.spec.max_replicas)),
+            _ => None,
+        };
+        (decision, floor)
+    };
+    // In fallback nothing scales down, and the count is at least the fallback count.
+    let desired = fallback_floor.map_or(decision.desired, |f| f.max(decision.desired));
+    status.desired_replicas = Some(desired);
+    match fallback_floor {
+        Some(f) => conditions.set(condition(
+            "Fallback",
+            true,
+            "SourcesFailing",
+            &format!("every metric failed on several polls in a row: holding at least {f} replicas, no scale-down"),
+        )),
+        None => conditions.set(condition("Fallback", false, "MetricsAvailable", "metrics are read normally")),
+    }
+    let reason = if fallback_floor.is_some() && desired != decision.desired {
+        "Fallback"
+    } else {
+        decision.reason.as_str()
+    };
+    conditions.set(condition(
+        "ScalingLimited",
+        decision.limited,
+        decision.scaling_limited.as_str(),
+        &format!(
+            "engine: {} (proposal {:?})",
+            decision.scaling_limited, decision.proposal
+        ),
+    ));
+    let metric = decision
+        .metric_index
+        .and_then(|i| st.spec.metrics.get(i))
+        .map_or("-", |m| m.name.as_str());
+    let mut tried = Vec::new();
+    if desired != spec_replicas {
+        if direct {
+            ctx.stats
+                .actions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats.requests(1);
+            match patch_scale(&api, st, desired).await {
+                Ok(()) => {
+                    {
+                        let mut targets = ctx.targets.lock().expect("targets");
+                        let t = targets.entry(k.clone()).or_default();
+                        t.scaling.store_scale_event(
+                            spec.behavior.as_ref(),
+                            spec_replicas,
+                            desired,
+                            now,
+                        );
+                        t.scale_failures = 0;
+                    }
+                    audit(ctx, st, spec_replicas, desired, metric, reason).await;
+                    status.last_scale_time = Some(Time(Timestamp::now()));
+                    status.current_replicas = Some(desired);
+                }
+                Err(e) => {
+                    let failures = {
+                        let mut targets = ctx.targets.lock().expect("targets");
+                        let t = targets.entry(k.clone()).or_default();
+                        t.scale_failures += 1;
+                        t.scale_failures
+                    };
+                    let message = format!(
+                        "scaling {spec_replicas} -> {desired} failed ({failures} in a row): {e}"
+                    );
+                    tracing::warn!(scaledtarget = %k, %message, "scale failed");
+                    publish(
+                        ctx,
+                        st,
+                        EventType::Warning,
+                        "FailedRescale",
+                        "Scale",
+                        message.clone(),
+                    )
+                    .await;
+                    tried.push(message);
+                    let threshold = st
+                        .spec
+                        .escalation
+                        .as_ref()
+                        .map_or(i32::MAX, |e| e.failure_threshold);
+                    if failures >= threshold {
+                        escalate(
+                            ctx,
+                            st,
+                            EscalationReason::ScalingFailing,
+                            spec_replicas,
+                            desired,
+                            decision.proposal,
+                            tried.clone(),
+                        )
+                        .await;
+                    }
+                }
+            }
+        } else {
+            let first = {
+                let mut targets = ctx.targets.lock().expect("targets");
+                let t = targets.entry(k.clone()).or_default();
+                t.reported.replace(desired) != Some(desired)
+            };
+            if first {
+                ctx.stats
+                    .actions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let note = format!(
+                    "would scale {spec_replicas} -> {desired} (metric {metric}, rule {reason}); mode Shadow changes nothing"
+                );
+                tracing::info!(scaledtarget = %k, old = spec_replicas, new = desired, metric, rule = reason, "shadow decision");
+                publish(ctx, st, EventType::Normal, "ShadowDecision", "Decide", note).await;
+            }
+        }
+    }
+    // Demand above maxReplicas while already there: automation cannot cope, tell a human.
+    let at_max = desired >= st.spec.max_replicas
+        && decision.proposal.is_some_and(|p| p > st.spec.max_replicas);
+    if at_max {
+        tried.push(format!("scaled to maxReplicas {}", st.spec.max_replicas));
+        escalate(
+            ctx,
+            st,
+            EscalationReason::AtMaxReplicas,
+            spec_replicas,
+            desired,
+            decision.proposal,
+            tried,
+        )
+        .await;
+    }
+    conditions.set(condition(
+        "Ready",
+        true,
+        "Decided",
+        &format!("{} (metric {metric})", decision.reason),
+    ));
+    let recheck = decision
+        .recheck_at
+        .map(|at| Duration::from_millis((at - now).max(1000) as u64));
+    Ok(recheck)
+}
+
+fn update_fallback(t: &mut TargetState, st: &ScaledTarget, all_failed: bool) {
+    let Some(f) = &st.spec.fallback else {
+        return;
+    };
+    if all_failed {
+        t.failed_polls += 1;
+        t.ok_polls = 0;
+        if t.failed_polls >= f.failure_threshold {
+            t.in_fallback = true;
+        }
+    } else {
+        t.failed_polls = 0;
+        // Leaving fallback takes as many good polls in a row as entering it took failed ones,
+        // so a flapping source does not toggle between fallback and normal.
+        if t.in_fallback {
+            t.ok_polls += 1;
+            if t.ok_polls >= f.failure_threshold {
+                t.in_fallback = false;
+                t.ok_polls = 0;
+            }
+        }
+    }
+}
+
+/// The audit trail of one scaling action: an Event on the ScaledTarget and a log line.
+async fn audit(ctx: &Context, st: &ScaledTarget, old: i32, new: i32, metric: &str, rule: &str) {
+    tracing::info!(
+        scaledtarget = %key(st),
+        target = %format!("{}/{}", st.spec.target_ref.kind, st.spec.target_ref.name),
+        old, new, metric, rule,
+        "scaled"
+    );
+    let note = format!(
+        "scaled {} {} from {old} to {new} (metric {metric}, rule {rule})",
+        st.spec.target_ref.kind, st.spec.target_ref.name
+    );
+    publish(ctx, st, EventType::Normal, "Scaled", "Scale", note).await;
+}
+
+async fn publish(
+    ctx: &Context,
+    st: &ScaledTarget,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    ctx.stats.requests(1);
+    if let Err(e) = ctx.recorder.publish(&event, &st.object_ref(&())).await {
+        tracing::warn!(scaledtarget = %key(st), error = %e, "could not publish an Event");
+    }
+}
+
+async fn escalate(
+    ctx: &Context,
+    st: &ScaledTarget,
+    reason: EscalationReason,
+    current: i32,
+    desired: i32,
+    demanded: Option<i32>,
+    tried: Vec<String>,
+) {
+    let Some(e) = &st.spec.escalation else {
+        return;
+    };
+    let message = match reason {
+        EscalationReason::AtMaxReplicas => format!(
+            "{} is at maxReplicas {} and the metrics ask for {}",
+            key(st),
+            st.spec.max_replicas,
+            demanded.unwrap_or(desired)
+        ),
+        EscalationReason::ScalingFailing => format!("{}: scaling keeps failing", key(st)),
+    };
+    let payload = EscalationPayload {
+        scaled_target: key(st),
+        reason,
+        message: message.clone(),
+        current_replicas: current,
+        desired_replicas: desired,
+        demanded_replicas: demanded,
+        max_replicas: st.spec.max_replicas,
+        tried,
+    };
+    let ns = st.namespace().unwrap_or_default();
+    match ctx
+        .escalator
+        .escalate(
+            &ctx.client,
+            &ns,
+            &e.webhook_secret_ref.name,
+            e.min_interval.into(),
+            &payload,
+        )
+        .await
+    {
+        Ok(true) => {
+            tracing::warn!(scaledtarget = %key(st), ?reason, %message, "escalated");
+            publish(
+                ctx,
+                st,
+                EventType::Warning,
+                "Escalated",
+                "Escalate",
+                message,
+            )
+            .await;
+        }
+        Ok(false) => {}
+        Err(err) => tracing::warn!(scaledtarget = %key(st), error = %err, "escalation failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target_with_fallback(threshold: i32) -> ScaledTarget {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ebb.dev/v1alpha1",
+            "kind": "ScaledTarget",
+            "metadata": { "name": "t", "namespace": "n" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "t" },
+                "maxReplicas": 5,
+                "metrics": [],
+                "fallback": { "failureThreshold": threshold, "replicas": 2 }
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_flapping_source_does_not_toggle_fallback() {
+        let st = target_with_fallback(3);
+        let mut t = TargetState::default();
+        for _ in 0..2 {
+            update_fallback(&mut t, &st, true);
+        }
+        assert!(!t.in_fallback, "two failures are below the threshold");
+        update_fallback(&mut t, &st, true);
+        assert!(t.in_fallback);
+        // Flapping: ok, fail, ok, ok, fail ... never three good polls in a row.
+        for failed in [false, true, false, false, true, false, true] {
+            update_fallback(&mut t, &st, failed);
+            assert!(t.in_fallback, "left fallback on a flapping source");
+        }
+        for _ in 0..3 {
+            update_fallback(&mut t, &st, false);
+        }
+        assert!(!t.in_fallback, "three good polls in a row end fallback");
+        // A single failure afterwards does not re-enter it.
+        update_fallback(&mut t, &st, true);
+        assert!(!t.in_fallback);
+    }
+}

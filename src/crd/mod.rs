@@ -1,0 +1,431 @@
+//! The ScaledTarget custom resource (`ebb.dev/v1alpha1`, short name `st`): how users configure
+//! ebb. Declared once, here: the OpenAPI schema comes from these types, cross-field rules are CEL
+//! (`x-kubernetes-validations`) that the API server enforces, and `ebb crd` prints the result
+//! (`deploy/crd.yaml` is checked against it by `tests/crd_manifest.rs`).
+
+mod quantity;
+pub mod source_config;
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use quantity::{QuantityError, from_milli, milli_value};
+pub use source_config::{PrometheusConfig, RabbitMqConfig, SecretRef};
+
+/// Annotation that pauses a ScaledTarget: `"true"` freezes scaling where it is.
+pub const PAUSED_ANNOTATION: &str = "ebb.dev/paused";
+/// Annotation that pauses a ScaledTarget at a fixed replica count (ebb scales there once, then
+/// holds).
+pub const PAUSED_REPLICAS_ANNOTATION: &str = "ebb.dev/paused-replicas";
+/// Label on objects ebb owns and on the external metrics it serves: the ScaledTarget's name.
+pub const SCALED_TARGET_LABEL: &str = "ebb.dev/scaledtarget";
+
+/// Desired scaling of one workload by ebb.
+// The printer columns repeat `type_ = ...`, which clippy takes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "ebb.dev",
+    version = "v1alpha1",
+    kind = "ScaledTarget",
+    namespaced,
+    shortname = "st",
+    status = "ScaledTargetStatus",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Min", type_ = "integer", json_path = ".spec.minReplicas"),
+    printcolumn(name = "Max", type_ = "integer", json_path = ".spec.maxReplicas"),
+    printcolumn(
+        name = "Current",
+        type_ = "integer",
+        json_path = ".status.currentReplicas"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas"
+    ),
+    printcolumn(
+        name = "Active",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Active\")].status"
+    ),
+    printcolumn(
+        name = "Fallback",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Fallback\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("minReplicas must not exceed maxReplicas"))]
+#[x_kube(validation = Rule::new("self.minReplicas > 0 || self.mode != 'Hpa'")
+    .message("minReplicas 0 (scale to zero) needs mode Direct or Shadow: the HPA cannot scale from zero"))]
+#[x_kube(validation = Rule::new("self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))")
+    .message("metric names must be unique"))]
+#[x_kube(validation = Rule::new("!has(self.fallback) || self.fallback.replicas <= self.maxReplicas")
+    .message("fallback.replicas must not exceed maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledTargetSpec {
+    /// The workload to scale: anything with a `/scale` subresource.
+    pub target_ref: TargetRef,
+    /// How ebb acts on the workload.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Lower bound; 0 allows scale to zero (mode Direct).
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    /// Upper bound.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// How often metrics are read and a decision is made (Go duration, at least 1s, at most 1h).
+    #[serde(default = "default_polling_interval")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')")
+        .message("pollingInterval must be a duration between 1s and 1h, e.g. 15s"))]
+    pub polling_interval: kube::core::Duration,
+    /// The load signals; the one asking for the most replicas wins.
+    #[schemars(length(min = 1, max = 16))]
+    pub metrics: Vec<Metric>,
+    /// Thresholds learned from history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveSpec>,
+    /// Seasonal forecast for scale-up ahead of load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastSpec>,
+    /// Stabilization windows and rate-limit policies, in the HPA v2 shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+    /// What to do when every source keeps failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+    /// Who to tell when ebb cannot keep up or keeps failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_polling_interval() -> kube::core::Duration {
+    std::time::Duration::from_secs(15).into()
+}
+
+/// The workload a ScaledTarget scales.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// API version of the workload, e.g. `apps/v1`.
+    pub api_version: String,
+    /// Kind of the workload, e.g. `Deployment`.
+    pub kind: String,
+    /// Name of the workload, in the ScaledTarget's namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// How ebb acts on the workload.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum Mode {
+    /// ebb owns an autoscaling/v2 HPA that reads ebb's external metrics.
+    #[default]
+    Hpa,
+    /// ebb scales the workload's `/scale` itself.
+    Direct,
+    /// ebb decides and reports, and changes nothing.
+    Shadow,
+}
+
+impl Mode {
+    /// The mode's name as written in the spec.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Hpa => "Hpa",
+            Mode::Direct => "Direct",
+            Mode::Shadow => "Shadow",
+        }
+    }
+}
+
+/// One load signal: exactly one source and a target.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.prometheus), has(self.rabbitmq)].filter(x, x).size() == 1")
+    .message("each metric needs exactly one source: set prometheus or rabbitmq, not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct Metric {
+    /// The metric's name; also its external metric name in mode Hpa.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// A Prometheus query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusConfig>,
+    /// A RabbitMQ queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitMqConfig>,
+    /// What the value is compared against.
+    pub target: MetricTarget,
+}
+
+/// The kind of target, as in the HPA v2 `MetricTarget` (external metrics: no Utilization).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum TargetType {
+    /// The metric's total against `value`.
+    Value,
+    /// The metric's total divided by the replica count against `averageValue`.
+    AverageValue,
+}
+
+/// What a metric's value is compared against.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("self.type == 'Value' ? (has(self.value) && !has(self.averageValue)) : (has(self.averageValue) && !has(self.value))")
+    .message("target type Value needs value, type AverageValue needs averageValue (and not the other)"))]
+#[serde(rename_all = "camelCase")]
+pub struct MetricTarget {
+    /// Value or AverageValue.
+    #[serde(rename = "type")]
+    pub type_: TargetType,
+    /// The target total (type Value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Quantity>,
+    /// The target per replica (type AverageValue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_value: Option<Quantity>,
+}
+
+impl MetricTarget {
+    /// The engine's view of this target, in milli-units.
+    pub fn to_engine(&self) -> Result<crate::engine::Target, QuantityError> {
+        let q = |v: &Option<Quantity>| {
+            v.as_ref()
+                .ok_or(QuantityError::Missing)
+                .and_then(|q| milli_value(&q.0))
+        };
+        Ok(match self.type_ {
+            TargetType::Value => crate::engine::Target::Value(q(&self.value)?),
+            TargetType::AverageValue => {
+                crate::engine::Target::AverageValue(q(&self.average_value)?)
+            }
+        })
+    }
+
+    /// The target's quantity as written.
+    pub fn quantity(&self) -> Option<&Quantity> {
+        match self.type_ {
+            TargetType::Value => self.value.as_ref(),
+            TargetType::AverageValue => self.average_value.as_ref(),
+        }
+    }
+}
+
+/// Thresholds learned from history. REPLACE AT MERGE with `engine::adaptive::AdaptiveConfig`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdaptiveSpec {
+    /// Whether learned targets are used.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How much history is needed before learning starts (Go duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_history: Option<String>,
+}
+
+/// Seasonal forecast for scale-up ahead of load.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForecastSpec {
+    /// Whether the forecast raises the served value.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How far ahead to look (Go duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<String>,
+}
+
+/// What to do when every source fails: never read a failure as zero load.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Fallback {
+    /// Consecutive polls in which every metric failed before fallback starts.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+    /// Replicas to run in fallback if that is more than the current count (never fewer).
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+}
+
+fn default_failure_threshold() -> i32 {
+    3
+}
+
+/// Escalation to a human: a webhook called (rate-limited) when ebb cannot cope.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Escalation {
+    /// Secret with key `url` and optional `headers` (one `Name: value` per line).
+    pub webhook_secret_ref: SecretRef,
+    /// Least time between two calls for the same ScaledTarget (Go duration).
+    #[serde(default = "default_min_escalation_interval")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')")
+        .message("minInterval must be a non-negative duration, e.g. 15m"))]
+    pub min_interval: kube::core::Duration,
+    /// Consecutive failed scaling attempts before escalating.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1))]
+    pub failure_threshold: i32,
+}
+
+fn default_min_escalation_interval() -> kube::core::Duration {
+    std::time::Duration::from_secs(15 * 60).into()
+}
+
+/// What ebb observed and did.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledTargetStatus {
+    /// Ready, Active, Fallback, Paused, ScalingLimited.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The workload's replica count at the last poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_replicas: Option<i32>,
+    /// The count ebb decided on at the last poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// When ebb last changed the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// The owned HPA (mode Hpa).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hpa_name: Option<String>,
+    /// Per-metric readings.
+    #[serde(default)]
+    pub metrics: Vec<MetricStatus>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One metric's last reading.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricStatus {
+    /// The metric's name.
+    pub name: String,
+    /// The last value read; absent when the source failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Quantity>,
+    /// The target from the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Quantity>,
+    /// The learned target, when adaptive thresholds are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned_target: Option<Quantity>,
+    /// When the value was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Time>,
+    /// Why there is no value, when the source failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The CRD as YAML: what `ebb crd` prints and `deploy/crd.yaml` holds.
+pub fn crd_yaml() -> String {
+    serde_yaml::to_string(&ScaledTarget::crd()).expect("a CRD serializes to YAML")
+}
+
+/// Creates or updates the CRD on the cluster (server-side apply) and waits until the API server
+/// serves it. Tests and `ebb serve --install-crd` use it; production installs `deploy/`.
+pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let crd = ScaledTarget::crd();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    crds.patch(
+        &name,
+        &PatchParams::apply("ebb").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    // Established within seconds on a healthy API server; the bound only stops a hang.
+    let established = await_condition(crds, &name, conditions::is_crd_established());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), established).await;
+    Ok(())
+}
+
+impl ScaledTargetSpec {
+    /// The engine's view of the bounds and behavior. Behavior fields the engine cannot read
+    /// (an unknown policy type, a tolerance that is not a quantity) are left at their defaults;
+    /// the API server's schema for `behavior` is upstream's, so that is rare.
+    pub fn engine_spec(&self) -> crate::engine::hpa::HpaSpec {
+        crate::engine::hpa::HpaSpec {
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            behavior: self.behavior.as_ref().map(engine_behavior),
+            config: Default::default(),
+        }
+    }
+
+    /// The polling interval as a std duration (the schema keeps it positive).
+    pub fn polling_interval(&self) -> std::time::Duration {
+        self.polling_interval.into()
+    }
+}
+
+fn engine_behavior(b: &HorizontalPodAutoscalerBehavior) -> crate::engine::Behavior {
+    use crate::engine::{Policy, ScalingRules, SelectPolicy};
+    use k8s_openapi::api::autoscaling::v2::HPAScalingRules;
+    let rules = |r: &Option<HPAScalingRules>| {
+        let Some(r) = r else {
+            return ScalingRules::default();
+        };
+        ScalingRules {
+            stabilization_window_seconds: r.stabilization_window_seconds,
+            select_policy: r.select_policy.as_deref().and_then(|s| match s {
+                "Max" => Some(SelectPolicy::Max),
+                "Min" => Some(SelectPolicy::Min),
+                "Disabled" => Some(SelectPolicy::Disabled),
+                _ => None,
+            }),
+            policies: r
+                .policies
+                .iter()
+                .flatten()
+                .filter_map(|p| match p.type_.as_str() {
+                    "Pods" => Some(Policy::Pods {
+                        value: p.value,
+                        period_seconds: p.period_seconds,
+                    }),
+                    "Percent" => Some(Policy::Percent {
+                        value: p.value,
+                        period_seconds: p.period_seconds,
+                    }),
+                    _ => None,
+                })
+                .collect(),
+            tolerance: r
+                .tolerance
+                .as_ref()
+                .and_then(|q| milli_value(&q.0).ok())
+                .map(|m| m as f64 / 1000.0),
+        }
+    };
+    crate::engine::Behavior {
+        scale_up: rules(&b.scale_up),
+        scale_down: rules(&b.scale_down),
+    }
+}

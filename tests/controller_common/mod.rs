@@ -1,0 +1,210 @@
+//! Helpers shared by the controller tests: a workload, a RabbitMQ backlog, ScaledTargets, and
+//! the controller itself running in the test's runtime against the real control plane.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ebb::controller::leader::Leadership;
+use ebb::controller::{Context, DirectReader};
+use ebb::crd::ScaledTarget;
+use ebb::localstack::rabbitmq::RabbitMq;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+
+pub fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("a valid object")
+}
+
+/// Creates Deployment `name` with `replicas` in `ns`.
+pub async fn deployment(client: &kube::Client, ns: &str, name: &str, replicas: i32) {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "replicas": replicas,
+                    "selector": { "matchLabels": { "app": name } },
+                    "template": {
+                        "metadata": { "labels": { "app": name } },
+                        "spec": { "containers": [{ "name": "w", "image": "w:1" }] }
+                    }
+                }
+            })),
+        )
+        .await
+        .expect("create deployment");
+}
+
+/// The Deployment's `spec.replicas`.
+pub async fn replicas(client: &kube::Client, ns: &str, name: &str) -> i32 {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("get deployment")
+        .spec
+        .and_then(|s| s.replicas)
+        .unwrap_or(0)
+}
+
+/// Creates Secret `name` with string data.
+pub async fn secret(client: &kube::Client, ns: &str, name: &str, data: Value) {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({ "metadata": { "name": name }, "stringData": data })),
+        )
+        .await
+        .expect("create secret");
+}
+
+/// The secret a RabbitMQ metric reads: the management URL with guest credentials.
+pub async fn rabbit_secret(client: &kube::Client, ns: &str, rabbit: &RabbitMq) {
+    let management = rabbit
+        .management_url()
+        .replace("http://", "http://guest:guest@");
+    secret(client, ns, "rabbit", json!({ "management": management })).await;
+}
+
+/// Creates the ScaledTarget from JSON.
+pub async fn scaled_target(client: &kube::Client, ns: &str, object: Value) -> ScaledTarget {
+    Api::<ScaledTarget>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &from_json(object))
+        .await
+        .expect("create ScaledTarget")
+}
+
+/// A Direct-mode ScaledTarget on Deployment `name` reading the backlog of queue `queue`.
+pub fn backlog_target(name: &str, queue: &str, mode: &str, max: i32, interval: &str) -> Value {
+    json!({
+        "apiVersion": "ebb.dev/v1alpha1",
+        "kind": "ScaledTarget",
+        "metadata": { "name": name },
+        "spec": {
+            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": name },
+            "mode": mode,
+            "minReplicas": 1,
+            "maxReplicas": max,
+            "pollingInterval": interval,
+            "metrics": [{
+                "name": "backlog",
+                "rabbitmq": { "connectionSecretRef": { "name": "rabbit" }, "queue": queue },
+                "target": { "type": "AverageValue", "averageValue": "10" }
+            }]
+        }
+    })
+}
+
+/// Runs the controller on namespace `ns` in this runtime, as the only replica (always leader).
+pub fn start_controller(client: kube::Client, ns: &str) -> tokio::task::JoinHandle<()> {
+    let reader = Arc::new(DirectReader::new(client.clone()));
+    let ctx = Context::new(client, reader, Leadership::fixed(true), "test");
+    let ns = ns.to_string();
+    tokio::spawn(async move { ebb::controller::run_namespaced(ctx, &ns).await })
+}
+
+/// A RabbitMQ channel to publish on.
+pub async fn channel(rabbit: &RabbitMq) -> (lapin::Connection, lapin::Channel) {
+    ebb::install_crypto_provider();
+    let conn =
+        lapin::Connection::connect(&rabbit.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("amqp connect");
+    let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
+/// Declares `queue` and publishes `n` messages to it.
+pub async fn publish(channel: &lapin::Channel, queue: &str, n: usize) {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    for i in 0..n {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                Default::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+}
+
+/// The queue's ready + unacked count as the management API shows it.
+pub async fn backlog(rabbit: &RabbitMq, queue: &str) -> Option<i64> {
+    let url = format!("{}/api/queues/%2f/{queue}", rabbit.management_url());
+    let q: Value = reqwest::Client::new()
+        .get(url)
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(q["messages_ready"].as_i64()? + q["messages_unacknowledged"].as_i64()?)
+}
+
+/// Empties the queue.
+pub async fn purge(rabbit: &RabbitMq, queue: &str) {
+    let url = format!(
+        "{}/api/queues/%2f/{queue}/contents",
+        rabbit.management_url()
+    );
+    reqwest::Client::new()
+        .delete(url)
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("purge");
+}
+
+/// Events (events.k8s.io/v1) in `ns` with `reason`.
+pub async fn events(client: &kube::Client, ns: &str, reason: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+/// The status condition `type_` of ScaledTarget `name`, as (status, reason).
+pub async fn condition(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String)> {
+    let st = Api::<ScaledTarget>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .ok()?;
+    let c = st
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason))
+}
+
+pub const SECOND: Duration = Duration::from_secs(1);

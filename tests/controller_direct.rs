@@ -1,0 +1,275 @@
+//! Modes Direct and Shadow against the real control plane and RabbitMQ: scale on a backlog,
+//! scale down only after the stabilization window at the policy's rate, pause, escalation.
+
+mod controller_common;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use controller_common::*;
+use ebb::crd::ScaledTarget;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::{eventually, kube_client, shared_stack, unique_namespace};
+
+async fn setup(prefix: &str) -> (kube::Client, String) {
+    let stack = shared_stack();
+    let client = kube_client().await;
+    ebb::crd::install(&client).await.unwrap();
+    let ns = unique_namespace(prefix);
+    stack
+        .kube
+        .as_ref()
+        .unwrap()
+        .create_namespace(&ns)
+        .await
+        .unwrap();
+    rabbit_secret(&client, &ns, stack.rabbitmq.as_ref().unwrap()).await;
+    (client, ns)
+}
+
+#[tokio::test]
+async fn a_backlog_scales_up_within_a_poll_and_drains_down_after_the_window_one_pod_at_a_time() {
+    let (client, ns) = setup("direct").await;
+    let rabbit = shared_stack().rabbitmq.as_ref().unwrap();
+    let queue = format!("{ns}-orders");
+    deployment(&client, &ns, "worker", 1).await;
+    let mut st = backlog_target("worker", &queue, "Direct", 10, "2s");
+    st["spec"]["behavior"] = json!({
+        "scaleDown": {
+            "stabilizationWindowSeconds": 6,
+            "policies": [{ "type": "Pods", "value": 1, "periodSeconds": 2 }]
+        }
+    });
+    scaled_target(&client, &ns, st).await;
+    let (_conn, channel) = channel(rabbit).await;
+    publish(&channel, &queue, 0).await; // declare only: the first polls read 0
+    let _controller = start_controller(client.clone(), &ns);
+    eventually(20 * SECOND, "a first decision in status", || async {
+        let (status, _) = condition(&client, &ns, "worker", "Ready").await?;
+        (status == "True").then_some(())
+    })
+    .await;
+    assert_eq!(replicas(&client, &ns, "worker").await, 1);
+
+    publish(&channel, &queue, 50).await;
+    eventually(10 * SECOND, "the backlog in the management API", || async {
+        (backlog(rabbit, &queue).await? == 50).then_some(())
+    })
+    .await;
+    let seen = Instant::now();
+    // One polling interval (2 s) plus one second, with slack for a loaded machine.
+    eventually(
+        2 * SECOND + SECOND + 3 * SECOND,
+        "5 replicas for 50 messages at 10 each",
+        || async { (replicas(&client, &ns, "worker").await == 5).then_some(()) },
+    )
+    .await;
+    eprintln!("scaled up {:?} after the backlog showed", seen.elapsed());
+    let scaled = events(&client, &ns, "Scaled").await;
+    assert!(
+        scaled.iter().any(|e| e
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("from 1 to 5 (metric backlog")),
+        "{scaled:?}"
+    );
+
+    purge(rabbit, &queue).await;
+    let drained = Instant::now();
+    let mut history = vec![5];
+    let mut first_down = None;
+    while history.last() != Some(&1) {
+        assert!(
+            drained.elapsed() < Duration::from_secs(40),
+            "never got down to 1: {history:?}"
+        );
+        let r = replicas(&client, &ns, "worker").await;
+        if Some(&r) != history.last() {
+            first_down.get_or_insert(drained.elapsed());
+            history.push(r);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The window (6 s) counts from the last high reading, at most one interval (2 s) before
+    // the purge; the policy allows one pod per 2 s.
+    let first_down = first_down.unwrap();
+    assert!(
+        first_down >= Duration::from_secs(4),
+        "scaled down after {first_down:?}"
+    );
+    assert_eq!(history, [5, 4, 3, 2, 1], "one pod per period");
+    let st = Api::<ScaledTarget>::namespaced(client.clone(), &ns)
+        .get("worker")
+        .await
+        .unwrap();
+    let status = st.status.unwrap();
+    assert_eq!(status.observed_generation, st.metadata.generation);
+    assert_eq!(status.metrics[0].name, "backlog");
+    assert_eq!(
+        status.metrics[0].value.as_ref().map(|q| q.0.as_str()),
+        Some("0")
+    );
+}
+
+#[tokio::test]
+async fn shadow_mode_reports_the_decision_and_changes_nothing() {
+    let (client, ns) = setup("shadow").await;
+    let rabbit = shared_stack().rabbitmq.as_ref().unwrap();
+    let queue = format!("{ns}-orders");
+    deployment(&client, &ns, "worker", 1).await;
+    let (_conn, channel) = channel(rabbit).await;
+    publish(&channel, &queue, 30).await;
+    scaled_target(
+        &client,
+        &ns,
+        backlog_target("worker", &queue, "Shadow", 10, "1s"),
+    )
+    .await;
+    let _controller = start_controller(client.clone(), &ns);
+    let sts = Api::<ScaledTarget>::namespaced(client.clone(), &ns);
+    eventually(20 * SECOND, "desired 3 in status", || async {
+        let s = sts.get("worker").await.ok()?.status?;
+        (s.desired_replicas == Some(3)).then_some(())
+    })
+    .await;
+    let shadow = eventually(10 * SECOND, "a ShadowDecision event", || async {
+        let e = events(&client, &ns, "ShadowDecision").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert!(
+        shadow[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("would scale 1 -> 3"),
+        "{shadow:?}"
+    );
+    tokio::time::sleep(3 * SECOND).await;
+    assert_eq!(replicas(&client, &ns, "worker").await, 1);
+    assert_eq!(
+        events(&client, &ns, "ShadowDecision").await.len(),
+        1,
+        "one event per change"
+    );
+}
+
+#[tokio::test]
+async fn pause_annotations_freeze_scaling_and_paused_replicas_sets_the_count() {
+    let (client, ns) = setup("pause").await;
+    let rabbit = shared_stack().rabbitmq.as_ref().unwrap();
+    let queue = format!("{ns}-orders");
+    deployment(&client, &ns, "worker", 1).await;
+    let (_conn, channel) = channel(rabbit).await;
+    publish(&channel, &queue, 40).await;
+    let mut st = backlog_target("worker", &queue, "Direct", 10, "1s");
+    st["metadata"]["annotations"] = json!({ "ebb.dev/paused": "true" });
+    scaled_target(&client, &ns, st).await;
+    let _controller = start_controller(client.clone(), &ns);
+    eventually(20 * SECOND, "Paused condition", || async {
+        let (status, _) = condition(&client, &ns, "worker", "Paused").await?;
+        (status == "True").then_some(())
+    })
+    .await;
+    tokio::time::sleep(3 * SECOND).await; // three polls
+    assert_eq!(
+        replicas(&client, &ns, "worker").await,
+        1,
+        "paused: no scaling despite 40 messages"
+    );
+
+    let sts = Api::<ScaledTarget>::namespaced(client.clone(), &ns);
+    let annotate = |a: serde_json::Value| {
+        let sts = sts.clone();
+        async move {
+            sts.patch(
+                "worker",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": a } })),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    annotate(json!({ "ebb.dev/paused": null, "ebb.dev/paused-replicas": "2" })).await;
+    eventually(10 * SECOND, "paused at 2", || async {
+        (replicas(&client, &ns, "worker").await == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(3 * SECOND).await;
+    assert_eq!(
+        replicas(&client, &ns, "worker").await,
+        2,
+        "held at the paused count"
+    );
+
+    annotate(json!({ "ebb.dev/paused-replicas": null })).await;
+    eventually(
+        10 * SECOND,
+        "unpaused: 4 replicas for 40 messages",
+        || async { (replicas(&client, &ns, "worker").await == 4).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn escalation_fires_once_at_max_replicas_with_demand_above() {
+    use std::sync::{Arc, Mutex};
+    let (client, ns) = setup("escalate").await;
+    let rabbit = shared_stack().rabbitmq.as_ref().unwrap();
+    let queue = format!("{ns}-orders");
+    // The webhook receiver: a real HTTP server of the test's own on loopback.
+    let calls: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let calls = calls.clone();
+            move |headers: http::HeaderMap, axum::Json(body): axum::Json<serde_json::Value>| async move {
+                let token = headers.get("x-token").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                calls.lock().unwrap().push((token, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    secret(
+        &client,
+        &ns,
+        "pager",
+        json!({ "url": format!("http://{addr}/hook"), "headers": "X-Token: s3cret" }),
+    )
+    .await;
+
+    deployment(&client, &ns, "worker", 1).await;
+    let (_conn, channel) = channel(rabbit).await;
+    publish(&channel, &queue, 100).await;
+    let mut st = backlog_target("worker", &queue, "Direct", 3, "1s");
+    st["spec"]["escalation"] = json!({ "webhookSecretRef": { "name": "pager" } });
+    scaled_target(&client, &ns, st).await;
+    let _controller = start_controller(client.clone(), &ns);
+    eventually(20 * SECOND, "at maxReplicas 3", || async {
+        (replicas(&client, &ns, "worker").await == 3).then_some(())
+    })
+    .await;
+    eventually(10 * SECOND, "a webhook call", || async {
+        (!calls.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(5 * SECOND).await; // five more polls at max
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "once, not per poll: {calls:?}");
+    let (token, body) = &calls[0];
+    assert_eq!(token, "s3cret");
+    assert_eq!(body["reason"], "AtMaxReplicas");
+    assert_eq!(body["maxReplicas"], 3);
+    assert_eq!(body["demandedReplicas"], 10);
+    assert!(
+        body["tried"].to_string().contains("maxReplicas 3"),
+        "{body}"
+    );
+    assert_eq!(events(&client, &ns, "Escalated").await.len(), 1);
+}

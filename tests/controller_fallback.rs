@@ -1,0 +1,148 @@
+//! Fallback: Prometheus stopped mid-run -> the Fallback condition, no scale-down, the fallback
+//! count if it is higher; Prometheus back -> normal scaling again.
+
+mod controller_common;
+mod support;
+
+use std::time::Duration;
+
+use controller_common::*;
+use ebb::localstack::StackOptions;
+use ebb::localstack::kube::ControlPlaneOptions;
+use serde_json::json;
+use support::{eventually, start_stack, unique_namespace};
+
+async fn push(prometheus: &ebb::localstack::prometheus::Prometheus) {
+    let now = chrono::Utc::now().timestamp_millis();
+    prometheus
+        .push(
+            &[("__name__", "ebb_load"), ("service", "worker")],
+            &[(now, 30.0)],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stopped_prometheus_means_fallback_and_no_scale_down_until_it_is_back() {
+    // A private stack: this test stops its Prometheus.
+    let mut stack = start_stack(StackOptions {
+        kube: Some(ControlPlaneOptions {
+            hpa_controller: false,
+            ..Default::default()
+        }),
+        prometheus: true,
+        scrape: Vec::new(),
+        rabbitmq: false,
+    });
+    let client = stack.kube.as_ref().unwrap().client().await.unwrap();
+    ebb::crd::install(&client).await.unwrap();
+    let ns = unique_namespace("fallback");
+    stack
+        .kube
+        .as_ref()
+        .unwrap()
+        .create_namespace(&ns)
+        .await
+        .unwrap();
+    deployment(&client, &ns, "worker", 1).await;
+    push(stack.prometheus.as_ref().unwrap()).await;
+    let address = stack.prometheus.as_ref().unwrap().url();
+    scaled_target(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "ebb.dev/v1alpha1",
+            "kind": "ScaledTarget",
+            "metadata": { "name": "worker" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
+                "mode": "Direct",
+                "minReplicas": 1,
+                "maxReplicas": 10,
+                "pollingInterval": "1s",
+                "metrics": [{
+                    "name": "load",
+                    "prometheus": { "address": address, "query": "sum(ebb_load{service=\"worker\"})" },
+                    "target": { "type": "AverageValue", "averageValue": "10" }
+                }],
+                "behavior": { "scaleDown": { "stabilizationWindowSeconds": 0 } },
+                "fallback": { "failureThreshold": 2, "replicas": 5 }
+            }
+        }),
+    )
+    .await;
+    let _controller = start_controller(client.clone(), &ns);
+    eventually(20 * SECOND, "3 replicas for a load of 30", || async {
+        (replicas(&client, &ns, "worker").await == 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        condition(&client, &ns, "worker", "Fallback")
+            .await
+            .unwrap()
+            .0,
+        "False"
+    );
+
+    stack.prometheus.as_mut().unwrap().stop();
+    // Every replica count seen from now on: never below 3.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        seen.push(replicas(&client, &ns, "worker").await);
+        if condition(&client, &ns, "worker", "Fallback")
+            .await
+            .unwrap()
+            .0
+            == "True"
+            && seen.last() == Some(&5)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no fallback to 5: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        seen.iter().all(|&r| r >= 3),
+        "scaled down while the source failed: {seen:?}"
+    );
+    let (_, reason) = condition(&client, &ns, "worker", "Fallback").await.unwrap();
+    assert_eq!(reason, "SourcesFailing");
+    let st: ebb::crd::ScaledTarget = kube::Api::namespaced(client.clone(), &ns)
+        .get("worker")
+        .await
+        .unwrap();
+    let metric = &st.status.unwrap().metrics[0];
+    assert!(
+        metric.value.is_none(),
+        "a failed source reads as no value, not zero"
+    );
+    assert!(
+        metric.error.as_deref().unwrap().contains("source failed"),
+        "{metric:?}"
+    );
+    tokio::time::sleep(3 * SECOND).await;
+    assert_eq!(
+        replicas(&client, &ns, "worker").await,
+        5,
+        "held in fallback"
+    );
+
+    stack
+        .prometheus
+        .as_mut()
+        .unwrap()
+        .start_again()
+        .await
+        .unwrap();
+    push(stack.prometheus.as_ref().unwrap()).await;
+    eventually(30 * SECOND, "Fallback False and back to 3", || async {
+        let (status, _) = condition(&client, &ns, "worker", "Fallback").await?;
+        (status == "False" && replicas(&client, &ns, "worker").await == 3).then_some(())
+    })
+    .await;
+}

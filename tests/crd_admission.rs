@@ -1,0 +1,173 @@
+//! The API server itself enforces the ScaledTarget rules (schema + CEL), with a message that
+//! says what is wrong.
+
+mod support;
+
+use ebb::crd::ScaledTarget;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use support::{kube_client, shared_stack, unique_namespace};
+
+fn valid() -> Value {
+    json!({
+        "apiVersion": "ebb.dev/v1alpha1",
+        "kind": "ScaledTarget",
+        "metadata": { "name": "orders" },
+        "spec": {
+            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "orders" },
+            "mode": "Direct",
+            "minReplicas": 1,
+            "maxReplicas": 10,
+            "pollingInterval": "5s",
+            "metrics": [{
+                "name": "backlog",
+                "rabbitmq": { "connectionSecretRef": { "name": "rabbit" }, "queue": "orders" },
+                "target": { "type": "AverageValue", "averageValue": "20" }
+            }]
+        }
+    })
+}
+
+async fn setup() -> Api<ScaledTarget> {
+    let kube = shared_stack().kube.as_ref().unwrap();
+    let client = kube_client().await;
+    ebb::crd::install(&client).await.unwrap();
+    let ns = unique_namespace("crd");
+    kube.create_namespace(&ns).await.unwrap();
+    Api::namespaced(client, &ns)
+}
+
+/// Creates `object` and returns the API server's rejection message (panics if it was accepted).
+async fn rejection(api: &Api<ScaledTarget>, name: &str, mut object: Value) -> String {
+    object["metadata"]["name"] = json!(name);
+    let st: ScaledTarget = serde_json::from_value(object).expect("deserializes client-side");
+    match api.create(&PostParams::default(), &st).await {
+        Ok(_) => panic!("{name}: the API server accepted an invalid ScaledTarget"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{name}: {status:?}");
+            status.message
+        }
+        Err(e) => panic!("{name}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_valid_scaled_target_is_accepted_with_defaults_filled_in_by_the_api_server() {
+    use kube::api::{ApiResource, DynamicObject};
+    let api = setup().await;
+    // Sent as raw JSON without the defaulted fields, so that the API server fills them in.
+    let mut object = valid();
+    for field in ["pollingInterval", "mode", "minReplicas"] {
+        object["spec"].as_object_mut().unwrap().remove(field);
+    }
+    object["spec"]["metrics"][0]["rabbitmq"]
+        .as_object_mut()
+        .unwrap()
+        .remove("vhost");
+    let ns = api.resource_url().split('/').nth(5).unwrap().to_string();
+    let raw = Api::<DynamicObject>::namespaced_with(
+        kube_client().await,
+        &ns,
+        &ApiResource::erase::<ScaledTarget>(&()),
+    );
+    raw.create(
+        &PostParams::default(),
+        &serde_json::from_value(object).unwrap(),
+    )
+    .await
+    .unwrap();
+    let stored = raw.get("orders").await.unwrap();
+    let spec = &stored.data["spec"];
+    assert_eq!(spec["mode"], "Hpa");
+    assert_eq!(spec["pollingInterval"], "15s");
+    assert_eq!(spec["minReplicas"], 1);
+    assert_eq!(spec["metrics"][0]["rabbitmq"]["vhost"], "/");
+    assert_eq!(spec["metrics"][0]["rabbitmq"]["measure"], "Backlog");
+    // ... and it reads back as the Rust type.
+    let typed = api.get("orders").await.unwrap();
+    assert_eq!(typed.spec.mode, ebb::crd::Mode::Hpa);
+}
+
+#[tokio::test]
+async fn min_above_max_is_rejected() {
+    let api = setup().await;
+    let mut object = valid();
+    object["spec"]["minReplicas"] = json!(5);
+    object["spec"]["maxReplicas"] = json!(2);
+    let message = rejection(&api, "min-above-max", object).await;
+    assert!(
+        message.contains("minReplicas must not exceed maxReplicas"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn two_sources_in_one_metric_are_rejected() {
+    let api = setup().await;
+    let mut object = valid();
+    object["spec"]["metrics"][0]["prometheus"] =
+        json!({ "address": "http://prometheus:9090", "query": "sum(up)" });
+    let message = rejection(&api, "two-sources", object).await;
+    assert!(message.contains("exactly one source"), "{message}");
+    // ... and none is as wrong as two.
+    let mut object = valid();
+    object["spec"]["metrics"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("rabbitmq");
+    let message = rejection(&api, "no-source", object).await;
+    assert!(message.contains("exactly one source"), "{message}");
+}
+
+#[tokio::test]
+async fn a_negative_or_tiny_polling_interval_is_rejected() {
+    let api = setup().await;
+    for (name, interval) in [("negative", "-5s"), ("tiny", "10ms")] {
+        let mut object = valid();
+        object["spec"]["pollingInterval"] = json!(interval);
+        let message = rejection(&api, name, object).await;
+        assert!(
+            message.contains("pollingInterval must be a duration between 1s and 1h"),
+            "{message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_target_without_its_quantity_or_of_an_unknown_type_is_rejected() {
+    let api = setup().await;
+    let mut object = valid();
+    object["spec"]["metrics"][0]["target"] = json!({ "type": "Value", "averageValue": "20" });
+    let message = rejection(&api, "wrong-quantity", object).await;
+    assert!(
+        message.contains("target type Value needs value"),
+        "{message}"
+    );
+    // An unknown type cannot even be built client-side, so send it as raw JSON.
+    let mut object = valid();
+    object["metadata"]["name"] = json!("utilization");
+    object["spec"]["metrics"][0]["target"] = json!({ "type": "Utilization", "averageValue": "20" });
+    let request = http::Request::post(format!(
+        "/apis/ebb.dev/v1alpha1/namespaces/{}/scaledtargets",
+        api.resource_url().split('/').nth(5).unwrap()
+    ))
+    .header("content-type", "application/json")
+    .body(serde_json::to_vec(&object).unwrap())
+    .unwrap();
+    let err = kube_client().await.request_text(request).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("Unsupported value: \"Utilization\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn scale_to_zero_in_mode_hpa_is_rejected() {
+    let api = setup().await;
+    let mut object = valid();
+    object["spec"]["mode"] = json!("Hpa");
+    object["spec"]["minReplicas"] = json!(0);
+    let message = rejection(&api, "hpa-zero", object).await;
+    assert!(message.contains("needs mode Direct or Shadow"), "{message}");
+}
