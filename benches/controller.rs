@@ -29,7 +29,7 @@ use serde_json::json;
 struct MemoryReader;
 
 impl MetricReader for MemoryReader {
-    fn read<'a>(&'a self, _: &'a str, _: &'a Metric) -> ReadFuture<'a> {
+    fn read<'a>(&'a self, _: &'a str, _: &'a Metric, _: std::time::Duration) -> ReadFuture<'a> {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -60,6 +60,22 @@ pub struct ServeArgs {
     /// Create or update the ScaledTarget CRD at start-up (development clusters).
     #[arg(long, env = "EBB_INSTALL_CRD")]
     pub install_crd: bool,
+    /// Where the external metrics API listens (HTTPS; the APIService's Service points here).
+    #[arg(long, env = "EBB_API_LISTEN", default_value = "0.0.0.0:6443")]
+    pub api_listen: std::net::SocketAddr,
+    /// Where ebb's own /metrics listens (plain HTTP).
+    #[arg(long, env = "EBB_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: std::net::SocketAddr,
+    /// The API's serving certificate (PEM, leaf first); reloaded when it changes. Without it
+    /// the external metrics API is not served (modes Direct and Shadow need none).
+    #[arg(long, env = "EBB_TLS_CERT_FILE", requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The serving certificate's private key (PEM).
+    #[arg(long, env = "EBB_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<std::path::PathBuf>,
+    /// Log as JSON lines (for log pipelines) instead of text.
+    #[arg(long, env = "EBB_LOG_JSON")]
+    pub log_json: bool,
 }
 
 fn default_identity() -> String {
@@ -73,19 +89,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         identity,
         lease_duration_seconds,
         install_crd,
+        api_listen,
+        metrics_listen,
+        tls_cert_file,
+        tls_private_key_file,
+        log_json,
     } = args;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .json()
-        .init();
+    crate::telemetry::init_tracing(log_json);
     tokio::runtime::Runtime::new()?.block_on(async move {
+        use std::sync::Arc;
         let client = kube::Client::try_default().await?;
         if install_crd {
             crate::crd::install(&client).await?;
         }
+        let mut telemetry = crate::telemetry::Telemetry::new();
+        let api_metrics = crate::api::ApiMetrics::default();
+        api_metrics.register(telemetry.registry_mut());
+        let telemetry = Arc::new(telemetry);
+        let collector = crate::collect::Collector::start(telemetry.clone(), Default::default());
         let leadership = crate::controller::leader::elect(
             client.clone(),
             crate::controller::leader::LeaseConfig {
@@ -95,10 +116,60 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 lease_duration: std::time::Duration::from_secs(lease_duration_seconds.max(1)),
             },
         );
-        let reader = std::sync::Arc::new(crate::controller::DirectReader::new(client.clone()));
-        let ctx = crate::controller::Context::new(client, reader, leadership, &identity);
+        let reader = Arc::new(crate::controller::CollectReader::new(
+            client.clone(),
+            collector,
+        ));
+        let ctx = crate::controller::Context::new(client.clone(), reader, leadership, &identity);
+
+        // Every replica serves the API from what its own controller publishes.
+        let api = match (tls_cert_file, tls_private_key_file) {
+            (Some(cert_file), Some(key_file)) => {
+                let store = Arc::new(crate::api::store::MetricStore::new());
+                ctx.publish_to(store.clone());
+                let auth = Arc::new(crate::api::auth::Auth::from_cluster(client.clone()).await?);
+                tokio::spawn({
+                    let (auth, client) = (auth.clone(), client.clone());
+                    async move { auth.refresh_from_cluster(client).await }
+                });
+                let readiness = Arc::new(crate::api::Readiness::default());
+                // The watch is usable once ScaledTargets can be listed; with none, there is
+                // nothing to fill the store with either.
+                let sts = kube::Api::<crate::crd::ScaledTarget>::all(client.clone());
+                let listed = sts.list(&kube::api::ListParams::default().limit(1)).await?;
+                readiness.mark_watch_synced();
+                if listed.items.is_empty() {
+                    store.mark_filled();
+                }
+                let state = crate::api::ApiState {
+                    store,
+                    auth,
+                    readiness,
+                    metrics: api_metrics,
+                };
+                let config = crate::api::server::ServeConfig {
+                    listen: api_listen,
+                    metrics_listen,
+                    cert_file,
+                    key_file,
+                    cert_reload_interval: std::time::Duration::from_secs(10),
+                };
+                let text: crate::api::server::MetricsText = {
+                    let telemetry = telemetry.clone();
+                    Arc::new(move || telemetry.encode())
+                };
+                Some(tokio::spawn(crate::api::server::serve(config, state, text)))
+            }
+            _ => {
+                tracing::warn!("no --tls-cert-file: the external metrics API is not served");
+                None
+            }
+        };
         tokio::select! {
             _ = crate::controller::run(ctx) => {}
+            Some(r) = async { match api { Some(h) => Some(h.await), None => None } } => {
+                r??;
+            }
             _ = tokio::signal::ctrl_c() => {}
         }
         Ok(())

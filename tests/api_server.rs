@@ -132,7 +132,7 @@ async fn start_and_register() -> TestApi {
         .expect("written");
     let store = Arc::new(MetricStore::new());
     let metrics = ApiMetrics::default();
-    let mut registry = prometheus_client::registry::Registry::default();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("ebb");
     metrics.register(&mut registry);
     let state = ApiState {
         store: store.clone(),

@@ -40,9 +40,9 @@ impl Default for ApiMetrics {
 }
 
 impl ApiMetrics {
-    /// Registers the metrics under `ebb_api_`.
+    /// Registers the metrics under `<registry prefix>_api_` (`ebb_api_` in ebb's registry).
     pub fn register(&self, registry: &mut Registry) {
-        let api = registry.sub_registry_with_prefix("ebb_api");
+        let api = registry.sub_registry_with_prefix("api");
         api.register(
             "request_duration_seconds",
             "Time to answer a request, by verb and status code",

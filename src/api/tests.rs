@@ -357,7 +357,7 @@ async fn health_needs_no_credentials_and_readiness_waits_for_store_and_watch() {
 async fn requests_are_counted_by_verb_and_code() {
     let f = fixture();
     call(VALUES).send(&f.state).await;
-    let mut registry = prometheus_client::registry::Registry::default();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("ebb");
     f.state.metrics.register(&mut registry);
     let text = server::metrics_text(registry)();
     assert!(

@@ -40,7 +40,7 @@ use crate::engine::MetricSample;
 use crate::engine::hpa::{Replicas, ScalingState, decide};
 use escalation::{EscalationPayload, EscalationReason, Escalator};
 use leader::Leadership;
-pub use reader::{DirectReader, MetricReader, ReadError};
+pub use reader::{CollectReader, MetricReader, ReadError};
 use stats::ControllerStats;
 use status::{Conditions, condition};
 
@@ -105,6 +105,8 @@ pub struct Context {
     escalator: Escalator,
     /// Counters of the controller's work.
     pub stats: ControllerStats,
+    /// Where every replica publishes readings for the external metrics API (mode Hpa).
+    store: std::sync::OnceLock<Arc<crate::api::store::MetricStore>>,
 }
 
 impl Context {
@@ -128,7 +130,13 @@ impl Context {
             kinds: Mutex::default(),
             escalator: Escalator::default(),
             stats: ControllerStats::default(),
+            store: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Publishes every reading into `store` from now on (the API server serves from it).
+    pub fn publish_to(&self, store: Arc<crate::api::store::MetricStore>) {
+        let _ = self.store.set(store);
     }
 
     async fn scale_api(&self, st: &ScaledTarget) -> Result<Api<DynamicObject>> {
@@ -198,6 +206,38 @@ struct Reading {
     at: Time,
 }
 
+/// Publishes one poll's readings for the external metrics API. A failed reading is published
+/// as a failure, which the API answers with an error: never as 0.
+fn publish_readings(
+    store: &crate::api::store::MetricStore,
+    st: &ScaledTarget,
+    readings: &[Reading],
+    interval: Duration,
+) {
+    use crate::api::store::{MetricValue, Sample};
+    let ns = st.namespace().unwrap_or_default();
+    let name = st.name_any();
+    for (metric, reading) in st.spec.metrics.iter().zip(readings) {
+        let value = match &reading.value {
+            Ok(v) if v.is_finite() => MetricValue::Milli((v * 1000.0).round() as i64),
+            Ok(v) => MetricValue::Failed(format!("value {v} is not a number")),
+            Err(e) => MetricValue::Failed(e.to_string()),
+        };
+        store.publish(
+            &ns,
+            &metric.name,
+            &name,
+            Sample {
+                labels: Default::default(),
+                value,
+                timestamp: chrono::Utc::now(),
+                window_seconds: Some(interval.as_secs() as i64),
+            },
+        );
+    }
+    store.mark_filled();
+}
+
 /// One poll of one ScaledTarget.
 pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
@@ -230,13 +270,16 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         let ns = ns.clone();
         async move {
             Reading {
-                value: reader.read(&ns, m).await,
+                value: reader.read(&ns, m, interval).await,
                 at: Time(Timestamp::now()),
             }
         }
     }))
     .await;
-    // REPLACE AT MERGE: publish the readings into the API's MetricStore here (every replica).
+    // Every replica serves the API, so every replica publishes, leader or not.
+    if let Some(store) = ctx.store.get() {
+        publish_readings(store, &st, &readings, interval);
+    }
     if !ctx.leadership.is_leader() {
         return Ok(requeue(interval));
     }

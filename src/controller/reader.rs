@@ -1,18 +1,15 @@
-//! The controller's seam to metric values: [`MetricReader`].
-//!
-//! REPLACE AT MERGE: production reads the `collect` layer's deduplicated cache through this
-//! trait once that layer lands. Until then [`DirectReader`] asks the sources on each poll:
-//! Prometheus instant queries and the RabbitMQ management API. No caching, no auth beyond
-//! URL credentials: a stopgap that keeps the controller testable against the real services.
+//! The controller's seam to metric values: [`MetricReader`], and its production implementation
+//! [`CollectReader`], which reads the `collect` layer's deduplicated cache from memory.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-
+use crate::collect::{Collector, Subscription};
 use crate::crd::Metric;
-use crate::crd::source_config::{Measure, PrometheusConfig, RabbitMqConfig};
+use crate::source::{SourceError, apply_empty_as};
 
 /// Why a metric has no value. Never read as zero.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -38,138 +35,133 @@ impl ReadError {
     }
 }
 
+impl From<SourceError> for ReadError {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::NoData(_) => ReadError::Empty(e.to_string()),
+            SourceError::Config(_) => ReadError::Config(e.to_string()),
+            _ => ReadError::SourceFailed(e.to_string()),
+        }
+    }
+}
+
 /// A boxed future, so that readers can be shared as `Arc<dyn MetricReader>`.
 pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<f64, ReadError>> + Send + 'a>>;
 
-/// Reads the current value of one metric of a ScaledTarget in `namespace`.
+/// Reads the current value of one metric of a ScaledTarget in `namespace`, polled every
+/// `interval`.
 pub trait MetricReader: Send + Sync {
     /// The metric's value now, or why there is none.
-    fn read<'a>(&'a self, namespace: &'a str, metric: &'a Metric) -> ReadFuture<'a>;
+    fn read<'a>(
+        &'a self,
+        namespace: &'a str,
+        metric: &'a Metric,
+        interval: Duration,
+    ) -> ReadFuture<'a>;
 }
 
-/// Asks the sources directly on every read (see the module doc).
-pub struct DirectReader {
+/// Credentials are read again after this long, so a rotated Secret takes effect.
+const RESOLVE_AGAIN_AFTER: Duration = Duration::from_secs(300);
+/// A subscription nobody read for this long belongs to a metric or target that is gone.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// How long a first read waits for the first fetch of a newly registered query.
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
+
+struct Entry {
+    subscription: Arc<Subscription>,
+    resolved_at: Instant,
+    last_read: Instant,
+}
+
+/// Reads through the [`Collector`]: each metric's query is registered once (identical
+/// queries across targets are fetched once per interval) and every poll reads the cached
+/// value from memory.
+pub struct CollectReader {
     client: kube::Client,
-    http: reqwest::Client,
+    collector: Collector,
+    /// Keyed by namespace and the metric's source spec (JSON): equal specs share an entry.
+    entries: Mutex<HashMap<(String, String), Entry>>,
 }
 
-impl DirectReader {
-    /// A reader that resolves secrets with `client`.
-    pub fn new(client: kube::Client) -> Self {
-        crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(5))
-            .build()
-            .expect("an HTTP client");
-        Self { client, http }
+impl CollectReader {
+    pub fn new(client: kube::Client, collector: Collector) -> Self {
+        Self {
+            client,
+            collector,
+            entries: Mutex::default(),
+        }
     }
 
-    async fn prometheus(&self, p: &PrometheusConfig) -> Result<f64, ReadError> {
-        let url = format!("{}/api/v1/query", p.address.trim_end_matches('/'));
-        let body: serde_json::Value = self
-            .http
-            .get(url)
-            .query(&[("query", p.query.as_str())])
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| ReadError::SourceFailed(e.to_string()))?
-            .json()
-            .await
-            .map_err(|e| ReadError::SourceFailed(e.to_string()))?;
-        let result = &body["data"]["result"];
-        let values: Vec<f64> = match body["data"]["resultType"].as_str() {
-            Some("vector") => result
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s["value"][1].as_str()?.parse().ok())
-                .collect(),
-            Some("scalar") => result[1]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .into_iter()
-                .collect(),
+    async fn subscription(
+        &self,
+        namespace: &str,
+        metric: &Metric,
+        interval: Duration,
+    ) -> Result<(Arc<Subscription>, bool), ReadError> {
+        let spec = serde_json::to_string(&(&metric.prometheus, &metric.rabbitmq))
+            .map_err(|e| ReadError::Config(e.to_string()))?;
+        let key = (namespace.to_string(), spec);
+        {
+            let mut entries = self.entries.lock().expect("reader lock");
+            let now = Instant::now();
+            entries.retain(|_, e| now.duration_since(e.last_read) < FORGET_AFTER);
+            if let Some(e) = entries.get_mut(&key)
+                && now.duration_since(e.resolved_at) < RESOLVE_AGAIN_AFTER
+            {
+                e.last_read = now;
+                return Ok((e.subscription.clone(), false));
+            }
+        }
+        let query = match (&metric.prometheus, &metric.rabbitmq) {
+            (Some(p), None) => p.resolve_with(&self.client, namespace).await?,
+            (None, Some(r)) => r.resolve_with(&self.client, namespace).await?,
             _ => {
-                return Err(ReadError::SourceFailed(format!(
-                    "unexpected answer: {body}"
-                )));
+                return Err(ReadError::Config(
+                    "a metric needs exactly one source".into(),
+                ));
             }
         };
-        if values.is_empty() {
-            return p.empty_as.ok_or_else(|| {
-                ReadError::Empty(format!("query {:?} returned no samples", p.query))
-            });
-        }
-        Ok(values.iter().sum())
-    }
-
-    async fn rabbitmq(&self, namespace: &str, r: &RabbitMqConfig) -> Result<f64, ReadError> {
-        let secrets = Api::<Secret>::namespaced(self.client.clone(), namespace);
-        let name = &r.connection_secret_ref.name;
-        let secret = secrets
-            .get(name)
-            .await
-            .map_err(|e| ReadError::Config(format!("secret {name}: {e}")))?;
-        let management = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get("management"))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .ok_or_else(|| ReadError::Config(format!("secret {name} has no key \"management\"")))?;
-        let mut url = reqwest::Url::parse(&management)
-            .map_err(|e| ReadError::Config(format!("management URL: {e}")))?;
-        let (user, password) = (
-            url.username().to_string(),
-            url.password().map(str::to_string),
+        let subscription = Arc::new(self.collector.register(query, interval)?);
+        let now = Instant::now();
+        self.entries.lock().expect("reader lock").insert(
+            key,
+            Entry {
+                subscription: subscription.clone(),
+                resolved_at: now,
+                last_read: now,
+            },
         );
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        let queue = r
-            .queue
-            .as_deref()
-            .ok_or_else(|| ReadError::Config("queueRegex needs the collect layer".into()))?;
-        url.path_segments_mut()
-            .map_err(|_| ReadError::Config("management URL cannot be a base".into()))?
-            .pop_if_empty()
-            .extend(["api", "queues", &r.vhost, queue]);
-        let mut request = self.http.get(url);
-        if !user.is_empty() {
-            request = request.basic_auth(user, password);
-        }
-        let q: serde_json::Value = request
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| ReadError::SourceFailed(e.to_string()))?
-            .json()
-            .await
-            .map_err(|e| ReadError::SourceFailed(e.to_string()))?;
-        let field = |path: &[&str]| {
-            path.iter()
-                .fold(&q, |v, k| &v[*k])
-                .as_f64()
-                .ok_or_else(|| ReadError::Empty(format!("queue {queue} has no {}", path.join("."))))
-        };
-        match r.measure {
-            Measure::Backlog => {
-                Ok(field(&["messages_ready"])? + field(&["messages_unacknowledged"])?)
-            }
-            Measure::Ready => field(&["messages_ready"]),
-            Measure::PublishRate => field(&["message_stats", "publish_details", "rate"]),
-            Measure::DeliverRate => field(&["message_stats", "deliver_get_details", "rate"]),
-        }
+        Ok((subscription, true))
     }
 }
 
-impl MetricReader for DirectReader {
-    fn read<'a>(&'a self, namespace: &'a str, metric: &'a Metric) -> ReadFuture<'a> {
+impl MetricReader for CollectReader {
+    fn read<'a>(
+        &'a self,
+        namespace: &'a str,
+        metric: &'a Metric,
+        interval: Duration,
+    ) -> ReadFuture<'a> {
         Box::pin(async move {
-            match (&metric.prometheus, &metric.rabbitmq) {
-                (Some(p), _) => self.prometheus(p).await,
-                (None, Some(r)) => self.rabbitmq(namespace, r).await,
-                (None, None) => Err(ReadError::Config("the metric has no source".into())),
+            let (subscription, new) = self.subscription(namespace, metric, interval).await?;
+            let mut cached = subscription.get();
+            if new || cached.is_none() {
+                // A just-registered query is fetched at once; wait for that first answer
+                // rather than report a failure the source never had.
+                let deadline = Instant::now() + FIRST_FETCH_WAIT;
+                while cached.is_none() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    cached = subscription.get();
+                }
             }
+            let cached = cached.ok_or_else(|| {
+                ReadError::SourceFailed(format!(
+                    "no answer from {} yet",
+                    subscription.query().describe()
+                ))
+            })?;
+            let empty_as = metric.prometheus.as_ref().and_then(|p| p.empty_as);
+            Ok(apply_empty_as(cached.result, empty_as)?)
         })
     }
 }

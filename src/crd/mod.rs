@@ -4,7 +4,6 @@
 //! (`deploy/crd.yaml` is checked against it by `tests/crd_manifest.rs`).
 
 mod quantity;
-pub mod source_config;
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -13,8 +12,10 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::source::prometheus::PrometheusConfig;
+pub use crate::source::rabbitmq::RabbitMqConfig;
+pub use crate::source::secret::SecretRef;
 pub use quantity::{QuantityError, from_milli, milli_value};
-pub use source_config::{PrometheusConfig, RabbitMqConfig, SecretRef};
 
 /// Annotation that pauses a ScaledTarget: `"true"` freezes scaling where it is.
 pub const PAUSED_ANNOTATION: &str = "ebb.dev/paused";

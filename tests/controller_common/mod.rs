@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebb::controller::leader::Leadership;
-use ebb::controller::{Context, DirectReader};
+use ebb::controller::{CollectReader, Context};
 use ebb::crd::ScaledTarget;
 use ebb::localstack::rabbitmq::RabbitMq;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -67,7 +67,13 @@ pub async fn rabbit_secret(client: &kube::Client, ns: &str, rabbit: &RabbitMq) {
     let management = rabbit
         .management_url()
         .replace("http://", "http://guest:guest@");
-    secret(client, ns, "rabbit", json!({ "management": management })).await;
+    secret(
+        client,
+        ns,
+        "rabbit",
+        json!({ "managementUrl": management, "amqpUrl": rabbit.amqp_url() }),
+    )
+    .await;
 }
 
 /// Creates the ScaledTarget from JSON.
@@ -101,7 +107,10 @@ pub fn backlog_target(name: &str, queue: &str, mode: &str, max: i32, interval: &
 
 /// Runs the controller on namespace `ns` in this runtime, as the only replica (always leader).
 pub fn start_controller(client: kube::Client, ns: &str) -> tokio::task::JoinHandle<()> {
-    let reader = Arc::new(DirectReader::new(client.clone()));
+    // The production path: the collector's deduplicated cache, read through CollectReader.
+    let telemetry = Arc::new(ebb::telemetry::Telemetry::new());
+    let collector = ebb::collect::Collector::start(telemetry, Default::default());
+    let reader = Arc::new(CollectReader::new(client.clone(), collector));
     let ctx = Context::new(client, reader, Leadership::fixed(true), "test");
     let ns = ns.to_string();
     tokio::spawn(async move { ebb::controller::run_namespaced(ctx, &ns).await })
