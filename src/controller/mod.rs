@@ -86,8 +86,18 @@ struct TargetState {
     reported: Option<i32>,
     /// Whether the paused-replicas count was applied.
     paused_applied: Option<i32>,
-    /// When the last poll started and the interval it was due after.
-    last_poll: Option<(std::time::Instant, Duration)>,
+    /// When the next poll is due, and what it was scheduled for (see [`Schedule`]).
+    scheduled: Option<Schedule>,
+}
+
+/// The next regular poll of a target and the object it was scheduled for. A wake-up before it
+/// with the same object (our own status write, an unrelated edit) does no work.
+#[derive(Clone, PartialEq)]
+struct Schedule {
+    due: std::time::Instant,
+    uid: Option<String>,
+    generation: Option<i64>,
+    paused: Option<Option<i32>>,
 }
 
 /// Shared state of the controller.
@@ -246,23 +256,36 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         ctx.targets.lock().expect("targets").remove(&key(&st));
         return Ok(Action::await_change());
     }
-    ctx.stats
-        .polls
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let paused = pause(&st);
+    let same_object = |s: &Schedule| {
+        s.uid == st.metadata.uid && s.generation == st.metadata.generation && s.paused == paused
+    };
     {
-        let mut targets = ctx.targets.lock().expect("targets");
-        let t = targets.entry(key(&st)).or_default();
-        if let Some((prev, due)) = t.last_poll.replace((started, interval)) {
-            // Only polls on the regular schedule count; an early one (a spec change) is not late.
-            let since = started.duration_since(prev);
-            if since >= due {
-                ctx.stats.record_lag(since - due);
+        let targets = ctx.targets.lock().expect("targets");
+        if let Some(s) = targets.get(&key(&st)).and_then(|t| t.scheduled.as_ref()) {
+            if started < s.due && same_object(s) {
+                return Ok(Action::requeue(s.due - started));
+            }
+            if started >= s.due {
+                ctx.stats.record_lag(started - s.due);
             }
         }
     }
-    // The next poll is due one interval after this one started, however long this one takes.
-    let requeue = move |after: Duration| {
-        Action::requeue(after.min(interval).saturating_sub(started.elapsed()))
+    ctx.stats
+        .polls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The next poll is due one interval after this one started (sooner when the engine asks),
+    // however long this one takes.
+    let requeue = |after: Duration| {
+        let after = after.min(interval);
+        let mut targets = ctx.targets.lock().expect("targets");
+        targets.entry(key(&st)).or_default().scheduled = Some(Schedule {
+            due: started + after,
+            uid: st.metadata.uid.clone(),
+            generation: st.metadata.generation,
+            paused,
+        });
+        Action::requeue(after.saturating_sub(started.elapsed()))
     };
     let ns = st.namespace().unwrap_or_default();
     let readings: Vec<Reading> = futures::future::join_all(st.spec.metrics.iter().map(|m| {
@@ -303,7 +326,6 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
             "no metric reads above zero"
         },
     ));
-    let paused = pause(&st);
     conditions.set(match paused {
         Some(Some(n)) => condition(
             "Paused",
