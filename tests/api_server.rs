@@ -559,17 +559,7 @@ async fn the_hpa_controller_scales_a_deployment_on_a_rabbitmq_backlog() {
     deployments
         .create(
             &PostParams::default(),
-            &from_json(serde_json::json!({
-                "metadata": { "name": "worker" },
-                "spec": {
-                    "replicas": 1,
-                    "selector": { "matchLabels": { "app": "worker" } },
-                    "template": {
-                        "metadata": { "labels": { "app": "worker" } },
-                        "spec": { "containers": [{ "name": "worker", "image": "worker:1" }] }
-                    }
-                }
-            })),
+            &ebb::localstack::workload("worker", 1),
         )
         .await
         .unwrap();

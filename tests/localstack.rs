@@ -22,20 +22,7 @@ async fn a_deployment_gets_ready_pods_on_kwok() {
     let client = kube_client().await;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     deployments
-        .create(
-            &PostParams::default(),
-            &from_json(serde_json::json!({
-                "metadata": { "name": "web" },
-                "spec": {
-                    "replicas": 3,
-                    "selector": { "matchLabels": { "app": "web" } },
-                    "template": {
-                        "metadata": { "labels": { "app": "web" } },
-                        "spec": { "containers": [{ "name": "web", "image": "web:1" }] }
-                    }
-                }
-            })),
-        )
+        .create(&PostParams::default(), &ebb::localstack::workload("web", 3))
         .await
         .unwrap();
     eventually(Duration::from_secs(60), "3 ready replicas", || async {

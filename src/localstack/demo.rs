@@ -39,7 +39,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let client = kube.client().await?;
     let deployments = Api::<Deployment>::namespaced(client, NAMESPACE);
     deployments
-        .create(&PostParams::default(), &sample_deployment(args.replicas))
+        .create(&PostParams::default(), &workload(SAMPLE_APP, args.replicas))
         .await?;
     let ready = wait_until(Duration::from_secs(60), || async {
         deployments
@@ -79,17 +79,19 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sample_deployment(replicas: i32) -> Deployment {
+/// A Deployment of `replicas` pods labelled `app: <name>`: the workload the demo and the
+/// tests scale (kwok runs its pods; the image is never pulled).
+pub fn workload(name: &str, replicas: i32) -> Deployment {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": { "name": SAMPLE_APP, "namespace": NAMESPACE },
+        "metadata": { "name": name },
         "spec": {
             "replicas": replicas,
-            "selector": { "matchLabels": { "app": SAMPLE_APP } },
+            "selector": { "matchLabels": { "app": name } },
             "template": {
-                "metadata": { "labels": { "app": SAMPLE_APP } },
-                "spec": { "containers": [{ "name": "app", "image": "registry.example/sample-app:1" }] }
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": name, "image": format!("registry.example/{name}:1") }] }
             }
         }
     }))

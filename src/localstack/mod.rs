@@ -18,7 +18,7 @@ pub mod rabbitmq;
 
 use std::path::PathBuf;
 
-pub use demo::{DemoArgs, run_demo};
+pub use demo::{DemoArgs, run_demo, workload};
 
 use self::kube::{ControlPlane, ControlPlaneOptions};
 use self::process::ManagedProcess;

@@ -24,17 +24,7 @@ pub async fn deployment(client: &kube::Client, ns: &str, name: &str, replicas: i
     Api::<Deployment>::namespaced(client.clone(), ns)
         .create(
             &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "replicas": replicas,
-                    "selector": { "matchLabels": { "app": name } },
-                    "template": {
-                        "metadata": { "labels": { "app": name } },
-                        "spec": { "containers": [{ "name": "w", "image": "w:1" }] }
-                    }
-                }
-            })),
+            &ebb::localstack::workload(name, replicas),
         )
         .await
         .expect("create deployment");
