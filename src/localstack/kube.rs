@@ -459,3 +459,46 @@ pub async fn kube_client(kubeconfig: &Path) -> Result<kube::Client, StackError> 
     .map_err(kube::Error::from)?;
     Ok(kube::Client::try_from(config)?)
 }
+
+/// Server-side applies every document of a multi-document YAML `manifest` (what `kubectl apply
+/// --server-side` does), resolving each kind through discovery. Returns how many objects were
+/// applied. Used to install deploy/'s manifests on the local control plane.
+pub async fn apply_yaml(
+    client: &kube::Client,
+    manifest: &str,
+    field_manager: &str,
+) -> Result<usize, StackError> {
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    use kube::core::GroupVersionKind;
+    use kube::discovery::Scope;
+    let mut applied = 0;
+    for document in serde_yaml::Deserializer::from_str(manifest) {
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(document)
+            .map_err(|e| StackError::Upstream(format!("manifest YAML: {e}")))?;
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_json::from_value(serde_json::to_value(value)?)?;
+        let types = object.types.as_ref().ok_or_else(|| {
+            StackError::Upstream("a manifest document without apiVersion/kind".into())
+        })?;
+        let gvk = GroupVersionKind::try_from(types)
+            .map_err(|e| StackError::Upstream(format!("manifest apiVersion: {e}")))?;
+        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk).await?;
+        let api: Api<DynamicObject> = match (capabilities.scope, object.metadata.namespace.as_deref())
+        {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
+            (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
+            (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+        };
+        let name = object.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(&object),
+        )
+        .await?;
+        applied += 1;
+    }
+    Ok(applied)
+}

@@ -15,6 +15,20 @@ use super::{StackError, start_error};
 
 const SERVER_SCRIPT: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
+/// A queue's message counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub ready: i64,
+    pub unacked: i64,
+}
+
+impl QueueCounts {
+    /// Ready + unacknowledged: the backlog ebb's RabbitMQ source scales on.
+    pub fn backlog(&self) -> i64 {
+        self.ready + self.unacked
+    }
+}
+
 /// A running (or stopped, between `stop` and `start_again`) RabbitMQ node.
 #[derive(Debug)]
 pub struct RabbitMq {
@@ -135,6 +149,34 @@ impl RabbitMq {
     /// `http://127.0.0.1:<port>` (user guest, password guest).
     pub fn management_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.management_port)
+    }
+
+    /// An AMQP connection as guest (publishers and consumers in the demo and the tests).
+    pub async fn connect(&self) -> Result<lapin::Connection, StackError> {
+        crate::install_crypto_provider();
+        lapin::Connection::connect(&self.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .map_err(|e| StackError::Upstream(format!("AMQP connect: {e}")))
+    }
+
+    /// Ready and unacknowledged messages of `queue` (vhost `/`) as the management API counts
+    /// them; `None` while the queue does not exist or the API has no figures yet.
+    pub async fn queue_counts(&self, queue: &str) -> Result<Option<QueueCounts>, StackError> {
+        let url = format!("{}/api/queues/%2f/{queue}", self.management_url());
+        let response = self
+            .http
+            .get(url)
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let q: serde_json::Value = response.error_for_status()?.json().await?;
+        Ok(match (q["messages_ready"].as_i64(), q["messages_unacknowledged"].as_i64()) {
+            (Some(ready), Some(unacked)) => Some(QueueCounts { ready, unacked }),
+            _ => None,
+        })
     }
 
     /// The Erlang node name, for `rabbitmqctl -n`.
