@@ -15,11 +15,14 @@ pub struct Cli {
 pub enum Command {
     /// Replay a recorded load series through policies and print elasticity metrics.
     Backtest(Box<crate::backtest::BacktestArgs>),
-    /// Start the local stack (Kubernetes control plane with kwok nodes, Prometheus, RabbitMQ)
-    /// on loopback with a sample workload, and keep it up until Ctrl-C.
-    Demo(crate::localstack::DemoArgs),
+    /// Run ebb on the local stack (control plane with kwok nodes, Prometheus, RabbitMQ, all on
+    /// loopback): sample workloads under a load cycle, scaled live, until Ctrl-C.
+    Demo(crate::demo::DemoArgs),
     /// Run in the cluster: the ScaledTarget controller (one replica acts, elected by a Lease).
     Serve(ServeArgs),
+    /// Show every ScaledTarget: metrics against static and learned targets, replicas, state,
+    /// the last scaling action (from the cluster in KUBECONFIG).
+    Status(crate::status::StatusArgs),
     /// Print the ScaledTarget CustomResourceDefinition (YAML), as `deploy/crd.yaml` holds it.
     Crd,
 }
@@ -28,7 +31,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::install_crypto_provider();
     match cli.command {
         Command::Backtest(args) => crate::backtest::run(&args),
-        Command::Demo(args) => crate::localstack::run_demo(args),
+        Command::Demo(args) => crate::demo::run(args),
+        Command::Status(args) => crate::status::run(args),
         Command::Serve(args) => serve(args),
         Command::Crd => {
             print!("{}", crate::crd::crd_yaml());

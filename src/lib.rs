@@ -5,7 +5,7 @@
 //! Layers, from the bottom up (nothing below imports from above); see `docs/architecture.md`:
 //! `engine` (pure decisions) <- `backtest`; `source` <- `collect` <- `api`, `controller`;
 //! `cli` wires the parts. `localstack` starts the real services ebb talks to, for the demo and
-//! the tests.
+//! the tests; `demo` runs ebb on them; `status` is the terminal view of ScaledTargets.
 
 pub mod api;
 pub mod backtest;
@@ -13,10 +13,12 @@ pub mod cli;
 pub mod collect;
 pub mod controller;
 pub mod crd;
+pub mod demo;
 pub mod engine;
 pub mod history;
 pub mod localstack;
 pub mod source;
+pub mod status;
 pub mod telemetry;
 
 /// Installs ring as the process's rustls provider (kube, reqwest and lapin all use rustls;

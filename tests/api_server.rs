@@ -19,9 +19,8 @@ use ebb::api::{ApiMetrics, ApiState, MetricStore, MetricValue, Readiness, Sample
 use ebb::source::{Connections, Query, RabbitMqConfig, SecretData, Source};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use support::{eventually, kube_client, shared_stack, unique_namespace};
 
@@ -55,53 +54,16 @@ fn api() -> &'static TestApi {
     })
 }
 
-fn deploy_docs(file: &str) -> Vec<serde_json::Value> {
-    let path = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).expect("a deploy manifest");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).expect("YAML");
-            serde_json::to_value(v).expect("JSON")
-        })
-        .collect()
-}
-
-async fn apply(client: &kube::Client, doc: serde_json::Value) {
-    async fn create<K>(api: Api<K>, doc: serde_json::Value)
-    where
-        K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize,
-        K: serde::de::DeserializeOwned,
-    {
-        api.create(&PostParams::default(), &from_json(doc))
-            .await
-            .expect("a deploy/ object is accepted");
-    }
-    let ns = doc["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let c = client.clone();
-    match doc["kind"].as_str().expect("a kind") {
-        "Namespace" => create(Api::<Namespace>::all(c), doc).await,
-        "ServiceAccount" => create(Api::<ServiceAccount>::namespaced(c, &ns), doc).await,
-        "ClusterRole" => create(Api::<ClusterRole>::all(c), doc).await,
-        "ClusterRoleBinding" => create(Api::<ClusterRoleBinding>::all(c), doc).await,
-        "RoleBinding" => create(Api::<RoleBinding>::namespaced(c, &ns), doc).await,
-        "Service" => create(Api::<Service>::namespaced(c, &ns), doc).await,
-        "APIService" => create(Api::<APIService>::all(c), doc).await,
-        kind => panic!("deploy/ has a {kind} this test does not know"),
-    }
-}
-
 async fn start_and_register() -> TestApi {
-    use base64::Engine as _;
     let kube = shared_stack().kube.as_ref().expect("a control plane");
     let admin = kube.client().await.expect("an admin client");
-    for doc in deploy_docs("namespace.yaml")
-        .into_iter()
-        .chain(deploy_docs("rbac.yaml"))
-    {
-        apply(&admin, doc).await;
+    for manifest in [
+        include_str!("../deploy/namespace.yaml"),
+        include_str!("../deploy/rbac.yaml"),
+    ] {
+        ebb::localstack::kube::apply_yaml(&admin, manifest, "ebb-test")
+            .await
+            .expect("deploy/'s objects are accepted");
     }
     // The server acts as its ServiceAccount's user with only deploy/'s RBAC: proves it suffices
     // for reading the authentication ConfigMap and asking for reviews.
@@ -158,40 +120,10 @@ async fn start_and_register() -> TestApi {
     let (addr, metrics_addr) = (server.local_addr(), server.metrics_addr());
     tokio::spawn(async move { server.run().await.expect("the server runs") });
 
-    for mut doc in deploy_docs("apiservice.yaml") {
-        match doc["kind"].as_str() {
-            // No pods run ebb here: the Service points at loopback, where the test serves.
-            Some("Service") => {
-                doc["spec"] =
-                    serde_json::json!({ "type": "ExternalName", "externalName": "localhost" });
-            }
-            Some("APIService") => {
-                doc["spec"]["service"]["port"] = addr.port().into();
-                doc["spec"]["caBundle"] = base64::engine::general_purpose::STANDARD
-                    .encode(kube.ca_pem())
-                    .into();
-            }
-            _ => {}
-        }
-        apply(&admin, doc).await;
-    }
-    let apiservices = Api::<APIService>::all(admin.clone());
-    eventually(
-        Duration::from_secs(60),
-        "the APIService to be Available",
-        || async {
-            let s = apiservices
-                .get("v1beta1.external.metrics.k8s.io")
-                .await
-                .ok()?;
-            s.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
+    // No pods run ebb here: the Service points at loopback, where the test serves.
+    kube.register_api_service(include_str!("../deploy/apiservice.yaml"), addr.port())
+        .await
+        .expect("the APIService becomes Available");
     TestApi {
         store,
         addr,

@@ -166,6 +166,17 @@ pub struct BacktestOptions {
     pub adaptive: AdaptiveConfig,
 }
 
+/// A policy's replay is starting (for progress lines on long traces).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayStarted<'a> {
+    pub policy: &'a str,
+    /// 0-based position among the policies asked for.
+    pub index: usize,
+    pub of: usize,
+    /// Steps in the trace.
+    pub steps: usize,
+}
+
 /// One policy's replay and scores.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyResult {
@@ -244,6 +255,15 @@ pub fn make_policy(
 
 /// Replay and score the trace.
 pub fn run_backtest(trace: &Trace, opts: &BacktestOptions) -> Result<BacktestReport> {
+    run_backtest_with_progress(trace, opts, &mut |_| {})
+}
+
+/// [`run_backtest`], telling `progress` when each policy's replay starts.
+pub fn run_backtest_with_progress(
+    trace: &Trace,
+    opts: &BacktestOptions,
+    progress: &mut dyn FnMut(ReplayStarted<'_>),
+) -> Result<BacktestReport> {
     if let Some(c) = opts.capacity
         && !(c.is_finite() && c > 0.0)
     {
@@ -285,7 +305,13 @@ pub fn run_backtest(trace: &Trace, opts: &BacktestOptions) -> Result<BacktestRep
         Ok((r, e))
     };
     let mut results = Vec::new();
-    for name in &opts.policies {
+    for (index, name) in opts.policies.iter().enumerate() {
+        progress(ReplayStarted {
+            policy: name,
+            index,
+            of: opts.policies.len(),
+            steps: trace.len(),
+        });
         let (replay, scores) = run(name)?;
         results.push(PolicyResult {
             policy: name.clone(),
@@ -487,7 +513,15 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             title,
         )
     };
-    let report = run_backtest(
+    // Progress on standard error, where a terminal shows it; the report goes to standard output.
+    let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut started: Option<(String, std::time::Instant)> = None;
+    let finish = |started: &mut Option<(String, std::time::Instant)>| {
+        if let Some((policy, at)) = started.take() {
+            eprintln!("  {policy}: {:.1} s", at.elapsed().as_secs_f64());
+        }
+    };
+    let report = run_backtest_with_progress(
         &series,
         &BacktestOptions {
             policies,
@@ -496,7 +530,21 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             last_days: *last_days,
             adaptive,
         },
+        &mut |p| {
+            if show_progress {
+                finish(&mut started);
+                eprintln!(
+                    "[{}/{}] replaying {} over {} steps...",
+                    p.index + 1,
+                    p.of,
+                    p.policy,
+                    p.steps
+                );
+                started = Some((p.policy.to_string(), std::time::Instant::now()));
+            }
+        },
     )?;
+    finish(&mut started);
     match format {
         Format::Table => print!("{}", format_table(&report)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),

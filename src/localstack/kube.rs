@@ -485,12 +485,16 @@ pub async fn apply_yaml(
         let gvk = GroupVersionKind::try_from(types)
             .map_err(|e| StackError::Upstream(format!("manifest apiVersion: {e}")))?;
         let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk).await?;
-        let api: Api<DynamicObject> = match (capabilities.scope, object.metadata.namespace.as_deref())
-        {
-            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
-            (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
-            (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
-        };
+        let api: Api<DynamicObject> =
+            match (capabilities.scope, object.metadata.namespace.as_deref()) {
+                (Scope::Namespaced, Some(ns)) => {
+                    Api::namespaced_with(client.clone(), ns, &resource)
+                }
+                (Scope::Namespaced, None) => {
+                    Api::default_namespaced_with(client.clone(), &resource)
+                }
+                (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+            };
         let name = object.metadata.name.clone().unwrap_or_default();
         api.patch(
             &name,
@@ -501,4 +505,66 @@ pub async fn apply_yaml(
         applied += 1;
     }
     Ok(applied)
+}
+
+impl ControlPlane {
+    /// Registers an external metrics API server that listens on loopback `port` with a
+    /// certificate from [`Self::serving_cert`]: applies `manifest` (deploy/apiservice.yaml: the
+    /// Service and the APIService) with the Service made an ExternalName to `localhost` (no pods
+    /// run ebb here) and the APIService given the port and the cluster CA as its caBundle, then
+    /// waits until the aggregator reports it Available.
+    pub async fn register_api_service(&self, manifest: &str, port: u16) -> Result<(), StackError> {
+        use base64::Engine as _;
+        use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+        let client = self.client().await?;
+        let mut names = Vec::new();
+        let mut docs = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(manifest) {
+            let value: serde_yaml::Value = serde::Deserialize::deserialize(document)
+                .map_err(|e| StackError::Upstream(format!("manifest YAML: {e}")))?;
+            let mut doc = serde_json::to_value(value)?;
+            match doc["kind"].as_str() {
+                Some("Service") => {
+                    doc["spec"] =
+                        serde_json::json!({ "type": "ExternalName", "externalName": "localhost" });
+                }
+                Some("APIService") => {
+                    doc["spec"]["service"]["port"] = port.into();
+                    doc["spec"]["caBundle"] = base64::engine::general_purpose::STANDARD
+                        .encode(self.ca_pem())
+                        .into();
+                    if let Some(name) = doc["metadata"]["name"].as_str() {
+                        names.push(name.to_string());
+                    }
+                }
+                _ => {}
+            }
+            docs.push(
+                serde_yaml::to_string(&doc).map_err(|e| StackError::Upstream(e.to_string()))?,
+            );
+        }
+        apply_yaml(&client, &docs.join("---\n"), "ebb-localstack").await?;
+        let apiservices = Api::<APIService>::all(client);
+        for name in names {
+            let available = wait_until(Duration::from_secs(60), || async {
+                apiservices
+                    .get(&name)
+                    .await
+                    .ok()
+                    .and_then(|s| s.status?.conditions)
+                    .is_some_and(|conditions| {
+                        conditions
+                            .iter()
+                            .any(|c| c.type_ == "Available" && c.status == "True")
+                    })
+            })
+            .await;
+            if !available {
+                return Err(StackError::Timeout(format!(
+                    "APIService {name} to be Available"
+                )));
+            }
+        }
+        Ok(())
+    }
 }

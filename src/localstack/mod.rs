@@ -10,15 +10,15 @@
 //! There is one way to start it, [`Stack::start`]; `ebb demo` and `tests/support` both use it.
 
 pub mod certs;
-pub mod demo;
 pub mod kube;
 pub mod process;
 pub mod prometheus;
 pub mod rabbitmq;
+mod workload;
 
 use std::path::PathBuf;
 
-pub use demo::{DemoArgs, run_demo, workload};
+pub use workload::workload;
 
 use self::kube::{ControlPlane, ControlPlaneOptions};
 use self::process::ManagedProcess;

@@ -173,10 +173,15 @@ impl RabbitMq {
             return Ok(None);
         }
         let q: serde_json::Value = response.error_for_status()?.json().await?;
-        Ok(match (q["messages_ready"].as_i64(), q["messages_unacknowledged"].as_i64()) {
-            (Some(ready), Some(unacked)) => Some(QueueCounts { ready, unacked }),
-            _ => None,
-        })
+        Ok(
+            match (
+                q["messages_ready"].as_i64(),
+                q["messages_unacknowledged"].as_i64(),
+            ) {
+                (Some(ready), Some(unacked)) => Some(QueueCounts { ready, unacked }),
+                _ => None,
+            },
+        )
     }
 
     /// The Erlang node name, for `rabbitmqctl -n`.

@@ -1,0 +1,452 @@
+//! `ebb demo`: ebb scaling a sample workload on the local stack, live in the terminal.
+//!
+//! What runs, all on loopback: the local stack (control plane with the HPA controller and kwok,
+//! Prometheus, RabbitMQ); `ebb serve` as a child process, as it runs in a cluster (the
+//! ServiceAccount's RBAC from deploy/, the external metrics API registered as the APIService
+//! with a certificate from the cluster CA); two workloads in namespace `demo`:
+//! - `worker`, scaled by ebb in mode Direct on the backlog of RabbitMQ queue `jobs`; simulated
+//!   workers drain the queue at a rate proportional to its Ready replicas;
+//! - `web`, scaled by the HPA that ebb owns (mode Hpa) on the request rate Prometheus scrapes
+//!   from a sample HTTP service;
+//!
+//! and a load generator that repeats a cycle (quiet, ramp up, peak, ramp down, quiet). The
+//! table is `ebb status`'s; at the end a summary says how each workload was scaled.
+//! Everything started stops on exit, also on Ctrl-C.
+
+pub mod load;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use crate::localstack::kube::{ControlPlane, ControlPlaneOptions, apply_yaml};
+use crate::localstack::process::{ManagedProcess, free_port};
+use crate::localstack::prometheus::ScrapeTarget;
+use crate::localstack::rabbitmq::RabbitMq;
+use crate::localstack::{Stack, StackOptions, workload};
+use load::{LoadCounters, LoadProfile, Rate};
+
+/// Flags of `ebb demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Stop after this many seconds instead of waiting for Ctrl-C (for scripted runs).
+    #[arg(long, value_name = "SECONDS")]
+    pub exit_after: Option<u64>,
+    /// Stop after this many load cycles (for scripted runs and the test).
+    #[arg(long, value_name = "N")]
+    pub cycles: Option<u32>,
+    /// Length of one load cycle (quiet, ramp up, peak, ramp down, quiet), in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 240)]
+    pub cycle: u64,
+    /// Print a progress line every 10 s instead of redrawing the table (the default when
+    /// standard output is not a terminal).
+    #[arg(long)]
+    pub plain: bool,
+}
+
+const NAMESPACE: &str = "demo";
+const QUEUE: &str = "jobs";
+/// Messages a simulated worker replica processes per second.
+const PER_WORKER: f64 = 10.0;
+/// Messages published per second, quiet to peak (the peak needs 8 workers to keep up).
+const PUBLISH: Rate = Rate {
+    base: 2.0,
+    peak: 80.0,
+};
+/// Requests per second to the web service, quiet to peak.
+const REQUESTS: Rate = Rate {
+    base: 2.0,
+    peak: 40.0,
+};
+/// How often ebb polls and the HPA controller syncs in the demo: fast enough to watch.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Runs the demo on its own tokio runtime.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(demo(args))
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // The web service first: Prometheus is told what to scrape when it starts.
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let web_addr = web.local_addr()?;
+    load::serve_web(web).await?;
+    let (api_port, metrics_port) = (free_port(), free_port());
+
+    eprintln!("starting the local stack (control plane, Prometheus, RabbitMQ)...");
+    let stack = Stack::start(StackOptions {
+        kube: Some(ControlPlaneOptions {
+            hpa_controller: true,
+            hpa_sync_period: POLL,
+            hpa_downscale_stabilization: Duration::from_secs(30),
+        }),
+        prometheus: true,
+        scrape: vec![
+            ScrapeTarget {
+                job: "demo-web".into(),
+                address: web_addr.to_string(),
+                interval: Duration::from_secs(1),
+            },
+            ScrapeTarget {
+                job: "ebb".into(),
+                address: format!("127.0.0.1:{metrics_port}"),
+                interval: Duration::from_secs(5),
+            },
+        ],
+        rabbitmq: true,
+    })
+    .await?;
+    let kube = stack
+        .kube
+        .as_ref()
+        .expect("the demo starts a control plane");
+    let prometheus = stack.prometheus.as_ref().expect("started");
+    let rabbitmq = stack.rabbitmq.as_ref().expect("started");
+    let client = kube.client().await?;
+
+    eprintln!("installing ebb (CRD, RBAC) and starting `ebb serve`...");
+    let _ebb = start_ebb(kube, stack.dir(), api_port, metrics_port).await?;
+    kube.register_api_service(include_str!("../../deploy/apiservice.yaml"), api_port)
+        .await?;
+
+    eprintln!("creating the sample workloads and their ScaledTargets in namespace {NAMESPACE}...");
+    let promql = "sum(rate(demo_http_requests_total[15s]))";
+    create_workloads(kube, rabbitmq, &prometheus.url(), promql).await?;
+
+    let profile = LoadProfile {
+        cycle: Duration::from_secs(args.cycle.max(30)),
+    };
+    let counters = Arc::new(LoadCounters::default());
+    let load_started = Instant::now();
+    let connection = rabbitmq.connect().await?;
+    let mut load = tokio::task::JoinSet::new();
+    load.spawn(load::publish(
+        connection.create_channel().await?,
+        QUEUE.into(),
+        profile,
+        PUBLISH,
+        load_started,
+        counters.clone(),
+    ));
+    load.spawn(load::consume(
+        connection.create_channel().await?,
+        QUEUE.into(),
+        PER_WORKER,
+        counters.clone(),
+    ));
+    load.spawn({
+        let (url, counters) = (format!("http://{web_addr}/"), counters.clone());
+        async move {
+            load::request_ramp(url, profile, REQUESTS, load_started, counters).await;
+            Ok(())
+        }
+    });
+
+    println!(
+        "\nebb is scaling `worker` (Direct, RabbitMQ backlog) and `web` (owned HPA, request rate).\n\
+         Look around while it runs:\n\
+         \n  export KUBECONFIG={}\n  export PATH={}:$PATH\n  kubectl -n {NAMESPACE} get scaledtargets,hpa,deploy\n  \
+         target/debug/ebb status -n {NAMESPACE} --watch 2\n\
+         \n  Prometheus:  {}   (ebb's own metrics: job=\"ebb\")\n  RabbitMQ:    {} (guest/guest)\n  Logs:        {}\n",
+        kube.admin_kubeconfig.display(),
+        crate::localstack::control_plane_bin().await?.display(),
+        prometheus.url(),
+        rabbitmq.management_url(),
+        stack.dir().display(),
+    );
+
+    let live = !args.plain && std::io::stdout().is_terminal();
+    let deadline = args.exit_after.map(|s| started + Duration::from_secs(s));
+    let mut history = ReplicaHistory::default();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    let mut last_plain_line = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    if deadline.is_none() && args.cycles.is_none() {
+        println!("Press Ctrl-C to stop everything.");
+    }
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = &mut ctrl_c => break,
+            Some(result) = load.join_next() => {
+                // A load task ends only on an error (RabbitMQ gone, say): say so and stop.
+                result??;
+            }
+        }
+        let cycles_done = args
+            .cycles
+            .is_some_and(|n| load_started.elapsed() >= profile.cycle * n);
+        if cycles_done || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let replicas = deployment_replicas(&client).await;
+        if let Some(ready) = replicas.get("worker").map(|r| r.ready) {
+            counters.worker_replicas.store(ready, Ordering::Relaxed);
+        }
+        history.record(&replicas);
+        let backlog = rabbitmq
+            .queue_counts(QUEUE)
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.backlog());
+        let elapsed = load_started.elapsed();
+        let headline = format!(
+            "ebb demo  {}  load: {} (publishing {:.0}/s, {:.0} req/s)  queue `{QUEUE}`: {backlog}  \
+             published {}, processed {}, requests {}",
+            clock(started.elapsed()),
+            profile.phase(elapsed),
+            PUBLISH.at(profile.level(elapsed)),
+            REQUESTS.at(profile.level(elapsed)),
+            counters.published.load(Ordering::Relaxed),
+            counters.consumed.load(Ordering::Relaxed),
+            counters.requests.load(Ordering::Relaxed),
+        );
+        if live {
+            let table = match crate::status::rows(&client, Some(NAMESPACE)).await {
+                Ok(rows) => crate::status::render(&rows, k8s_openapi::jiff::Timestamp::now()),
+                Err(e) => format!("(reading ScaledTargets: {e})\n"),
+            };
+            print!("{}{headline}\n\n{table}", crate::status::CLEAR_SCREEN);
+        } else if last_plain_line.elapsed() >= Duration::from_secs(10) {
+            last_plain_line = Instant::now();
+            let replicas: Vec<String> = replicas
+                .iter()
+                .map(|(name, r)| format!("{name}={}", r.desired))
+                .collect();
+            println!("{headline}  replicas: {}", replicas.join(" "));
+        }
+    }
+    load.abort_all();
+    println!("\n{}", history.summary());
+    eprintln!("stopping everything...");
+    drop(_ebb);
+    drop(stack);
+    Ok(())
+}
+
+/// Installs ebb's CRD and RBAC from deploy/ and starts `ebb serve` (this binary) as its
+/// ServiceAccount would run in a cluster.
+async fn start_ebb(
+    kube: &ControlPlane,
+    dir: &Path,
+    api_port: u16,
+    metrics_port: u16,
+) -> anyhow::Result<ManagedProcess> {
+    let admin = kube.client().await?;
+    crate::crd::install(&admin).await?;
+    for manifest in [
+        include_str!("../../deploy/namespace.yaml"),
+        include_str!("../../deploy/rbac.yaml"),
+        include_str!("../../deploy/rbac-controller.yaml"),
+    ] {
+        apply_yaml(&admin, manifest, "ebb-demo").await?;
+    }
+    let (cert_file, key_file) = kube
+        .serving_cert(&["ebb.ebb-system.svc", "localhost", "127.0.0.1"])?
+        .write(dir, "ebb-serving")?;
+    let kubeconfig = kube.kubeconfig_for(
+        "system:serviceaccount:ebb-system:ebb",
+        Some("system:serviceaccounts"),
+    )?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("serve")
+        .args(["--identity", "ebb-demo"])
+        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--tls-cert-file")
+        .arg(&cert_file)
+        .arg("--tls-private-key-file")
+        .arg(&key_file)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info");
+    Ok(ManagedProcess::spawn(
+        "ebb-serve",
+        cmd,
+        &dir.join("ebb-serve.log"),
+    )?)
+}
+
+/// The two sample Deployments, the Secret of the RabbitMQ metric and the two ScaledTargets.
+async fn create_workloads(
+    kube: &ControlPlane,
+    rabbitmq: &RabbitMq,
+    prometheus_url: &str,
+    promql: &str,
+) -> anyhow::Result<()> {
+    kube.create_namespace(NAMESPACE).await?;
+    let client = kube.client().await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
+    for name in ["worker", "web"] {
+        deployments
+            .create(&PostParams::default(), &workload(name, 1))
+            .await?;
+    }
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "rabbit", "namespace": NAMESPACE },
+        "stringData": {
+            "managementUrl": rabbitmq.management_url().replace("http://", "http://guest:guest@"),
+            "amqpUrl": rabbitmq.amqp_url(),
+        }
+    });
+    // Scale-down waits out a 30 s window and then halves at most every 10 s; scale-up adds at
+    // most 4 pods per poll: the rate limits an SRE would set for a queue worker.
+    let behavior = json!({
+        "scaleUp": { "stabilizationWindowSeconds": 0,
+                     "policies": [{ "type": "Pods", "value": 4, "periodSeconds": 5 }] },
+        "scaleDown": { "stabilizationWindowSeconds": 30,
+                       "policies": [{ "type": "Percent", "value": 50, "periodSeconds": 10 }] }
+    });
+    let interval = format!("{}s", POLL.as_secs());
+    let worker = json!({
+        "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
+        "metadata": { "name": "worker", "namespace": NAMESPACE },
+        "spec": {
+            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
+            "mode": "Direct", "minReplicas": 1, "maxReplicas": 20, "pollingInterval": interval,
+            "metrics": [{
+                "name": "backlog",
+                "rabbitmq": { "connectionSecretRef": { "name": "rabbit" }, "queue": QUEUE },
+                "target": { "type": "AverageValue", "averageValue": "20" }
+            }],
+            "behavior": behavior,
+            "fallback": { "failureThreshold": 3, "replicas": 4 }
+        }
+    });
+    let web = json!({
+        "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
+        "metadata": { "name": "web", "namespace": NAMESPACE },
+        "spec": {
+            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
+            "mode": "Hpa", "minReplicas": 1, "maxReplicas": 20, "pollingInterval": interval,
+            "metrics": [{
+                "name": "http-rps",
+                "prometheus": { "address": prometheus_url, "query": promql },
+                "target": { "type": "AverageValue", "averageValue": "5" }
+            }],
+            "behavior": behavior
+        }
+    });
+    let manifest: Vec<String> = [secret, worker, web]
+        .iter()
+        .map(serde_yaml::to_string)
+        .collect::<Result<_, _>>()?;
+    apply_yaml(&client, &manifest.join("---\n"), "ebb-demo").await?;
+    Ok(())
+}
+
+/// Desired (`spec.replicas`) and Ready replicas of a Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Replicas {
+    desired: i32,
+    ready: i32,
+}
+
+/// The demo's Deployments, by name (empty on a read error: the next tick tries again).
+async fn deployment_replicas(client: &kube::Client) -> BTreeMap<String, Replicas> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
+    let Ok(list) = deployments.list(&Default::default()).await else {
+        return BTreeMap::new();
+    };
+    list.items
+        .into_iter()
+        .filter_map(|d| {
+            let name = d.metadata.name?;
+            let desired = d.spec.and_then(|s| s.replicas).unwrap_or(0);
+            let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+            Some((name, Replicas { desired, ready }))
+        })
+        .collect()
+}
+
+/// What each Deployment's replica count did over the run, for the summary.
+#[derive(Debug, Default)]
+struct ReplicaHistory {
+    workloads: BTreeMap<String, Track>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    first: i32,
+    last: i32,
+    peak: i32,
+    ups: u32,
+    downs: u32,
+}
+
+impl ReplicaHistory {
+    fn record(&mut self, replicas: &BTreeMap<String, Replicas>) {
+        for (name, r) in replicas {
+            let n = r.desired;
+            let track = self.workloads.entry(name.clone()).or_insert(Track {
+                first: n,
+                last: n,
+                peak: n,
+                ups: 0,
+                downs: 0,
+            });
+            if n > track.last {
+                track.ups += 1;
+            } else if n < track.last {
+                track.downs += 1;
+            }
+            track.last = n;
+            track.peak = track.peak.max(n);
+        }
+    }
+
+    /// One line per workload: `summary: worker replicas 1 -> peak 8 -> 2 (scaled up 3 times,
+    /// down 2 times)`; `tests/demo.rs` reads these lines.
+    fn summary(&self) -> String {
+        let mut out = String::from("Summary of the run:\n");
+        if self.workloads.is_empty() {
+            out.push_str("summary: no workload was observed\n");
+        }
+        for (name, t) in &self.workloads {
+            out.push_str(&format!(
+                "summary: {name} replicas {} -> peak {} -> {} (scaled up {} times, down {} times)\n",
+                t.first, t.peak, t.last, t.ups, t.downs
+            ));
+        }
+        out
+    }
+}
+
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{:02}:{:02}", s / 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_counts_changes_and_keeps_the_peak() {
+        let mut h = ReplicaHistory::default();
+        for n in [1, 1, 3, 6, 6, 4, 2] {
+            let r = Replicas {
+                desired: n,
+                ready: n,
+            };
+            h.record(&BTreeMap::from([("worker".to_string(), r)]));
+        }
+        let s = h.summary();
+        assert!(
+            s.contains(
+                "summary: worker replicas 1 -> peak 6 -> 2 (scaled up 2 times, down 2 times)"
+            ),
+            "{s}"
+        );
+    }
+}
