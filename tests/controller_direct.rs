@@ -92,6 +92,17 @@ async fn a_backlog_scales_up_within_a_poll_and_drains_down_after_the_window_one_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The audit trail has every step down as an Event of its own.
+    let scaled = events(&client, &ns, "Scaled").await;
+    for step in history.windows(2) {
+        let note = format!("from {} to {} (metric backlog", step[0], step[1]);
+        assert!(
+            scaled
+                .iter()
+                .any(|e| e.note.as_deref().unwrap_or("").contains(&note)),
+            "no Event says {note}: {scaled:#?}"
+        );
+    }
     // The window (6 s) counts from the last high reading, at most one interval (2 s) before
     // the purge; the policy allows one pod per 2 s.
     let first_down = first_down.unwrap();

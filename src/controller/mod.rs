@@ -25,7 +25,9 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -104,8 +106,10 @@ struct Schedule {
 pub struct Context {
     /// Kubernetes client.
     pub client: kube::Client,
-    /// Publishes the audit trail as Events.
+    /// Publishes warnings and notices as Events (repeats fold into a series).
     pub recorder: Recorder,
+    /// Who records the audit trail's Events (one per action, never folded).
+    reporter: Reporter,
     /// Where metric values come from.
     pub reader: Arc<dyn MetricReader>,
     /// Whether this replica may act.
@@ -132,7 +136,8 @@ impl Context {
             instance: Some(identity.into()),
         };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             reader,
             leadership,
@@ -727,7 +732,7 @@ async fn reconcile_scale(
                     "would scale {spec_replicas} -> {desired} (metric {metric}, rule {reason}); mode Shadow changes nothing"
                 );
                 tracing::info!(scaledtarget = %k, old = spec_replicas, new = desired, metric, rule = reason, "shadow decision");
-                publish(ctx, st, EventType::Normal, "ShadowDecision", "Decide", note).await;
+                record_action(ctx, st, "ShadowDecision", "Decide", note).await;
             }
         }
     }
@@ -795,7 +800,38 @@ async fn audit(ctx: &Context, st: &ScaledTarget, old: i32, new: i32, metric: &st
         "scaled {} {} from {old} to {new} (metric {metric}, rule {rule})",
         st.spec.target_ref.kind, st.spec.target_ref.name
     );
-    publish(ctx, st, EventType::Normal, "Scaled", "Scale", note).await;
+    record_action(ctx, st, "Scaled", "Scale", note).await;
+}
+
+/// Creates one Normal Event per action. The audit trail needs each action's own note: kube's
+/// [`Recorder`] folds events with the same reason into a series of the first one, which keeps
+/// the first note ("from 1 to 5") and loses the later ones ("from 5 to 4", ...).
+async fn record_action(ctx: &Context, st: &ScaledTarget, reason: &str, action: &str, note: String) {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let now = Timestamp::now();
+    let ns = st.namespace().unwrap_or_default();
+    let event = K8sEvent {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{}.{:x}", st.name_any(), now.as_nanosecond())),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(now)),
+        type_: Some("Normal".into()),
+        reason: Some(reason.into()),
+        action: Some(action.into()),
+        note: Some(note),
+        regarding: Some(st.object_ref(&())),
+        reporting_controller: Some(ctx.reporter.controller.clone()),
+        reporting_instance: ctx.reporter.instance.clone(),
+        ..Default::default()
+    };
+    ctx.stats.requests(1);
+    let events = Api::<K8sEvent>::namespaced(ctx.client.clone(), &ns);
+    if let Err(e) = events.create(&PostParams::default(), &event).await {
+        tracing::warn!(scaledtarget = %key(st), error = %e, "could not record an action Event");
+    }
 }
 
 async fn publish(
