@@ -106,11 +106,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if install_crd {
             crate::crd::install(&client).await?;
         }
+        // Every metric is registered before the telemetry is shared.
         let mut telemetry = crate::telemetry::Telemetry::new();
         let api_metrics = crate::api::ApiMetrics::default();
         api_metrics.register(telemetry.registry_mut());
-        let telemetry = Arc::new(telemetry);
-        let collector = crate::collect::Collector::start(telemetry.clone(), Default::default());
         let leadership = crate::controller::leader::elect(
             client.clone(),
             crate::controller::leader::LeaseConfig {
@@ -120,11 +119,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 lease_duration: std::time::Duration::from_secs(lease_duration_seconds.max(1)),
             },
         );
+        let controller_metrics = crate::controller::metrics::ControllerMetrics::default();
+        controller_metrics.register(telemetry.registry_mut(), &identity, leadership.clone());
+        let telemetry = Arc::new(telemetry);
+        let collector = crate::collect::Collector::start(telemetry.clone(), Default::default());
         let reader = Arc::new(crate::controller::CollectReader::new(
             client.clone(),
             collector,
         ));
-        let ctx = crate::controller::Context::new(client.clone(), reader, leadership, &identity);
+        let ctx = crate::controller::Context::with_metrics(
+            client.clone(),
+            reader,
+            leadership,
+            &identity,
+            controller_metrics,
+        );
 
         // Every replica serves the API from what its own controller publishes.
         let api = match (tls_cert_file, tls_private_key_file) {

@@ -14,6 +14,16 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+/// Registers metric handles, one `"name" => handle, "help";` entry each (each handle is
+/// cloned: the caller keeps its own). The one way ebb's components register their metrics.
+macro_rules! register {
+    ($registry:expr; $($name:literal => $metric:expr, $help:literal;)+) => {{
+        let registry: &mut prometheus_client::registry::Registry = $registry;
+        $(registry.register($name, $help, $metric.clone());)+
+    }};
+}
+pub(crate) use register;
+
 /// Label set `{source}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -87,51 +97,30 @@ impl Default for Telemetry {
 }
 
 impl Telemetry {
-    /// A registry with prefix `ebb` holding the source and collector metrics.
+    /// A registry with prefix `ebb` holding the source, collector and process metrics.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ebb");
         let sources = SourceMetrics::default();
         let collect = CollectMetrics::default();
-        registry.register(
-            "source_query_duration_seconds",
-            "Latency of upstream metric queries",
-            sources.query_duration.clone(),
+        register!(&mut registry;
+            "source_query_duration_seconds" => sources.query_duration,
+                "Latency of upstream metric queries";
+            "source_errors" => sources.errors,
+                "Failed upstream metric queries by error kind";
+            "source_value_age_seconds" => sources.value_age,
+                "Age of the oldest cached value: seconds since its last successful fetch";
+            "collect_upstream_queries" => collect.upstream_queries,
+                "Queries sent upstream, after deduplication";
+            "collect_distinct_queries" => collect.distinct_queries,
+                "Distinct queries being polled";
+            "collect_subscriptions" => collect.subscriptions,
+                "Subscribers to the polled queries";
+            "collect_skipped" => collect.skipped,
+                "Fetches skipped because the previous fetch of the same query was still running";
+            "history_bytes" => collect.history_bytes,
+                "Memory held by the history ring buffers";
         );
-        registry.register(
-            "source_errors",
-            "Failed upstream metric queries by error kind",
-            sources.errors.clone(),
-        );
-        registry.register(
-            "source_value_age_seconds",
-            "Age of the oldest cached value: seconds since its last successful fetch",
-            sources.value_age.clone(),
-        );
-        registry.register(
-            "collect_upstream_queries",
-            "Queries sent upstream, after deduplication",
-            collect.upstream_queries.clone(),
-        );
-        registry.register(
-            "collect_distinct_queries",
-            "Distinct queries being polled",
-            collect.distinct_queries.clone(),
-        );
-        registry.register(
-            "collect_subscriptions",
-            "Subscribers to the polled queries",
-            collect.subscriptions.clone(),
-        );
-        registry.register(
-            "collect_skipped",
-            "Fetches skipped because the previous fetch of the same query was still running",
-            collect.skipped.clone(),
-        );
-        registry.register(
-            "history_bytes",
-            "Memory held by the history ring buffers",
-            collect.history_bytes.clone(),
-        );
+        registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             sources,
@@ -150,6 +139,88 @@ impl Telemetry {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// `ebb_process_*`, read from `/proc/self` when Prometheus scrapes (nothing in between). No
+/// series where `/proc` is missing.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// What `/proc/self` says about this process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    threads: u64,
+}
+
+impl ProcessStats {
+    /// Parses `/proc/self/stat`: fields after the command name (which may hold spaces and
+    /// parentheses, hence the last `)`), numbered from 3 as in proc(5).
+    fn parse(stat: &str, ticks_per_second: f64, page_size: u64) -> Option<Self> {
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        Some(Self {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks_per_second,
+            threads: field(20)?,
+            resident_bytes: field(24)? * page_size,
+        })
+    }
+
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // SAFETY: sysconf only reads configuration values.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        Self::parse(&stat, ticks.max(1) as f64, page.max(1) as u64)
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(p) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as u64;
+        ConstCounter::new(p.cpu_seconds).encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time of the ebb process",
+            None,
+            MetricType::Counter,
+        )?)?;
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of the ebb process",
+                p.resident_bytes,
+            ),
+            ("process_threads", "Threads of the ebb process", p.threads),
+            (
+                "process_open_fds",
+                "Open file descriptors of the ebb process",
+                open_fds,
+            ),
+        ] {
+            ConstGauge::new(value as i64).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
     }
 }
 
@@ -193,5 +264,27 @@ mod tests {
         );
         assert!(text.contains("ebb_source_query_duration_seconds_count{source=\"prometheus\"} 1"));
         assert!(text.contains("# TYPE ebb_collect_distinct_queries gauge"));
+        assert!(
+            text.contains("ebb_process_resident_memory_bytes "),
+            "{text}"
+        );
+        assert!(text.contains("ebb_process_cpu_seconds_total "), "{text}");
+    }
+
+    #[test]
+    fn proc_stat_fields_are_read_after_the_command_name() {
+        // A command name with a space and a parenthesis, as proc(5) allows.
+        let stat = "4242 (ebb (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 7 0 \
+                    1234 123456789 2048 18446744073709551615";
+        let p = ProcessStats::parse(stat, 100.0, 4096).unwrap();
+        assert_eq!(
+            p,
+            ProcessStats {
+                cpu_seconds: 3.0,
+                resident_bytes: 2048 * 4096,
+                threads: 7,
+            }
+        );
+        assert_eq!(ProcessStats::parse("garbage", 100.0, 4096), None);
     }
 }

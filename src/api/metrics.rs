@@ -42,16 +42,11 @@ impl Default for ApiMetrics {
 impl ApiMetrics {
     /// Registers the metrics under `<registry prefix>_api_` (`ebb_api_` in ebb's registry).
     pub fn register(&self, registry: &mut Registry) {
-        let api = registry.sub_registry_with_prefix("api");
-        api.register(
-            "request_duration_seconds",
-            "Time to answer a request, by verb and status code",
-            self.request_duration_seconds.clone(),
-        );
-        api.register(
-            "requests_in_flight",
-            "Requests being answered",
-            self.requests_in_flight.clone(),
+        crate::telemetry::register!(registry.sub_registry_with_prefix("api");
+            "request_duration_seconds" => self.request_duration_seconds,
+                "Time to answer a request, by verb and status code";
+            "requests_in_flight" => self.requests_in_flight,
+                "Requests being answered";
         );
     }
 }

@@ -12,6 +12,7 @@
 pub mod escalation;
 pub mod hpa;
 pub mod leader;
+pub mod metrics;
 pub mod reader;
 pub mod stats;
 mod status;
@@ -42,6 +43,7 @@ use crate::engine::MetricSample;
 use crate::engine::hpa::{Replicas, ScalingState, decide};
 use escalation::{EscalationPayload, EscalationReason, Escalator};
 use leader::Leadership;
+use metrics::{ControllerMetrics, TargetSeries};
 pub use reader::{CollectReader, MetricReader, ReadError};
 use stats::ControllerStats;
 use status::{Conditions, condition};
@@ -90,6 +92,8 @@ struct TargetState {
     paused_applied: Option<i32>,
     /// When the next poll is due, and what it was scheduled for (see [`Schedule`]).
     scheduled: Option<Schedule>,
+    /// The target's Prometheus series, while this replica leads (removed when dropped).
+    series: Option<TargetSeries>,
 }
 
 /// The next regular poll of a target and the object it was scheduled for. A wake-up before it
@@ -118,7 +122,8 @@ pub struct Context {
     kinds: Mutex<HashMap<(String, String), ApiResource>>,
     escalator: Escalator,
     /// Counters of the controller's work.
-    pub stats: ControllerStats,
+    pub stats: Arc<ControllerStats>,
+    metrics: ControllerMetrics,
     /// Where every replica publishes readings for the external metrics API (mode Hpa).
     store: std::sync::OnceLock<Arc<crate::api::store::MetricStore>>,
 }
@@ -130,6 +135,17 @@ impl Context {
         reader: Arc<dyn MetricReader>,
         leadership: Leadership,
         identity: &str,
+    ) -> Arc<Self> {
+        Self::with_metrics(client, reader, leadership, identity, Default::default())
+    }
+
+    /// As [`Context::new`], recording into `metrics` (registered by the caller).
+    pub fn with_metrics(
+        client: kube::Client,
+        reader: Arc<dyn MetricReader>,
+        leadership: Leadership,
+        identity: &str,
+        metrics: ControllerMetrics,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "ebb".into(),
@@ -144,9 +160,26 @@ impl Context {
             targets: Mutex::default(),
             kinds: Mutex::default(),
             escalator: Escalator::default(),
-            stats: ControllerStats::default(),
+            stats: metrics.stats.clone(),
+            metrics,
             store: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The target's series, created (or brought up to its spec) on first use.
+    fn series<'a>(&self, t: &'a mut TargetState, st: &ScaledTarget) -> &'a mut TargetSeries {
+        let series = t
+            .series
+            .get_or_insert_with(|| TargetSeries::new(&self.metrics, st));
+        series.sync(st);
+        series
+    }
+
+    /// Counts a replica change of `st` in its series.
+    fn count_action(&self, st: &ScaledTarget, from: i32, to: i32) {
+        let mut targets = self.targets.lock().expect("targets");
+        let t = targets.entry(key(st)).or_default();
+        self.series(t, st).scaled(from, to);
     }
 
     /// Publishes every reading into `store` from now on (the API server serves from it).
@@ -194,12 +227,23 @@ pub async fn run_namespaced(ctx: Arc<Context>, namespace: &str) {
 }
 
 async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>) {
+    use kube::runtime::controller::Error;
     Controller::new(sts, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_POLLS))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile stream");
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            let ctx = ctx.clone();
+            async move {
+                match result {
+                    // Deletions do not trigger a poll; the deleted target's next scheduled
+                    // poll finds it gone. Forget its state, and with it its series.
+                    Err(Error::ObjectNotFound(obj)) => {
+                        let k = format!("{}/{}", obj.namespace.unwrap_or_default(), obj.name);
+                        ctx.targets.lock().expect("targets").remove(&k);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reconcile stream"),
+                    Ok(_) => {}
+                }
             }
         })
         .await;
@@ -309,6 +353,10 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         publish_readings(store, &st, &readings, interval);
     }
     if !ctx.leadership.is_leader() {
+        // Only the leader's decisions are exported: a standby drops what it had.
+        if let Some(t) = ctx.targets.lock().expect("targets").get_mut(&key(&st)) {
+            t.series = None;
+        }
         return Ok(requeue(interval));
     }
     let mut conditions = Conditions::from_status(st.status.as_ref());
@@ -353,6 +401,12 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         }
     };
     status.conditions = conditions.into_vec();
+    {
+        let mut targets = ctx.targets.lock().expect("targets");
+        let t = targets.entry(key(&st)).or_default();
+        let values = readings.iter().map(|r| r.value.as_ref().ok().copied());
+        ctx.series(t, &st).observe(values, &status);
+    }
     if status::worth_writing(st.status.as_ref(), &status) {
         let api = Api::<ScaledTarget>::namespaced(ctx.client.clone(), &ns);
         ctx.stats.requests(1);
@@ -612,6 +666,8 @@ async fn reconcile_scale(
         if t.uid != uid {
             *t = TargetState {
                 uid,
+                // Same namespace and name, same series (a first poll lands here too).
+                series: t.series.take(),
                 ..Default::default()
             };
         }
@@ -728,6 +784,7 @@ async fn reconcile_scale(
                 ctx.stats
                     .actions
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.count_action(st, spec_replicas, desired);
                 let note = format!(
                     "would scale {spec_replicas} -> {desired} (metric {metric}, rule {reason}); mode Shadow changes nothing"
                 );
@@ -790,6 +847,7 @@ fn update_fallback(t: &mut TargetState, st: &ScaledTarget, all_failed: bool) {
 
 /// The audit trail of one scaling action: an Event on the ScaledTarget and a log line.
 async fn audit(ctx: &Context, st: &ScaledTarget, old: i32, new: i32, metric: &str, rule: &str) {
+    ctx.count_action(st, old, new);
     tracing::info!(
         scaledtarget = %key(st),
         target = %format!("{}/{}", st.spec.target_ref.kind, st.spec.target_ref.name),
