@@ -67,7 +67,7 @@ pub struct ServeArgs {
     /// Where the external metrics API listens (HTTPS; the APIService's Service points here).
     #[arg(long, env = "EBB_API_LISTEN", default_value = "0.0.0.0:6443")]
     pub api_listen: std::net::SocketAddr,
-    /// Where ebb's own /metrics listens (plain HTTP).
+    /// Where ebb's own /metrics listens (plain HTTP, also `/livez`), with or without the API.
     #[arg(long, env = "EBB_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: std::net::SocketAddr,
     /// The API's serving certificate (PEM, leaf first); reloaded when it changes. Without it
@@ -135,6 +135,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             controller_metrics,
         );
 
+        let metrics_text: crate::api::server::MetricsText = {
+            let telemetry = telemetry.clone();
+            Arc::new(move || telemetry.encode())
+        };
         // Every replica serves the API from what its own controller publishes.
         let api = match (tls_cert_file, tls_private_key_file) {
             (Some(cert_file), Some(key_file)) => {
@@ -167,15 +171,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     key_file,
                     cert_reload_interval: std::time::Duration::from_secs(10),
                 };
-                let text: crate::api::server::MetricsText = {
-                    let telemetry = telemetry.clone();
-                    Arc::new(move || telemetry.encode())
-                };
-                Some(tokio::spawn(crate::api::server::serve(config, state, text)))
+                Some(tokio::spawn(crate::api::server::serve(config, state, metrics_text)))
             }
             _ => {
-                tracing::warn!("no --tls-cert-file: the external metrics API is not served");
-                None
+                tracing::warn!(
+                    "no --tls-cert-file: the external metrics API is not served (modes Direct and Shadow need none)"
+                );
+                let listener = tokio::net::TcpListener::bind(metrics_listen).await?;
+                Some(tokio::spawn(crate::api::server::serve_metrics(listener, metrics_text)))
             }
         };
         tokio::select! {

@@ -189,30 +189,40 @@ impl Server {
                 cert.reload_if_changed();
             }
         };
-        let metrics = axum::serve(
-            metrics_listener,
-            axum::Router::new().route(
-                "/metrics",
-                get(move || {
-                    let text = metrics_text();
-                    async move {
-                        (
-                            [(
-                                http::header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            text,
-                        )
-                    }
-                }),
-            ),
-        );
+        let metrics = serve_metrics(metrics_listener, metrics_text);
         tokio::select! {
             r = accept_loop(listener, state, cert.clone()) => r,
-            r = metrics => r.map_err(ServeError::from),
+            r = metrics => r,
             () = reload => unreachable!("the reload loop never ends"),
         }
     }
+}
+
+/// ebb's own `/metrics` (OpenMetrics text) and a liveness check (`/livez`, `/healthz`) over
+/// plain HTTP: what Prometheus scrapes and the kubelet probes, with or without the HTTPS API.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics_text: MetricsText,
+) -> Result<(), ServeError> {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics_text();
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+        .route("/livez", get(|| async { "ok" }))
+        .route("/healthz", get(|| async { "ok" }));
+    axum::serve(listener, app).await.map_err(ServeError::from)
 }
 
 /// Binds and serves: what `ebb serve` calls.
