@@ -602,10 +602,19 @@ async fn serve_as_the_deployment(
         .expect("the serving-cert mount");
 
     let api_port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ebb"));
-    cmd.env_clear()
-        .env("KUBECONFIG", &kubeconfig)
-        .args(container.args.clone().unwrap_or_default());
+    // As in a container, ebb is PID 1 of a PID namespace of its own, where the kernel drops
+    // every signal it has no handler for: the kubelet's SIGTERM included.
+    let mut cmd = Command::new(on_path("unshare"));
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+        env!("CARGO_BIN_EXE_ebb"),
+    ])
+    .env_clear()
+    .env("KUBECONFIG", &kubeconfig)
+    .args(container.args.clone().unwrap_or_default());
     for var in container.env.clone().unwrap_or_default() {
         let value = match (var.value, var.value_from.and_then(|v| v.field_ref)) {
             (Some(value), _) => value,
@@ -715,7 +724,31 @@ async fn serve_as_the_deployment(
         .await
         .expect("discovery through the aggregator");
     assert!(discovery.contains("APIResourceList"), "{discovery}");
-    drop(ebb);
+
+    // What the kubelet does to stop the pod. Without a SIGTERM handler ebb would run until
+    // the grace period ends in SIGKILL.
+    let unshare = ebb.pid();
+    let children = format!("/proc/{unshare}/task/{unshare}/children");
+    let pid_1: i32 = std::fs::read_to_string(&children)
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .expect("ebb serve, the child of unshare");
+    // SAFETY: a plain kill(2) of a process this test started.
+    assert_eq!(unsafe { libc::kill(pid_1, libc::SIGTERM) }, 0);
+    eventually(
+        Duration::from_secs(10),
+        "ebb serve (PID 1 of its namespace) to exit on SIGTERM",
+        || async { (!ebb.is_running()).then_some(()) },
+    )
+    .await;
+}
+
+/// `name`'s path on `PATH` (the child's environment is cleared, so it cannot look it up).
+fn on_path(name: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH"))
 }
 
 // ---- the tests ---------------------------------------------------------------------------
