@@ -798,6 +798,47 @@ async fn the_helm_chart_comes_up_on_the_control_plane() {
         .expect("the chart applies");
     assert_eq!(applied, docs.len());
     check_installation(&stack, &install).await;
+
+    // `helm install` itself, beside it: a second release (the APIService is taken, and is the
+    // one object two releases cannot share) in a namespace Helm creates.
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(bin_dir().join("helm"))
+        .args([
+            "install",
+            "second",
+            CHART,
+            "--namespace",
+            "second",
+            "--create-namespace",
+        ])
+        .args([
+            "--set",
+            "tls.existingSecret=second-tls",
+            "--set",
+            "apiService.create=false",
+        ])
+        .env("KUBECONFIG", &kube.admin_kubeconfig)
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "helm install: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("STATUS: deployed")
+            && stdout.contains("is installed in namespace second (2 replicas"),
+        "{stdout}"
+    );
+    let second = Api::<Deployment>::namespaced(client.clone(), "second")
+        .get("second-ebb")
+        .await
+        .expect("the second release's Deployment");
+    assert_eq!(second.spec.unwrap().replicas, Some(2));
 }
 
 /// The chart's RBAC rules, bindings and pod template are the base's: one can not drift from
