@@ -2,6 +2,8 @@
 # Builds the Kubernetes control-plane binaries ebb's local stack runs (kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, etcd, kwok) from Go modules, and caches
 # them by version outside the repository: only the first run on a machine pays the build.
+# Also helm (for tests of the chart in deploy/helm), cached in a directory of its own version and
+# linked into the same bin directory, so a new helm version does not rebuild Kubernetes.
 #
 # Why a wrapper module: `go install k8s.io/kubernetes/cmd/...` fails because that module's
 # go.mod replaces its staging repos (k8s.io/api, ...) with relative paths
@@ -13,11 +15,15 @@ set -euo pipefail
 
 K8S_VERSION="${EBB_K8S_VERSION:-v1.36.3}"
 KWOK_VERSION="${EBB_KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${EBB_HELM_VERSION:-v3.22.0}"
 CACHE="${EBB_CACHE:-$HOME/.cache/ebb}"
 BIN="$CACHE/k8s-$K8S_VERSION-kwok-$KWOK_VERSION/bin"
+HELM_BIN="$CACHE/helm-$HELM_VERSION/bin"
 WANT=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
 
-have_all() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; [ -s "$BIN/kwok-stages.yaml" ]; }
+have_control_plane() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; [ -s "$BIN/kwok-stages.yaml" ]; }
+have_helm() { [ -x "$HELM_BIN/helm" ] && [ "$(readlink "$BIN/helm")" = "$HELM_BIN/helm" ]; }
+have_all() { have_control_plane && have_helm; }
 if have_all; then echo "$BIN"; exit 0; fi
 
 mkdir -p "$CACHE"
@@ -27,11 +33,42 @@ if have_all; then echo "$BIN"; exit 0; fi
 
 command -v go >/dev/null || { echo "error: Go is needed to build the control plane (go >= 1.26)" >&2; exit 1; }
 mkdir -p "$BIN"
+export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+log() { printf '[build-control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# In a subshell, outside the wrapper module: helm is installed as a module of its own.
+build_helm() (
+  cd "$CACHE"
+  log "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION into $HELM_BIN (first run only; ~3 min on 2 cores)"
+  # The ldflags helm's Makefile sets: its version, and the Kubernetes version `helm template`
+  # assumes (.Capabilities.KubeVersion), from the client-go it is built with.
+  local gomod client_go major minor
+  gomod=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  # client-go v0.<minor>.<patch> is Kubernetes v1.<minor>.<patch>.
+  client_go=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$gomod")
+  client_go=${client_go#v}
+  major=$(( ${client_go%%.*} + 1 ))
+  minor=$(cut -d. -f2 <<<"$client_go")
+  local v=helm.sh/helm/v3
+  mkdir -p "$HELM_BIN"
+  GOBIN="$HELM_BIN" go install -trimpath -ldflags "-s -w -X $v/internal/version.version=$HELM_VERSION \
+    -X $v/internal/version.metadata= -X $v/internal/version.gitTreeState=clean \
+    -X $v/pkg/chartutil.k8sVersionMajor=$major -X $v/pkg/chartutil.k8sVersionMinor=$minor \
+    -X $v/pkg/lint/rules.k8sVersionMajor=$major -X $v/pkg/lint/rules.k8sVersionMinor=$minor" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  ln -sfn "$HELM_BIN/helm" "$BIN/helm"
+)
+
+if have_control_plane; then
+  have_helm || build_helm
+  have_all || { echo "error: missing binaries in $BIN: $(ls "$BIN")" >&2; exit 1; }
+  log "done"
+  echo "$BIN"
+  exit 0
+fi
+
 work="$CACHE/wrapper-$K8S_VERSION"
 rm -rf "$work"; mkdir -p "$work"; cd "$work"
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-
-log() { printf '[build-control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 log "building Kubernetes $K8S_VERSION and kwok $KWOK_VERSION into $BIN (first run only; ~15-25 min on 2 cores)"
 
 # The published go.mod of k8s.io/kubernetes tells which staging modules exist in this release.
@@ -75,6 +112,8 @@ for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
          pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
   echo "---"; cat "$kwok_src/$f"
 done > "$BIN/kwok-stages.yaml"
+
+have_helm || build_helm
 
 have_all || { echo "error: missing binaries in $BIN: $(ls "$BIN")" >&2; exit 1; }
 log "done"

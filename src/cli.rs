@@ -187,7 +187,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 r??;
             }
             _ = tokio::signal::ctrl_c() => {}
+            _ = terminated() => {}
         }
         Ok(())
     })
+}
+
+/// SIGTERM, how Kubernetes stops a pod. In a container ebb is PID 1, which the kernel gives
+/// no default action: without a handler the pod would wait out its grace period.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut sigterm) => {
+            sigterm.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
 }

@@ -1,4 +1,5 @@
-//! `deploy/crd.yaml` is exactly what `ebb crd` prints: the CRD is declared once, in Rust.
+//! `deploy/crd.yaml` and the Helm chart's copy are exactly what `ebb crd` prints: the CRD is
+//! declared once, in Rust.
 
 use std::process::Command;
 
@@ -20,6 +21,18 @@ fn deploy_holds_the_crd_that_ebb_crd_prints() {
     assert!(
         on_disk == printed,
         "deploy/crd.yaml is out of date: run `cargo run -- crd > deploy/crd.yaml`"
+    );
+}
+
+/// Helm installs CRDs only from a chart's own `crds/` directory, so the chart keeps a copy.
+#[test]
+fn the_helm_chart_holds_the_same_crd() {
+    let chart = "deploy/helm/ebb/crds/scaledtargets.ebb.dev.yaml";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(chart);
+    let copy = std::fs::read_to_string(path).expect("the chart's CRD");
+    assert!(
+        copy == ebb::crd::crd_yaml(),
+        "{chart} is out of date: run `cargo run -- crd > {chart}`"
     );
 }
 
