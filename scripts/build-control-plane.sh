@@ -35,6 +35,11 @@ command -v go >/dev/null || { echo "error: Go is needed to build the control pla
 mkdir -p "$BIN"
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 log() { printf '[build-control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# `go build` of Kubernetes is silent for many minutes: say every minute that it is still going.
+started=$(date +%s)
+( while sleep 60; do log "still building ($(( ($(date +%s) - started) / 60 )) min so far)"; done ) >&2 &
+heartbeat=$!
+trap 'kill "$heartbeat" 2>/dev/null || true' EXIT
 
 # In a subshell, outside the wrapper module: helm is installed as a module of its own.
 build_helm() (
