@@ -5,6 +5,8 @@ mod controller_common;
 mod support;
 
 use controller_common::*;
+use ebb::api::selector::Selector;
+use ebb::api::store::Lookup;
 use ebb::crd::ScaledTarget;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -40,8 +42,10 @@ async fn the_owned_hpa_has_the_metrics_and_behavior_follows_edits_and_goes_with_
         }
     });
     let created = scaled_target(&client, &ns, st).await;
-    let _controller = start_controller(client.clone(), &ns);
+    let (_controller, store) = start_controller_publishing(client.clone(), &ns);
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
+    let selector = Selector::parse("ebb.dev/scaledtarget=worker").unwrap();
+    let served = || store.lookup(&ns, "backlog", &selector) != Lookup::UnknownMetric;
     let hpa = eventually(20 * SECOND, "the owned HPA", || async {
         hpas.get_opt("ebb-worker").await.ok()?
     })
@@ -107,6 +111,7 @@ async fn the_owned_hpa_has_the_metrics_and_behavior_follows_edits_and_goes_with_
     .await;
     let st = sts.get("worker").await.unwrap();
     assert_eq!(st.status.unwrap().hpa_name.as_deref(), Some("ebb-worker"));
+    assert!(served(), "the HPA's metric is served");
 
     // Goes with the ScaledTarget (garbage collection through the owner reference).
     sts.delete("worker", &DeleteParams::foreground())
@@ -118,6 +123,11 @@ async fn the_owned_hpa_has_the_metrics_and_behavior_follows_edits_and_goes_with_
             .ok()?
             .is_none()
             .then_some(())
+    })
+    .await;
+    // ... and the external metrics API stops serving its metric.
+    eventually(30 * SECOND, "the metric no longer served", || async {
+        (!served()).then_some(())
     })
     .await;
 }

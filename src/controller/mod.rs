@@ -182,6 +182,18 @@ impl Context {
         self.series(t, st).scaled(from, to);
     }
 
+    /// Drops what is kept for a ScaledTarget that is gone: its state (and with it its series)
+    /// and the values the external metrics API serves for it.
+    fn forget(&self, namespace: &str, name: &str) {
+        self.targets
+            .lock()
+            .expect("targets")
+            .remove(&format!("{namespace}/{name}"));
+        if let Some(store) = self.store.get() {
+            store.remove(namespace, name);
+        }
+    }
+
     /// Publishes every reading into `store` from now on (the API server serves from it).
     pub fn publish_to(&self, store: Arc<crate::api::store::MetricStore>) {
         let _ = self.store.set(store);
@@ -238,8 +250,7 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>) {
                     // Deletions do not trigger a poll; the deleted target's next scheduled
                     // poll finds it gone. Forget its state, and with it its series.
                     Err(Error::ObjectNotFound(obj)) => {
-                        let k = format!("{}/{}", obj.namespace.unwrap_or_default(), obj.name);
-                        ctx.targets.lock().expect("targets").remove(&k);
+                        ctx.forget(&obj.namespace.unwrap_or_default(), &obj.name);
                     }
                     Err(e) => tracing::debug!(error = %e, "reconcile stream"),
                     Ok(_) => {}
@@ -302,7 +313,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     let started = std::time::Instant::now();
     let interval = st.spec.polling_interval();
     if st.metadata.deletion_timestamp.is_some() {
-        ctx.targets.lock().expect("targets").remove(&key(&st));
+        ctx.forget(&st.namespace().unwrap_or_default(), &st.name_any());
         return Ok(Action::await_change());
     }
     let paused = pause(&st);

@@ -97,13 +97,28 @@ pub fn backlog_target(name: &str, queue: &str, mode: &str, max: i32, interval: &
 
 /// Runs the controller on namespace `ns` in this runtime, as the only replica (always leader).
 pub fn start_controller(client: kube::Client, ns: &str) -> tokio::task::JoinHandle<()> {
+    start_controller_publishing(client, ns).0
+}
+
+/// [`start_controller`], publishing its readings to the returned store as `ebb serve` does for
+/// the external metrics API.
+pub fn start_controller_publishing(
+    client: kube::Client,
+    ns: &str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<ebb::api::store::MetricStore>,
+) {
     // The production path: the collector's deduplicated cache, read through CollectReader.
     let telemetry = Arc::new(ebb::telemetry::Telemetry::new());
     let collector = ebb::collect::Collector::start(telemetry, Default::default());
     let reader = Arc::new(CollectReader::new(client.clone(), collector));
     let ctx = Context::new(client, reader, Leadership::fixed(true), "test");
+    let store = Arc::new(ebb::api::store::MetricStore::new());
+    ctx.publish_to(store.clone());
     let ns = ns.to_string();
-    tokio::spawn(async move { ebb::controller::run_namespaced(ctx, &ns).await })
+    let handle = tokio::spawn(async move { ebb::controller::run_namespaced(ctx, &ns).await });
+    (handle, store)
 }
 
 /// A RabbitMQ channel to publish on.
