@@ -707,15 +707,9 @@ async fn serve_as_the_deployment(
         )
         .await
         .expect("the APIService patched");
-    eventually(MINUTE, "the APIService to be Available", || async {
-        let s = apiservices.get(EXTERNAL_METRICS).await.ok()?;
-        s.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Available" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    kube.wait_api_service_available(EXTERNAL_METRICS)
+        .await
+        .expect("the APIService to be Available");
     let req = http::Request::get("/apis/external.metrics.k8s.io/v1beta1")
         .body(Vec::new())
         .unwrap();

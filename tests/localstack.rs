@@ -105,19 +105,9 @@ async fn an_apiservice_on_loopback_is_reachable_through_the_aggregator() {
         )
         .await
         .unwrap();
-    eventually(
-        Duration::from_secs(60),
-        "the APIService to be Available",
-        || async {
-            let s = apiservices.get("v1alpha1.probe.ebb.dev").await.ok()?;
-            s.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
+    kube.wait_api_service_available("v1alpha1.probe.ebb.dev")
+        .await
+        .expect("the APIService to be Available");
     // A `kubectl get --raw` through the kube-apiserver, proxied to our server.
     let req = http::Request::get("/apis/probe.ebb.dev/v1alpha1")
         .body(Vec::new())

@@ -515,7 +515,6 @@ impl ControlPlane {
     /// waits until the aggregator reports it Available.
     pub async fn register_api_service(&self, manifest: &str, port: u16) -> Result<(), StackError> {
         use base64::Engine as _;
-        use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
         let client = self.client().await?;
         let mut names = Vec::new();
         let mut docs = Vec::new();
@@ -544,27 +543,36 @@ impl ControlPlane {
             );
         }
         apply_yaml(&client, &docs.join("---\n"), "ebb-localstack").await?;
-        let apiservices = Api::<APIService>::all(client);
         for name in names {
-            let available = wait_until(Duration::from_secs(60), || async {
-                apiservices
-                    .get(&name)
-                    .await
-                    .ok()
-                    .and_then(|s| s.status?.conditions)
-                    .is_some_and(|conditions| {
-                        conditions
-                            .iter()
-                            .any(|c| c.type_ == "Available" && c.status == "True")
-                    })
-            })
-            .await;
-            if !available {
-                return Err(StackError::Timeout(format!(
-                    "APIService {name} to be Available"
-                )));
-            }
+            self.wait_api_service_available(&name).await?;
         }
         Ok(())
+    }
+
+    /// Waits (up to a minute) until the aggregator reports APIService `name` Available: it
+    /// reached the server behind it and found the group version served.
+    pub async fn wait_api_service_available(&self, name: &str) -> Result<(), StackError> {
+        use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+        let apiservices = Api::<APIService>::all(self.client().await?);
+        let available = wait_until(Duration::from_secs(60), || async {
+            apiservices
+                .get(name)
+                .await
+                .ok()
+                .and_then(|s| s.status?.conditions)
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == "Available" && c.status == "True")
+                })
+        })
+        .await;
+        if available {
+            Ok(())
+        } else {
+            Err(StackError::Timeout(format!(
+                "APIService {name} to be Available"
+            )))
+        }
     }
 }

@@ -123,11 +123,7 @@ pub fn start_controller_publishing(
 
 /// A RabbitMQ channel to publish on.
 pub async fn channel(rabbit: &RabbitMq) -> (lapin::Connection, lapin::Channel) {
-    ebb::install_crypto_provider();
-    let conn =
-        lapin::Connection::connect(&rabbit.amqp_url(), lapin::ConnectionProperties::default())
-            .await
-            .expect("amqp connect");
+    let conn = rabbit.connect().await.expect("amqp connect");
     let channel = conn.create_channel().await.expect("channel");
     (conn, channel)
 }
@@ -162,17 +158,7 @@ pub async fn publish(channel: &lapin::Channel, queue: &str, n: usize) {
 
 /// The queue's ready + unacked count as the management API shows it.
 pub async fn backlog(rabbit: &RabbitMq, queue: &str) -> Option<i64> {
-    let url = format!("{}/api/queues/%2f/{queue}", rabbit.management_url());
-    let q: Value = reqwest::Client::new()
-        .get(url)
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    Some(q["messages_ready"].as_i64()? + q["messages_unacknowledged"].as_i64()?)
+    Some(rabbit.queue_counts(queue).await.ok()??.backlog())
 }
 
 /// Empties the queue.
