@@ -70,6 +70,9 @@ fn serve(identity: &str, ns: &str, dir: &std::path::Path) -> ManagedProcess {
         "ebb",
         "--lease-duration-seconds",
         &LEASE_SECONDS.to_string(),
+        // Two processes on one host: each its own /metrics port.
+        "--metrics-listen",
+        "127.0.0.1:0",
     ])
     .env("KUBECONFIG", kubeconfig)
     .env("RUST_LOG", "info");
