@@ -48,6 +48,9 @@ static EPOCH: AtomicU64 = AtomicU64::new(1);
 #[derive(Default)]
 pub(super) struct Learning {
     metrics: Vec<Option<MetricLearning>>,
+    /// The object (uid, generation) and interval the states were matched to: a poll of the
+    /// same object skips matching.
+    synced: Option<(Option<String>, Option<i64>, Duration)>,
 }
 
 struct MetricLearning {
@@ -118,6 +121,12 @@ impl Learning {
     /// are unchanged, starts new ones (returning the backfills to run for Prometheus metrics),
     /// drops the rest.
     pub fn sync(&mut self, key: &str, st: &ScaledTarget, interval: Duration) -> Vec<BackfillJob> {
+        let object = (st.metadata.uid.clone(), st.metadata.generation, interval);
+        // The spec only changes with the generation (objects without one are always matched).
+        if object.1.is_some() && self.synced.as_ref() == Some(&object) {
+            return Vec::new();
+        }
+        self.synced = Some(object);
         let mut old = std::mem::take(&mut self.metrics);
         let Some(config) = config(st) else {
             return Vec::new();
@@ -551,6 +560,16 @@ mod tests {
         absent.spec.adaptive = None;
         l.sync("n/t", &absent, Duration::from_secs(60));
         assert!(!l.active());
+        // With a generation, a poll of the same one does not match again; a new one does.
+        let mut st = target(serde_json::json!({}));
+        st.metadata.generation = Some(1);
+        assert_eq!(l.sync("n/t", &st, Duration::from_secs(60)).len(), 1);
+        assert!(l.sync("n/t", &st, Duration::from_secs(60)).is_empty());
+        st.spec.adaptive = None;
+        assert!(l.active(), "same generation: not looked at");
+        st.metadata.generation = Some(2);
+        l.sync("n/t", &st, Duration::from_secs(60));
+        assert!(!l.active());
     }
 
     #[test]
@@ -754,6 +773,40 @@ mod tests {
         );
         let mixed = engine_spec(spec, false);
         assert_eq!(mixed.config.downscale_stabilization_seconds, 300);
+    }
+
+    #[test]
+    fn the_served_value_is_raised_to_the_forecast_against_the_learned_target() {
+        // A daily cycle at 15-minute readings, five days: the forecast knows the morning rise.
+        let mut st = target(serde_json::json!({
+            "minHistorySeconds": 0,
+            "startupDelaySeconds": 3600,
+            "phaseOfDay": false
+        }));
+        st.spec.polling_interval = Duration::from_secs(900).into();
+        let mut l = Learning::default();
+        l.sync("n/t", &st, Duration::from_secs(900));
+        let q: Millis = 900_000;
+        let daily = |k: i64| {
+            let phase = (k % 96) as f64 / 96.0 * std::f64::consts::TAU;
+            1000.0 + 600.0 * phase.sin()
+        };
+        let mut raised = None;
+        for k in 0..96 * 5 {
+            let v = daily(k);
+            l.observe(&[Some(v), Some(0.0)], k * q);
+            let ml = l.metrics[0].as_mut().unwrap();
+            if let Some(f) = ml.state.forecast_ratio(k * q) {
+                let (target, stat) = (ml.target, ml.static_target);
+                let served = l.served(0, v, k * q);
+                assert!((served - v * f * target / stat).abs() < 1e-9 || served == v);
+                if served > v {
+                    raised = Some((k, v, served));
+                }
+            }
+        }
+        let (k, v, served) = raised.expect("the forecast raised the served value");
+        assert!(served > v, "{k}: {v} -> {served}");
     }
 
     #[test]
