@@ -219,16 +219,23 @@ async fn direct_mode_learns_from_prometheus_history_scales_with_headroom_and_a_r
     .await;
     tokio::time::sleep(6 * SECOND).await;
     assert_eq!(replicas(&client, &ns, "worker").await, want, "stays there");
-    // The audit trail names the learned rule (the Recorder folds repeated Scaled Events into
-    // a series under the first note, so the note may be the first, policy-limited step).
-    let scaled = events(&client, &ns, "Scaled").await;
-    assert!(
-        scaled.iter().any(|e| {
-            let note = e.note.as_deref().unwrap_or("");
-            note.contains("(metric load, rule") && note.contains("LearnedHeadroom")
-        }),
-        "{scaled:?}"
-    );
+    // The decision names the learned rule (in Ready's message; the Scaled Events may be
+    // folded by the Recorder into a series under the first step's note).
+    let ready = eventually(10 * SECOND, "Ready naming the learned rule", || async {
+        let st = Api::<ScaledTarget>::namespaced(client.clone(), &ns)
+            .get("worker")
+            .await
+            .ok()?;
+        let c = st
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        c.message.contains("LearnedHeadroom").then_some(c.message)
+    })
+    .await;
+    assert_eq!(ready, "LearnedHeadroom (metric load)");
+    assert!(!events(&client, &ns, "Scaled").await.is_empty());
 
     // Restart: a new controller (new Context, nothing in memory) on the same ScaledTarget.
     let before = learned(&client, &ns).await.unwrap();
@@ -287,7 +294,7 @@ async fn hpa_mode_puts_the_learned_target_on_the_owned_hpa() {
     let (headroom, _) = expected(&readings, config(300));
     deployment(&client, &ns, "worker", 1).await;
     scaled_target(&client, &ns, prometheus_target(&ns, "Hpa", adaptive(300))).await;
-    let _controller = start_controller(client.clone(), &ns);
+    let controller = start_controller(client.clone(), &ns);
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
     let (target, values) = eventually(60 * SECOND, "learned values in status", || async {
         learned(&client, &ns)
@@ -304,6 +311,35 @@ async fn hpa_mode_puts_the_learned_target_on_the_owned_hpa() {
     })
     .await;
     assert!(milli(&on_hpa) < TARGET, "{on_hpa}");
+
+    // Restart: the new controller keeps the HPA's learned target while it backfills.
+    controller.abort();
+    let _ = controller.await;
+    Api::<ScaledTarget>::namespaced(client.clone(), &ns)
+        .patch_status(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "metrics": [] } })),
+        )
+        .await
+        .unwrap();
+    let _second = start_controller(client.clone(), &ns);
+    let mut seen = Vec::new();
+    let relearned = loop {
+        let hpa = hpas.get("ebb-worker").await.unwrap();
+        let m = hpa.spec.metrics.unwrap().into_iter().next().unwrap();
+        seen.push(m.external.unwrap().target.average_value.unwrap().0);
+        if let Some(l) = learned(&client, &ns)
+            .await
+            .filter(|(_, l)| l.headroom_basis == "History")
+        {
+            break l;
+        }
+        assert!(seen.len() < 600, "no relearned values in status");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(seen.iter().all(|t| *t == on_hpa), "{seen:?}");
+    assert_eq!(relearned.0, on_hpa);
     live.abort();
 }
 

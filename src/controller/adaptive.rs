@@ -331,6 +331,28 @@ impl Learning {
             .collect()
     }
 
+    /// Metrics waiting for their backfill, by name, with the range a learned target may take
+    /// (`target / (1 + maxHeadroom)` to `target / (1 + minHeadroom)`): in mode Hpa the owned
+    /// HPA keeps a learned target in that range until the backfill lands, so that a restart
+    /// does not put the static target back for a while.
+    pub fn pending(&self) -> BTreeMap<String, (f64, f64)> {
+        self.metrics
+            .iter()
+            .flatten()
+            .filter(|ml| ml.buffered.is_some())
+            .map(|ml| {
+                let c = ml.state.config();
+                (
+                    ml.name.clone(),
+                    (
+                        ml.static_target / (1.0 + c.max_headroom),
+                        ml.static_target / (1.0 + c.min_headroom),
+                    ),
+                )
+            })
+            .collect()
+    }
+
     /// Status of metric `index`: the learned target and the learned values.
     pub fn status(&self, index: usize) -> (Option<Quantity>, Option<LearnedStatus>) {
         match self.metrics.get(index) {

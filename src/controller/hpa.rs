@@ -90,6 +90,27 @@ pub fn desired_hpa_with(
     }
 }
 
+/// The AverageValue targets of `hpa` for the metrics in `pending` whose value lies in the
+/// metric's range (what a learned target may be): kept while the metric's learning state
+/// waits for its backfill.
+pub fn kept_targets(
+    hpa: &HorizontalPodAutoscaler,
+    pending: &BTreeMap<String, (f64, f64)>,
+) -> Vec<(String, Quantity)> {
+    hpa.spec
+        .metrics
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            let e = m.external.as_ref()?;
+            let (lo, hi) = pending.get(&e.metric.name)?;
+            let q = e.target.average_value.as_ref()?;
+            let v = crate::crd::milli_value(&q.0).ok()? as f64 / 1000.0;
+            (*lo - 1e-3 <= v && v <= *hi + 1e-3).then(|| (e.metric.name.clone(), q.clone()))
+        })
+        .collect()
+}
+
 /// Whether `hpa` is the one ebb owns for `st`.
 pub fn owned_by(hpa: &HorizontalPodAutoscaler, st: &ScaledTarget) -> bool {
     let uid = st.metadata.uid.as_deref();

@@ -388,15 +388,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     });
     let next = match st.spec.mode {
         Mode::Hpa => {
-            reconcile_hpa(
-                &st,
-                &ctx,
-                &learned.hpa_targets,
-                paused,
-                &mut conditions,
-                &mut status,
-            )
-            .await?
+            reconcile_hpa(&st, &ctx, &learned, paused, &mut conditions, &mut status).await?
         }
         Mode::Direct | Mode::Shadow => {
             reconcile_scale(&st, &ctx, &readings, paused, &mut conditions, &mut status).await?
@@ -440,6 +432,8 @@ struct Learned {
     status: Vec<(Option<Quantity>, Option<crate::crd::LearnedStatus>)>,
     /// Learned targets for the owned HPA (mode Hpa).
     hpa_targets: std::collections::BTreeMap<String, Quantity>,
+    /// Metrics waiting for their backfill, with the range a learned target may take.
+    pending: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
 /// Feeds the poll's readings to the target's learning state (`spec.adaptive`), starting the
@@ -475,6 +469,7 @@ fn learn(
         served,
         status: (0..readings.len()).map(|i| t.learning.status(i)).collect(),
         hpa_targets: t.learning.hpa_targets(),
+        pending: t.learning.pending(),
     }
 }
 
@@ -512,7 +507,7 @@ fn to_milli(v: f64) -> i64 {
 async fn reconcile_hpa(
     st: &ScaledTarget,
     ctx: &Context,
-    learned_targets: &std::collections::BTreeMap<String, Quantity>,
+    learned: &Learned,
     paused: Option<Option<i32>>,
     conditions: &mut Conditions,
     status: &mut ScaledTargetStatus,
@@ -521,12 +516,19 @@ async fn reconcile_hpa(
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
     let name = hpa::hpa_name(st);
     ctx.stats.requests(2); // list, then get or apply
-    let foreign = hpas
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .find(|h| hpa::targets_same_workload(h, st) && !hpa::owned_by(h, st));
+    let listed = hpas.list(&ListParams::default()).await?.items;
+    let foreign = listed
+        .iter()
+        .find(|h| hpa::targets_same_workload(h, st) && !hpa::owned_by(h, st))
+        .cloned();
+    // Learned targets; a metric still waiting for its backfill keeps the one its HPA has.
+    let mut learned_targets = learned.hpa_targets.clone();
+    if let Some(ours) = listed
+        .iter()
+        .find(|h| h.name_any() == name && hpa::owned_by(h, st))
+    {
+        learned_targets.extend(hpa::kept_targets(ours, &learned.pending));
+    }
     if let Some(foreign) = foreign {
         let message = format!(
             "HPA {} already scales {} {}; ebb does not fight an HPA it does not own",
@@ -565,7 +567,7 @@ async fn reconcile_hpa(
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(hpa::desired_hpa_with(st, learned_targets)),
+            &Patch::Apply(hpa::desired_hpa_with(st, &learned_targets)),
         )
         .await?;
     status.hpa_name = Some(name.clone());
