@@ -423,7 +423,7 @@ fn pause(st: &ScaledTarget) -> Option<Option<i32>> {
 }
 
 /// What one poll's learning step gives the rest of the poll.
-struct Learned {
+struct LearnStep {
     /// Material changes of learned values (`LearnedChanged` Events).
     changes: Vec<adaptive::Change>,
     /// Per metric, the value to serve instead of the reading (mode Hpa).
@@ -443,7 +443,7 @@ fn learn(
     st: &ScaledTarget,
     readings: &[Reading],
     interval: Duration,
-) -> Learned {
+) -> LearnStep {
     let now = Timestamp::now().as_millisecond();
     let values: Vec<Option<f64>> = readings
         .iter()
@@ -464,7 +464,7 @@ fn learn(
             .collect(),
         Mode::Direct | Mode::Shadow => Vec::new(),
     };
-    Learned {
+    LearnStep {
         changes,
         served,
         status: (0..readings.len()).map(|i| t.learning.status(i)).collect(),
@@ -507,7 +507,7 @@ fn to_milli(v: f64) -> i64 {
 async fn reconcile_hpa(
     st: &ScaledTarget,
     ctx: &Context,
-    learned: &Learned,
+    learned: &LearnStep,
     paused: Option<Option<i32>>,
     conditions: &mut Conditions,
     status: &mut ScaledTargetStatus,
