@@ -171,3 +171,77 @@ async fn scale_to_zero_in_mode_hpa_is_rejected() {
     let message = rejection(&api, "hpa-zero", object).await;
     assert!(message.contains("needs mode Direct or Shadow"), "{message}");
 }
+
+#[tokio::test]
+async fn adaptive_bounds_are_checked_and_its_defaults_filled_in() {
+    let api = setup().await;
+    for (name, adaptive, expected) in [
+        (
+            "headroom",
+            json!({ "minHeadroom": 0.5, "maxHeadroom": 0.2 }),
+            "need 0 <= minHeadroom <= maxHeadroom",
+        ),
+        (
+            "tolerance",
+            json!({ "minTolerance": 0.3, "maxTolerance": 0.1 }),
+            "need 0 <= minTolerance <= maxTolerance < 1",
+        ),
+        (
+            "tolerance-one",
+            json!({ "maxTolerance": 1.0 }),
+            "would never scale down",
+        ),
+        (
+            "window",
+            json!({ "minScaleDownWindowSeconds": 600, "maxScaleDownWindowSeconds": 60 }),
+            "need minScaleDownWindowSeconds <= maxScaleDownWindowSeconds",
+        ),
+        (
+            "risk-zero",
+            json!({ "underProvisionRisk": 0.0 }),
+            "underProvisionRisk must be in (0, 0.5]",
+        ),
+        (
+            "risk-high",
+            json!({ "underProvisionRisk": 0.6 }),
+            "underProvisionRisk must be in (0, 0.5]",
+        ),
+    ] {
+        let mut object = valid();
+        object["spec"]["adaptive"] = adaptive;
+        let message = rejection(&api, name, object).await;
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+    // The edge of the risk's range is allowed; `{}` is on, with every default in the object.
+    use kube::api::{ApiResource, DynamicObject};
+    let ns = api.resource_url().split('/').nth(5).unwrap().to_string();
+    let raw = Api::<DynamicObject>::namespaced_with(
+        kube_client().await,
+        &ns,
+        &ApiResource::erase::<ScaledTarget>(&()),
+    );
+    for (name, adaptive) in [
+        ("half", json!({ "underProvisionRisk": 0.5 })),
+        ("defaults", json!({})),
+    ] {
+        let mut object = valid();
+        object["metadata"]["name"] = json!(name);
+        object["spec"]["adaptive"] = adaptive;
+        raw.create(
+            &PostParams::default(),
+            &serde_json::from_value(object).unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let stored = raw.get("defaults").await.unwrap();
+    let adaptive = &stored.data["spec"]["adaptive"];
+    assert_eq!(adaptive["enabled"], true);
+    assert_eq!(adaptive["minHistorySeconds"], 3600);
+    assert_eq!(adaptive["forecast"], true);
+    let typed = api.get("defaults").await.unwrap();
+    assert_eq!(
+        typed.spec.adaptive,
+        Some(ebb::engine::adaptive::AdaptiveConfig::default())
+    );
+}

@@ -447,6 +447,20 @@ impl Subscription {
         &self.slot.query
     }
 
+    /// The query's past values from its source's own history at `step` over `window` ending at
+    /// `now` (Unix seconds), as [`history::backfill_at`]: `Ok(None)` when the source keeps no
+    /// history (RabbitMQ). Independent of the collector's 1-minute ring.
+    pub fn source_history(
+        &self,
+        window: Duration,
+        now: i64,
+        step: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<Option<crate::source::Points>, SourceError>>
+    {
+        let source = self.slot.source.clone();
+        Box::pin(async move { history::backfill_at(source.as_ref(), window, now, step).await })
+    }
+
     /// Runs `f` on the query's history (`None` when the collector keeps none).
     pub fn with_history<R>(&self, f: impl FnOnce(&SeriesRing) -> R) -> Option<R> {
         let history = self.slot.history.as_ref()?;

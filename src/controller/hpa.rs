@@ -2,10 +2,13 @@
 //! at ebb's API (metric name = the ScaledTarget's metric name, selector
 //! `ebb.dev/scaledtarget=<name>`); its bounds and behavior are the ScaledTarget's.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, ExternalMetricSource, HorizontalPodAutoscaler,
     HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Resource;
 use kube::api::ObjectMeta;
@@ -19,6 +22,15 @@ pub fn hpa_name(st: &ScaledTarget) -> String {
 
 /// The HPA ebb wants for `st`, owned by it (garbage-collected with it).
 pub fn desired_hpa(st: &ScaledTarget) -> HorizontalPodAutoscaler {
+    desired_hpa_with(st, &BTreeMap::new())
+}
+
+/// [`desired_hpa`] with learned AverageValue targets by metric name (`spec.adaptive`) in place
+/// of the static ones.
+pub fn desired_hpa_with(
+    st: &ScaledTarget,
+    learned: &BTreeMap<String, Quantity>,
+) -> HorizontalPodAutoscaler {
     let name = st.metadata.name.clone().unwrap_or_default();
     let spec = &st.spec;
     let metrics = spec
@@ -44,7 +56,10 @@ pub fn desired_hpa(st: &ScaledTarget) -> HorizontalPodAutoscaler {
                     },
                     TargetType::AverageValue => MetricTarget {
                         type_: "AverageValue".into(),
-                        average_value: m.target.average_value.clone(),
+                        average_value: learned
+                            .get(&m.name)
+                            .cloned()
+                            .or_else(|| m.target.average_value.clone()),
                         ..Default::default()
                     },
                 },
@@ -73,6 +88,27 @@ pub fn desired_hpa(st: &ScaledTarget) -> HorizontalPodAutoscaler {
         },
         status: None,
     }
+}
+
+/// The AverageValue targets of `hpa` for the metrics in `pending` whose value lies in the
+/// metric's range (what a learned target may be): kept while the metric's learning state
+/// waits for its backfill.
+pub fn kept_targets(
+    hpa: &HorizontalPodAutoscaler,
+    pending: &BTreeMap<String, (f64, f64)>,
+) -> Vec<(String, Quantity)> {
+    hpa.spec
+        .metrics
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            let e = m.external.as_ref()?;
+            let (lo, hi) = pending.get(&e.metric.name)?;
+            let q = e.target.average_value.as_ref()?;
+            let v = crate::crd::milli_value(&q.0).ok()? as f64 / 1000.0;
+            (*lo - 1e-3 <= v && v <= *hi + 1e-3).then(|| (e.metric.name.clone(), q.clone()))
+        })
+        .collect()
 }
 
 /// Whether `hpa` is the one ebb owns for `st`.

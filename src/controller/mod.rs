@@ -9,6 +9,7 @@
 //! decision (Direct), record it (Event + structured log: the audit trail), escalate when
 //! automation cannot cope, write status, and requeue at the next poll.
 
+pub mod adaptive;
 pub mod escalation;
 pub mod hpa;
 pub mod leader;
@@ -94,6 +95,26 @@ struct TargetState {
     scheduled: Option<Schedule>,
     /// The target's Prometheus series, while this replica leads (removed when dropped).
     series: Option<TargetSeries>,
+    /// Thresholds learned from history (`spec.adaptive`), per metric.
+    learning: adaptive::Learning,
+}
+
+/// The state of `st`, started afresh when the object was recreated (another uid).
+fn state_for<'a>(
+    targets: &'a mut HashMap<String, TargetState>,
+    st: &ScaledTarget,
+) -> &'a mut TargetState {
+    let t = targets.entry(key(st)).or_default();
+    let uid = st.uid().unwrap_or_default();
+    if t.uid != uid {
+        *t = TargetState {
+            uid,
+            // Same namespace and name, same series (a first poll lands here too).
+            series: t.series.take(),
+            ..Default::default()
+        };
+    }
+    t
 }
 
 /// The next regular poll of a target and the object it was scheduled for. A wake-up before it
@@ -126,6 +147,8 @@ pub struct Context {
     metrics: ControllerMetrics,
     /// Where every replica publishes readings for the external metrics API (mode Hpa).
     store: std::sync::OnceLock<Arc<crate::api::store::MetricStore>>,
+    /// Bounds the adaptive backfills running at once.
+    backfills: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
@@ -163,6 +186,9 @@ impl Context {
             stats: metrics.stats.clone(),
             metrics,
             store: std::sync::OnceLock::new(),
+            backfills: Arc::new(tokio::sync::Semaphore::new(
+                adaptive::MAX_CONCURRENT_BACKFILLS,
+            )),
         })
     }
 
@@ -277,18 +303,24 @@ struct Reading {
 }
 
 /// Publishes one poll's readings for the external metrics API. A failed reading is published
-/// as a failure, which the API answers with an error: never as 0.
+/// as a failure, which the API answers with an error: never as 0. `served` holds, where set,
+/// the value to serve instead of the reading (mode Hpa: raised to the forecast).
 fn publish_readings(
     store: &crate::api::store::MetricStore,
     st: &ScaledTarget,
     readings: &[Reading],
+    served: &[Option<f64>],
     interval: Duration,
 ) {
     use crate::api::store::{MetricValue, Sample};
     let ns = st.namespace().unwrap_or_default();
     let name = st.name_any();
-    for (metric, reading) in st.spec.metrics.iter().zip(readings) {
-        let value = match &reading.value {
+    for (i, (metric, reading)) in st.spec.metrics.iter().zip(readings).enumerate() {
+        let raised = reading
+            .value
+            .as_ref()
+            .map(|v| served.get(i).copied().flatten().unwrap_or(*v));
+        let value = match &raised {
             Ok(v) if v.is_finite() => MetricValue::Milli((v * 1000.0).round() as i64),
             Ok(v) => MetricValue::Failed(format!("value {v} is not a number")),
             Err(e) => MetricValue::Failed(e.to_string()),
@@ -359,9 +391,11 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         }
     }))
     .await;
-    // Every replica serves the API, so every replica publishes, leader or not.
+    // Every replica learns (a new leader knows what the old one knew) and serves the API, so
+    // every replica publishes, leader or not.
+    let learned = learn(&ctx, &st, &readings, interval);
     if let Some(store) = ctx.store.get() {
-        publish_readings(store, &st, &readings, interval);
+        publish_readings(store, &st, &readings, &learned.served, interval);
     }
     if !ctx.leadership.is_leader() {
         // Only the leader's decisions are exported: a standby drops what it had.
@@ -370,9 +404,22 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         }
         return Ok(requeue(interval));
     }
+    for change in &learned.changes {
+        let note = format!("metric {}: {}", change.metric, change.message);
+        tracing::info!(scaledtarget = %key(&st), metric = %change.metric, change = %change.message, "learned values changed");
+        publish(
+            ctx.as_ref(),
+            &st,
+            EventType::Normal,
+            "LearnedChanged",
+            "Learn",
+            note,
+        )
+        .await;
+    }
     let mut conditions = Conditions::from_status(st.status.as_ref());
     let mut status = ScaledTargetStatus {
-        metrics: metric_statuses(&st, &readings),
+        metrics: metric_statuses(&st, &readings, &learned.status),
         observed_generation: st.metadata.generation,
         last_scale_time: st.status.as_ref().and_then(|s| s.last_scale_time.clone()),
         ..Default::default()
@@ -406,7 +453,9 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         None => condition("Paused", false, "NotPaused", "scaling is automatic"),
     });
     let next = match st.spec.mode {
-        Mode::Hpa => reconcile_hpa(&st, &ctx, paused, &mut conditions, &mut status).await?,
+        Mode::Hpa => {
+            reconcile_hpa(&st, &ctx, &learned, paused, &mut conditions, &mut status).await?
+        }
         Mode::Direct | Mode::Shadow => {
             reconcile_scale(&st, &ctx, &readings, paused, &mut conditions, &mut status).await?
         }
@@ -445,12 +494,68 @@ fn pause(st: &ScaledTarget) -> Option<Option<i32>> {
         .then_some(None)
 }
 
-fn metric_statuses(st: &ScaledTarget, readings: &[Reading]) -> Vec<MetricStatus> {
+/// What one poll's learning step gives the rest of the poll.
+struct LearnStep {
+    /// Material changes of learned values (`LearnedChanged` Events).
+    changes: Vec<adaptive::Change>,
+    /// Per metric, the value to serve instead of the reading (mode Hpa).
+    served: Vec<Option<f64>>,
+    /// Per metric, learnedTarget and learned for status.
+    status: Vec<(Option<Quantity>, Option<crate::crd::LearnedStatus>)>,
+    /// Learned targets for the owned HPA (mode Hpa).
+    hpa_targets: std::collections::BTreeMap<String, Quantity>,
+    /// Metrics waiting for their backfill, with the range a learned target may take.
+    pending: std::collections::BTreeMap<String, (f64, f64)>,
+}
+
+/// Feeds the poll's readings to the target's learning state (`spec.adaptive`), starting the
+/// backfill of new Prometheus metrics in the background.
+fn learn(
+    ctx: &Arc<Context>,
+    st: &ScaledTarget,
+    readings: &[Reading],
+    interval: Duration,
+) -> LearnStep {
+    let now = Timestamp::now().as_millisecond();
+    let values: Vec<Option<f64>> = readings
+        .iter()
+        .map(|r| r.value.as_ref().ok().copied())
+        .collect();
+    let mut targets = ctx.targets.lock().expect("targets");
+    let t = state_for(&mut targets, st);
+    let ns = st.namespace().unwrap_or_default();
+    for job in t.learning.sync(&key(st), st, interval) {
+        tokio::spawn(adaptive::run_backfill(ctx.clone(), ns.clone(), job));
+    }
+    let changes = t.learning.observe(&values, now);
+    let served = match st.spec.mode {
+        Mode::Hpa => values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.map(|v| t.learning.served(i, v, now)))
+            .collect(),
+        Mode::Direct | Mode::Shadow => Vec::new(),
+    };
+    LearnStep {
+        changes,
+        served,
+        status: (0..readings.len()).map(|i| t.learning.status(i)).collect(),
+        hpa_targets: t.learning.hpa_targets(),
+        pending: t.learning.pending(),
+    }
+}
+
+fn metric_statuses(
+    st: &ScaledTarget,
+    readings: &[Reading],
+    learned: &[(Option<Quantity>, Option<crate::crd::LearnedStatus>)],
+) -> Vec<MetricStatus> {
     st.spec
         .metrics
         .iter()
         .zip(readings)
-        .map(|(m, r)| MetricStatus {
+        .enumerate()
+        .map(|(i, (m, r))| MetricStatus {
             name: m.name.clone(),
             value: r
                 .value
@@ -458,7 +563,8 @@ fn metric_statuses(st: &ScaledTarget, readings: &[Reading]) -> Vec<MetricStatus>
                 .ok()
                 .map(|v| Quantity(from_milli(to_milli(*v)))),
             target: m.target.quantity().cloned(),
-            learned_target: None, // REPLACE AT MERGE: engine::adaptive's learned value
+            learned_target: learned.get(i).and_then(|l| l.0.clone()),
+            learned: learned.get(i).and_then(|l| l.1.clone()),
             timestamp: Some(r.at.clone()),
             error: r.value.as_ref().err().map(ToString::to_string),
         })
@@ -473,6 +579,7 @@ fn to_milli(v: f64) -> i64 {
 async fn reconcile_hpa(
     st: &ScaledTarget,
     ctx: &Context,
+    learned: &LearnStep,
     paused: Option<Option<i32>>,
     conditions: &mut Conditions,
     status: &mut ScaledTargetStatus,
@@ -481,12 +588,19 @@ async fn reconcile_hpa(
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
     let name = hpa::hpa_name(st);
     ctx.stats.requests(2); // list, then get or apply
-    let foreign = hpas
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .find(|h| hpa::targets_same_workload(h, st) && !hpa::owned_by(h, st));
+    let listed = hpas.list(&ListParams::default()).await?.items;
+    let foreign = listed
+        .iter()
+        .find(|h| hpa::targets_same_workload(h, st) && !hpa::owned_by(h, st))
+        .cloned();
+    // Learned targets; a metric still waiting for its backfill keeps the one its HPA has.
+    let mut learned_targets = learned.hpa_targets.clone();
+    if let Some(ours) = listed
+        .iter()
+        .find(|h| h.name_any() == name && hpa::owned_by(h, st))
+    {
+        learned_targets.extend(hpa::kept_targets(ours, &learned.pending));
+    }
     if let Some(foreign) = foreign {
         let message = format!(
             "HPA {} already scales {} {}; ebb does not fight an HPA it does not own",
@@ -525,7 +639,7 @@ async fn reconcile_hpa(
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(hpa::desired_hpa(st)),
+            &Patch::Apply(hpa::desired_hpa_with(st, &learned_targets)),
         )
         .await?;
     status.hpa_name = Some(name.clone());
@@ -670,27 +784,44 @@ async fn reconcile_scale(
     };
     let all_failed = samples.iter().all(|s| s.observation.is_err());
     let k = key(st);
-    let (decision, fallback_floor) = {
+    let (decision, fallback_floor, adaptive_reasons) = {
         let mut targets = ctx.targets.lock().expect("targets");
-        let t = targets.entry(k.clone()).or_default();
-        let uid = st.uid().unwrap_or_default();
-        if t.uid != uid {
-            *t = TargetState {
-                uid,
-                // Same namespace and name, same series (a first poll lands here too).
-                series: t.series.take(),
-                ..Default::default()
-            };
-        }
+        let t = state_for(&mut targets, st);
         t.paused_applied = None;
         update_fallback(t, st, all_failed);
-        let decision = decide(&spec, &mut t.scaling, replicas, &samples, now);
+        // Learning metrics: their adaptive recommendation is what the engine decides on, as an
+        // equivalent load; bounds and rate limits still apply (docs/adaptive.md).
+        let (decision, reasons) = if t.learning.active() {
+            let loads: Vec<Option<f64>> = readings
+                .iter()
+                .map(|r| r.value.as_ref().ok().copied())
+                .collect();
+            let (equivalent, reasons) = t
+                .learning
+                .equivalent_samples(&spec, &samples, &loads, replicas, now);
+            let all = adaptive::all_learning(&t.learning, samples.len());
+            let engine = adaptive::engine_spec(spec.clone(), all);
+            (
+                decide(&engine, &mut t.scaling, replicas, &equivalent, now),
+                reasons,
+            )
+        } else {
+            (
+                decide(&spec, &mut t.scaling, replicas, &samples, now),
+                Vec::new(),
+            )
+        };
         let floor = match (&st.spec.fallback, t.in_fallback) {
             (Some(f), true) => Some(spec_replicas.max(f.replicas).min(st.spec.max_replicas)),
             _ => None,
         };
-        (decision, floor)
+        (decision, floor, reasons)
     };
+    // The rule that decided the winning metric, when the adaptive rules moved it.
+    let learned_rule = decision
+        .metric_index
+        .and_then(|i| adaptive_reasons.get(i).copied().flatten())
+        .filter(|r| *r != crate::engine::adaptive::AdaptiveReason::Reactive);
     // In fallback nothing scales down, and the count is at least the fallback count.
     let desired = fallback_floor.map_or(decision.desired, |f| f.max(decision.desired));
     status.desired_replicas = Some(desired);
@@ -703,19 +834,30 @@ async fn reconcile_scale(
         )),
         None => conditions.set(condition("Fallback", false, "MetricsAvailable", "metrics are read normally")),
     }
+    let rule = match learned_rule {
+        Some(r) if decision.limited => format!("{} after {r}", decision.reason),
+        Some(r) => r.to_string(),
+        None => decision.reason.to_string(),
+    };
     let reason = if fallback_floor.is_some() && desired != decision.desired {
         "Fallback"
     } else {
-        decision.reason.as_str()
+        rule.as_str()
     };
     conditions.set(condition(
         "ScalingLimited",
         decision.limited,
         decision.scaling_limited.as_str(),
-        &format!(
-            "engine: {} (proposal {:?})",
-            decision.scaling_limited, decision.proposal
-        ),
+        &match learned_rule {
+            Some(r) => format!(
+                "engine: {} (proposal {:?}, adaptive {r})",
+                decision.scaling_limited, decision.proposal
+            ),
+            None => format!(
+                "engine: {} (proposal {:?})",
+                decision.scaling_limited, decision.proposal
+            ),
+        },
     ));
     let metric = decision
         .metric_index
@@ -824,7 +966,7 @@ async fn reconcile_scale(
         "Ready",
         true,
         "Decided",
-        &format!("{} (metric {metric})", decision.reason),
+        &format!("{rule} (metric {metric})"),
     ));
     let recheck = decision
         .recheck_at

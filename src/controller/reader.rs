@@ -48,6 +48,10 @@ impl From<SourceError> for ReadError {
 /// A boxed future, so that readers can be shared as `Arc<dyn MetricReader>`.
 pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<f64, ReadError>> + Send + 'a>>;
 
+/// Past values as `(unix seconds, value)`, oldest first; `None` when the source keeps none.
+pub type HistoryFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Vec<(i64, f64)>>, ReadError>> + Send + 'a>>;
+
 /// Reads the current value of one metric of a ScaledTarget in `namespace`, polled every
 /// `interval`.
 pub trait MetricReader: Send + Sync {
@@ -58,6 +62,21 @@ pub trait MetricReader: Send + Sync {
         metric: &'a Metric,
         interval: Duration,
     ) -> ReadFuture<'a>;
+
+    /// The metric's past values over `window` ending at `now` (Unix seconds), at a step of
+    /// `interval` (whole seconds), from the source's own history (a Prometheus range query):
+    /// what the adaptive rules learn from after a restart. `Ok(None)` when the source keeps
+    /// none (RabbitMQ), the default.
+    fn history<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _metric: &'a Metric,
+        _interval: Duration,
+        _window: Duration,
+        _now: i64,
+    ) -> HistoryFuture<'a> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Credentials are read again after this long, so a rotated Secret takes effect.
@@ -162,6 +181,20 @@ impl MetricReader for CollectReader {
             })?;
             let empty_as = metric.prometheus.as_ref().and_then(|p| p.empty_as);
             Ok(apply_empty_as(cached.result, empty_as)?)
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        namespace: &'a str,
+        metric: &'a Metric,
+        interval: Duration,
+        window: Duration,
+        now: i64,
+    ) -> HistoryFuture<'a> {
+        Box::pin(async move {
+            let (subscription, _) = self.subscription(namespace, metric, interval).await?;
+            Ok(subscription.source_history(window, now, interval).await?)
         })
     }
 }

@@ -12,6 +12,7 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::engine::adaptive::AdaptiveConfig;
 pub use crate::source::prometheus::PrometheusConfig;
 pub use crate::source::rabbitmq::RabbitMqConfig;
 pub use crate::source::secret::SecretRef;
@@ -96,12 +97,24 @@ pub struct ScaledTargetSpec {
     /// The load signals; the one asking for the most replicas wins.
     #[schemars(length(min = 1, max = 16))]
     pub metrics: Vec<Metric>,
-    /// Thresholds learned from history.
+    /// Thresholds learned from history (`docs/adaptive.md`), for AverageValue metrics. Absent:
+    /// off (the plain HPA algorithm); `{}`: on with the defaults. The seasonal forecast is part
+    /// of it (`forecast`, on by default), looking `startupDelaySeconds` plus one polling
+    /// interval ahead: there is no separate forecast section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adaptive: Option<AdaptiveSpec>,
-    /// Seasonal forecast for scale-up ahead of load.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forecast: Option<ForecastSpec>,
+    #[x_kube(
+        validation = Rule::new("self.minHeadroom >= 0.0 && self.minHeadroom <= self.maxHeadroom")
+            .message("adaptive: need 0 <= minHeadroom <= maxHeadroom"),
+        validation = Rule::new("self.minTolerance >= 0.0 && self.minTolerance <= self.maxTolerance && self.maxTolerance < 1.0")
+            .message("adaptive: need 0 <= minTolerance <= maxTolerance < 1 (a tolerance of 1 would never scale down)"),
+        validation = Rule::new("self.minScaleDownWindowSeconds <= self.maxScaleDownWindowSeconds")
+            .message("adaptive: need minScaleDownWindowSeconds <= maxScaleDownWindowSeconds"),
+        validation = Rule::new("self.maxScaleDownWindowSeconds <= 86400 && self.startupDelaySeconds <= 3600")
+            .message("adaptive: maxScaleDownWindowSeconds is at most 86400 (1 day) and startupDelaySeconds at most 3600 (1 hour)"),
+        validation = Rule::new("self.underProvisionRisk > 0.0 && self.underProvisionRisk <= 0.5")
+            .message("adaptive: underProvisionRisk must be in (0, 0.5], e.g. 0.005 for 0.5 %")
+    )]
+    pub adaptive: Option<AdaptiveConfig>,
     /// Stabilization windows and rate-limit policies, in the HPA v2 shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<HorizontalPodAutoscalerBehavior>,
@@ -230,30 +243,6 @@ impl MetricTarget {
     }
 }
 
-/// Thresholds learned from history. REPLACE AT MERGE with `engine::adaptive::AdaptiveConfig`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AdaptiveSpec {
-    /// Whether learned targets are used.
-    #[serde(default)]
-    pub enabled: bool,
-    /// How much history is needed before learning starts (Go duration).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_history: Option<String>,
-}
-
-/// Seasonal forecast for scale-up ahead of load.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ForecastSpec {
-    /// Whether the forecast raises the served value.
-    #[serde(default)]
-    pub enabled: bool,
-    /// How far ahead to look (Go duration).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub horizon: Option<String>,
-}
-
 /// What to do when every source fails: never read a failure as zero load.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -331,15 +320,65 @@ pub struct MetricStatus {
     /// The target from the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Quantity>,
-    /// The learned target, when adaptive thresholds are on.
+    /// The learned target (AverageValue metrics with `spec.adaptive` on): the static target
+    /// over one plus the learned headroom; the static target itself while the history is
+    /// short. In mode Hpa, the owned HPA's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learned_target: Option<Quantity>,
+    /// The learned values behind it, as of the last `LearnedChanged` Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned: Option<LearnedStatus>,
     /// When the value was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Time>,
     /// Why there is no value, when the source failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The learned values of one metric (`engine::adaptive::Learned`) as status shows them: each
+/// value with its basis (`Static` while the history is short, `History`, or `HourOfDay(h)`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LearnedStatus {
+    /// Extra capacity over the reactive recommendation (fraction of the load).
+    pub headroom: f64,
+    /// Where the headroom comes from.
+    pub headroom_basis: String,
+    /// Relative band inside which a scale-down waits.
+    pub tolerance: f64,
+    /// Where the tolerance comes from.
+    pub tolerance_basis: String,
+    /// Scale-down stabilization window.
+    pub scale_down_window_seconds: u64,
+    /// Where the window comes from.
+    pub scale_down_window_basis: String,
+    /// Measured noise of one reading (fraction), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<f64>,
+    /// Period found in the history (`Daily`, `Weekly`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    /// Growth samples behind the headroom.
+    pub growth_samples: u64,
+}
+
+impl From<&crate::engine::adaptive::Learned> for LearnedStatus {
+    fn from(l: &crate::engine::adaptive::Learned) -> Self {
+        // Four decimals: what a reader needs, and no status write for float noise.
+        let r = |x: f64| (x * 1e4).round() / 1e4;
+        Self {
+            headroom: r(l.headroom),
+            headroom_basis: format!("{:?}", l.headroom_basis),
+            tolerance: r(l.tolerance),
+            tolerance_basis: format!("{:?}", l.tolerance_basis),
+            scale_down_window_seconds: l.scale_down_window_seconds,
+            scale_down_window_basis: format!("{:?}", l.scale_down_window_basis),
+            noise: l.noise.map(r),
+            period: l.period.map(|p| format!("{p:?}")),
+            growth_samples: l.growth_samples,
+        }
+    }
 }
 
 /// The CRD as YAML: what `ebb crd` prints and `deploy/crd.yaml` holds.

@@ -139,10 +139,10 @@ impl AdaptiveConfig {
             self.min_tolerance,
             self.max_tolerance,
         )?;
-        if !(self.under_provision_risk > 0.0 && self.under_provision_risk < 0.5) {
+        if !(self.under_provision_risk > 0.0 && self.under_provision_risk <= 0.5) {
             return Err(AdaptiveError::Invalid {
                 field: "underProvisionRisk",
-                message: format!("{} is not in (0, 0.5)", self.under_provision_risk),
+                message: format!("{} is not in (0, 0.5]", self.under_provision_risk),
             });
         }
         if self.max_tolerance >= 1.0 {
@@ -161,6 +161,25 @@ impl AdaptiveConfig {
             });
         }
         Ok(())
+    }
+
+    /// How much history (seconds) the rules can use at `interval` (ms, > 0): the least of
+    /// `minHistorySeconds` and what the headroom needs (a tail's worth of growth samples over
+    /// the longest candidate window and the horizon), the tolerance (its noise window) and,
+    /// when the forecast or the phase of day is on, the period check (three days). What a
+    /// restart backfills; a longer history only refines the same values.
+    pub fn history_wanted_seconds(&self, interval: Millis) -> u64 {
+        let interval = interval.max(1);
+        let steps = |seconds: u64| ((seconds as i64 * 1000) / interval) as u64;
+        let horizon = steps(self.startup_delay_seconds) + 2;
+        let longest = steps(self.max_scale_down_window_seconds) + 1;
+        let q = 1.0 - self.under_provision_risk.clamp(f64::MIN_POSITIVE, 0.5);
+        let readings = (min_tail_count(q) + longest + horizon).max(NOISE_WINDOW as u64 + 1);
+        let mut seconds = (readings * interval as u64).div_ceil(1000);
+        if self.enabled && (self.forecast || self.phase_of_day) {
+            seconds = seconds.max(super::forecast::MIN_CYCLES as u64 * 86_400);
+        }
+        seconds.max(self.min_history_seconds)
     }
 }
 
@@ -758,6 +777,13 @@ impl AdaptiveState {
         }
     }
 
+    /// The seasonal forecast at `now`: the largest ratio from the latest reading to the
+    /// readings of the horizon, when it is a rise (`None`: no rise, no period, or the forecast
+    /// is off). The level to cover is the latest reading times this ratio.
+    pub fn forecast_ratio(&mut self, now: Millis) -> Option<f64> {
+        self.forecast_peak(now)
+    }
+
     /// The largest forecast ratio from the latest reading to each reading of the horizon,
     /// when it is a rise.
     fn forecast_peak(&mut self, now: Millis) -> Option<f64> {
@@ -909,6 +935,40 @@ mod tests {
         assert!(never_down.validate().is_err());
         assert!(AdaptiveState::new(AdaptiveConfig::default(), 0, 1.0).is_err());
         assert!(AdaptiveState::new(AdaptiveConfig::default(), MIN, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn risk_up_to_one_half_and_the_history_the_rules_want() {
+        let half = AdaptiveConfig {
+            under_provision_risk: 0.5,
+            ..Default::default()
+        };
+        assert!(half.validate().is_ok());
+        let over = AdaptiveConfig {
+            under_provision_risk: 0.51,
+            ..Default::default()
+        };
+        assert!(
+            over.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("(0, 0.5]")
+        );
+        // Defaults at 60 s: the period check's three days.
+        let c = AdaptiveConfig::default();
+        assert_eq!(c.history_wanted_seconds(MIN), 3 * 86_400);
+        // Without it: 2,000 growth samples, the longest window (31) and the horizon (3).
+        let plain = AdaptiveConfig {
+            forecast: false,
+            phase_of_day: false,
+            ..c
+        };
+        assert_eq!(plain.history_wanted_seconds(MIN), (2000 + 31 + 3) * 60);
+        let long = AdaptiveConfig {
+            min_history_seconds: 10 * 86_400,
+            ..plain
+        };
+        assert_eq!(long.history_wanted_seconds(MIN), 10 * 86_400);
     }
 
     #[test]

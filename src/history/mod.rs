@@ -166,9 +166,28 @@ pub async fn backfill(
     window: Duration,
     now: i64,
 ) -> Result<Option<Vec<(i64, f64)>>> {
-    let end = now.div_euclid(STEP_SECONDS) * STEP_SECONDS;
-    let start = end - window.as_secs() as i64 + STEP_SECONDS;
-    match source.history(start, end, Duration::from_secs(STEP_SECONDS as u64)) {
+    backfill_at(
+        source,
+        window,
+        now,
+        Duration::from_secs(STEP_SECONDS as u64),
+    )
+    .await
+}
+
+/// [`backfill`] at another `step` (whole seconds, at least 1), e.g. a polling interval: the
+/// points of `window` ending at `now` on the grid of multiples of the step, so that two calls
+/// at different times see the same points where they overlap.
+pub async fn backfill_at(
+    source: &dyn Source,
+    window: Duration,
+    now: i64,
+    step: Duration,
+) -> Result<Option<Vec<(i64, f64)>>> {
+    let step = step.as_secs().max(1) as i64;
+    let end = now.div_euclid(step) * step;
+    let start = end - (window.as_secs() as i64).max(step) + step;
+    match source.history(start, end, Duration::from_secs(step as u64)) {
         Some(fetch) => fetch.await.map(Some),
         None => Ok(None),
     }

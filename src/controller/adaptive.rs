@@ -1,0 +1,842 @@
+//! Thresholds learned from history in the running controller (`spec.adaptive`,
+//! `engine::adaptive`): one [`AdaptiveState`] per AverageValue metric of a ScaledTarget, fed
+//! every poll's reading, backfilled once from the source's own history (Prometheus) so that a
+//! restart does not forget, and mapped to what each mode acts on:
+//!
+//! - **Direct / Shadow**: the metric's adaptive recommendation replaces its HPA proposal as an
+//!   equivalent load ([`Learning::equivalent_samples`]); bounds and the behavior's rate limits
+//!   still apply in `engine::hpa::decide`.
+//! - **Hpa**: the owned HPA's target is the learned target (static target / (1 + headroom)),
+//!   changed only when it moves by more than the learned tolerance and at most once per
+//!   [`TARGET_CHANGE_INTERVAL`]; the served value is raised to the forecast.
+//!
+//! Everything here but [`run_backfill`] is pure (time is an argument). The rules of
+//! composition are in `docs/adaptive.md` ("In the controller").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::Context;
+use crate::crd::{LearnedStatus, Metric, ScaledTarget, TargetType, from_milli, milli_value};
+use crate::engine::adaptive::{
+    AdaptiveConfig, AdaptiveReason, AdaptiveState, Inputs, Learned, Recommendation,
+};
+use crate::engine::hpa::{HpaSpec, Replicas, propose};
+use crate::engine::{MetricSample, Millis, Target, ceil_eps};
+
+/// An owned HPA's learned target changes at most once per this long per metric.
+pub const TARGET_CHANGE_INTERVAL: Duration = Duration::from_secs(300);
+/// Most readings a backfill asks for (one week at a 15 s interval): bounds its query, memory
+/// and replay time whatever `minHistorySeconds` says.
+pub const MAX_BACKFILL_POINTS: u64 = 40_320;
+/// Backfills running at once in one controller (each one range query and one replay).
+pub const MAX_CONCURRENT_BACKFILLS: usize = 4;
+/// A backfill not done by then is given up; learning goes on from the live readings.
+pub const BACKFILL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Live readings kept while a backfill runs, replayed into it when it lands.
+const MAX_BUFFERED: usize = 4096;
+
+/// Tells a backfill's result which state it belongs to (a reset makes a new one).
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// The learning state of one ScaledTarget: per metric (by index in `spec.metrics`), `Some` for
+/// AverageValue metrics while `spec.adaptive` is on.
+#[derive(Default)]
+pub(super) struct Learning {
+    metrics: Vec<Option<MetricLearning>>,
+    /// The object (uid, generation) and interval the states were matched to: a poll of the
+    /// same object skips matching.
+    synced: Option<(Option<String>, Option<i64>, Duration)>,
+}
+
+struct MetricLearning {
+    name: String,
+    /// What the state was made for (uid, metric, config, interval): a change starts afresh.
+    fingerprint: String,
+    epoch: u64,
+    state: AdaptiveState,
+    interval: Millis,
+    static_target: f64,
+    last_observed: Option<Millis>,
+    /// The learned values as last reported (status `learned`, `LearnedChanged` Events).
+    shown: Learned,
+    /// The learned target in use, and when it last changed.
+    target: f64,
+    target_changed_at: Option<Millis>,
+    /// Readings since a backfill started, while it runs.
+    buffered: Option<Vec<(Millis, Option<f64>)>>,
+}
+
+/// A backfill to run for one metric ([`run_backfill`]).
+pub(super) struct BackfillJob {
+    key: String,
+    index: usize,
+    epoch: u64,
+    metric: Metric,
+    config: AdaptiveConfig,
+    interval: Duration,
+    static_target: f64,
+    window: Duration,
+}
+
+/// A material change of one metric's learned values, for a `LearnedChanged` Event.
+pub(super) struct Change {
+    pub metric: String,
+    pub message: String,
+}
+
+/// The per-pod target of an AverageValue metric, if it is one ebb can learn for.
+fn average_target(m: &Metric) -> Option<f64> {
+    if m.target.type_ != TargetType::AverageValue {
+        return None;
+    }
+    let milli = milli_value(&m.target.average_value.as_ref()?.0).ok()?;
+    (milli > 0).then_some(milli as f64 / 1000.0)
+}
+
+/// The adaptive configuration in force, `None` when learning is off.
+pub(super) fn config(st: &ScaledTarget) -> Option<&AdaptiveConfig> {
+    st.spec.adaptive.as_ref().filter(|c| c.enabled)
+}
+
+/// How much history a backfill asks for: what the rules use, at most [`MAX_BACKFILL_POINTS`].
+pub fn backfill_window(config: &AdaptiveConfig, interval: Duration) -> Duration {
+    let ms = (interval.as_millis() as Millis).max(1);
+    let wanted = config.history_wanted_seconds(ms);
+    let cap = (MAX_BACKFILL_POINTS * ms as u64).div_ceil(1000);
+    Duration::from_secs(wanted.min(cap))
+}
+
+impl Learning {
+    /// Whether any metric is learning.
+    pub fn active(&self) -> bool {
+        self.metrics.iter().any(Option::is_some)
+    }
+
+    /// Matches the states to the spec: keeps those whose metric, configuration and interval
+    /// are unchanged, starts new ones (returning the backfills to run for Prometheus metrics),
+    /// drops the rest.
+    pub fn sync(&mut self, key: &str, st: &ScaledTarget, interval: Duration) -> Vec<BackfillJob> {
+        let object = (st.metadata.uid.clone(), st.metadata.generation, interval);
+        // The spec only changes with the generation (objects without one are always matched).
+        if object.1.is_some() && self.synced.as_ref() == Some(&object) {
+            return Vec::new();
+        }
+        self.synced = Some(object);
+        let mut old = std::mem::take(&mut self.metrics);
+        let Some(config) = config(st) else {
+            return Vec::new();
+        };
+        let uid = st.metadata.uid.as_deref().unwrap_or_default();
+        let interval_ms = (interval.as_millis() as Millis).max(1);
+        let mut jobs = Vec::new();
+        for (index, m) in st.spec.metrics.iter().enumerate() {
+            let Some(target) = average_target(m) else {
+                self.metrics.push(None);
+                continue;
+            };
+            let fingerprint = format!(
+                "{uid}|{interval_ms}|{}",
+                serde_json::to_string(&(m, config)).unwrap_or_default()
+            );
+            if let Some(i) = old
+                .iter()
+                .position(|o| o.as_ref().is_some_and(|o| o.fingerprint == fingerprint))
+            {
+                self.metrics.push(old[i].take());
+                continue;
+            }
+            let state = match AdaptiveState::new(config.clone(), interval_ms, target) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The CRD's rules reject bad bounds; an object stored before them is
+                    // reported and runs on the plain HPA algorithm.
+                    tracing::warn!(scaledtarget = key, metric = %m.name, error = %e, "adaptive off");
+                    self.metrics.push(None);
+                    continue;
+                }
+            };
+            let epoch = EPOCH.fetch_add(1, Ordering::Relaxed);
+            let backfill = m.prometheus.is_some();
+            if backfill {
+                jobs.push(BackfillJob {
+                    key: key.to_string(),
+                    index,
+                    epoch,
+                    metric: m.clone(),
+                    config: config.clone(),
+                    interval,
+                    static_target: target,
+                    window: backfill_window(config, interval),
+                });
+            }
+            self.metrics.push(Some(MetricLearning {
+                name: m.name.clone(),
+                fingerprint,
+                epoch,
+                shown: state.learned(),
+                state,
+                interval: interval_ms,
+                static_target: target,
+                last_observed: None,
+                target,
+                target_changed_at: None,
+                buffered: backfill.then(Vec::new),
+            }));
+        }
+        jobs
+    }
+
+    /// Feeds one poll's readings (index-aligned with `spec.metrics`) at `now`; a failed read
+    /// is a missing reading, never zero. A poll less than half an interval after the last
+    /// observation (an early wake-up) is not a new reading. Returns the material changes of
+    /// the learned values since they were last reported.
+    pub fn observe(&mut self, values: &[Option<f64>], now: Millis) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (ml, value) in self.metrics.iter_mut().zip(values) {
+            let Some(ml) = ml else { continue };
+            if ml.last_observed.is_some_and(|l| now - l < ml.interval / 2) {
+                continue;
+            }
+            ml.last_observed = Some(now);
+            let value = *value;
+            match value {
+                Some(v) => ml.state.observe(now, v),
+                None => ml.state.observe_missing(now),
+            }
+            if let Some(b) = &mut ml.buffered
+                && b.len() < MAX_BUFFERED
+            {
+                b.push((now, value));
+            }
+            if let Some(c) = ml.update(now) {
+                changes.push(c);
+            }
+        }
+        changes
+    }
+
+    /// Installs a backfilled state if its metric's state is still the one it was made for,
+    /// after replaying the readings observed meanwhile. Returns whether it was installed.
+    fn install(&mut self, index: usize, epoch: u64, mut state: AdaptiveState) -> bool {
+        let Some(Some(ml)) = self.metrics.get_mut(index) else {
+            return false;
+        };
+        if ml.epoch != epoch {
+            return false;
+        }
+        for (ts, v) in ml.buffered.take().unwrap_or_default() {
+            match v {
+                Some(v) => state.observe(ts, v),
+                None => state.observe_missing(ts),
+            }
+        }
+        ml.state = state;
+        true
+    }
+
+    /// Gives up waiting for a backfill: learning goes on from the live readings.
+    fn abandon(&mut self, index: usize, epoch: u64) {
+        if let Some(Some(ml)) = self.metrics.get_mut(index)
+            && ml.epoch == epoch
+        {
+            ml.buffered = None;
+        }
+    }
+
+    /// Mode Direct/Shadow: the samples `engine::hpa::decide` gets, and the adaptive reason
+    /// per metric. Each metric's proposal becomes an equivalent AverageValue sample of that
+    /// many pods (target one pod), which the engine proposes back exactly when its tolerance
+    /// is 0 (see [`engine_spec`]): for a learning metric, the adaptive recommendation over its
+    /// reactive `ceil(load / target)`; for the others, the HPA's own proposal with its
+    /// tolerance. A failed metric stays failed (never zero).
+    pub fn equivalent_samples(
+        &mut self,
+        spec: &HpaSpec,
+        samples: &[MetricSample],
+        loads: &[Option<f64>],
+        replicas: Replicas,
+        now: Millis,
+    ) -> (Vec<MetricSample>, Vec<Option<AdaptiveReason>>) {
+        let tolerances = spec.tolerances();
+        let mut reasons = vec![None; samples.len()];
+        let out = samples
+            .iter()
+            .enumerate()
+            .map(|(i, sample)| {
+                let pods = |p: i64| MetricSample {
+                    target: Target::AverageValue(1000),
+                    observation: Ok(p.max(0).saturating_mul(1000)),
+                };
+                let learning = self.metrics.get_mut(i).and_then(Option::as_mut);
+                match (learning, sample.observation) {
+                    (Some(ml), Ok(_)) => {
+                        let mut rec =
+                            ml.recommend(now, loads.get(i).copied().flatten(), replicas.spec);
+                        // Waiting for its backfill, the state knows only the last few
+                        // readings: no scale-down on that short a memory.
+                        let current = replicas.spec.max(0) as u32;
+                        if ml.buffered.is_some() && rec.replicas < current {
+                            rec = Recommendation {
+                                replicas: current,
+                                reason: AdaptiveReason::Stabilized,
+                            };
+                        }
+                        reasons[i] = Some(rec.reason);
+                        pods(rec.replicas as i64)
+                    }
+                    (_, Err(e)) => MetricSample {
+                        target: Target::AverageValue(1000),
+                        observation: Err(e),
+                    },
+                    (None, Ok(_)) => match propose(sample, replicas, tolerances) {
+                        Ok(p) => pods(p as i64),
+                        Err(e) => MetricSample {
+                            target: Target::AverageValue(1000),
+                            observation: Err(e),
+                        },
+                    },
+                }
+            })
+            .collect();
+        (out, reasons)
+    }
+
+    /// Mode Hpa: the value to serve for metric `index` read as `load`: raised to the forecast
+    /// where the forecast is higher, expressed against the learned target the HPA has
+    /// (`load * F * learned / static`, so that the HPA's `ceil(value / learned)` is the
+    /// engine's `ceil(load * F / static)`: the forecast without the headroom on top).
+    pub fn served(&mut self, index: usize, load: f64, now: Millis) -> f64 {
+        let Some(Some(ml)) = self.metrics.get_mut(index) else {
+            return load;
+        };
+        match ml.state.forecast_ratio(now) {
+            Some(f) => load.max(load * f * ml.target / ml.static_target),
+            None => load,
+        }
+    }
+
+    /// The learned targets to put on the owned HPA, by metric name (only those that differ
+    /// from the static target).
+    pub fn hpa_targets(&self) -> BTreeMap<String, Quantity> {
+        self.metrics
+            .iter()
+            .flatten()
+            .filter(|ml| ml.target != ml.static_target)
+            .map(|ml| (ml.name.clone(), quantity(ml.target)))
+            .collect()
+    }
+
+    /// Metrics waiting for their backfill, by name, with the range a learned target may take
+    /// (`target / (1 + maxHeadroom)` to `target / (1 + minHeadroom)`): in mode Hpa the owned
+    /// HPA keeps a learned target in that range until the backfill lands, so that a restart
+    /// does not put the static target back for a while.
+    pub fn pending(&self) -> BTreeMap<String, (f64, f64)> {
+        self.metrics
+            .iter()
+            .flatten()
+            .filter(|ml| ml.buffered.is_some())
+            .map(|ml| {
+                let c = ml.state.config();
+                (
+                    ml.name.clone(),
+                    (
+                        ml.static_target / (1.0 + c.max_headroom),
+                        ml.static_target / (1.0 + c.min_headroom),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// Status of metric `index`: the learned target and the learned values.
+    pub fn status(&self, index: usize) -> (Option<Quantity>, Option<LearnedStatus>) {
+        match self.metrics.get(index) {
+            Some(Some(ml)) => (
+                Some(quantity(ml.target)),
+                Some(LearnedStatus::from(&ml.shown)),
+            ),
+            _ => (None, None),
+        }
+    }
+}
+
+/// A learned target as a quantity, to the milli-unit.
+fn quantity(v: f64) -> Quantity {
+    Quantity(from_milli((v * 1000.0).round().max(1.0) as i64))
+}
+
+impl MetricLearning {
+    /// After a reading: report a material change of the learned values, and move the learned
+    /// target when it moved by more than the tolerance and the last move is old enough.
+    fn update(&mut self, now: Millis) -> Option<Change> {
+        let learned = self.state.learned();
+        let wanted = learned_target(self.static_target, &learned);
+        let moved = (wanted / self.target - 1.0).abs() > learned.tolerance;
+        let due = self
+            .target_changed_at
+            .is_none_or(|t| now - t >= TARGET_CHANGE_INTERVAL.as_millis() as Millis);
+        if moved && due {
+            self.target = wanted;
+            self.target_changed_at = Some(now);
+        }
+        let message = learned.change_from(&self.shown)?;
+        self.shown = learned;
+        Some(Change {
+            metric: self.name.clone(),
+            message,
+        })
+    }
+
+    fn recommend(&mut self, now: Millis, load: Option<f64>, current: i32) -> Recommendation {
+        let current = current.max(0) as u32;
+        let reactive = load.map_or(current, |l| {
+            let p = ceil_eps(l / self.static_target);
+            if p.is_finite() && p > 0.0 {
+                p.min(u32::MAX as f64) as u32
+            } else {
+                0
+            }
+        });
+        self.state.recommend(
+            now,
+            Inputs {
+                reactive,
+                load,
+                target_per_pod: self.static_target,
+                current,
+            },
+        )
+    }
+}
+
+/// The learned target: the static target over one plus the learned headroom (the static
+/// target while the headroom has no history).
+pub fn learned_target(static_target: f64, learned: &Learned) -> f64 {
+    static_target / (1.0 + learned.headroom.max(0.0))
+}
+
+/// The engine spec for a target whose metrics went through [`Learning::equivalent_samples`]:
+/// tolerance 0 (each proposal already had its band: the learned one, or the HPA's for the
+/// metrics that do not learn), and, when every metric learns, no default scale-down window
+/// (the learned window holds instead). What the behavior sets explicitly stays: its
+/// scale-down window holds on top of the learned one; its policies, `selectPolicy` and
+/// scale-up window limit the result, as do min/max replicas.
+pub fn engine_spec(mut spec: HpaSpec, all_learning: bool) -> HpaSpec {
+    spec.config.tolerance = 0.0;
+    if all_learning {
+        spec.config.downscale_stabilization_seconds = 0;
+    }
+    if let Some(b) = &mut spec.behavior {
+        b.scale_up.tolerance = None;
+        b.scale_down.tolerance = None;
+    }
+    spec
+}
+
+/// Whether every metric of the target learns (then the default scale-down window is off).
+pub(super) fn all_learning(learning: &Learning, metrics: usize) -> bool {
+    learning.metrics.len() == metrics && learning.metrics.iter().all(Option::is_some)
+}
+
+/// Fetches a metric's history and rebuilds its learning state from it, off the poll: bounded
+/// by [`MAX_CONCURRENT_BACKFILLS`] and [`BACKFILL_TIMEOUT`]; the replay runs on a blocking
+/// thread. A failure is logged and learning goes on from the live readings alone.
+pub(super) async fn run_backfill(ctx: Arc<Context>, namespace: String, job: BackfillJob) {
+    let started = std::time::Instant::now();
+    let abandon = |ctx: &Context| {
+        if let Some(t) = ctx.targets.lock().expect("targets").get_mut(&job.key) {
+            t.learning.abandon(job.index, job.epoch);
+        }
+    };
+    let Ok(_permit) = ctx.backfills.clone().acquire_owned().await else {
+        return abandon(&ctx);
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let fetch = ctx
+        .reader
+        .history(&namespace, &job.metric, job.interval, job.window, now);
+    let points = match tokio::time::timeout(BACKFILL_TIMEOUT, fetch).await {
+        Ok(Ok(Some(points))) => points,
+        Ok(Ok(None)) => return abandon(&ctx),
+        Ok(Err(e)) => {
+            tracing::warn!(scaledtarget = %job.key, metric = %job.metric.name, error = %e,
+                "adaptive backfill failed; learning from live readings");
+            return abandon(&ctx);
+        }
+        Err(_) => {
+            tracing::warn!(scaledtarget = %job.key, metric = %job.metric.name,
+                "adaptive backfill timed out; learning from live readings");
+            return abandon(&ctx);
+        }
+    };
+    let count = points.len();
+    let interval = (job.interval.as_millis() as Millis).max(1);
+    let (config, target) = (job.config.clone(), job.static_target);
+    let replay = tokio::task::spawn_blocking(move || {
+        AdaptiveState::backfill(
+            config,
+            interval,
+            target,
+            points.into_iter().map(|(s, v)| (s * 1000, v)),
+        )
+    })
+    .await;
+    let state = match replay {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => {
+            tracing::warn!(scaledtarget = %job.key, error = %e, "adaptive backfill failed");
+            return abandon(&ctx);
+        }
+        Err(e) => {
+            tracing::warn!(scaledtarget = %job.key, error = %e, "adaptive backfill failed");
+            return abandon(&ctx);
+        }
+    };
+    let installed = ctx
+        .targets
+        .lock()
+        .expect("targets")
+        .get_mut(&job.key)
+        .is_some_and(|t| t.learning.install(job.index, job.epoch, state));
+    tracing::info!(
+        scaledtarget = %job.key, metric = %job.metric.name, points = count, installed,
+        elapsed_ms = started.elapsed().as_millis() as u64, "adaptive state backfilled"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::adaptive::Basis;
+    use crate::engine::hpa::{ScalingState, decide};
+    use crate::engine::{Behavior, NoData, Policy, ScalingRules};
+
+    fn target(adaptive: serde_json::Value) -> ScaledTarget {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ebb.dev/v1alpha1",
+            "kind": "ScaledTarget",
+            "metadata": { "name": "t", "namespace": "n", "uid": "u1" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "t" },
+                "maxReplicas": 50,
+                "pollingInterval": "60s",
+                "adaptive": adaptive,
+                "metrics": [
+                    { "name": "rps", "prometheus": { "address": "http://p:9090", "query": "q" },
+                      "target": { "type": "AverageValue", "averageValue": "100" } },
+                    { "name": "total", "prometheus": { "address": "http://p:9090", "query": "q2" },
+                      "target": { "type": "Value", "value": "1k" } }
+                ]
+            }
+        }))
+        .unwrap()
+    }
+
+    const MIN: Millis = 60_000;
+
+    /// 1000, with a burst to 1500 for three readings in twenty.
+    fn burst(k: i64) -> f64 {
+        if k % 20 >= 17 { 1500.0 } else { 1000.0 }
+    }
+
+    fn learned_state(st: &ScaledTarget) -> Learning {
+        let mut l = Learning::default();
+        l.sync("n/t", st, Duration::from_secs(60));
+        l
+    }
+
+    #[test]
+    fn only_average_value_metrics_learn_and_only_when_enabled() {
+        let st = target(serde_json::json!({}));
+        let mut l = Learning::default();
+        let jobs = l.sync("n/t", &st, Duration::from_secs(60));
+        assert!(l.metrics[0].is_some() && l.metrics[1].is_none());
+        assert_eq!(
+            jobs.len(),
+            1,
+            "one backfill, for the Prometheus AverageValue metric"
+        );
+        assert_eq!((jobs[0].index, jobs[0].static_target), (0, 100.0));
+        // Same spec: kept (no new backfill); another config: started afresh.
+        let epoch = l.metrics[0].as_ref().unwrap().epoch;
+        assert!(l.sync("n/t", &st, Duration::from_secs(60)).is_empty());
+        assert_eq!(l.metrics[0].as_ref().unwrap().epoch, epoch);
+        let other = target(serde_json::json!({ "maxHeadroom": 0.5 }));
+        assert_eq!(l.sync("n/t", &other, Duration::from_secs(60)).len(), 1);
+        assert_ne!(l.metrics[0].as_ref().unwrap().epoch, epoch);
+        // Another interval too.
+        assert_eq!(l.sync("n/t", &other, Duration::from_secs(30)).len(), 1);
+        // Off: nothing learns.
+        l.sync(
+            "n/t",
+            &target(serde_json::json!({ "enabled": false })),
+            Duration::from_secs(60),
+        );
+        assert!(!l.active());
+        let mut absent = target(serde_json::json!({}));
+        absent.spec.adaptive = None;
+        l.sync("n/t", &absent, Duration::from_secs(60));
+        assert!(!l.active());
+        // With a generation, a poll of the same one does not match again; a new one does.
+        let mut st = target(serde_json::json!({}));
+        st.metadata.generation = Some(1);
+        assert_eq!(l.sync("n/t", &st, Duration::from_secs(60)).len(), 1);
+        assert!(l.sync("n/t", &st, Duration::from_secs(60)).is_empty());
+        st.spec.adaptive = None;
+        assert!(l.active(), "same generation: not looked at");
+        st.metadata.generation = Some(2);
+        l.sync("n/t", &st, Duration::from_secs(60));
+        assert!(!l.active());
+    }
+
+    #[test]
+    fn the_backfill_window_is_what_the_rules_need_and_bounded() {
+        let c = AdaptiveConfig::default();
+        // Three days for the period check, above 2,000 growth samples at 60 s (~34 h).
+        assert_eq!(
+            backfill_window(&c, Duration::from_secs(60)).as_secs(),
+            3 * 86_400
+        );
+        let plain = AdaptiveConfig {
+            forecast: false,
+            phase_of_day: false,
+            ..c.clone()
+        };
+        let w = backfill_window(&plain, Duration::from_secs(60)).as_secs();
+        assert!((2000 * 60..=2100 * 60).contains(&w), "{w}");
+        let long = AdaptiveConfig {
+            min_history_seconds: 90 * 86_400,
+            ..c
+        };
+        assert_eq!(
+            backfill_window(&long, Duration::from_secs(15)).as_secs(),
+            MAX_BACKFILL_POINTS * 15
+        );
+    }
+
+    #[test]
+    fn static_while_short_then_the_learned_target_and_one_change_event() {
+        let st = target(serde_json::json!({ "minHistorySeconds": 0, "forecast": false }));
+        let mut l = learned_state(&st);
+        let ok = |v: f64| vec![Some(v), Some(0.0)];
+        l.observe(&ok(1000.0), 0);
+        let (t, learned) = l.status(0);
+        assert_eq!(
+            t.unwrap().0,
+            "100",
+            "the static target while the history is short"
+        );
+        assert_eq!(learned.unwrap().headroom_basis, "Static");
+        assert_eq!(l.status(1), (None, None));
+        assert!(l.hpa_targets().is_empty());
+        // Bursts of 50 % for three readings in twenty.
+        let mut changes = Vec::new();
+        for k in 1..3000 {
+            changes.extend(l.observe(&ok(burst(k)), k * MIN));
+        }
+        let ml = l.metrics[0].as_ref().unwrap();
+        assert_eq!(ml.state.learned().headroom_basis, Basis::History);
+        assert_eq!(ml.shown.headroom_basis, Basis::History);
+        assert!(!changes.is_empty());
+        assert!(
+            changes[0].message.contains("History"),
+            "{}",
+            changes[0].message
+        );
+        assert!(ml.target < 100.0, "{}", ml.target);
+        let (t, _) = l.status(0);
+        assert_eq!(t, Some(quantity(ml.target)));
+        assert_eq!(l.hpa_targets().get("rps"), Some(&quantity(ml.target)));
+    }
+
+    #[test]
+    fn the_learned_target_moves_beyond_the_tolerance_at_most_every_five_minutes() {
+        let st = target(serde_json::json!({}));
+        let mut l = learned_state(&st);
+        let ml = l.metrics[0].as_mut().unwrap();
+        let base = ml.state.learned();
+        let with = |h: f64, tol: f64| Learned {
+            headroom: h,
+            tolerance: tol,
+            ..base
+        };
+        // The decision rule alone, on hand-made learned values.
+        let step = |ml: &mut MetricLearning, l: Learned, now: Millis| {
+            let wanted = learned_target(ml.static_target, &l);
+            let moved = (wanted / ml.target - 1.0).abs() > l.tolerance;
+            let due = ml
+                .target_changed_at
+                .is_none_or(|t| now - t >= TARGET_CHANGE_INTERVAL.as_millis() as Millis);
+            if moved && due {
+                ml.target = wanted;
+                ml.target_changed_at = Some(now);
+            }
+        };
+        step(ml, with(0.25, 0.1), 0);
+        assert_eq!(ml.target, 80.0);
+        step(ml, with(0.5, 0.1), 60_000); // moved, but within five minutes
+        assert_eq!(ml.target, 80.0);
+        step(ml, with(0.3, 0.1), 300_000); // due, but within the tolerance (80 -> 76.9)
+        assert_eq!(ml.target, 80.0);
+        step(ml, with(0.6, 0.1), 300_000);
+        assert_eq!(ml.target, 62.5);
+    }
+
+    #[test]
+    fn equivalent_samples_give_the_adaptive_count_through_bounds_and_policies() {
+        let st = target(serde_json::json!({ "minHistorySeconds": 0, "forecast": false }));
+        let mut l = learned_state(&st);
+        for k in 0..3000 {
+            l.observe(&[Some(burst(k)), Some(0.0)], k * MIN);
+        }
+        let headroom = l.metrics[0].as_ref().unwrap().state.learned().headroom;
+        assert!(headroom > 0.0);
+        let now = 3000 * MIN;
+        let samples = [
+            MetricSample {
+                target: Target::AverageValue(100_000),
+                observation: Ok(1_500_000),
+            },
+            MetricSample {
+                target: Target::Value(1_000_000),
+                observation: Ok(0),
+            },
+        ];
+        let replicas = Replicas::all(15);
+        let base = HpaSpec {
+            min_replicas: 1,
+            max_replicas: 50,
+            behavior: Some(Behavior::default()),
+            ..Default::default()
+        };
+        let (eq, reasons) =
+            l.equivalent_samples(&base, &samples, &[Some(1500.0), Some(0.0)], replicas, now);
+        let wanted = l.metrics[0]
+            .as_mut()
+            .unwrap()
+            .recommend(now, Some(1500.0), 15)
+            .replicas as i32;
+        assert!(wanted > 15, "headroom over the plain ceil(1500 / 100) = 15");
+        assert_eq!(eq[0].observation, Ok(wanted as i64 * 1000));
+        assert!(reasons[0].is_some() && reasons[1].is_none());
+        let spec = engine_spec(base.clone(), false);
+        let d = decide(&spec, &mut ScalingState::default(), replicas, &eq, now);
+        assert_eq!(d.desired, wanted);
+        // A scale-up policy of one pod per minute still limits it.
+        let mut limited = base.clone();
+        limited.behavior = Some(Behavior {
+            scale_up: ScalingRules {
+                policies: vec![Policy::Pods {
+                    value: 1,
+                    period_seconds: 60,
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let d = decide(
+            &engine_spec(limited, false),
+            &mut ScalingState::default(),
+            replicas,
+            &eq,
+            now,
+        );
+        assert_eq!(d.desired, 16);
+        // And maxReplicas.
+        let capped = HpaSpec {
+            max_replicas: 15,
+            ..base
+        };
+        let d = decide(
+            &engine_spec(capped, false),
+            &mut ScalingState::default(),
+            replicas,
+            &eq,
+            now,
+        );
+        assert_eq!(d.desired, 15);
+        // A failed read stays a failure for the engine, never zero.
+        let failed = [
+            MetricSample {
+                target: Target::AverageValue(100_000),
+                observation: Err(NoData::SourceFailed),
+            },
+            samples[1],
+        ];
+        let (eq, _) = l.equivalent_samples(&spec, &failed, &[None, Some(0.0)], replicas, now);
+        assert_eq!(eq[0].observation, Err(NoData::SourceFailed));
+    }
+
+    #[test]
+    fn engine_spec_drops_tolerance_and_the_default_window_only() {
+        let spec = HpaSpec {
+            behavior: Some(Behavior {
+                scale_down: ScalingRules {
+                    stabilization_window_seconds: Some(120),
+                    tolerance: Some(0.2),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = engine_spec(spec.clone(), true);
+        assert_eq!((s.tolerances().up, s.tolerances().down), (0.0, 0.0));
+        assert_eq!(s.config.downscale_stabilization_seconds, 0);
+        assert_eq!(
+            s.behavior.unwrap().scale_down.stabilization_window_seconds,
+            Some(120),
+            "an explicit window stays"
+        );
+        let mixed = engine_spec(spec, false);
+        assert_eq!(mixed.config.downscale_stabilization_seconds, 300);
+    }
+
+    #[test]
+    fn the_served_value_is_raised_to_the_forecast_against_the_learned_target() {
+        // A daily cycle at 15-minute readings, five days: the forecast knows the morning rise.
+        let mut st = target(serde_json::json!({
+            "minHistorySeconds": 0,
+            "startupDelaySeconds": 3600,
+            "phaseOfDay": false
+        }));
+        st.spec.polling_interval = Duration::from_secs(900).into();
+        let mut l = Learning::default();
+        l.sync("n/t", &st, Duration::from_secs(900));
+        let q: Millis = 900_000;
+        let daily = |k: i64| {
+            let phase = (k % 96) as f64 / 96.0 * std::f64::consts::TAU;
+            1000.0 + 600.0 * phase.sin()
+        };
+        let mut raised = None;
+        for k in 0..96 * 5 {
+            let v = daily(k);
+            l.observe(&[Some(v), Some(0.0)], k * q);
+            let ml = l.metrics[0].as_mut().unwrap();
+            if let Some(f) = ml.state.forecast_ratio(k * q) {
+                let (target, stat) = (ml.target, ml.static_target);
+                let served = l.served(0, v, k * q);
+                assert!((served - v * f * target / stat).abs() < 1e-9 || served == v);
+                if served > v {
+                    raised = Some((k, v, served));
+                }
+            }
+        }
+        let (k, v, served) = raised.expect("the forecast raised the served value");
+        assert!(served > v, "{k}: {v} -> {served}");
+    }
+
+    #[test]
+    fn the_served_value_is_the_load_without_a_forecast() {
+        let st = target(serde_json::json!({}));
+        let mut l = learned_state(&st);
+        l.observe(&[Some(500.0), Some(1.0)], 0);
+        assert_eq!(l.served(0, 500.0, 0), 500.0);
+        assert_eq!(l.served(1, 7.0, 0), 7.0, "not learning: as read");
+    }
+}
