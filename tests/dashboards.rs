@@ -33,13 +33,11 @@ const DASHBOARDS: [(&str, &str); 2] = [
 
 /// Queries that may return nothing in this scenario: (dashboard uid, what, why). Everything
 /// else must return data.
-const MAY_BE_EMPTY: &[(&str, &str, &str)] = &[
-    (
-        "ebb-internals",
-        "annotation Leader changes",
-        "one replica, which may hold the Lease from before Prometheus first scrapes it",
-    ),
-];
+const MAY_BE_EMPTY: &[(&str, &str, &str)] = &[(
+    "ebb-internals",
+    "annotation Leader changes",
+    "one replica, which may hold the Lease from before Prometheus first scrapes it",
+)];
 
 /// What Grafana substitutes for its own variables: rates over 15 s see 15 scrapes at 1 s.
 const BUILTINS: [(&str, &str); 3] = [
