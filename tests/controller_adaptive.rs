@@ -18,7 +18,7 @@ use ebb::engine::adaptive::{AdaptiveConfig, AdaptiveState, Inputs};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::{eventually, kube_client, shared_stack, unique_namespace};
+use support::{eventually, shared_stack};
 
 /// Polling interval and history step (ms).
 const STEP_MS: i64 = 2000;
@@ -49,22 +49,6 @@ fn config(min_history_seconds: u64) -> AdaptiveConfig {
 /// Calm at 400 with a burst to 600 for three readings every twenty.
 fn load(k: i64) -> f64 {
     if k % 20 >= 17 { BURST } else { CALM }
-}
-
-async fn setup(prefix: &str) -> (kube::Client, String) {
-    let stack = shared_stack();
-    let client = kube_client().await;
-    ebb::crd::install(&client).await.unwrap();
-    let ns = unique_namespace(prefix);
-    stack
-        .kube
-        .as_ref()
-        .unwrap()
-        .create_namespace(&ns)
-        .await
-        .unwrap();
-    rabbit_secret(&client, &ns, stack.rabbitmq.as_ref().unwrap()).await;
-    (client, ns)
 }
 
 /// Pushes `HISTORY` readings of bursty load for series `job=<ns>` into the shared Prometheus,

@@ -10,23 +10,7 @@ use controller_common::*;
 use ebb::crd::ScaledTarget;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::{eventually, kube_client, shared_stack, unique_namespace};
-
-async fn setup(prefix: &str) -> (kube::Client, String) {
-    let stack = shared_stack();
-    let client = kube_client().await;
-    ebb::crd::install(&client).await.unwrap();
-    let ns = unique_namespace(prefix);
-    stack
-        .kube
-        .as_ref()
-        .unwrap()
-        .create_namespace(&ns)
-        .await
-        .unwrap();
-    rabbit_secret(&client, &ns, stack.rabbitmq.as_ref().unwrap()).await;
-    (client, ns)
-}
+use support::{eventually, shared_stack};
 
 #[tokio::test]
 async fn a_backlog_scales_up_within_a_poll_and_drains_down_after_the_window_one_pod_at_a_time() {

@@ -11,22 +11,7 @@ use ebb::crd::ScaledTarget;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{eventually, kube_client, shared_stack, unique_namespace};
-
-async fn setup(prefix: &str) -> (kube::Client, String) {
-    let client = kube_client().await;
-    ebb::crd::install(&client).await.unwrap();
-    let ns = unique_namespace(prefix);
-    shared_stack()
-        .kube
-        .as_ref()
-        .unwrap()
-        .create_namespace(&ns)
-        .await
-        .unwrap();
-    rabbit_secret(&client, &ns, shared_stack().rabbitmq.as_ref().unwrap()).await;
-    (client, ns)
-}
+use support::eventually;
 
 #[tokio::test]
 async fn the_owned_hpa_has_the_metrics_and_behavior_follows_edits_and_goes_with_the_scaled_target()

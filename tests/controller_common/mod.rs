@@ -19,6 +19,24 @@ pub fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("a valid object")
 }
 
+/// A client of the shared stack with the CRD installed, and a fresh namespace (named after
+/// `prefix`) holding the `rabbit` Secret.
+pub async fn setup(prefix: &str) -> (kube::Client, String) {
+    let stack = crate::support::shared_stack();
+    let client = crate::support::kube_client().await;
+    ebb::crd::install(&client).await.expect("the CRD installs");
+    let ns = crate::support::unique_namespace(prefix);
+    stack
+        .kube
+        .as_ref()
+        .expect("the shared stack has a control plane")
+        .create_namespace(&ns)
+        .await
+        .expect("a namespace");
+    rabbit_secret(&client, &ns, stack.rabbitmq.as_ref().expect("RabbitMQ")).await;
+    (client, ns)
+}
+
 /// Creates Deployment `name` with `replicas` in `ns`.
 pub async fn deployment(client: &kube::Client, ns: &str, name: &str, replicas: i32) {
     Api::<Deployment>::namespaced(client.clone(), ns)
