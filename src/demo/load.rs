@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 use crate::localstack::StackError;
+use crate::localstack::rabbitmq::declare_queue;
 
 /// The shape of the load over one cycle: quiet, ramp up, peak, ramp down, quiet again (long
 /// enough for scale-down). `level` is 0 when quiet, 1 at the peak.
@@ -115,7 +115,7 @@ pub async fn publish(
     started: Instant,
     counters: Arc<LoadCounters>,
 ) -> Result<(), StackError> {
-    declare(&channel, &queue).await?;
+    declare_queue(&channel, &queue).await?;
     let mut pacer = Pacer { carry: 0.0 };
     let mut ticks = tokio::time::interval(TICK);
     loop {
@@ -145,7 +145,7 @@ pub async fn consume(
     per_replica: f64,
     counters: Arc<LoadCounters>,
 ) -> Result<(), StackError> {
-    declare(&channel, &queue).await?;
+    declare_queue(&channel, &queue).await?;
     let mut pacer = Pacer { carry: 0.0 };
     let mut ticks = tokio::time::interval(TICK);
     loop {
@@ -163,18 +163,6 @@ pub async fn consume(
             counters.consumed.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-async fn declare(channel: &lapin::Channel, queue: &str) -> Result<(), StackError> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp)?;
-    Ok(())
 }
 
 fn amqp(e: lapin::Error) -> StackError {

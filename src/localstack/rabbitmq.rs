@@ -29,6 +29,20 @@ impl QueueCounts {
     }
 }
 
+/// Declares `queue` (not durable, default arguments) on `channel`: what publishers and consumers
+/// in the demo and the tests do before they use a queue. Idempotent.
+pub async fn declare_queue(channel: &lapin::Channel, queue: &str) -> Result<(), StackError> {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map_err(|e| StackError::Upstream(format!("AMQP queue.declare {queue}: {e}")))?;
+    Ok(())
+}
+
 /// A running (or stopped, between `stop` and `start_again`) RabbitMQ node.
 #[derive(Debug)]
 pub struct RabbitMq {

@@ -148,14 +148,8 @@ pub async fn channel(rabbit: &RabbitMq) -> (lapin::Connection, lapin::Channel) {
 
 /// Declares `queue` and publishes `n` messages to it.
 pub async fn publish(channel: &lapin::Channel, queue: &str, n: usize) {
-    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
+    use lapin::options::BasicPublishOptions;
+    ebb::localstack::rabbitmq::declare_queue(channel, queue)
         .await
         .expect("declare");
     for i in 0..n {
