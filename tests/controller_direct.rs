@@ -50,15 +50,20 @@ async fn a_backlog_scales_up_within_a_poll_and_drains_down_after_the_window_one_
     )
     .await;
     eprintln!("scaled up {:?} after the backlog showed", seen.elapsed());
-    let scaled = events(&client, &ns, "Scaled").await;
-    assert!(
-        scaled.iter().any(|e| e
-            .note
-            .as_deref()
-            .unwrap_or("")
-            .contains("from 1 to 5 (metric backlog")),
-        "{scaled:?}"
-    );
+    // The Event follows the `/scale` write that the replica count shows.
+    eventually(5 * SECOND, "a Scaled Event from 1 to 5", || async {
+        events(&client, &ns, "Scaled")
+            .await
+            .iter()
+            .any(|e| {
+                e.note
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("from 1 to 5 (metric backlog")
+            })
+            .then_some(())
+    })
+    .await;
 
     purge(rabbit, &queue).await;
     let drained = Instant::now();
@@ -76,16 +81,22 @@ async fn a_backlog_scales_up_within_a_poll_and_drains_down_after_the_window_one_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The audit trail has every step down as an Event of its own.
-    let scaled = events(&client, &ns, "Scaled").await;
+    // The audit trail has every step down as an Event of its own (the last one may trail the
+    // `/scale` write it records by a moment).
     for step in history.windows(2) {
         let note = format!("from {} to {} (metric backlog", step[0], step[1]);
-        assert!(
-            scaled
-                .iter()
-                .any(|e| e.note.as_deref().unwrap_or("").contains(&note)),
-            "no Event says {note}: {scaled:#?}"
-        );
+        eventually(
+            5 * SECOND,
+            &format!("an Event that says {note}"),
+            || async {
+                events(&client, &ns, "Scaled")
+                    .await
+                    .iter()
+                    .any(|e| e.note.as_deref().unwrap_or("").contains(&note))
+                    .then_some(())
+            },
+        )
+        .await;
     }
     // The window (6 s) counts from the last high reading, at most one interval (2 s) before
     // the purge; the policy allows one pod per 2 s.
