@@ -203,18 +203,9 @@ async fn direct_mode_learns_from_prometheus_history_scales_with_headroom_and_a_r
     .await;
     tokio::time::sleep(6 * SECOND).await;
     assert_eq!(replicas(&client, &ns, "worker").await, want, "stays there");
-    // The decision names the learned rule (in Ready's message; the Scaled Events may be
-    // folded by the Recorder into a series under the first step's note).
+    // The decision names the learned rule in Ready's message.
     let ready = eventually(10 * SECOND, "Ready naming the learned rule", || async {
-        let st = Api::<ScaledTarget>::namespaced(client.clone(), &ns)
-            .get("worker")
-            .await
-            .ok()?;
-        let c = st
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
+        let c = status_condition(&client, &ns, "worker", "Ready").await?;
         c.message.contains("LearnedHeadroom").then_some(c.message)
     })
     .await;

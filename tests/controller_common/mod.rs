@@ -200,6 +200,20 @@ pub async fn events(client: &kube::Client, ns: &str, reason: &str) -> Vec<Event>
         .collect()
 }
 
+/// The status condition `type_` of ScaledTarget `name`.
+pub async fn status_condition(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let st = Api::<ScaledTarget>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .ok()?;
+    st.status?.conditions.into_iter().find(|c| c.type_ == type_)
+}
+
 /// The status condition `type_` of ScaledTarget `name`, as (status, reason).
 pub async fn condition(
     client: &kube::Client,
@@ -207,15 +221,7 @@ pub async fn condition(
     name: &str,
     type_: &str,
 ) -> Option<(String, String)> {
-    let st = Api::<ScaledTarget>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .ok()?;
-    let c = st
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)?;
+    let c = status_condition(client, ns, name, type_).await?;
     Some((c.status, c.reason))
 }
 
