@@ -68,7 +68,9 @@ struct Row {
     p99: Duration,
     max: Duration,
     requests_per_s: f64,
+    cached_reads_per_s: f64,
     actions: u64,
+    queued: usize,
     rss: f64,
     peak: f64,
 }
@@ -89,7 +91,9 @@ async fn measure(ctx: &Context, mode: &'static str, interval: Duration, window: 
         p99: s.lag_quantile(0.99).unwrap_or_default(),
         max: s.lag_quantile(1.0).unwrap_or_default(),
         requests_per_s: s.api_requests.load(Ordering::Relaxed) as f64 / secs,
+        cached_reads_per_s: s.cached_scale_reads.load(Ordering::Relaxed) as f64 / secs,
         actions: s.actions.load(Ordering::Relaxed),
+        queued: ctx.writer.outstanding(),
         rss,
         peak,
     }
@@ -231,19 +235,21 @@ async fn main() {
         rss_before
     );
     println!(
-        "| mode | polls/s | lag p50 | lag p99 | lag max | API requests/s | actions | RSS MiB | peak RSS MiB |"
+        "| mode | polls/s | lag p50 | lag p99 | lag max | API requests/s | /scale reads from watch/s | actions | writes queued at end | RSS MiB | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.1} | {:.2} s | {:.2} s | {:.2} s | {:.1} | {} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.2} s | {:.2} s | {:.2} s | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} |",
             r.mode,
             r.polls_per_s,
             r.p50.as_secs_f64(),
             r.p99.as_secs_f64(),
             r.max.as_secs_f64(),
             r.requests_per_s,
+            r.cached_reads_per_s,
             r.actions,
+            r.queued,
             r.rss,
             r.peak
         );

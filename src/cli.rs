@@ -182,12 +182,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            _ = crate::controller::run(ctx) => {}
+            _ = crate::controller::run(ctx.clone()) => {}
             Some(r) = async { match api { Some(h) => Some(h.await), None => None } } => {
                 r??;
             }
             _ = tokio::signal::ctrl_c() => {}
             _ = terminated() => {}
+        }
+        // The audit trail's last Events may still be queued: give them a moment to land
+        // (well inside a pod's default 30 s grace period).
+        let left = ctx.writer.flush(std::time::Duration::from_secs(5)).await;
+        if left > 0 {
+            tracing::warn!(left, "stopping with Events or status writes not yet written");
         }
         Ok(())
     })

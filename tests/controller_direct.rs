@@ -279,3 +279,42 @@ async fn escalation_fires_once_at_max_replicas_with_demand_above() {
     );
     assert_eq!(events(&client, &ns, "Escalated").await.len(), 1);
 }
+
+/// The current count comes from a watch of the Deployments (src/controller/replicas.rs), not a
+/// GET per poll: a change made by hand must still be seen by the next poll. If the watch were
+/// stale, ebb would take 7 for the 3 it last wrote and leave the workload at 7.
+#[tokio::test]
+async fn a_workload_scaled_by_hand_is_seen_by_the_next_poll() {
+    let (client, ns) = setup("handscaled").await;
+    let rabbit = shared_stack().rabbitmq.as_ref().unwrap();
+    let queue = format!("{ns}-jobs");
+    deployment(&client, &ns, "worker", 1).await;
+    let mut st = backlog_target("worker", &queue, "Direct", 10, "1s");
+    st["spec"]["behavior"] = json!({ "scaleDown": { "stabilizationWindowSeconds": 0 } });
+    scaled_target(&client, &ns, st).await;
+    let (_conn, channel) = channel(rabbit).await;
+    publish(&channel, &queue, 30).await;
+    let _controller = start_controller(client.clone(), &ns);
+    eventually(20 * SECOND, "3 replicas for 30 messages", || async {
+        (replicas(&client, &ns, "worker").await == 3).then_some(())
+    })
+    .await;
+
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+        .patch_scale(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 7 } })),
+        )
+        .await
+        .unwrap();
+    eventually(10 * SECOND, "a Scaled Event from 7 to 3", || async {
+        events(&client, &ns, "Scaled")
+            .await
+            .iter()
+            .any(|e| e.note.as_deref().unwrap_or("").contains("from 7 to 3"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(replicas(&client, &ns, "worker").await, 3);
+}

@@ -15,8 +15,10 @@ pub mod hpa;
 pub mod leader;
 pub mod metrics;
 pub mod reader;
+pub mod replicas;
 pub mod stats;
 mod status;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,9 +29,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -97,6 +97,9 @@ struct TargetState {
     series: Option<TargetSeries>,
     /// Thresholds learned from history (`spec.adaptive`), per metric.
     learning: adaptive::Learning,
+    /// The last status this replica queued, while it leads. Writes are deferred
+    /// ([`writer`]), so the object may not show it yet; the next status builds on it.
+    status: Option<ScaledTargetStatus>,
 }
 
 /// The state of `st`, started afresh when the object was recreated (another uid).
@@ -131,8 +134,8 @@ struct Schedule {
 pub struct Context {
     /// Kubernetes client.
     pub client: kube::Client,
-    /// Publishes warnings and notices as Events (repeats fold into a series).
-    pub recorder: Recorder,
+    /// Events and status writes, off the path of the next decision.
+    pub writer: writer::Writer,
     /// Who records the audit trail's Events (one per action, never folded).
     reporter: Reporter,
     /// Where metric values come from.
@@ -141,6 +144,8 @@ pub struct Context {
     pub leadership: Leadership,
     targets: Mutex<HashMap<String, TargetState>>,
     kinds: Mutex<HashMap<(String, String), ApiResource>>,
+    /// Replica counts of the scale targets, from watches.
+    replicas: replicas::ReplicaCache,
     escalator: Escalator,
     /// Counters of the controller's work.
     pub stats: Arc<ControllerStats>,
@@ -175,8 +180,13 @@ impl Context {
             instance: Some(identity.into()),
         };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter.clone()),
+            writer: writer::Writer::start(
+                client.clone(),
+                Recorder::new(client.clone(), reporter.clone()),
+                metrics.stats.clone(),
+            ),
             reporter,
+            replicas: replicas::ReplicaCache::new(client.clone()),
             client,
             reader,
             leadership,
@@ -211,10 +221,9 @@ impl Context {
     /// Drops what is kept for a ScaledTarget that is gone: its state (and with it its series)
     /// and the values the external metrics API serves for it.
     fn forget(&self, namespace: &str, name: &str) {
-        self.targets
-            .lock()
-            .expect("targets")
-            .remove(&format!("{namespace}/{name}"));
+        let key = format!("{namespace}/{name}");
+        self.targets.lock().expect("targets").remove(&key);
+        self.writer.forget(&key);
         if let Some(store) = self.store.get() {
             store.remove(namespace, name);
         }
@@ -225,7 +234,30 @@ impl Context {
         let _ = self.store.set(store);
     }
 
-    async fn scale_api(&self, st: &ScaledTarget) -> Result<Api<DynamicObject>> {
+    /// The target's `/scale` API and its current counts: from the replica watch where it has
+    /// them, else read from `/scale`.
+    async fn scale_of(&self, st: &ScaledTarget) -> Result<(ScaleApi, replicas::Counts)> {
+        let api = self.scale_api(st).await?;
+        let ns = st.namespace().unwrap_or_default();
+        let name = &st.spec.target_ref.name;
+        if let Some(replicas::Lookup::Counts(c)) = self.replicas.get(&api.kind, &ns, name) {
+            self.stats
+                .cached_scale_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok((api, c));
+        }
+        // Not watched, not listed yet, or not seen yet (a target created a moment ago).
+        self.stats.requests(1);
+        let scale = api.api.get_scale(name).await?;
+        let counts = replicas::Counts::written(
+            scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+            scale.status.as_ref().map_or(0, |s| s.replicas),
+            scale.metadata.resource_version.as_deref(),
+        );
+        Ok((api, counts))
+    }
+
+    async fn scale_api(&self, st: &ScaledTarget) -> Result<ScaleApi> {
         let t = &st.spec.target_ref;
         let key = (t.api_version.clone(), t.kind.clone());
         let cached = self.kinds.lock().expect("kinds").get(&key).cloned();
@@ -248,8 +280,17 @@ impl Context {
             }
         };
         let ns = st.namespace().unwrap_or_default();
-        Ok(Api::namespaced_with(self.client.clone(), &ns, &ar))
+        Ok(ScaleApi {
+            api: Api::namespaced_with(self.client.clone(), &ns, &ar),
+            kind: ar,
+        })
     }
+}
+
+/// A target's API (for `/scale`) and its kind.
+struct ScaleApi {
+    api: Api<DynamicObject>,
+    kind: ApiResource,
 }
 
 /// Runs the controller over all namespaces until the stream of ScaledTargets ends.
@@ -260,6 +301,7 @@ pub async fn run(ctx: Arc<Context>) {
 
 /// Runs the controller over one namespace (tests, namespace-scoped installs).
 pub async fn run_namespaced(ctx: Arc<Context>, namespace: &str) {
+    ctx.replicas.restrict_to(namespace);
     let sts = Api::<ScaledTarget>::namespaced(ctx.client.clone(), namespace);
     run_on(sts, ctx).await
 }
@@ -290,6 +332,27 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>) {
 pub fn error_policy(st: Arc<ScaledTarget>, error: &ControllerError, _: Arc<Context>) -> Action {
     tracing::warn!(scaledtarget = %key(&st), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
+}
+
+/// The wait from a poll that started at `started` (since the epoch) to the next regular one:
+/// the target's own slot, which lies `fnv1a(uid) mod interval` past each multiple of the
+/// interval on the wall clock, at most one interval away (never later than a plain interval,
+/// so a change is still seen within one interval; moving onto the slot costs at most one
+/// early poll).
+///
+/// Targets created or edited together (an install, a mode change across many, a restart) would
+/// otherwise poll in phase for ever and, when their load moves together, act in one wave that
+/// the API server must absorb at once. Slots from the uid spread them evenly over the interval
+/// and keep them there across restarts and leader changes (every replica computes the same).
+fn regular_wait(interval: Duration, uid: &str, started: Duration) -> Duration {
+    let period = interval.as_millis().max(1) as u64;
+    let slot = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    }) % period;
+    let nominal = started.as_millis() as u64 + period;
+    // Distance from the nominal time back to the slot before it, in [0, period).
+    let past = (nominal + period - slot) % period;
+    Duration::from_millis(period - past)
 }
 
 fn key(st: &ScaledTarget) -> String {
@@ -366,10 +429,21 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     ctx.stats
         .polls
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // The next poll is due one interval after this one started (sooner when the engine asks),
-    // however long this one takes.
+    // The next poll is due one interval after this one started, moved to the target's own slot
+    // (sooner when the engine asks), however long this one takes.
+    let started_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let requeue = |after: Duration| {
-        let after = after.min(interval);
+        let after = if after >= interval {
+            regular_wait(
+                interval,
+                st.metadata.uid.as_deref().unwrap_or_default(),
+                started_wall,
+            )
+        } else {
+            after
+        };
         let mut targets = ctx.targets.lock().expect("targets");
         targets.entry(key(&st)).or_default().scheduled = Some(Schedule {
             due: started + after,
@@ -401,6 +475,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         // Only the leader's decisions are exported: a standby drops what it had.
         if let Some(t) = ctx.targets.lock().expect("targets").get_mut(&key(&st)) {
             t.series = None;
+            t.status = None;
         }
         return Ok(requeue(interval));
     }
@@ -417,11 +492,20 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         )
         .await;
     }
-    let mut conditions = Conditions::from_status(st.status.as_ref());
+    // What the status says now: the last one this replica queued, else the object's.
+    let previous = {
+        let targets = ctx.targets.lock().expect("targets");
+        targets
+            .get(&key(&st))
+            .filter(|t| Some(&t.uid) == st.metadata.uid.as_ref())
+            .and_then(|t| t.status.clone())
+    }
+    .or_else(|| st.status.clone());
+    let mut conditions = Conditions::from_status(previous.as_ref());
     let mut status = ScaledTargetStatus {
         metrics: metric_statuses(&st, &readings, &learned.status),
         observed_generation: st.metadata.generation,
-        last_scale_time: st.status.as_ref().and_then(|s| s.last_scale_time.clone()),
+        last_scale_time: previous.as_ref().and_then(|s| s.last_scale_time.clone()),
         ..Default::default()
     };
     let active = readings
@@ -467,15 +551,11 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         let values = readings.iter().map(|r| r.value.as_ref().ok().copied());
         ctx.series(t, &st).observe(values, &status);
     }
-    if status::worth_writing(st.status.as_ref(), &status) {
-        let api = Api::<ScaledTarget>::namespaced(ctx.client.clone(), &ns);
-        ctx.stats.requests(1);
-        api.patch_status(
-            &st.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": status })),
-        )
-        .await?;
+    if status::worth_writing(previous.as_ref(), &status) {
+        // A failed write is not retried here: the status is rewritten within a minute anyway
+        // (status::REFRESH), and decisions never read it back.
+        state_for(&mut ctx.targets.lock().expect("targets"), &st).status = Some(status.clone());
+        ctx.writer.write_status(&st, status).await;
     }
     Ok(requeue(next.unwrap_or(interval)))
 }
@@ -691,13 +771,10 @@ async fn set_paused_replicas(
     if done == Some(n) {
         return Ok(());
     }
-    let api = ctx.scale_api(st).await?;
-    ctx.stats.requests(1);
-    let scale = api.get_scale(&st.spec.target_ref.name).await?;
-    let current = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
+    let (api, counts) = ctx.scale_of(st).await?;
+    let current = counts.spec;
     if current != n {
-        ctx.stats.requests(1);
-        patch_scale(&api, st, n).await?;
+        patch_scale(ctx, &api, st, n, counts.status).await?;
         audit(
             ctx,
             st,
@@ -718,13 +795,35 @@ async fn set_paused_replicas(
     Ok(())
 }
 
-async fn patch_scale(api: &Api<DynamicObject>, st: &ScaledTarget, replicas: i32) -> Result<()> {
-    api.patch_scale(
+async fn patch_scale(
+    ctx: &Context,
+    api: &ScaleApi,
+    st: &ScaledTarget,
+    replicas: i32,
+    status_replicas: i32,
+) -> Result<()> {
+    ctx.stats.requests(1);
+    let scale = api
+        .api
+        .patch_scale(
+            &st.spec.target_ref.name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } })),
+        )
+        .await?;
+    ctx.replicas.wrote(
+        &api.kind,
+        &st.namespace().unwrap_or_default(),
         &st.spec.target_ref.name,
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } })),
-    )
-    .await?;
+        replicas::Counts::written(
+            replicas,
+            scale
+                .status
+                .as_ref()
+                .map_or(status_replicas, |s| s.replicas),
+            scale.metadata.resource_version.as_deref(),
+        ),
+    );
     Ok(())
 }
 
@@ -737,11 +836,8 @@ async fn reconcile_scale(
     conditions: &mut Conditions,
     status: &mut ScaledTargetStatus,
 ) -> Result<Option<Duration>> {
-    let api = ctx.scale_api(st).await?;
-    ctx.stats.requests(1);
-    let scale = api.get_scale(&st.spec.target_ref.name).await?;
-    let spec_replicas = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-    let status_replicas = scale.status.as_ref().map_or(0, |s| s.replicas);
+    let (api, counts) = ctx.scale_of(st).await?;
+    let (spec_replicas, status_replicas) = (counts.spec, counts.status);
     status.current_replicas = Some(spec_replicas);
     let direct = st.spec.mode == Mode::Direct;
     if let Some(pause) = paused {
@@ -869,8 +965,7 @@ async fn reconcile_scale(
             ctx.stats
                 .actions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            ctx.stats.requests(1);
-            match patch_scale(&api, st, desired).await {
+            match patch_scale(ctx, &api, st, desired, status_replicas).await {
                 Ok(()) => {
                     {
                         let mut targets = ctx.targets.lock().expect("targets");
@@ -1038,11 +1133,7 @@ async fn record_action(ctx: &Context, st: &ScaledTarget, reason: &str, action: &
         reporting_instance: ctx.reporter.instance.clone(),
         ..Default::default()
     };
-    ctx.stats.requests(1);
-    let events = Api::<K8sEvent>::namespaced(ctx.client.clone(), &ns);
-    if let Err(e) = events.create(&PostParams::default(), &event).await {
-        tracing::warn!(scaledtarget = %key(st), error = %e, "could not record an action Event");
-    }
+    ctx.writer.create_event(ns, event).await;
 }
 
 async fn publish(
@@ -1060,10 +1151,7 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    ctx.stats.requests(1);
-    if let Err(e) = ctx.recorder.publish(&event, &st.object_ref(&())).await {
-        tracing::warn!(scaledtarget = %key(st), error = %e, "could not publish an Event");
-    }
+    ctx.writer.publish(event, st.object_ref(&())).await;
 }
 
 async fn escalate(
@@ -1129,6 +1217,28 @@ async fn escalate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regular_polls_move_onto_the_targets_slot_and_stay_there() {
+        let interval = Duration::from_secs(15);
+        let started = Duration::from_millis(1_700_000_000_123);
+        let first = regular_wait(interval, "uid-a", started);
+        assert!(first > Duration::ZERO && first <= interval);
+        // On the slot, the next wait is exactly one interval.
+        assert_eq!(regular_wait(interval, "uid-a", started + first), interval);
+        // Another uid has another slot; many uids spread over the whole interval.
+        let slots: std::collections::BTreeSet<u64> = (0..1000)
+            .map(|i| {
+                let wait = regular_wait(interval, &format!("uid-{i}"), started);
+                ((started + wait).as_millis() % interval.as_millis()) as u64 / 1000
+            })
+            .collect();
+        assert_eq!(
+            slots.len(),
+            15,
+            "every second of the interval holds some slot"
+        );
+    }
 
     fn target_with_fallback(threshold: i32) -> ScaledTarget {
         serde_json::from_value(serde_json::json!({

@@ -18,6 +18,8 @@ pub struct ControllerStats {
     pub api_requests: AtomicU64,
     /// Replica changes applied (Direct) or reported (Shadow).
     pub actions: AtomicU64,
+    /// Replica counts read from the watch instead of a GET of `/scale`.
+    pub cached_scale_reads: AtomicU64,
     lag: Box<[AtomicU64]>,
     lag_sum_micros: AtomicU64,
 }
@@ -54,6 +56,7 @@ impl Default for ControllerStats {
             polls: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
             actions: AtomicU64::new(0),
+            cached_scale_reads: AtomicU64::new(0),
             lag: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             lag_sum_micros: AtomicU64::new(0),
         }
@@ -131,6 +134,7 @@ impl ControllerStats {
         self.polls.store(0, Ordering::Relaxed);
         self.api_requests.store(0, Ordering::Relaxed);
         self.actions.store(0, Ordering::Relaxed);
+        self.cached_scale_reads.store(0, Ordering::Relaxed);
         for c in self.lag.iter() {
             c.store(0, Ordering::Relaxed);
         }

@@ -1,0 +1,208 @@
+//! Writes that follow a decision but must not delay the next one: Events (the audit trail) and
+//! ScaledTarget status.
+//!
+//! A poll's only write on its own path is the one that acts (`/scale`, the owned HPA). When
+//! thousands of targets act together, an Event and a status write per target would triple the
+//! requests each poll waits on, and the queue of due polls would drain at a third of the rate.
+//! Here they go through a bounded queue drained by a few writers at a time:
+//! - Events are queued in order and never dropped (a full queue makes the poll wait: back
+//!   pressure, not loss); each keeps the time of the action as its `eventTime`.
+//! - Status is coalesced per target: only the newest status of a target waits, and a target
+//!   holds at most one place in the queue, so under pressure status writes shrink to one per
+//!   target instead of piling up.
+//!
+//! At shutdown [`Writer::flush`] gives what is queued a bounded time to land.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, Recorder};
+use tokio::sync::mpsc;
+
+use super::stats::ControllerStats;
+use crate::crd::{ScaledTarget, ScaledTargetStatus};
+
+/// Writes in flight at once. Fewer than the polls in flight: these may wait, polls should not.
+pub const WRITE_CONCURRENCY: usize = 16;
+
+/// Writes waiting at most; beyond this, queuing an Event waits for room.
+const QUEUE_CAPACITY: usize = 20_000;
+
+enum Job {
+    /// An Event of its own (an action of the audit trail).
+    Create {
+        namespace: String,
+        event: Box<K8sEvent>,
+    },
+    /// An Event through the Recorder (warnings that repeat fold into a series).
+    Publish {
+        event: Event,
+        regarding: Box<k8s_openapi::api::core::v1::ObjectReference>,
+    },
+    /// The newest status queued for this target (`namespace/name`).
+    Status(String),
+}
+
+struct PendingStatus {
+    namespace: String,
+    name: String,
+    status: ScaledTargetStatus,
+}
+
+struct Shared {
+    client: kube::Client,
+    recorder: Recorder,
+    stats: Arc<ControllerStats>,
+    statuses: Mutex<HashMap<String, PendingStatus>>,
+    /// Jobs queued or in flight (for [`Writer::flush`]).
+    outstanding: AtomicUsize,
+}
+
+/// The queue of deferred writes; cheap to share.
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Starts the writers on the current Tokio runtime; they stop when the Writer is dropped.
+    pub fn start(client: kube::Client, recorder: Recorder, stats: Arc<ControllerStats>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let shared = Arc::new(Shared {
+            client,
+            recorder,
+            stats,
+            statuses: Mutex::default(),
+            outstanding: AtomicUsize::new(0),
+        });
+        let worker = shared.clone();
+        tokio::spawn(async move {
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|j| (j, rx)) })
+                .for_each_concurrent(WRITE_CONCURRENCY, |job| {
+                    let shared = worker.clone();
+                    async move {
+                        shared.run(job).await;
+                        shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    }
+                })
+                .await;
+        });
+        Self { tx, shared }
+    }
+
+    async fn enqueue(&self, job: Job) {
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(job).await.is_err() {
+            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Queues an Event to be created as it is.
+    pub async fn create_event(&self, namespace: String, event: K8sEvent) {
+        self.enqueue(Job::Create {
+            namespace,
+            event: Box::new(event),
+        })
+        .await;
+    }
+
+    /// Queues an Event for the Recorder.
+    pub async fn publish(
+        &self,
+        event: Event,
+        regarding: k8s_openapi::api::core::v1::ObjectReference,
+    ) {
+        self.enqueue(Job::Publish {
+            event,
+            regarding: Box::new(regarding),
+        })
+        .await;
+    }
+
+    /// Queues `status` as the one to write for `st`, replacing any not yet written.
+    pub async fn write_status(&self, st: &ScaledTarget, status: ScaledTargetStatus) {
+        use kube::ResourceExt;
+        let namespace = st.namespace().unwrap_or_default();
+        let name = st.name_any();
+        let key = format!("{namespace}/{name}");
+        let queued = self
+            .shared
+            .statuses
+            .lock()
+            .expect("statuses")
+            .insert(
+                key.clone(),
+                PendingStatus {
+                    namespace,
+                    name,
+                    status,
+                },
+            )
+            .is_some();
+        if !queued {
+            self.enqueue(Job::Status(key)).await;
+        }
+    }
+
+    /// Drops a target's status that is not yet written (the target is gone).
+    pub fn forget(&self, key: &str) {
+        self.shared.statuses.lock().expect("statuses").remove(key);
+    }
+
+    /// Writes not yet done (queued or in flight).
+    pub fn outstanding(&self) -> usize {
+        self.shared.outstanding.load(Ordering::Acquire)
+    }
+
+    /// Waits until every queued write is done, or `timeout` has passed; returns what is left.
+    pub async fn flush(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.outstanding() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.outstanding()
+    }
+}
+
+impl Shared {
+    async fn run(&self, job: Job) {
+        self.stats.requests(1);
+        match job {
+            Job::Create { namespace, event } => {
+                let events = Api::<K8sEvent>::namespaced(self.client.clone(), &namespace);
+                if let Err(e) = events.create(&PostParams::default(), &event).await {
+                    tracing::warn!(namespace, error = %e, note = ?event.note, "could not record an action Event");
+                }
+            }
+            Job::Publish { event, regarding } => {
+                if let Err(e) = self.recorder.publish(&event, &regarding).await {
+                    tracing::warn!(error = %e, reason = %event.reason, "could not publish an Event");
+                }
+            }
+            Job::Status(key) => {
+                let Some(p) = self.statuses.lock().expect("statuses").remove(&key) else {
+                    return; // forgotten: the target is gone
+                };
+                let api = Api::<ScaledTarget>::namespaced(self.client.clone(), &p.namespace);
+                let patch = Patch::Merge(serde_json::json!({ "status": p.status }));
+                match api
+                    .patch_status(&p.name, &PatchParams::default(), &patch)
+                    .await
+                {
+                    Ok(_) => {}
+                    // Deleted meanwhile: nothing to report on.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        tracing::warn!(scaledtarget = %key, error = %e, "status write failed")
+                    }
+                }
+            }
+        }
+    }
+}
