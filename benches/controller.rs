@@ -1,5 +1,6 @@
 //! The controller at scale: N ScaledTargets (default 5,000) on the local control plane (kwok
-//! stack), first in mode Shadow, then in mode Direct. Prints the decision loop's lag past the
+//! stack), in mode Shadow, then Direct, then Hpa (the HPA controller does not run here: the row
+//! measures ebb's own cost of keeping 5,000 owned HPAs). Prints the decision loop's lag past the
 //! polling interval, the Kubernetes API requests per second ebb makes, and resident memory.
 //!
 //! `cargo bench --bench controller` (env: `EBB_BENCH_TARGETS`, `EBB_BENCH_INTERVAL_SECONDS`,
@@ -111,6 +112,22 @@ where
         .await;
 }
 
+async fn set_mode(sts: &Api<ScaledTarget>, n: usize, mode: &str) {
+    for_all(n, |i| {
+        let sts = sts.clone();
+        async move {
+            sts.patch(
+                &format!("w{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "mode": mode } })),
+            )
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+}
+
 #[tokio::main]
 async fn main() {
     let n = env("EBB_BENCH_TARGETS", 5000) as usize;
@@ -212,20 +229,10 @@ async fn main() {
     let controller = tokio::spawn(run_namespaced(ctx.clone(), "bench"));
     let mut rows = vec![measure(&ctx, "Shadow", interval, window).await];
 
-    for_all(n, |i| {
-        let sts = sts.clone();
-        async move {
-            sts.patch(
-                &format!("w{i}"),
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "mode": "Direct" } })),
-            )
-            .await
-            .unwrap();
-        }
-    })
-    .await;
+    set_mode(&sts, n, "Direct").await;
     rows.push(measure(&ctx, "Direct", interval, window).await);
+    set_mode(&sts, n, "Hpa").await;
+    rows.push(measure(&ctx, "Hpa", interval, window).await);
     controller.abort();
 
     println!(

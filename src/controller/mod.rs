@@ -12,6 +12,7 @@
 pub mod adaptive;
 pub mod escalation;
 pub mod hpa;
+pub mod hpa_index;
 pub mod leader;
 pub mod metrics;
 pub mod reader;
@@ -97,6 +98,8 @@ struct TargetState {
     series: Option<TargetSeries>,
     /// Thresholds learned from history (`spec.adaptive`), per metric.
     learning: adaptive::Learning,
+    /// What this replica last applied to the owned HPA (mode Hpa).
+    hpa_applied: Option<AppliedHpa>,
     /// The last status this replica queued, while it leads. Writes are deferred
     /// ([`writer`]), so the object may not show it yet; the next status builds on it.
     status: Option<ScaledTargetStatus>,
@@ -130,6 +133,25 @@ struct Schedule {
     paused: Option<Option<i32>>,
 }
 
+/// An apply of the owned HPA: it is applied again only when what ebb wants changed, when its
+/// spec is no longer what the apply left (a hand edit; HPAs have no `generation` to tell), or
+/// when it is gone.
+#[derive(Clone, Copy, PartialEq)]
+struct AppliedHpa {
+    /// Hash of the desired HPA as applied.
+    desired: u64,
+    /// Hash of the spec the apply returned (defaults filled in by the API server).
+    spec: u64,
+}
+
+/// A hash of `value`'s JSON form.
+fn json_hash(value: &impl serde::Serialize) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(value).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
 /// Shared state of the controller.
 pub struct Context {
     /// Kubernetes client.
@@ -146,6 +168,8 @@ pub struct Context {
     kinds: Mutex<HashMap<(String, String), ApiResource>>,
     /// Replica counts of the scale targets, from watches.
     replicas: replicas::ReplicaCache,
+    /// The HPAs in the controller's scope (mode Hpa), from a watch started by the run.
+    hpas: std::sync::OnceLock<hpa_index::HpaIndex>,
     escalator: Escalator,
     /// Counters of the controller's work.
     pub stats: Arc<ControllerStats>,
@@ -187,6 +211,7 @@ impl Context {
             ),
             reporter,
             replicas: replicas::ReplicaCache::new(client.clone()),
+            hpas: std::sync::OnceLock::new(),
             client,
             reader,
             leadership,
@@ -296,18 +321,21 @@ struct ScaleApi {
 /// Runs the controller over all namespaces until the stream of ScaledTargets ends.
 pub async fn run(ctx: Arc<Context>) {
     let sts = Api::<ScaledTarget>::all(ctx.client.clone());
-    run_on(sts, ctx).await
+    run_on(sts, ctx, None).await
 }
 
 /// Runs the controller over one namespace (tests, namespace-scoped installs).
 pub async fn run_namespaced(ctx: Arc<Context>, namespace: &str) {
     ctx.replicas.restrict_to(namespace);
     let sts = Api::<ScaledTarget>::namespaced(ctx.client.clone(), namespace);
-    run_on(sts, ctx).await
+    run_on(sts, ctx, Some(namespace)).await
 }
 
-async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>) {
+async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&str>) {
     use kube::runtime::controller::Error;
+    let _ = ctx
+        .hpas
+        .set(hpa_index::HpaIndex::start(ctx.client.clone(), namespace));
     Controller::new(sts, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_POLLS))
         .run(reconcile, error_policy, ctx.clone())
@@ -667,18 +695,25 @@ async fn reconcile_hpa(
     let ns = st.namespace().unwrap_or_default();
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
     let name = hpa::hpa_name(st);
-    ctx.stats.requests(2); // list, then get or apply
-    let listed = hpas.list(&ListParams::default()).await?.items;
-    let foreign = listed
-        .iter()
-        .find(|h| hpa::targets_same_workload(h, st) && !hpa::owned_by(h, st))
-        .cloned();
+    let view = match ctx.hpas.get().and_then(|index| index.view(st)) {
+        Some(view) => view,
+        None => {
+            // No watch (yet): list the namespace.
+            ctx.stats.requests(1);
+            let listed: Vec<_> = hpas
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+            hpa_index::HpaView::of(st, &listed)
+        }
+    };
+    let hpa_index::HpaView { ours, foreign } = view;
     // Learned targets; a metric still waiting for its backfill keeps the one its HPA has.
     let mut learned_targets = learned.hpa_targets.clone();
-    if let Some(ours) = listed
-        .iter()
-        .find(|h| h.name_any() == name && hpa::owned_by(h, st))
-    {
+    if let Some(ours) = &ours {
         learned_targets.extend(hpa::kept_targets(ours, &learned.pending));
     }
     if let Some(foreign) = foreign {
@@ -694,10 +729,15 @@ async fn reconcile_hpa(
     }
     if let Some(pause) = paused {
         // KEDA's semantics: a paused target has no HPA; with a count, ebb sets it once.
-        if hpas.get_opt(&name).await?.is_some() {
+        if ours.is_some() {
             ctx.stats.requests(1);
-            hpas.delete(&name, &DeleteParams::default()).await?;
+            match hpas.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied = None;
         if let Some(n) = pause {
             set_paused_replicas(st, ctx, n, status).await?;
         }
@@ -709,21 +749,44 @@ async fn reconcile_hpa(
         ));
         return Ok(None);
     }
-    ctx.targets
-        .lock()
-        .expect("targets")
-        .entry(key(st))
-        .or_default()
-        .paused_applied = None;
-    let applied = hpas
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(hpa::desired_hpa_with(st, &learned_targets)),
-        )
-        .await?;
+    let desired = hpa::desired_hpa_with(st, &learned_targets);
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_vec(&desired)
+            .unwrap_or_default()
+            .hash(&mut h);
+        h.finish()
+    };
+    let last = {
+        let mut targets = ctx.targets.lock().expect("targets");
+        let t = state_for(&mut targets, st);
+        t.paused_applied = None;
+        t.hpa_applied
+    };
+    let in_sync = match (&ours, last) {
+        (Some(h), Some(a)) => a.desired == fingerprint && json_hash(&h.spec) == a.spec,
+        _ => false,
+    };
+    let hpa_now = if in_sync {
+        ours.as_deref().cloned().unwrap_or_default()
+    } else {
+        ctx.stats.requests(1);
+        let applied = hpas
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(desired),
+            )
+            .await?;
+        state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied = Some(AppliedHpa {
+            desired: fingerprint,
+            spec: json_hash(&applied.spec),
+        });
+        applied
+    };
     status.hpa_name = Some(name.clone());
-    if let Some(s) = applied.status {
+    if let Some(s) = hpa_now.status {
         status.current_replicas = s.current_replicas;
         status.desired_replicas = Some(s.desired_replicas);
         status.last_scale_time = s.last_scale_time.or(status.last_scale_time.take());
