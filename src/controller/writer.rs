@@ -42,7 +42,7 @@ enum Job {
     },
     /// An Event through the Recorder (warnings that repeat fold into a series).
     Publish {
-        event: Event,
+        event: Box<Event>,
         regarding: Box<k8s_openapi::api::core::v1::ObjectReference>,
     },
     /// The newest status queued for this target (`namespace/name`).
@@ -119,7 +119,7 @@ impl Writer {
         regarding: k8s_openapi::api::core::v1::ObjectReference,
     ) {
         self.enqueue(Job::Publish {
-            event,
+            event: Box::new(event),
             regarding: Box::new(regarding),
         })
         .await;
