@@ -4,12 +4,15 @@
 //! polling interval, the Kubernetes API requests per second ebb makes, and resident memory.
 //!
 //! `cargo bench --bench controller` (env: `EBB_BENCH_TARGETS`, `EBB_BENCH_INTERVAL_SECONDS`,
-//! `EBB_BENCH_WINDOW_SECONDS`).
+//! `EBB_BENCH_WINDOW_SECONDS`, `EBB_BENCH_FLIP_SECONDS`, `EBB_BENCH_STAGGER`, `EBB_BENCH_MODES`).
 //!
 //! The targets scale a bench CRD with a `/scale` subresource (no pods, no controller behind
 //! it, so the API server's work is ebb's). Metric values come from memory, as the `collect`
 //! layer's cache serves them: the bench measures the controller, not the sources. The value
-//! flips between 20 and 40 every 30 s (target 10 per replica), so Direct scales in waves.
+//! flips between 20 and 40 every `EBB_BENCH_FLIP_SECONDS` (default 30; target 10 per replica),
+//! so in Direct every target scales at each flip: all at once, or each at its own offset with
+//! `EBB_BENCH_STAGGER=1`. `EBB_BENCH_MODES` (default
+//! `Shadow,Direct,Hpa`) picks the rows.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,20 +29,33 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-/// Values from memory: 20 or 40, flipping every 30 s.
-struct MemoryReader;
+/// Values from memory: 20 or 40, flipping every `flip` seconds; all targets at once, or each
+/// at its own offset (`stagger`, from its query) as unrelated workloads would.
+struct MemoryReader {
+    flip: u64,
+    stagger: bool,
+}
 
 impl MetricReader for MemoryReader {
-    fn read<'a>(&'a self, _: &'a str, _: &'a Metric, _: std::time::Duration) -> ReadFuture<'a> {
+    fn read<'a>(&'a self, _: &'a str, m: &'a Metric, _: std::time::Duration) -> ReadFuture<'a> {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        Box::pin(std::future::ready(Ok(if (secs / 30).is_multiple_of(2) {
-            20.0
-        } else {
-            40.0
-        })))
+        let offset = match (&m.prometheus, self.stagger) {
+            (Some(p), true) => p
+                .query
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
+            _ => 0,
+        } % self.flip;
+        Box::pin(std::future::ready(Ok(
+            if ((secs + offset) / self.flip).is_multiple_of(2) {
+                20.0
+            } else {
+                40.0
+            },
+        )))
     }
 }
 
@@ -133,6 +149,13 @@ async fn main() {
     let n = env("EBB_BENCH_TARGETS", 5000) as usize;
     let interval = Duration::from_secs(env("EBB_BENCH_INTERVAL_SECONDS", 15));
     let window = Duration::from_secs(env("EBB_BENCH_WINDOW_SECONDS", 60));
+    let flip = env("EBB_BENCH_FLIP_SECONDS", 30).max(1);
+    let stagger = env("EBB_BENCH_STAGGER", 0) == 1;
+    let modes = std::env::var("EBB_BENCH_MODES").unwrap_or_else(|_| "Shadow,Direct,Hpa".into());
+    let modes: Vec<&'static str> = ["Shadow", "Direct", "Hpa"]
+        .into_iter()
+        .filter(|m| modes.split(',').any(|x| x.trim() == *m))
+        .collect();
     let stack = Stack::start(StackOptions {
         kube: Some(ControlPlaneOptions {
             hpa_controller: false,
@@ -203,7 +226,7 @@ async fn main() {
                     "pollingInterval": format!("{}s", interval.as_secs()),
                     "metrics": [{
                         "name": "load",
-                        "prometheus": { "address": "http://unused", "query": "load" },
+                        "prometheus": { "address": "http://unused", "query": format!("load{{workload=\"{name}\"}}") },
                         "target": { "type": "AverageValue", "averageValue": "10" }
                     }],
                     "behavior": { "scaleDown": { "stabilizationWindowSeconds": 0 } }
@@ -222,22 +245,29 @@ async fn main() {
     let (rss_before, _) = rss_mib();
     let ctx = Context::new(
         client.clone(),
-        Arc::new(MemoryReader),
+        Arc::new(MemoryReader { flip, stagger }),
         Leadership::fixed(true),
         "bench",
     );
     let controller = tokio::spawn(run_namespaced(ctx.clone(), "bench"));
-    let mut rows = vec![measure(&ctx, "Shadow", interval, window).await];
-
-    set_mode(&sts, n, "Direct").await;
-    rows.push(measure(&ctx, "Direct", interval, window).await);
-    set_mode(&sts, n, "Hpa").await;
-    rows.push(measure(&ctx, "Hpa", interval, window).await);
+    let mut rows = Vec::new();
+    for mode in modes {
+        // The targets are created in mode Shadow.
+        if mode != "Shadow" {
+            set_mode(&sts, n, mode).await;
+        }
+        rows.push(measure(&ctx, mode, interval, window).await);
+    }
     controller.abort();
 
     println!(
-        "\n{n} ScaledTargets, pollingInterval {}s, window {}s (RSS of the bench process; {:.1} MiB before the controller started)\n",
+        "\n{n} ScaledTargets, pollingInterval {}s, load flips every {flip}s ({}), window {}s (RSS of the bench process; {:.1} MiB before the controller started)\n",
         interval.as_secs(),
+        if stagger {
+            "each target at its own offset"
+        } else {
+            "all targets at once"
+        },
         window.as_secs(),
         rss_before
     );

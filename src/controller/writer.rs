@@ -31,8 +31,10 @@ use crate::crd::{ScaledTarget, ScaledTargetStatus};
 /// Writes in flight at once. Fewer than the polls in flight: these may wait, polls should not.
 pub const WRITE_CONCURRENCY: usize = 16;
 
-/// Writes waiting at most; beyond this, queuing an Event waits for room.
-const QUEUE_CAPACITY: usize = 20_000;
+/// Writes waiting at most (an Event waiting is about 1 KiB: a few MiB in all); beyond this,
+/// queuing one makes the poll wait. When the API server cannot absorb the writes, the lag grows
+/// rather than the memory.
+const QUEUE_CAPACITY: usize = 8_192;
 
 enum Job {
     /// An Event of its own (an action of the audit trail).
@@ -53,13 +55,21 @@ struct PendingStatus {
     namespace: String,
     name: String,
     status: ScaledTargetStatus,
+    /// Failed writes of this status so far.
+    failures: u8,
 }
+
+/// Tries of one status write; a status is rewritten anyway when it changes (or every
+/// `status::REFRESH`).
+const STATUS_TRIES: u8 = 3;
 
 struct Shared {
     client: kube::Client,
     recorder: Recorder,
     stats: Arc<ControllerStats>,
     statuses: Mutex<HashMap<String, PendingStatus>>,
+    /// To queue a retry; weak, so that dropping the Writer still stops the workers.
+    retry: mpsc::WeakSender<Job>,
     /// Jobs queued or in flight (for [`Writer::flush`]).
     outstanding: AtomicUsize,
 }
@@ -75,6 +85,7 @@ impl Writer {
     pub fn start(client: kube::Client, recorder: Recorder, stats: Arc<ControllerStats>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let shared = Arc::new(Shared {
+            retry: tx.downgrade(),
             client,
             recorder,
             stats,
@@ -142,6 +153,7 @@ impl Writer {
                     namespace,
                     name,
                     status,
+                    failures: 0,
                 },
             )
             .is_some();
@@ -171,6 +183,24 @@ impl Writer {
 }
 
 impl Shared {
+    /// Queues a failed status again, unless a newer one is already waiting.
+    async fn requeue_status(&self, key: String, mut p: PendingStatus) {
+        p.failures += 1;
+        {
+            let mut statuses = self.statuses.lock().expect("statuses");
+            if statuses.contains_key(&key) {
+                return;
+            }
+            statuses.insert(key.clone(), p);
+        }
+        if let Some(tx) = self.retry.upgrade() {
+            self.outstanding.fetch_add(1, Ordering::AcqRel);
+            if tx.send(Job::Status(key)).await.is_err() {
+                self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
     async fn run(&self, job: Job) {
         self.stats.requests(1);
         match job {
@@ -199,7 +229,11 @@ impl Shared {
                     // Deleted meanwhile: nothing to report on.
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => {
-                        tracing::warn!(scaledtarget = %key, error = %e, "status write failed")
+                        tracing::warn!(scaledtarget = %key, error = %e, "status write failed");
+                        if p.failures + 1 < STATUS_TRIES {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            self.requeue_status(key, p).await;
+                        }
                     }
                 }
             }
