@@ -8,16 +8,15 @@
 //! (managed fields dropped) and finds those of a workload by key.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::watcher;
 
 use super::hpa;
+use super::watched::{Index, Watched};
 use crate::crd::ScaledTarget;
 
 type Name = (String, String);
@@ -40,17 +39,6 @@ impl State {
         )
     }
 
-    fn insert(&mut self, mut h: HorizontalPodAutoscaler) {
-        h.metadata.managed_fields = None;
-        let name = (h.namespace().unwrap_or_default(), h.name_any());
-        self.remove(&name);
-        self.by_workload
-            .entry(Self::workload(&h))
-            .or_default()
-            .insert(name.1.clone());
-        self.by_name.insert(name, Arc::new(h));
-    }
-
     fn remove(&mut self, name: &Name) {
         if let Some(old) = self.by_name.remove(name) {
             let w = Self::workload(&old);
@@ -61,6 +49,23 @@ impl State {
                 }
             }
         }
+    }
+}
+
+impl Index<HorizontalPodAutoscaler> for State {
+    fn apply(&mut self, mut h: HorizontalPodAutoscaler) {
+        h.metadata.managed_fields = None;
+        let name = (h.namespace().unwrap_or_default(), h.name_any());
+        self.remove(&name);
+        self.by_workload
+            .entry(Self::workload(&h))
+            .or_default()
+            .insert(name.1.clone());
+        self.by_name.insert(name, Arc::new(h));
+    }
+
+    fn delete(&mut self, h: &HorizontalPodAutoscaler) {
+        self.remove(&(h.namespace().unwrap_or_default(), h.name_any()));
     }
 }
 
@@ -99,8 +104,7 @@ impl HpaView {
 
 /// The watched HPAs; lookups answer `None` until the first list is complete.
 pub struct HpaIndex {
-    state: Arc<RwLock<State>>,
-    synced: Arc<AtomicBool>,
+    watched: Arc<Watched<State>>,
     task: tokio::task::AbortHandle,
 }
 
@@ -117,23 +121,24 @@ impl HpaIndex {
             Some(ns) => Api::<HorizontalPodAutoscaler>::namespaced(client, ns),
             None => Api::<HorizontalPodAutoscaler>::all(client),
         };
-        let state = Arc::new(RwLock::new(State::default()));
-        let synced = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(follow(api, state.clone(), synced.clone())).abort_handle();
-        Self {
-            state,
-            synced,
-            task,
-        }
+        let watched = Arc::new(Watched::new(State::default()));
+        let task = tokio::spawn({
+            let watched = watched.clone();
+            async move {
+                let events = watcher::watcher(api, watcher::Config::default().any_semantic());
+                watched
+                    .follow(events, State::default, |_| false, "HPAs")
+                    .await;
+            }
+        })
+        .abort_handle();
+        Self { watched, task }
     }
 
     /// The view of `st`, or `None` while the watch is not complete (list instead).
     pub fn view(&self, st: &ScaledTarget) -> Option<HpaView> {
-        if !self.synced.load(Ordering::Acquire) {
-            return None;
-        }
+        let state = self.watched.read()?;
         let ns = st.namespace().unwrap_or_default();
-        let state = self.state.read().expect("hpas");
         let t = &st.spec.target_ref;
         let workload = (ns.clone(), t.kind.clone(), t.name.clone());
         let own = state.by_name.get(&(ns.clone(), hpa::hpa_name(st)));
@@ -144,45 +149,6 @@ impl HpaIndex {
             .flatten()
             .filter_map(|n| state.by_name.get(&(ns.clone(), n.clone())));
         Some(HpaView::of(st, own.into_iter().chain(same_workload)))
-    }
-}
-
-async fn follow(
-    api: Api<HorizontalPodAutoscaler>,
-    state: Arc<RwLock<State>>,
-    synced: Arc<AtomicBool>,
-) {
-    let mut events = std::pin::pin!(watcher::watcher(
-        api,
-        watcher::Config::default().any_semantic()
-    ));
-    let mut listing: Option<State> = None;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Init) => listing = Some(State::default()),
-            Ok(watcher::Event::InitApply(h)) => {
-                if let Some(l) = listing.as_mut() {
-                    l.insert(h);
-                }
-            }
-            Ok(watcher::Event::InitDone) => {
-                if let Some(l) = listing.take() {
-                    *state.write().expect("hpas") = l;
-                }
-                synced.store(true, Ordering::Release);
-            }
-            Ok(watcher::Event::Apply(h)) => state.write().expect("hpas").insert(h),
-            Ok(watcher::Event::Delete(h)) => {
-                let name = (h.namespace().unwrap_or_default(), h.name_any());
-                state.write().expect("hpas").remove(&name);
-            }
-            Err(e) => {
-                // Until the watch is back, polls list (and see what the watch would miss).
-                synced.store(false, Ordering::Release);
-                tracing::debug!(error = %e, "HPA watch interrupted; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
     }
 }
 
@@ -204,8 +170,8 @@ mod tests {
     #[test]
     fn the_index_follows_an_hpa_that_moves_to_another_workload_and_goes() {
         let mut s = State::default();
-        s.insert(hpa("h", "a"));
-        s.insert(hpa("h", "b"));
+        s.apply(hpa("h", "a"));
+        s.apply(hpa("h", "b"));
         let key = |w: &str| ("n".to_owned(), "Deployment".to_owned(), w.to_owned());
         assert!(!s.by_workload.contains_key(&key("a")));
         assert_eq!(s.by_workload[&key("b")].len(), 1);

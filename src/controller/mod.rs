@@ -19,6 +19,7 @@ pub mod reader;
 pub mod replicas;
 pub mod stats;
 mod status;
+mod watched;
 pub mod writer;
 
 use std::collections::HashMap;

@@ -13,13 +13,13 @@
 //! `None` and the poll reads `/scale` as before.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher;
+
+use super::watched::{Index, Watched};
 
 /// The counts of one target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,12 +82,46 @@ impl ScalePaths {
     }
 }
 
-#[derive(Default)]
-struct Watched {
-    /// (namespace, name) -> counts; complete once `synced`.
-    objects: RwLock<HashMap<(String, String), Counts>>,
-    synced: AtomicBool,
+/// (namespace, name) -> counts, read at one kind's scale paths.
+struct CountsIndex {
+    paths: ScalePaths,
+    objects: HashMap<(String, String), Counts>,
 }
+
+impl CountsIndex {
+    fn new(paths: ScalePaths) -> Self {
+        Self {
+            paths,
+            objects: HashMap::new(),
+        }
+    }
+
+    /// Inserts unless what is there is newer (by revision).
+    fn insert_newer(&mut self, key: (String, String), c: Counts) {
+        match self.objects.get(&key) {
+            Some(old) if matches!((old.revision, c.revision), (Some(o), Some(n)) if o > n) => {}
+            _ => {
+                self.objects.insert(key, c);
+            }
+        }
+    }
+}
+
+impl Index<DynamicObject> for CountsIndex {
+    fn apply(&mut self, obj: DynamicObject) {
+        if let Some((k, c)) = self.paths.counts(&obj) {
+            self.insert_newer(k, c);
+        }
+    }
+
+    fn delete(&mut self, obj: &DynamicObject) {
+        if let Some((k, _)) = self.paths.counts(obj) {
+            self.objects.remove(&k);
+        }
+    }
+}
+
+type WatchedKind = Watched<CountsIndex>;
 
 /// What the cache knows of one target.
 #[derive(Debug, PartialEq, Eq)]
@@ -105,7 +139,7 @@ pub struct ReplicaCache {
     namespace: Mutex<Option<String>>,
     /// One per kind asked for. A kind that cannot be watched (paths unknown, list refused)
     /// stays here unsynced, so its lookups go to `/scale`.
-    kinds: Mutex<HashMap<String, Arc<Watched>>>,
+    kinds: Mutex<HashMap<String, Arc<WatchedKind>>>,
     /// The watch tasks, stopped with the cache.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -142,19 +176,18 @@ impl ReplicaCache {
             match kinds.get(&ar.api_version_kind()) {
                 Some(w) => w.clone(),
                 None => {
-                    let w = Arc::new(Watched::default());
+                    // Paths are learned by the watch task; its first list replaces this.
+                    let w = Arc::new(Watched::new(CountsIndex::new(ScalePaths::standard())));
                     kinds.insert(ar.api_version_kind(), w.clone());
                     self.start(ar.clone(), w.clone());
                     w
                 }
             }
         };
-        if !watched.synced.load(Ordering::Acquire) {
-            return None;
-        }
-        let objects = watched.objects.read().expect("objects");
+        let index = watched.read()?;
         Some(
-            objects
+            index
+                .objects
                 .get(&(namespace.to_owned(), name.to_owned()))
                 .map_or(Lookup::Missing, |c| Lookup::Counts(*c)),
         )
@@ -169,15 +202,12 @@ impl ReplicaCache {
             .expect("kinds")
             .get(&ar.api_version_kind())
         {
-            insert_newer(
-                &mut w.objects.write().expect("objects"),
-                (namespace.to_owned(), name.to_owned()),
-                counts,
-            );
+            w.write()
+                .insert_newer((namespace.to_owned(), name.to_owned()), counts);
         }
     }
 
-    fn start(&self, ar: ApiResource, watched: Arc<Watched>) {
+    fn start(&self, ar: ApiResource, watched: Arc<WatchedKind>) {
         let client = self.client.clone();
         let namespace = self.namespace.lock().expect("namespace").clone();
         let key = ar.api_version_kind();
@@ -191,7 +221,19 @@ impl ReplicaCache {
                 Some(ns) => Api::<DynamicObject>::namespaced_with(client, ns, &ar),
                 None => Api::<DynamicObject>::all_with(client, &ar),
             };
-            follow(api, paths, &watched, &key).await;
+            let events = watcher::watcher(api, watcher::Config::default().any_semantic());
+            // A refused list will not be granted by retrying: read `/scale` instead.
+            let refused = |e: &watcher::Error| {
+                matches!(
+                    e,
+                    watcher::Error::InitialListFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                        if s.code == 403 || s.code == 404 || s.code == 405
+                )
+            };
+            watched
+                .follow(events, || CountsIndex::new(paths.clone()), refused, &key)
+                .await;
         });
         self.tasks.lock().expect("tasks").push(task.abort_handle());
     }
@@ -204,15 +246,6 @@ trait KindKey {
 impl KindKey for ApiResource {
     fn api_version_kind(&self) -> String {
         format!("{}/{}", self.api_version, self.kind)
-    }
-}
-
-fn insert_newer(objects: &mut HashMap<(String, String), Counts>, key: (String, String), c: Counts) {
-    match objects.get(&key) {
-        Some(old) if matches!((old.revision, c.revision), (Some(o), Some(n)) if o > n) => {}
-        _ => {
-            objects.insert(key, c);
-        }
     }
 }
 
@@ -233,58 +266,6 @@ async fn scale_paths(client: &kube::Client, ar: &ApiResource) -> Option<ScalePat
         spec: ScalePaths::pointer(&scale.spec_replicas_path),
         status: ScalePaths::pointer(&scale.status_replicas_path),
     })
-}
-
-/// Keeps `watched` up to date from the watch until it is refused for good (then reads fall
-/// back to `/scale`, since `synced` is cleared).
-async fn follow(api: Api<DynamicObject>, paths: ScalePaths, watched: &Watched, kind: &str) {
-    let mut events = std::pin::pin!(watcher::watcher(
-        api,
-        watcher::Config::default().any_semantic()
-    ));
-    let mut listing: Option<HashMap<(String, String), Counts>> = None;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Init) => listing = Some(HashMap::new()),
-            Ok(watcher::Event::InitApply(obj)) => {
-                if let (Some(l), Some((k, c))) = (listing.as_mut(), paths.counts(&obj)) {
-                    l.insert(k, c);
-                }
-            }
-            Ok(watcher::Event::InitDone) => {
-                if let Some(l) = listing.take() {
-                    *watched.objects.write().expect("objects") = l;
-                }
-                watched.synced.store(true, Ordering::Release);
-            }
-            Ok(watcher::Event::Apply(obj)) => {
-                if let Some((k, c)) = paths.counts(&obj) {
-                    insert_newer(&mut watched.objects.write().expect("objects"), k, c);
-                }
-            }
-            Ok(watcher::Event::Delete(obj)) => {
-                if let Some((k, _)) = paths.counts(&obj) {
-                    watched.objects.write().expect("objects").remove(&k);
-                }
-            }
-            Err(e) => {
-                // A refused list will not be granted by retrying: fall back to `/scale`.
-                let refused = matches!(
-                    &e,
-                    watcher::Error::InitialListFailed(kube::Error::Api(s))
-                        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-                        if s.code == 403 || s.code == 404 || s.code == 405
-                );
-                watched.synced.store(false, Ordering::Release);
-                if refused {
-                    tracing::info!(%kind, error = %e, "cannot watch: replicas read from /scale on every poll");
-                    return;
-                }
-                tracing::debug!(%kind, error = %e, "replica watch interrupted; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -319,12 +300,12 @@ mod tests {
 
     #[test]
     fn an_older_event_does_not_overwrite_a_newer_write() {
-        let mut objects = HashMap::new();
+        let mut index = CountsIndex::new(ScalePaths::standard());
         let key = ("n".to_owned(), "w".to_owned());
-        insert_newer(&mut objects, key.clone(), Counts::written(5, 2, Some("10")));
-        insert_newer(&mut objects, key.clone(), Counts::written(2, 2, Some("9")));
-        assert_eq!(objects[&key].spec, 5);
-        insert_newer(&mut objects, key.clone(), Counts::written(4, 5, Some("11")));
-        assert_eq!(objects[&key].spec, 4);
+        index.insert_newer(key.clone(), Counts::written(5, 2, Some("10")));
+        index.insert_newer(key.clone(), Counts::written(2, 2, Some("9")));
+        assert_eq!(index.objects[&key].spec, 5);
+        index.insert_newer(key.clone(), Counts::written(4, 5, Some("11")));
+        assert_eq!(index.objects[&key].spec, 4);
     }
 }
