@@ -286,6 +286,14 @@ async fn hpa_mode_puts_the_learned_target_on_the_owned_hpa() {
     })
     .await;
     assert!(milli(&on_hpa) < TARGET, "{on_hpa}");
+    // The learned scale-down window reaches the HPA too (the target's only metric learns).
+    let window = values.scale_down_window_seconds as i32;
+    eventually(20 * SECOND, "the learned window on the HPA", || async {
+        let hpa = hpas.get_opt("ebb-worker").await.ok()??;
+        let down = hpa.spec.behavior?.scale_down?;
+        (down.stabilization_window_seconds == Some(window)).then_some(())
+    })
+    .await;
 
     // Restart: the new controller keeps the HPA's learned target while it backfills.
     controller.abort();

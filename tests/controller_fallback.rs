@@ -77,13 +77,12 @@ async fn a_stopped_prometheus_means_fallback_and_no_scale_down_until_it_is_back(
         (replicas(&client, &ns, "worker").await == 3).then_some(())
     })
     .await;
-    assert_eq!(
-        condition(&client, &ns, "worker", "Fallback")
-            .await
-            .unwrap()
-            .0,
-        "False"
-    );
+    // Status is written just after the `/scale` write it reports.
+    eventually(5 * SECOND, "Fallback False in status", || async {
+        let (status, _) = condition(&client, &ns, "worker", "Fallback").await?;
+        (status == "False").then_some(())
+    })
+    .await;
 
     stack.prometheus.as_mut().unwrap().stop();
     // Every replica count seen from now on: never below 3.
@@ -93,9 +92,7 @@ async fn a_stopped_prometheus_means_fallback_and_no_scale_down_until_it_is_back(
         seen.push(replicas(&client, &ns, "worker").await);
         if condition(&client, &ns, "worker", "Fallback")
             .await
-            .unwrap()
-            .0
-            == "True"
+            .is_some_and(|c| c.0 == "True")
             && seen.last() == Some(&5)
         {
             break;

@@ -331,6 +331,22 @@ impl Learning {
             .collect()
     }
 
+    /// The scale-down behavior learned for the owned HPA, when every one of the target's
+    /// `metrics` learns (the HPA has one behavior for all metrics; one that does not learn
+    /// keeps the HPA's defaults): the longest learned window and the widest learned band, as
+    /// of the last `LearnedChanged` Event (so the HPA changes only when the values moved).
+    /// While the history is short these are the HPA's own defaults (300 s, 0.1).
+    pub fn hpa_scale_down(&self, metrics: usize) -> Option<LearnedScaleDown> {
+        if !all_learning(self, metrics) {
+            return None;
+        }
+        let shown = self.metrics.iter().flatten().map(|ml| &ml.shown);
+        Some(LearnedScaleDown {
+            window_seconds: shown.clone().map(|l| l.scale_down_window_seconds).max()?,
+            tolerance: shown.map(|l| l.tolerance).fold(0.0, f64::max),
+        })
+    }
+
     /// Metrics waiting for their backfill, by name, with the range a learned target may take
     /// (`target / (1 + maxHeadroom)` to `target / (1 + minHeadroom)`): in mode Hpa the owned
     /// HPA keeps a learned target in that range until the backfill lands, so that a restart
@@ -363,6 +379,15 @@ impl Learning {
             _ => (None, None),
         }
     }
+}
+
+/// Learned scale-down behavior for the owned HPA ([`Learning::hpa_scale_down`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LearnedScaleDown {
+    /// Scale-down stabilization window.
+    pub window_seconds: u64,
+    /// Scale-down tolerance (the HPA's `behavior.scaleDown.tolerance`).
+    pub tolerance: f64,
 }
 
 /// A learned target as a quantity, to the milli-unit.

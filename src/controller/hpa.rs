@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, ExternalMetricSource, HorizontalPodAutoscaler,
-    HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
+    MetricTarget,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Resource;
 use kube::api::ObjectMeta;
 
+use super::adaptive::LearnedScaleDown;
 use crate::crd::{SCALED_TARGET_LABEL, ScaledTarget, TargetType};
 
 /// The owned HPA's name for a ScaledTarget.
@@ -22,14 +24,18 @@ pub fn hpa_name(st: &ScaledTarget) -> String {
 
 /// The HPA ebb wants for `st`, owned by it (garbage-collected with it).
 pub fn desired_hpa(st: &ScaledTarget) -> HorizontalPodAutoscaler {
-    desired_hpa_with(st, &BTreeMap::new())
+    desired_hpa_with(st, &BTreeMap::new(), None)
 }
 
-/// [`desired_hpa`] with learned AverageValue targets by metric name (`spec.adaptive`) in place
-/// of the static ones.
+/// [`desired_hpa`] with what `spec.adaptive` learned: AverageValue targets by metric name in
+/// place of the static ones, and the scale-down window and tolerance. As in modes Direct and
+/// Shadow, a window the behavior sets explicitly still holds when it is longer, and an explicit
+/// tolerance stays. (`tolerance` needs the HPAConfigurableTolerance feature of Kubernetes; an
+/// API server without it drops the field and keeps its cluster-wide 10 %.)
 pub fn desired_hpa_with(
     st: &ScaledTarget,
     learned: &BTreeMap<String, Quantity>,
+    scale_down: Option<LearnedScaleDown>,
 ) -> HorizontalPodAutoscaler {
     let name = st.metadata.name.clone().unwrap_or_default();
     let spec = &st.spec;
@@ -84,10 +90,30 @@ pub fn desired_hpa_with(
             min_replicas: Some(spec.min_replicas),
             max_replicas: spec.max_replicas,
             metrics: Some(metrics),
-            behavior: spec.behavior.clone(),
+            behavior: behavior_with(spec.behavior.clone(), scale_down),
         },
         status: None,
     }
+}
+
+fn behavior_with(
+    behavior: Option<HorizontalPodAutoscalerBehavior>,
+    learned: Option<LearnedScaleDown>,
+) -> Option<HorizontalPodAutoscalerBehavior> {
+    let Some(learned) = learned else {
+        return behavior;
+    };
+    let mut behavior = behavior.unwrap_or_default();
+    let down = behavior.scale_down.get_or_insert_with(Default::default);
+    let window = i32::try_from(learned.window_seconds).unwrap_or(i32::MAX);
+    down.stabilization_window_seconds = Some(
+        down.stabilization_window_seconds
+            .map_or(window, |explicit| explicit.max(window)),
+    );
+    if down.tolerance.is_none() {
+        down.tolerance = Some(Quantity(format!("{:.3}", learned.tolerance)));
+    }
+    Some(behavior)
 }
 
 /// The AverageValue targets of `hpa` for the metrics in `pending` whose value lies in the
@@ -132,4 +158,47 @@ pub fn targets_same_workload(hpa: &HorizontalPodAutoscaler, st: &ScaledTarget) -
 
 fn group(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(g, _)| g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::autoscaling::v2::HPAScalingRules;
+
+    fn with_down(window: Option<i32>, tolerance: Option<&str>) -> HorizontalPodAutoscalerBehavior {
+        HorizontalPodAutoscalerBehavior {
+            scale_down: Some(HPAScalingRules {
+                stabilization_window_seconds: window,
+                tolerance: tolerance.map(|t| Quantity(t.into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_learned_scale_down_goes_on_the_hpa_under_what_the_behavior_sets() {
+        let learned = LearnedScaleDown {
+            window_seconds: 600,
+            tolerance: 0.0421,
+        };
+        let down = |b: Option<HorizontalPodAutoscalerBehavior>| {
+            behavior_with(b, Some(learned)).unwrap().scale_down.unwrap()
+        };
+        // Nothing set: the learned values.
+        let d = down(None);
+        assert_eq!(d.stabilization_window_seconds, Some(600));
+        assert_eq!(d.tolerance, Some(Quantity("0.042".into())));
+        // An explicit window holds when longer, and an explicit tolerance stays.
+        let d = down(Some(with_down(Some(900), Some("0.2"))));
+        assert_eq!(d.stabilization_window_seconds, Some(900));
+        assert_eq!(d.tolerance, Some(Quantity("0.2".into())));
+        assert_eq!(
+            down(Some(with_down(Some(60), None))).stabilization_window_seconds,
+            Some(600)
+        );
+        // Not learning (a metric that does not learn): the behavior as written.
+        let b = Some(with_down(Some(60), None));
+        assert_eq!(behavior_with(b.clone(), None), b);
+    }
 }

@@ -623,6 +623,8 @@ struct LearnStep {
     hpa_targets: std::collections::BTreeMap<String, Quantity>,
     /// Metrics waiting for their backfill, with the range a learned target may take.
     pending: std::collections::BTreeMap<String, (f64, f64)>,
+    /// Learned scale-down window and tolerance for the owned HPA (mode Hpa).
+    hpa_scale_down: Option<adaptive::LearnedScaleDown>,
 }
 
 /// Feeds the poll's readings to the target's learning state (`spec.adaptive`), starting the
@@ -659,6 +661,7 @@ fn learn(
         status: (0..readings.len()).map(|i| t.learning.status(i)).collect(),
         hpa_targets: t.learning.hpa_targets(),
         pending: t.learning.pending(),
+        hpa_scale_down: t.learning.hpa_scale_down(st.spec.metrics.len()),
     }
 }
 
@@ -758,7 +761,7 @@ async fn reconcile_hpa(
         ));
         return Ok(None);
     }
-    let desired = hpa::desired_hpa_with(st, &learned_targets);
+    let desired = hpa::desired_hpa_with(st, &learned_targets, learned.hpa_scale_down);
     let fingerprint = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
