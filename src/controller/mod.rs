@@ -266,7 +266,7 @@ impl Context {
         let api = self.scale_api(st).await?;
         let ns = st.namespace().unwrap_or_default();
         let name = &st.spec.target_ref.name;
-        if let Some(replicas::Lookup::Counts(c)) = self.replicas.get(&api.kind, &ns, name) {
+        if let Some(c) = self.replicas.get(&api.kind, &ns, name) {
             self.stats
                 .cached_scale_reads
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -275,7 +275,7 @@ impl Context {
         // Not watched, not listed yet, or not seen yet (a target created a moment ago).
         self.stats.requests(1);
         let scale = api.api.get_scale(name).await?;
-        let counts = replicas::Counts::written(
+        let counts = replicas::Counts::new(
             scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
             scale.status.as_ref().map_or(0, |s| s.replicas),
             scale.metadata.resource_version.as_deref(),
@@ -890,7 +890,7 @@ async fn patch_scale(
         &api.kind,
         &st.namespace().unwrap_or_default(),
         &st.spec.target_ref.name,
-        replicas::Counts::written(
+        replicas::Counts::new(
             replicas,
             scale
                 .status

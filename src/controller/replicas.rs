@@ -34,8 +34,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Counts as of a write's answer (`revision` is its resourceVersion).
-    pub fn written(spec: i32, status: i32, revision: Option<&str>) -> Self {
+    /// Counts as read (from `/scale` or a write's answer; `revision` is its resourceVersion).
+    pub fn new(spec: i32, status: i32, revision: Option<&str>) -> Self {
         Self {
             spec,
             status,
@@ -69,15 +69,11 @@ impl ScalePaths {
     fn counts(&self, obj: &DynamicObject) -> Option<((String, String), Counts)> {
         let read = |p: &str| obj.data.pointer(p).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
         let key = (obj.metadata.namespace.clone()?, obj.metadata.name.clone()?);
-        let counts = Counts {
-            spec: read(&self.spec),
-            status: read(&self.status),
-            revision: obj
-                .metadata
-                .resource_version
-                .as_deref()
-                .and_then(|r| r.parse().ok()),
-        };
+        let counts = Counts::new(
+            read(&self.spec),
+            read(&self.status),
+            obj.metadata.resource_version.as_deref(),
+        );
         Some((key, counts))
     }
 }
@@ -123,15 +119,6 @@ impl Index<DynamicObject> for CountsIndex {
 
 type WatchedKind = Watched<CountsIndex>;
 
-/// What the cache knows of one target.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Lookup {
-    /// The counts, as of the last event.
-    Counts(Counts),
-    /// The watch is complete and the object is not there.
-    Missing,
-}
-
 /// The watches, one per target kind, started on first use.
 pub struct ReplicaCache {
     client: kube::Client,
@@ -168,9 +155,10 @@ impl ReplicaCache {
         *self.namespace.lock().expect("namespace") = Some(namespace.into());
     }
 
-    /// The counts of `namespace/name` of kind `ar`, or `None` when the cache cannot say
-    /// (read `/scale`). The first lookup of a kind starts its watch.
-    pub fn get(&self, ar: &ApiResource, namespace: &str, name: &str) -> Option<Lookup> {
+    /// The counts of `namespace/name` of kind `ar`, or `None` when the cache cannot say (not
+    /// watched, not listed yet, or not seen yet: read `/scale`). The first lookup of a kind
+    /// starts its watch.
+    pub fn get(&self, ar: &ApiResource, namespace: &str, name: &str) -> Option<Counts> {
         let watched = {
             let mut kinds = self.kinds.lock().expect("kinds");
             match kinds.get(&ar.api_version_kind()) {
@@ -185,12 +173,10 @@ impl ReplicaCache {
             }
         };
         let index = watched.read()?;
-        Some(
-            index
-                .objects
-                .get(&(namespace.to_owned(), name.to_owned()))
-                .map_or(Lookup::Missing, |c| Lookup::Counts(*c)),
-        )
+        index
+            .objects
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
     }
 
     /// Records the answer of ebb's own write, so that a poll soon after sees it even if the
@@ -302,10 +288,10 @@ mod tests {
     fn an_older_event_does_not_overwrite_a_newer_write() {
         let mut index = CountsIndex::new(ScalePaths::standard());
         let key = ("n".to_owned(), "w".to_owned());
-        index.insert_newer(key.clone(), Counts::written(5, 2, Some("10")));
-        index.insert_newer(key.clone(), Counts::written(2, 2, Some("9")));
+        index.insert_newer(key.clone(), Counts::new(5, 2, Some("10")));
+        index.insert_newer(key.clone(), Counts::new(2, 2, Some("9")));
         assert_eq!(index.objects[&key].spec, 5);
-        index.insert_newer(key.clone(), Counts::written(4, 5, Some("11")));
+        index.insert_newer(key.clone(), Counts::new(4, 5, Some("11")));
         assert_eq!(index.objects[&key].spec, 4);
     }
 }

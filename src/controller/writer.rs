@@ -202,15 +202,16 @@ impl Shared {
     }
 
     async fn run(&self, job: Job) {
-        self.stats.requests(1);
         match job {
             Job::Create { namespace, event } => {
+                self.stats.requests(1);
                 let events = Api::<K8sEvent>::namespaced(self.client.clone(), &namespace);
                 if let Err(e) = events.create(&PostParams::default(), &event).await {
                     tracing::warn!(namespace, error = %e, note = ?event.note, "could not record an action Event");
                 }
             }
             Job::Publish { event, regarding } => {
+                self.stats.requests(1);
                 if let Err(e) = self.recorder.publish(&event, &regarding).await {
                     tracing::warn!(error = %e, reason = %event.reason, "could not publish an Event");
                 }
@@ -219,6 +220,7 @@ impl Shared {
                 let Some(p) = self.statuses.lock().expect("statuses").remove(&key) else {
                     return; // forgotten: the target is gone
                 };
+                self.stats.requests(1);
                 let api = Api::<ScaledTarget>::namespaced(self.client.clone(), &p.namespace);
                 let patch = Patch::Merge(serde_json::json!({ "status": p.status }));
                 match api
