@@ -144,3 +144,69 @@ fn bad_input_gets_a_clear_error() {
     assert!(err.contains("absent.csv"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn frontier_tunes_the_reference_families_to_the_risk() {
+    let out = ebb(&[
+        "backtest",
+        "--synthetic",
+        "daily",
+        "--policy",
+        "oracle",
+        "--frontier",
+        "--risk",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("reference families tuned in hindsight to tau_U <= 1.00 %"),
+        "{stdout}"
+    );
+    for family in ["held+H ", "held+k*noise ", "clairvoyant "] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(family))
+            .unwrap_or_else(|| panic!("no {family} row: {stdout}"));
+        // Columns: family, window, k, headroom%, tau_U%, cost/oracle, actions.
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let tau_u: f64 = cols[4].parse().unwrap();
+        let cost: f64 = cols[5].parse().unwrap();
+        assert!(tau_u <= 1.0 && cost >= 1.0, "{line}");
+    }
+
+    let json = ebb(&[
+        "backtest",
+        "--synthetic",
+        "step",
+        "--policy",
+        "oracle",
+        "--frontier",
+        "--max-actions",
+        "100",
+        "--format",
+        "json",
+    ]);
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["frontier"]["riskPercent"], 0.5);
+    for row in v["frontier"]["rows"].as_array().unwrap() {
+        assert!(row["actions"].as_u64().unwrap() <= 100, "{row}");
+        assert!(row["tau_u"].as_f64().unwrap() <= 0.5, "{row}");
+    }
+
+    let err = ebb(&[
+        "backtest",
+        "--synthetic",
+        "flat",
+        "--frontier",
+        "--risk=-1",
+    ]);
+    assert!(!err.status.success());
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert!(err.contains("invalid --risk"), "{err}");
+}

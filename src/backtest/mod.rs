@@ -3,6 +3,7 @@
 //! metrics. The policies are the engine's own ([`crate::engine::baseline`]); nothing here
 //! decides, it only reads, replays, scores and writes.
 
+pub mod frontier;
 pub mod metrics;
 pub mod plot;
 pub mod prometheus;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use crate::engine::adaptive::{AdaptiveConfig, AdaptiveError, EbbPolicy};
 use crate::engine::baseline::{self, HpaBaseline, HpaEngineBaseline, KpaBaseline, OracleBaseline};
 use crate::engine::policy::ReplayPolicy;
+use frontier::{Family, FrontierOptions, FrontierRow};
 use metrics::Elasticity;
 use replay::{Replay, ReplayConfig};
 use trace::{Trace, TraceError, TraceOptions};
@@ -149,6 +151,16 @@ pub struct BacktestArgs {
     /// startup delay overrides its `startupDelaySeconds`.
     #[arg(long, value_name = "FILE")]
     pub adaptive: Option<PathBuf>,
+    /// Also tune simple reference policies in hindsight to `--risk` and print the cheapest of
+    /// each family (a yardstick for what a goal asks; see docs/adaptive.md).
+    #[arg(long)]
+    pub frontier: bool,
+    /// tau_U in % the frontier's families are tuned to.
+    #[arg(long, default_value_t = 0.5, requires = "frontier")]
+    pub risk: f64,
+    /// Frontier rows with more scaling actions than this are left out.
+    #[arg(long, requires = "frontier")]
+    pub max_actions: Option<u64>,
 }
 
 /// What to replay and how to score it.
@@ -164,6 +176,8 @@ pub struct BacktestOptions {
     pub last_days: Option<f64>,
     /// Configuration of the `ebb` policy.
     pub adaptive: AdaptiveConfig,
+    /// Tune the reference families too.
+    pub frontier: Option<FrontierOptions>,
 }
 
 /// A policy's replay is starting (for progress lines on long traces).
@@ -205,9 +219,24 @@ pub struct BacktestReport {
     pub scored_from: usize,
     /// One entry per policy.
     pub results: Vec<PolicyResult>,
+    /// The reference families tuned in hindsight (with `--frontier`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frontier: Option<FrontierReport>,
     /// Demand per step (for plots).
     #[serde(skip)]
     pub demand: Vec<Option<u32>>,
+}
+
+/// The frontier's options and rows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontierReport {
+    /// tau_U the families were tuned to, in %.
+    pub risk_percent: f64,
+    /// The action budget, if any.
+    pub max_actions: Option<u64>,
+    /// The cheapest row of each family that has one.
+    pub rows: Vec<FrontierRow>,
 }
 
 /// Expand `--policy` (comma list, `all`) into known names.
@@ -281,6 +310,14 @@ pub fn run_backtest_with_progress(
     .ok_or(BacktestError::NoData)?;
     cfg.start_unix = trace.start;
     opts.adaptive.validate()?;
+    if let Some(f) = opts.frontier
+        && !(f.risk_percent.is_finite() && (0.0..100.0).contains(&f.risk_percent))
+    {
+        return Err(BacktestError::InvalidArg {
+            flag: "--risk",
+            message: format!("{} is not a percentage in [0, 100)", f.risk_percent),
+        });
+    }
     let demand = cfg.demand(&trace.values);
     let scored_from = match opts.last_days {
         None => 0,
@@ -328,12 +365,18 @@ pub fn run_backtest_with_progress(
     for r in &mut results {
         r.cost_vs_oracle = r.scores.cost as f64 / oracle_cost.max(1) as f64;
     }
+    let frontier = opts.frontier.map(|f| FrontierReport {
+        risk_percent: f.risk_percent,
+        max_actions: f.max_actions,
+        rows: frontier::frontier(&trace.values, &cfg, scored_from, oracle_cost, f),
+    });
     Ok(BacktestReport {
         config: cfg,
         steps: trace.len(),
         missing: trace.missing(),
         scored_from,
         results,
+        frontier,
         demand,
     })
 }
@@ -395,6 +438,47 @@ pub fn format_table(report: &BacktestReport) -> String {
             e.actions,
             e.reversals
         );
+    }
+    if let Some(f) = &report.frontier {
+        let budget = f
+            .max_actions
+            .map_or(String::new(), |m| format!(", at most {m} actions"));
+        let _ = writeln!(
+            out,
+            "\nreference families tuned in hindsight to tau_U <= {:.2} %{budget} (not causal: \
+             each parameter is chosen knowing the whole trace)",
+            f.risk_percent
+        );
+        let _ = writeln!(
+            out,
+            "{:<13} {:>7} {:>9} {:>10} {:>8} {:>11} {:>8}",
+            "family", "window", "k", "headroom%", "tau_U%", "cost/oracle", "actions"
+        );
+        for family in Family::ALL {
+            match f.rows.iter().find(|r| r.family == family) {
+                Some(r) => {
+                    let _ = writeln!(
+                        out,
+                        "{:<13} {:>7} {:>9.4} {:>10.2} {:>8.2} {:>11.3} {:>8}",
+                        family.label(),
+                        r.window_steps.map_or("-".to_string(), |w| w.to_string()),
+                        r.parameter,
+                        r.mean_headroom_percent,
+                        r.scores.tau_u,
+                        r.cost_vs_oracle,
+                        r.scores.actions
+                    );
+                }
+                None => {
+                    let within = if f.max_actions.is_some() {
+                        " within the action budget"
+                    } else {
+                        ""
+                    };
+                    let _ = writeln!(out, "{:<13} (none meets the risk{within})", family.label());
+                }
+            }
+        }
     }
     out
 }
@@ -471,6 +555,9 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         time_column,
         value_column,
         adaptive,
+        frontier,
+        risk,
+        max_actions,
     } = args;
     let opts = TraceOptions {
         time_column: time_column.clone(),
@@ -529,6 +616,10 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             startup_delay: *startup_delay,
             last_days: *last_days,
             adaptive,
+            frontier: frontier.then_some(FrontierOptions {
+                risk_percent: *risk,
+                max_actions: *max_actions,
+            }),
         },
         &mut |p| {
             if show_progress {

@@ -647,14 +647,7 @@ impl AdaptiveState {
         // Noise: sigma of one reading around the level, from the MAD of first differences
         // (a difference of two readings has sqrt(2) sigma).
         if self.diffs.len() == NOISE_WINDOW {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(&self.diffs);
-            let med = Data::new(&mut self.scratch[..]).median();
-            for d in &mut self.scratch {
-                *d = (*d - med).abs();
-            }
-            let mad = Data::new(&mut self.scratch[..]).median();
-            l.noise = Some(MAD_TO_SIGMA * mad / std::f64::consts::SQRT_2);
+            l.noise = Some(noise_sigma(&self.diffs, &mut self.scratch));
         }
         if !(cfg.enabled && old_enough) {
             return l;
@@ -804,6 +797,20 @@ impl AdaptiveState {
 
 /// Candidate window lengths (in readings) from `min` to `max`: roughly doubling, so that a few
 /// candidates span seconds to an hour.
+/// The noise of one reading around its level (a standard deviation in log units), from first
+/// differences of the log-load: `1.4826 * MAD / sqrt(2)` (a difference of two readings carries
+/// sqrt(2) times the noise; the MAD ignores bursts). `scratch` is reused to avoid allocating.
+pub fn noise_sigma(log_diffs: &[f64], scratch: &mut Vec<f64>) -> f64 {
+    scratch.clear();
+    scratch.extend_from_slice(log_diffs);
+    let med = Data::new(&mut scratch[..]).median();
+    for d in scratch.iter_mut() {
+        *d = (*d - med).abs();
+    }
+    let mad = Data::new(&mut scratch[..]).median();
+    MAD_TO_SIGMA * mad / std::f64::consts::SQRT_2
+}
+
 fn candidate_lengths(min: usize, max: usize) -> Vec<usize> {
     let mut out = Vec::new();
     let mut len = min.max(1);
