@@ -199,13 +199,7 @@ fn frontier_tunes_the_reference_families_to_the_risk() {
         assert!(row["tau_u"].as_f64().unwrap() <= 0.5, "{row}");
     }
 
-    let err = ebb(&[
-        "backtest",
-        "--synthetic",
-        "flat",
-        "--frontier",
-        "--risk=-1",
-    ]);
+    let err = ebb(&["backtest", "--synthetic", "flat", "--frontier", "--risk=-1"]);
     assert!(!err.status.success());
     let err = String::from_utf8_lossy(&err.stderr);
     assert!(err.contains("invalid --risk"), "{err}");

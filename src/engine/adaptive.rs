@@ -795,8 +795,6 @@ impl AdaptiveState {
     }
 }
 
-/// Candidate window lengths (in readings) from `min` to `max`: roughly doubling, so that a few
-/// candidates span seconds to an hour.
 /// The noise of one reading around its level (a standard deviation in log units), from first
 /// differences of the log-load: `1.4826 * MAD / sqrt(2)` (a difference of two readings carries
 /// sqrt(2) times the noise; the MAD ignores bursts). `scratch` is reused to avoid allocating.
@@ -811,6 +809,8 @@ pub fn noise_sigma(log_diffs: &[f64], scratch: &mut Vec<f64>) -> f64 {
     MAD_TO_SIGMA * mad / std::f64::consts::SQRT_2
 }
 
+/// Candidate window lengths (in readings) from `min` to `max`: roughly doubling, so that a few
+/// candidates span seconds to an hour.
 fn candidate_lengths(min: usize, max: usize) -> Vec<usize> {
     let mut out = Vec::new();
     let mut len = min.max(1);
