@@ -15,6 +15,7 @@ pub mod baseline;
 pub mod forecast;
 pub mod hpa;
 pub mod policy;
+pub mod slo;
 
 /// Time as the engine sees it: milliseconds since an epoch the caller chooses (Unix time in
 /// production, step * step length in a replay). Only differences matter.
