@@ -357,3 +357,55 @@ async fn with_a_short_history_the_static_target_stays() {
     assert_eq!(replicas(&client, &ns, "worker").await, 3, "no headroom yet");
     assert!(events(&client, &ns, "LearnedChanged").await.is_empty());
 }
+
+/// The SLO rule end to end: a load of `400 + 300 sin(t / 7 s)` on 10 pods (mode Shadow, so the
+/// pods stay 10) and an SLO signal that is the load per pod itself, objective 50: the SLO
+/// breaks above 50 per pod. The controller pairs each reading's load per pod (from the
+/// workload's pods) with the signal, both read from the real Prometheus, and learns a knee near
+/// 50 and a per-pod target under it.
+#[tokio::test]
+async fn the_per_pod_target_is_learned_from_the_slo_signal() {
+    let (client, ns) = setup("adaptive-slo").await;
+    deployment(&client, &ns, "worker", 10).await;
+    let load = "400 + 300 * sin(vector(time() / 7))";
+    let mut object = prometheus_target(
+        &ns,
+        "Shadow",
+        // No headroom: the learned target is then the SLO's alone (the headroom's part is
+        // tested above).
+        json!({ "minHistorySeconds": 0, "maxHeadroom": 0, "forecast": false, "phaseOfDay": false }),
+    );
+    object["spec"]["pollingInterval"] = json!("1s");
+    object["spec"]["metrics"][0]["prometheus"]["query"] = json!(load);
+    object["spec"]["metrics"][0]["slo"] = json!({
+        "prometheus": {
+            "address": shared_stack().prometheus.as_ref().unwrap().url(),
+            "query": format!("({load}) / 10"),
+        },
+        "objective": 50,
+        // 20 % allowed: 50 paired readings are enough to learn from (10 / 0.2).
+        "allowedViolations": 0.2,
+        // The knee is near half the static target: let the target go that low.
+        "minTargetRatio": 0.2,
+    });
+    scaled_target(&client, &ns, object).await;
+    let _controller = start_controller(client.clone(), &ns);
+    let (target, learned) = eventually(150 * SECOND, "an SLO knee in status", || async {
+        learned(&client, &ns)
+            .await
+            .filter(|(_, l)| l.slo.as_ref().is_some_and(|s| s.basis == "Knee"))
+    })
+    .await;
+    let slo = learned.slo.unwrap();
+    // The load and its signal are read a moment apart: the knee is 50 within what the load
+    // moves in a second (up to 4.3 per pod).
+    let knee = slo.knee.unwrap();
+    assert!((42.0..=56.0).contains(&knee), "{slo:?}");
+    assert!((slo.target - knee * 0.9).abs() < 0.01, "{slo:?}");
+    assert!(slo.samples >= 50, "{slo:?}");
+    // The learned target the rules work with follows it (no headroom yet: short history).
+    assert!(
+        (milli(&target) - slo.target).abs() < 0.01,
+        "{target} vs {slo:?}"
+    );
+}

@@ -245,3 +245,48 @@ async fn adaptive_bounds_are_checked_and_its_defaults_filled_in() {
         Some(ebb::engine::adaptive::AdaptiveConfig::default())
     );
 }
+
+#[tokio::test]
+async fn an_slo_needs_an_average_value_target_and_sane_bounds() {
+    let api = setup().await;
+    let slo = json!({
+        "prometheus": { "address": "http://prometheus:9090", "query": "p99_latency_seconds" },
+        "objective": 0.25
+    });
+    let mut on_value = valid();
+    on_value["spec"]["metrics"][0]["target"] = json!({ "type": "Value", "value": "100" });
+    on_value["spec"]["metrics"][0]["slo"] = slo.clone();
+    let message = rejection(&api, "slo-on-value", on_value).await;
+    assert!(
+        message.contains("slo learns a per-pod target: it needs target type AverageValue"),
+        "{message}"
+    );
+    for (name, field, value, says) in [
+        ("slo-margin", "margin", 1.0, "slo: margin must be in [0, 1)"),
+        (
+            "slo-allowed",
+            "allowedViolations",
+            0.0,
+            "slo: allowedViolations must be in (0, 0.5)",
+        ),
+        (
+            "slo-ratio",
+            "minTargetRatio",
+            1.5,
+            "slo: need 0 < minTargetRatio <= 1 <= maxTargetRatio",
+        ),
+    ] {
+        let mut object = valid();
+        let mut bad = slo.clone();
+        bad[field] = json!(value);
+        object["spec"]["metrics"][0]["slo"] = bad;
+        let message = rejection(&api, name, object).await;
+        assert!(message.contains(says), "{name}: {message}");
+    }
+    let mut ok = valid();
+    ok["spec"]["metrics"][0]["slo"] = slo;
+    let st: ScaledTarget = serde_json::from_value(ok).unwrap();
+    let stored = api.create(&PostParams::default(), &st).await.unwrap();
+    let learn = &stored.spec.metrics[0].slo.as_ref().unwrap().learn;
+    assert_eq!((learn.margin, learn.allowed_violations), (0.1, 0.01));
+}

@@ -21,11 +21,14 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::Context;
-use crate::crd::{LearnedStatus, Metric, ScaledTarget, TargetType, from_milli, milli_value};
+use crate::crd::{
+    LearnedStatus, Metric, ScaledTarget, SloStatus, TargetType, from_milli, milli_value,
+};
 use crate::engine::adaptive::{
     AdaptiveConfig, AdaptiveReason, AdaptiveState, Inputs, Learned, Recommendation,
 };
 use crate::engine::hpa::{HpaSpec, Replicas, propose};
+use crate::engine::slo::{SloLearner, SloTarget};
 use crate::engine::{MetricSample, Millis, Target, ceil_eps};
 
 /// An owned HPA's learned target changes at most once per this long per metric.
@@ -69,6 +72,9 @@ struct MetricLearning {
     target_changed_at: Option<Millis>,
     /// Readings since a backfill started, while it runs.
     buffered: Option<Vec<(Millis, Option<f64>)>>,
+    /// The per-pod target learned from the metric's SLO signal (`slo`), and as last reported.
+    slo: Option<SloLearner>,
+    slo_shown: Option<SloTarget>,
 }
 
 /// A backfill to run for one metric ([`run_backfill`]).
@@ -160,6 +166,19 @@ impl Learning {
                     continue;
                 }
             };
+            let slo = m.slo.as_ref().and_then(|slo| {
+                match SloLearner::new(slo.learn.clone(), target, config.min_history_seconds) {
+                    // After a restart the target learned before stays in use meanwhile.
+                    Ok(l) => Some(match previous_slo(st, &m.name) {
+                        Some(p) => l.resume(p),
+                        None => l,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(scaledtarget = key, metric = %m.name, error = %e, "slo learning off");
+                        None
+                    }
+                }
+            });
             let epoch = EPOCH.fetch_add(1, Ordering::Relaxed);
             let backfill = m.prometheus.is_some();
             if backfill {
@@ -174,6 +193,7 @@ impl Learning {
                     window: backfill_window(config, interval),
                 });
             }
+            let slo_shown = slo.as_ref().map(SloLearner::learned);
             self.metrics.push(Some(MetricLearning {
                 name: m.name.clone(),
                 fingerprint,
@@ -183,9 +203,11 @@ impl Learning {
                 interval: interval_ms,
                 static_target: target,
                 last_observed: None,
-                target,
+                target: slo_shown.map_or(target, |t| t.target),
                 target_changed_at: None,
                 buffered: backfill.then(Vec::new),
+                slo,
+                slo_shown,
             }));
         }
         jobs
@@ -195,15 +217,36 @@ impl Learning {
     /// is a missing reading, never zero. A poll less than half an interval after the last
     /// observation (an early wake-up) is not a new reading. Returns the material changes of
     /// the learned values since they were last reported.
+    #[cfg(test)]
     pub fn observe(&mut self, values: &[Option<f64>], now: Millis) -> Vec<Change> {
+        self.observe_with_slo(values, &[], None, now)
+    }
+
+    /// [`Self::observe`], with the SLO signals (index-aligned with `spec.metrics`, `None`
+    /// where a metric has none or it failed) and the workload's pods, for the metrics whose
+    /// per-pod target is learned from an SLO: each reading's load per pod is paired with its
+    /// signal.
+    pub fn observe_with_slo(
+        &mut self,
+        values: &[Option<f64>],
+        slo_signals: &[Option<f64>],
+        pods: Option<i32>,
+        now: Millis,
+    ) -> Vec<Change> {
         let mut changes = Vec::new();
-        for (ml, value) in self.metrics.iter_mut().zip(values) {
+        for (i, (ml, value)) in self.metrics.iter_mut().zip(values).enumerate() {
             let Some(ml) = ml else { continue };
             if ml.last_observed.is_some_and(|l| now - l < ml.interval / 2) {
                 continue;
             }
             ml.last_observed = Some(now);
             let value = *value;
+            if let Some(slo) = &mut ml.slo {
+                let per_pod = value
+                    .zip(pods.filter(|&p| p > 0))
+                    .map(|(v, p)| v / f64::from(p));
+                slo.observe(now, per_pod, slo_signals.get(i).copied().flatten());
+            }
             match value {
                 Some(v) => ml.state.observe(now, v),
                 None => ml.state.observe_missing(now),
@@ -315,7 +358,7 @@ impl Learning {
             return load;
         };
         match ml.state.forecast_ratio(now) {
-            Some(f) => load.max(load * f * ml.target / ml.static_target),
+            Some(f) => load.max(load * f * ml.target / ml.per_pod_target()),
             None => load,
         }
     }
@@ -358,11 +401,14 @@ impl Learning {
             .filter(|ml| ml.buffered.is_some())
             .map(|ml| {
                 let c = ml.state.config();
+                let (lo, hi) = ml.slo.as_ref().map_or((1.0, 1.0), |l| {
+                    (l.config().min_target_ratio, l.config().max_target_ratio)
+                });
                 (
                     ml.name.clone(),
                     (
-                        ml.static_target / (1.0 + c.max_headroom),
-                        ml.static_target / (1.0 + c.min_headroom),
+                        ml.static_target * lo / (1.0 + c.max_headroom),
+                        ml.static_target * hi / (1.0 + c.min_headroom),
                     ),
                 )
             })
@@ -374,7 +420,10 @@ impl Learning {
         match self.metrics.get(index) {
             Some(Some(ml)) => (
                 Some(quantity(ml.target)),
-                Some(LearnedStatus::from(&ml.shown)),
+                Some(LearnedStatus {
+                    slo: ml.slo_shown.as_ref().map(SloStatus::from),
+                    ..LearnedStatus::from(&ml.shown)
+                }),
             ),
             _ => (None, None),
         }
@@ -400,7 +449,7 @@ impl MetricLearning {
     /// target when it moved by more than the tolerance and the last move is old enough.
     fn update(&mut self, now: Millis) -> Option<Change> {
         let learned = self.state.learned();
-        let wanted = learned_target(self.static_target, &learned);
+        let wanted = learned_target(self.per_pod_target(), &learned);
         let moved = (wanted / self.target - 1.0).abs() > learned.tolerance;
         let due = self
             .target_changed_at
@@ -409,18 +458,35 @@ impl MetricLearning {
             self.target = wanted;
             self.target_changed_at = Some(now);
         }
-        let message = learned.change_from(&self.shown)?;
-        self.shown = learned;
-        Some(Change {
+        let mut messages = Vec::new();
+        if let Some(m) = learned.change_from(&self.shown) {
+            self.shown = learned;
+            messages.push(m);
+        }
+        if let (Some(l), Some(shown)) = (&self.slo, &mut self.slo_shown)
+            && let Some(m) = l.learned().change_from(shown)
+        {
+            *shown = l.learned();
+            messages.push(m);
+        }
+        (!messages.is_empty()).then(|| Change {
             metric: self.name.clone(),
-            message,
+            message: messages.join("; "),
         })
+    }
+
+    /// The per-pod target the rules work against: the SLO-learned one, else the static one.
+    fn per_pod_target(&self) -> f64 {
+        self.slo
+            .as_ref()
+            .map_or(self.static_target, |l| l.learned().target)
     }
 
     fn recommend(&mut self, now: Millis, load: Option<f64>, current: i32) -> Recommendation {
         let current = current.max(0) as u32;
+        let per_pod = self.per_pod_target();
         let reactive = load.map_or(current, |l| {
-            let p = ceil_eps(l / self.static_target);
+            let p = ceil_eps(l / per_pod);
             if p.is_finite() && p > 0.0 {
                 p.min(u32::MAX as f64) as u32
             } else {
@@ -432,14 +498,29 @@ impl MetricLearning {
             Inputs {
                 reactive,
                 load,
-                target_per_pod: self.static_target,
+                target_per_pod: per_pod,
                 current,
             },
         )
     }
 }
 
-/// The learned target: the static target over one plus the learned headroom (the static
+/// The SLO target this metric had in status (to resume from after a restart).
+fn previous_slo(st: &ScaledTarget, metric: &str) -> Option<SloTarget> {
+    st.status
+        .as_ref()?
+        .metrics
+        .iter()
+        .find(|s| s.name == metric)?
+        .learned
+        .as_ref()?
+        .slo
+        .as_ref()?
+        .to_engine()
+}
+
+/// The learned target: a per-pod target (the static one, or the SLO-learned one) over one plus
+/// the learned headroom (the static
 /// target while the headroom has no history).
 pub fn learned_target(static_target: f64, learned: &Learned) -> f64 {
     static_target / (1.0 + learned.headroom.max(0.0))
@@ -863,5 +944,118 @@ mod tests {
         l.observe(&[Some(500.0), Some(1.0)], 0);
         assert_eq!(l.served(0, 500.0, 0), 500.0);
         assert_eq!(l.served(1, 7.0, 0), 7.0, "not learning: as read");
+    }
+
+    /// The target with an SLO on its first metric (p99 latency, objective 0.25 s), no headroom
+    /// (so that the learned target is the SLO's) and a narrow band (the test's load sweeps far:
+    /// its learned tolerance would hold the target).
+    fn with_slo(status: Option<serde_json::Value>) -> ScaledTarget {
+        let mut st = target(serde_json::json!({
+            "minHistorySeconds": 0, "maxHeadroom": 0, "maxTolerance": 0.1
+        }));
+        st.spec.metrics[0].slo = Some(
+            serde_json::from_value(serde_json::json!({
+                "prometheus": { "address": "http://p:9090", "query": "p99" },
+                "objective": 0.25
+            }))
+            .unwrap(),
+        );
+        if let Some(status) = status {
+            st.status = Some(serde_json::from_value(status).unwrap());
+        }
+        st
+    }
+
+    #[test]
+    fn an_slo_that_breaks_above_80_per_pod_brings_the_target_down() {
+        let st = with_slo(None);
+        let mut l = learned_state(&st);
+        // 10 pods; the load per pod sweeps 40..110; latency breaks the SLO above 80 per pod.
+        let mut changes = Vec::new();
+        for k in 0..3000i64 {
+            let per_pod = 40.0 + 70.0 * (k as f64 * 0.618_033_988_75).fract();
+            let latency = if per_pod > 80.0 { 1.0 } else { 0.1 };
+            changes.extend(l.observe_with_slo(
+                &[Some(per_pod * 10.0), Some(0.0)],
+                &[Some(latency), None],
+                Some(10),
+                k * MIN,
+            ));
+        }
+        let ml = l.metrics[0].as_ref().unwrap();
+        let slo = ml.slo.as_ref().unwrap().learned();
+        assert!((78.0..81.0).contains(&slo.knee.unwrap()), "{slo:?}");
+        assert!((ml.per_pod_target() - slo.target).abs() < 1e-9);
+        assert!(ml.per_pod_target() < 75.0);
+        // The change was reported, status shows it, and the learned target follows it.
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.message.contains("slo target 100.000 ->")),
+            "{:?}",
+            changes.iter().map(|c| &c.message).collect::<Vec<_>>()
+        );
+        let (learned_target, status) = l.status(0);
+        let status = status.unwrap().slo.unwrap();
+        assert_eq!(status.basis, "Knee");
+        let q = learned_target.unwrap();
+        let milli = milli_value(&q.0).unwrap() as f64 / 1000.0;
+        assert!(
+            (milli - status.target).abs() < 1e-3,
+            "{milli} vs {status:?}"
+        );
+        // The recommendation counts pods of the learned target: 1000 per second needs
+        // ceil(1000 / target) pods at least.
+        let ml = l.metrics[0].as_mut().unwrap();
+        let rec = ml.recommend(3000 * MIN, Some(1000.0), 10);
+        assert!(
+            rec.replicas >= (1000.0 / slo.target).ceil() as u32,
+            "{rec:?}"
+        );
+    }
+
+    #[test]
+    fn no_pods_or_no_signal_is_no_slo_reading() {
+        let st = with_slo(None);
+        let mut l = learned_state(&st);
+        for k in 0..3000i64 {
+            l.observe_with_slo(&[Some(500.0), Some(0.0)], &[None, None], Some(5), k * MIN);
+        }
+        for k in 3000..6000i64 {
+            l.observe_with_slo(&[Some(500.0), Some(0.0)], &[Some(1.0), None], None, k * MIN);
+        }
+        let slo = l.metrics[0]
+            .as_ref()
+            .unwrap()
+            .slo
+            .as_ref()
+            .unwrap()
+            .learned();
+        assert_eq!((slo.samples, slo.target), (0, 100.0));
+    }
+
+    #[test]
+    fn the_slo_target_in_status_survives_a_restart() {
+        let st = with_slo(Some(serde_json::json!({
+            "metrics": [{
+                "name": "rps",
+                "learned": {
+                    "headroom": 0.0, "headroomBasis": "Static", "tolerance": 0.1,
+                    "toleranceBasis": "Static", "scaleDownWindowSeconds": 300,
+                    "scaleDownWindowBasis": "Static", "growthSamples": 0,
+                    "slo": { "target": 72.0, "basis": "Knee", "knee": 80.0, "samples": 3000 }
+                }
+            }]
+        })));
+        let l = learned_state(&st);
+        let ml = l.metrics[0].as_ref().unwrap();
+        assert_eq!(ml.per_pod_target(), 72.0);
+        assert_eq!(ml.target, 72.0, "the HPA's target starts from it");
+        assert_eq!(l.hpa_targets().get("rps").map(|q| q.0.as_str()), Some("72"));
+        // A target without an slo ignores it.
+        let mut plain = st.clone();
+        plain.spec.metrics[0].slo = None;
+        let l = learned_state(&plain);
+        assert_eq!(l.metrics[0].as_ref().unwrap().per_pod_target(), 100.0);
     }
 }

@@ -492,7 +492,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         Action::requeue(after.saturating_sub(started.elapsed()))
     };
     let ns = st.namespace().unwrap_or_default();
-    let readings: Vec<Reading> = futures::future::join_all(st.spec.metrics.iter().map(|m| {
+    let reads = futures::future::join_all(st.spec.metrics.iter().map(|m| {
         let reader = ctx.reader.clone();
         let ns = ns.clone();
         async move {
@@ -501,11 +501,11 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
                 at: Time(Timestamp::now()),
             }
         }
-    }))
-    .await;
+    }));
+    let (readings, slo) = futures::future::join(reads, slo_inputs(&ctx, &st, interval)).await;
     // Every replica learns (a new leader knows what the old one knew) and serves the API, so
     // every replica publishes, leader or not.
-    let learned = learn(&ctx, &st, &readings, interval);
+    let learned = learn(&ctx, &st, &readings, &slo, interval);
     if let Some(store) = ctx.store.get() {
         publish_readings(store, &st, &readings, &learned.served, interval);
     }
@@ -627,12 +627,46 @@ struct LearnStep {
     hpa_scale_down: Option<adaptive::LearnedScaleDown>,
 }
 
+/// What the SLO rule pairs with each reading: the SLO signals (index-aligned with
+/// `spec.metrics`, `None` where a metric has no `slo` or its read failed) and the workload's
+/// pods. Read only while learning is on and some metric has an `slo`.
+#[derive(Default)]
+struct SloInputs {
+    signals: Vec<Option<f64>>,
+    pods: Option<i32>,
+}
+
+async fn slo_inputs(ctx: &Arc<Context>, st: &ScaledTarget, interval: Duration) -> SloInputs {
+    if adaptive::config(st).is_none() || st.spec.metrics.iter().all(|m| m.slo.is_none()) {
+        return SloInputs::default();
+    }
+    let ns = st.namespace().unwrap_or_default();
+    let signals = futures::future::join_all(st.spec.metrics.iter().map(|m| {
+        let (reader, ns) = (ctx.reader.clone(), ns.clone());
+        async move {
+            let signal = m.slo_signal()?;
+            match reader.read(&ns, &signal, interval).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    // No reading, not a good or a bad one: the SLO rule waits for the next.
+                    tracing::debug!(scaledtarget = %key(st), metric = %m.name, error = %e, "slo signal not read");
+                    None
+                }
+            }
+        }
+    }));
+    let pods = async { ctx.scale_of(st).await.ok().map(|(_, c)| c.status) };
+    let (signals, pods) = futures::future::join(signals, pods).await;
+    SloInputs { signals, pods }
+}
+
 /// Feeds the poll's readings to the target's learning state (`spec.adaptive`), starting the
 /// backfill of new Prometheus metrics in the background.
 fn learn(
     ctx: &Arc<Context>,
     st: &ScaledTarget,
     readings: &[Reading],
+    slo: &SloInputs,
     interval: Duration,
 ) -> LearnStep {
     let now = Timestamp::now().as_millisecond();
@@ -646,7 +680,9 @@ fn learn(
     for job in t.learning.sync(&key(st), st, interval) {
         tokio::spawn(adaptive::run_backfill(ctx.clone(), ns.clone(), job));
     }
-    let changes = t.learning.observe(&values, now);
+    let changes = t
+        .learning
+        .observe_with_slo(&values, &slo.signals, slo.pods, now);
     let served = match st.spec.mode {
         Mode::Hpa => values
             .iter()

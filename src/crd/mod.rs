@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::engine::adaptive::AdaptiveConfig;
+pub use crate::engine::slo::SloConfig;
 pub use crate::source::prometheus::PrometheusConfig;
 pub use crate::source::rabbitmq::RabbitMqConfig;
 pub use crate::source::secret::SecretRef;
@@ -170,10 +171,27 @@ impl Mode {
     }
 }
 
+impl Metric {
+    /// The SLO signal as a metric of its own (read through the same collector, so an SLO
+    /// query shared by several metrics or targets is fetched once).
+    pub fn slo_signal(&self) -> Option<Metric> {
+        let slo = self.slo.as_ref()?;
+        Some(Metric {
+            name: format!("{}-slo", self.name),
+            prometheus: Some(slo.prometheus.clone()),
+            rabbitmq: None,
+            target: self.target.clone(),
+            slo: None,
+        })
+    }
+}
+
 /// One load signal: exactly one source and a target.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[x_kube(validation = Rule::new("[has(self.prometheus), has(self.rabbitmq)].filter(x, x).size() == 1")
     .message("each metric needs exactly one source: set prometheus or rabbitmq, not both"))]
+#[x_kube(validation = Rule::new("!has(self.slo) || self.target.type == 'AverageValue'")
+    .message("slo learns a per-pod target: it needs target type AverageValue"))]
 #[serde(rename_all = "camelCase")]
 pub struct Metric {
     /// The metric's name; also its external metric name in mode Hpa.
@@ -190,6 +208,28 @@ pub struct Metric {
     pub rabbitmq: Option<RabbitMqConfig>,
     /// What the value is compared against.
     pub target: MetricTarget,
+    /// Learn the per-pod target from an SLO signal (with `spec.adaptive` on): the highest load
+    /// per pod at which the SLO held, with a margin (`docs/adaptive.md`, "SLO target").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<MetricSlo>,
+}
+
+/// An SLO signal and how the per-pod target is learned from it.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("self.allowedViolations > 0.0 && self.allowedViolations < 0.5")
+    .message("slo: allowedViolations must be in (0, 0.5), e.g. 0.01"))]
+#[x_kube(validation = Rule::new("self.margin >= 0.0 && self.margin < 1.0")
+    .message("slo: margin must be in [0, 1), e.g. 0.1"))]
+#[x_kube(validation = Rule::new("self.minTargetRatio > 0.0 && self.minTargetRatio <= 1.0 && self.maxTargetRatio >= 1.0")
+    .message("slo: need 0 < minTargetRatio <= 1 <= maxTargetRatio"))]
+#[serde(rename_all = "camelCase")]
+pub struct MetricSlo {
+    /// A query for the SLO signal (one series), e.g. a p99 latency in seconds:
+    /// `histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket[1m])))`.
+    pub prometheus: PrometheusConfig,
+    /// Objective, allowed violations, margin and bounds.
+    #[serde(flatten)]
+    pub learn: SloConfig,
 }
 
 /// The kind of target, as in the HPA v2 `MetricTarget` (external metrics: no Utilization).
@@ -361,6 +401,53 @@ pub struct LearnedStatus {
     pub period: Option<String>,
     /// Growth samples behind the headroom.
     pub growth_samples: u64,
+    /// The per-pod target learned from the SLO signal (metrics with `slo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloStatus>,
+}
+
+/// The SLO-learned per-pod target (`engine::slo::SloTarget`) as status shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SloStatus {
+    /// Load per pod aimed for (before the headroom).
+    pub target: f64,
+    /// `Static` (history short), `Knee` (under the load where the SLO broke) or `HeldUpTo`
+    /// (the SLO held at every load seen).
+    pub basis: String,
+    /// Load per pod above which the SLO broke, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knee: Option<f64>,
+    /// Paired readings behind it.
+    pub samples: u64,
+}
+
+impl From<&crate::engine::slo::SloTarget> for SloStatus {
+    fn from(t: &crate::engine::slo::SloTarget) -> Self {
+        let r = |x: f64| (x * 1e4).round() / 1e4;
+        Self {
+            target: r(t.target),
+            basis: t.basis.as_str().to_string(),
+            knee: t.knee.map(r),
+            samples: t.samples,
+        }
+    }
+}
+
+impl SloStatus {
+    /// Back to the engine's value (to resume after a restart); `None` for an unknown basis.
+    pub fn to_engine(&self) -> Option<crate::engine::slo::SloTarget> {
+        use crate::engine::slo::SloBasis;
+        let basis = [SloBasis::Static, SloBasis::Knee, SloBasis::HeldUpTo]
+            .into_iter()
+            .find(|b| b.as_str() == self.basis)?;
+        Some(crate::engine::slo::SloTarget {
+            target: self.target,
+            basis,
+            knee: self.knee,
+            samples: self.samples,
+        })
+    }
 }
 
 impl From<&crate::engine::adaptive::Learned> for LearnedStatus {
@@ -377,6 +464,7 @@ impl From<&crate::engine::adaptive::Learned> for LearnedStatus {
             noise: l.noise.map(r),
             period: l.period.map(|p| format!("{p:?}")),
             growth_samples: l.growth_samples,
+            slo: None,
         }
     }
 }

@@ -9,9 +9,9 @@
 //! (an outage downstream) is pooled with the good readings around it instead of pulling the
 //! target down on its own.
 //!
-//! - **Knee**: the lowest load per pod whose fitted rate exceeds `allowedViolations` and whose
-//!   violations are too many for that rate by a binomial test at 1 % (a few unlucky readings
-//!   are not a knee). Learned target: `knee * (1 - margin)`.
+//! - **Knee**: the lowest load per pod whose fitted rate exceeds `allowedViolations`, when the
+//!   readings at or above it have too many violations for that rate by a binomial test at 1 %
+//!   (a few unlucky readings are not a knee). Learned target: `knee * (1 - margin)`.
 //! - **No knee**: the SLO held at every load seen. The limit is the level the highest
 //!   [`MIN_TAIL_SAMPLES`] readings reached; the target is `limit * (1 - margin)` but never below
 //!   the static target (nothing says the static target is unsafe). Load per pod above the
@@ -39,7 +39,9 @@ const KNEE_SIGNIFICANCE: f64 = 0.01;
 
 /// How the SLO target is learned (`spec.metrics[].slo`, besides the query).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// No `deny_unknown_fields`: the CRD flattens this next to the query (the API server prunes
+// unknown fields there).
+#[serde(rename_all = "camelCase")]
 pub struct SloConfig {
     /// The SLO holds while the signal is at or below this value (e.g. 0.25 for a p99 latency in
     /// seconds, 0.01 for an error ratio).
@@ -157,9 +159,9 @@ impl SloTarget {
     pub fn change_from(&self, before: &SloTarget) -> Option<String> {
         let moved = (self.target / before.target - 1.0).abs() > super::adaptive::REPORT_CHANGE;
         (moved || self.basis != before.basis).then(|| {
-            let knee = self
-                .knee
-                .map_or(String::new(), |k| format!(", SLO broke above {k:.3} per pod"));
+            let knee = self.knee.map_or(String::new(), |k| {
+                format!(", SLO broke above {k:.3} per pod")
+            });
             format!(
                 "slo target {:.3} -> {:.3} ({}{knee})",
                 before.target,
@@ -182,6 +184,8 @@ pub struct SloLearner {
     first_ts: Option<Millis>,
     min_history: Millis,
     learned: SloTarget,
+    /// A target learned before a restart, in use until the history is long enough again.
+    resumed: Option<SloTarget>,
 }
 
 impl SloLearner {
@@ -210,7 +214,27 @@ impl SloLearner {
                 knee: None,
                 samples: 0,
             },
+            resumed: None,
         })
+    }
+
+    /// Starts from a target learned before (read back from status after a restart): it stays
+    /// in use, within the bounds, until the new history is long enough to learn from.
+    pub fn resume(mut self, previous: SloTarget) -> Self {
+        let cfg = &self.config;
+        let (lo, hi) = (
+            self.static_target * cfg.min_target_ratio,
+            self.static_target * cfg.max_target_ratio,
+        );
+        if previous.target.is_finite() && previous.basis != SloBasis::Static {
+            self.learned = SloTarget {
+                target: previous.target.clamp(lo, hi),
+                samples: 0,
+                ..previous
+            };
+            self.resumed = Some(self.learned);
+        }
+        self
     }
 
     /// The configuration.
@@ -266,7 +290,13 @@ impl SloLearner {
         };
         let old_enough = self.first_ts.is_some_and(|f| ts - f >= self.min_history);
         if !old_enough || self.total < cfg.min_samples() {
-            return out;
+            return match self.resumed {
+                Some(r) => SloTarget {
+                    samples: self.total,
+                    ..r
+                },
+                None => out,
+            };
         }
         let (lo, hi) = (
             self.static_target * cfg.min_target_ratio,
@@ -298,7 +328,8 @@ impl SloLearner {
     }
 
     /// The knee: the lower edge of the lowest block of the isotonic fit whose violation rate
-    /// is above the allowed one, significantly.
+    /// is above the allowed one, when the readings from it up break the allowed rate
+    /// significantly.
     fn knee(&self) -> Option<f64> {
         // Pool adjacent violators over the populated bins: blocks of (first bin, n, v).
         let mut blocks: Vec<(usize, u64, u64)> = Vec::new();
@@ -322,16 +353,27 @@ impl SloLearner {
                 }
             }
         }
+        // The evidence for a knee at a block is every reading at or above it (the fitted rate
+        // only grows with the load): sparse bins just above a knee still count together.
         let allowed = self.config.allowed_violations;
-        blocks.into_iter().find_map(|(first, n, v)| {
+        let (mut tail_n, mut tail_v) = (0u64, 0u64);
+        let mut knee = None;
+        for &(first, n, v) in blocks.iter().rev() {
+            tail_n += n;
+            tail_v += v;
             if (v as f64) <= allowed * n as f64 {
-                return None;
+                break; // this block and those below it are within the allowed rate
             }
-            // P(at least v violations in n readings at the allowed rate).
-            let b = Binomial::new(allowed, n).ok()?;
-            let p = if v == 0 { 1.0 } else { b.sf(v - 1) };
-            (p < KNEE_SIGNIFICANCE).then(|| self.edge(first))
-        })
+            // P(at least tail_v violations in tail_n readings at the allowed rate).
+            let p = match Binomial::new(allowed, tail_n) {
+                Ok(b) if tail_v > 0 => b.sf(tail_v - 1),
+                _ => 1.0,
+            };
+            if p < KNEE_SIGNIFICANCE {
+                knee = Some(self.edge(first));
+            }
+        }
+        knee
     }
 }
 
@@ -367,6 +409,18 @@ mod tests {
         assert!((78.0..=81.0).contains(&knee), "{t:?}");
         assert!((t.target - knee * 0.9).abs() < 1e-9, "{t:?}");
         assert!(t.target < 100.0);
+    }
+
+    #[test]
+    fn sparse_readings_above_the_knee_count_together() {
+        let mut cfg = SloConfig::with_objective(0.25);
+        cfg.allowed_violations = 0.2; // 50 readings are enough
+        let mut l = SloLearner::new(cfg, 100.0, 0).unwrap();
+        // 60 readings over 40..110: one or two per 2 % bin.
+        feed(&mut l, 80.0, 40.0, 110.0, 60, 0);
+        let t = l.learned();
+        assert_eq!(t.basis, SloBasis::Knee, "{t:?}");
+        assert!((76.0..=81.0).contains(&t.knee.unwrap()), "{t:?}");
     }
 
     #[test]
@@ -444,6 +498,31 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_target_holds_until_the_new_history_is_long_enough() {
+        let mut first = learner(100.0);
+        feed(&mut first, 80.0, 40.0, 110.0, 3000, 0);
+        let learned = first.learned();
+        let mut l = learner(100.0).resume(learned);
+        assert_eq!(l.learned().target, learned.target);
+        feed(&mut l, 80.0, 40.0, 110.0, 30, 0);
+        assert_eq!(
+            l.learned().target,
+            learned.target,
+            "30 readings are not enough"
+        );
+        feed(&mut l, 80.0, 40.0, 110.0, 3000, 100 * MIN);
+        assert!((l.learned().target - learned.target).abs() < 2.0);
+        // A static one is no prior; one outside today's bounds is clamped.
+        let fresh = learner(100.0).resume(SloTarget {
+            target: 1000.0,
+            basis: SloBasis::HeldUpTo,
+            knee: None,
+            samples: 5,
+        });
+        assert_eq!(fresh.learned().target, 200.0);
+    }
+
+    #[test]
     fn changes_are_reported_when_material() {
         let a = SloTarget {
             target: 100.0,
@@ -458,7 +537,10 @@ mod tests {
             samples: 3000,
         };
         let msg = b.change_from(&a).unwrap();
-        assert!(msg.contains("100.000 -> 72.000 (Knee, SLO broke above 80.000"), "{msg}");
+        assert!(
+            msg.contains("100.000 -> 72.000 (Knee, SLO broke above 80.000"),
+            "{msg}"
+        );
         assert!(b.change_from(&b).is_none());
     }
 }
