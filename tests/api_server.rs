@@ -544,24 +544,29 @@ async fn the_hpa_controller_scales_a_deployment_on_a_rabbitmq_backlog() {
         replicas(4)
     })
     .await;
-    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
-        .get("worker")
-        .await
-        .unwrap();
-    // The HPA read ebb's value (its average is per replica at the time it looked).
-    let status = serde_json::to_value(hpa.status.unwrap()).unwrap();
+    // The HPA read ebb's value (its average is per replica at the time it looked). Its status
+    // is its last sync's: a sync that met the broker between two statistics samples ("no
+    // data", never zero) shows that instead, so look until a sync shows the value.
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
+    let status = eventually(
+        Duration::from_secs(30),
+        "the HPA to show ebb's value",
+        || {
+            let hpas = hpas.clone();
+            async move {
+                let status = serde_json::to_value(hpas.get("worker").await.ok()?.status?).ok()?;
+                let valid = status["conditions"].as_array()?.iter().any(|c| {
+                    c["type"] == "ScalingActive"
+                        && c["status"] == "True"
+                        && c["reason"] == "ValidMetricFound"
+                });
+                valid.then_some(status)
+            }
+        },
+    )
+    .await;
     assert_eq!(
         status["currentMetrics"][0]["external"]["metric"]["name"], METRIC,
-        "{status}"
-    );
-    assert!(
-        status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["type"] == "ScalingActive"
-                && c["status"] == "True"
-                && c["reason"] == "ValidMetricFound"),
         "{status}"
     );
 
