@@ -906,10 +906,12 @@ mod tests {
     #[test]
     fn the_served_value_is_raised_to_the_forecast_against_the_learned_target() {
         // A daily cycle at 15-minute readings, five days: the forecast knows the morning rise.
+        // No headroom: a headroom above the forecast's rise would leave nothing to raise.
         let mut st = target(serde_json::json!({
             "minHistorySeconds": 0,
             "startupDelaySeconds": 3600,
-            "phaseOfDay": false
+            "phaseOfDay": false,
+            "maxHeadroom": 0
         }));
         st.spec.polling_interval = Duration::from_secs(900).into();
         let mut l = Learning::default();

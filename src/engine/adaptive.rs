@@ -28,6 +28,9 @@ use super::{DEFAULT_DOWNSCALE_STABILIZATION_SECONDS, DEFAULT_TOLERANCE, Millis, 
 
 /// A tail quantile is trusted once about this many samples lie beyond it.
 pub const MIN_TAIL_SAMPLES: f64 = 10.0;
+/// Samples before a tail is extrapolated: the trusted quantile is then at least the 90th
+/// percentile (below it the bulk, not the tail, would shape the fit).
+pub const MIN_EXTRAPOLATION_SAMPLES: u64 = 10 * MIN_TAIL_SAMPLES as u64;
 /// Width of a growth histogram bin, in log-load (0.2 %).
 pub const GROWTH_BIN: f64 = 0.002;
 /// Growth histogram bins: up to e^1.4, about 4x over the horizon; more falls in the last bin.
@@ -192,6 +195,9 @@ pub enum Basis {
     Static,
     /// The whole history.
     History,
+    /// The whole history, too short for the quantile itself: its tail is extrapolated from
+    /// the quantile that has [`MIN_TAIL_SAMPLES`] beyond it.
+    Extrapolated,
     /// The history at this hour of the day (UTC), the load having a daily cycle.
     HourOfDay(u8),
 }
@@ -360,6 +366,35 @@ impl Histogram {
                 self.total += u64::from(*c);
             }
         }
+    }
+
+    /// The growth (in log units, `bin * GROWTH_BIN`) at quantile `q`, and whether it was
+    /// extrapolated. With [`MIN_TAIL_SAMPLES`] beyond it, the empirical quantile. With fewer,
+    /// the quantile `u` that has them, plus an exponential tail fitted to the samples beyond
+    /// it (peaks over a threshold with shape 0): `u + mean excess * ln(p_u / (1 - q))`, where
+    /// `p_u` is the share beyond `u`. `None` below [`MIN_EXTRAPOLATION_SAMPLES`].
+    fn tail_growth(&self, q: f64) -> Option<(f64, bool)> {
+        let n = self.total as f64;
+        if n * (1.0 - q) >= MIN_TAIL_SAMPLES {
+            return Some((self.quantile_bin(q)? as f64 * GROWTH_BIN, false));
+        }
+        if self.total < MIN_EXTRAPOLATION_SAMPLES {
+            return None;
+        }
+        let p_u = MIN_TAIL_SAMPLES / n;
+        let u = self.quantile_bin(1.0 - p_u)?;
+        let (mut count, mut excess) = (0u64, 0u64);
+        for (b, &c) in self.counts.iter().enumerate().skip(u + 1) {
+            count += u64::from(c);
+            excess += (b - u) as u64 * u64::from(c);
+        }
+        let mean_excess = if count == 0 {
+            0.0
+        } else {
+            excess as f64 / count as f64 * GROWTH_BIN
+        };
+        let growth = u as f64 * GROWTH_BIN + mean_excess * (p_u / (1.0 - q)).ln();
+        Some((growth, true))
     }
 
     /// The smallest bin with at least `q` of the total at or below it.
@@ -663,7 +698,7 @@ impl AdaptiveState {
         let daily = cfg.phase_of_day && matches!(l.period, Some(Period::Daily | Period::Weekly));
         let mut best: Option<(f64, f64, Basis, usize, u64)> = None;
         for c in &self.candidates {
-            if c.growth_all.total < need || c.hold_n <= 0.0 {
+            if c.growth_all.total < MIN_EXTRAPOLATION_SAMPLES || c.hold_n <= 0.0 {
                 continue;
             }
             let by_phase = &c.growth_by_phase[phase];
@@ -675,12 +710,15 @@ impl AdaptiveState {
             } else {
                 (&c.growth_all, Basis::History)
             };
-            let Some(bin) = hist.quantile_bin(q) else {
+            let Some((growth, extrapolated)) = hist.tail_growth(q) else {
                 continue;
             };
-            let headroom = (bin as f64 * GROWTH_BIN)
-                .exp_m1()
-                .clamp(cfg.min_headroom, cfg.max_headroom);
+            let basis = if extrapolated {
+                Basis::Extrapolated
+            } else {
+                basis
+            };
+            let headroom = growth.exp_m1().clamp(cfg.min_headroom, cfg.max_headroom);
             let cost = headroom.ln_1p() + c.hold_sum / c.hold_n;
             if best.is_none_or(|b| cost < b.0) {
                 best = Some((cost, headroom, basis, c.len, c.growth_all.total));
@@ -992,6 +1030,30 @@ mod tests {
         }
         assert_eq!(h.total, 500);
         assert_eq!(h.counts[9], 5);
+    }
+
+    #[test]
+    fn a_short_tail_is_extrapolated_and_a_long_one_read() {
+        // Growth exponential with a mean of 10 bins, laid out on its exact quantiles: the
+        // 99.5th percentile is 10 ln(200) = 53 bins.
+        let exponential = |n: usize| {
+            let mut h = Histogram::new(GROWTH_BINS);
+            for i in 0..n {
+                let p = (i as f64 + 0.5) / n as f64;
+                h.add((-10.0 * (1.0 - p).ln()) as usize, u64::MAX);
+            }
+            h
+        };
+        let truth = 10.0 * 200f64.ln() * GROWTH_BIN;
+        assert_eq!(exponential(99).tail_growth(0.995), None, "too few to fit");
+        for n in [100, 300, 1000] {
+            let (g, extrapolated) = exponential(n).tail_growth(0.995).unwrap();
+            assert!(extrapolated);
+            assert!((g / truth - 1.0).abs() < 0.15, "{n}: {g} vs {truth}");
+        }
+        let (g, extrapolated) = exponential(4000).tail_growth(0.995).unwrap();
+        assert!(!extrapolated);
+        assert!((g / truth - 1.0).abs() < 0.05, "{g} vs {truth}");
     }
 
     #[test]
