@@ -109,8 +109,8 @@ fn full_replay(c: &mut Criterion) {
     for name in ["hpa", "kpa", "oracle", "hpa-engine", "ebb"] {
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut policy =
-                    make_policy(name, &demand, &cfg, &Default::default()).expect("a known policy");
+                let mut policy = make_policy(name, &demand, &cfg, &Default::default(), None)
+                    .expect("a known policy");
                 black_box(replay(black_box(&trace.values), &cfg, policy.as_mut()))
             })
         });

@@ -111,6 +111,51 @@ fn a_daily_cycle_is_found_and_followed() {
     assert_eq!(learned.period, Some(Period::Daily));
 }
 
+/// Rule 4 in the replay: every policy aims at 1.5 times what a pod serves (a static target
+/// set too high). hpa and plain ebb drown; ebb learning its per-pod target from the SLO
+/// signal (the ready pods' utilization) finds the knee at the true capacity and recovers once
+/// it has its 1,000 readings.
+#[test]
+fn a_static_target_set_too_high_is_corrected_by_the_slo() {
+    use ebb::engine::slo::{SloBasis, SloConfig};
+    let series = synthetic::generate(Shape::Daily);
+    let c = ReplayConfig::for_series(&series.values, 60.0, None, None)
+        .unwrap()
+        .capacity;
+    let run = |slo: Option<SloConfig>| {
+        let opts = BacktestOptions {
+            policies: parse_policies("hpa,ebb").unwrap(),
+            target_per_pod: Some(1.5 * c),
+            slo,
+            ..Default::default()
+        };
+        let r = run_backtest(&series, &opts).unwrap();
+        print!("{}", format_table(&r));
+        r
+    };
+    let plain = run(None);
+    let learning = run(Some(SloConfig::with_objective(1.0)));
+    assert!(row(&plain, "hpa").scores.tau_u > 50.0);
+    assert!(row(&plain, "ebb").scores.tau_u > 50.0);
+    assert!(row(&learning, "ebb").scores.tau_u < 15.0);
+    // The learned target: under the knee at c by the margin.
+    let mut cfg = ReplayConfig::for_series(&series.values, 60.0, None, None).unwrap();
+    cfg.target_per_pod = 1.5 * c;
+    cfg.start_unix = series.start;
+    let mut policy = EbbPolicy::new(AdaptiveConfig::default(), Some((1, 60.0)))
+        .with_slo(SloConfig::with_objective(1.0));
+    replay(&series.values, &cfg, &mut policy);
+    let learned = policy.slo_target().unwrap();
+    assert_eq!(learned.basis, SloBasis::Knee, "{learned:?}");
+    let knee = learned.knee.unwrap();
+    // Within a bin (2 %) of c, the readings around it mixed.
+    assert!(
+        (0.96 * c..=1.045 * c).contains(&knee),
+        "{learned:?} vs c = {c}"
+    );
+    assert!((learned.target - 0.9 * knee).abs() < 1e-9);
+}
+
 fn learn(series: &Trace, config: AdaptiveConfig, capacity: f64) -> ebb::engine::adaptive::Learned {
     let step = series.step_seconds * 1000;
     let readings = series

@@ -204,3 +204,38 @@ fn frontier_tunes_the_reference_families_to_the_risk() {
     let err = String::from_utf8_lossy(&err.stderr);
     assert!(err.contains("invalid --risk"), "{err}");
 }
+
+#[test]
+fn a_misset_target_and_the_slo_rule_show_in_the_header() {
+    let out = ebb(&[
+        "backtest",
+        "--synthetic",
+        "flat",
+        "--policy",
+        "hpa,ebb",
+        "--target-per-pod",
+        "150",
+        "--slo",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("every policy is configured with a target of 150.0 per pod (1.50c)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ebb learns its per-pod target from the SLO signal"),
+        "{stdout}"
+    );
+    let err = ebb(&["backtest", "--synthetic", "flat", "--target-per-pod", "0"]);
+    assert!(!err.status.success());
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        err.contains("invalid --target-per-pod: 0 is not a positive number"),
+        "{err}"
+    );
+}

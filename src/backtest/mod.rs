@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::engine::adaptive::{AdaptiveConfig, AdaptiveError, EbbPolicy};
 use crate::engine::baseline::{self, HpaBaseline, HpaEngineBaseline, KpaBaseline, OracleBaseline};
 use crate::engine::policy::ReplayPolicy;
+use crate::engine::slo::SloConfig;
 use frontier::{Family, FrontierOptions, FrontierRow};
 use metrics::Elasticity;
 use replay::{Replay, ReplayConfig};
@@ -128,6 +129,14 @@ pub struct BacktestArgs {
     /// Steps before an added pod is ready (default: 1 for steps up to a minute, else 0).
     #[arg(long)]
     pub startup_delay: Option<usize>,
+    /// The per-pod target every policy is configured with (default: the capacity `c`): a
+    /// static target set too high or too low, while demand still counts in `c`.
+    #[arg(long)]
+    pub target_per_pod: Option<f64>,
+    /// The `ebb` policy learns its per-pod target from an SLO signal: each step's utilization
+    /// of the ready pods' true capacity, objective 1 (docs/adaptive.md, rule 4).
+    #[arg(long)]
+    pub slo: bool,
     /// Score only the last N days (the replay still runs over the whole trace).
     #[arg(long)]
     pub last_days: Option<f64>,
@@ -172,6 +181,11 @@ pub struct BacktestOptions {
     pub capacity: Option<f64>,
     /// Override of `S`.
     pub startup_delay: Option<usize>,
+    /// The policies' per-pod target, if not `c`.
+    pub target_per_pod: Option<f64>,
+    /// The `ebb` policy also learns its per-pod target from this SLO (objective on the
+    /// utilization of the pods' true capacity).
+    pub slo: Option<SloConfig>,
     /// Score only the last N days.
     pub last_days: Option<f64>,
     /// Configuration of the `ebb` policy.
@@ -219,6 +233,9 @@ pub struct BacktestReport {
     pub scored_from: usize,
     /// One entry per policy.
     pub results: Vec<PolicyResult>,
+    /// The SLO the `ebb` policy learned its per-pod target from (`--slo`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloConfig>,
     /// The reference families tuned in hindsight (with `--frontier`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frontier: Option<FrontierReport>,
@@ -268,12 +285,19 @@ pub fn make_policy(
     demand: &[Option<u32>],
     cfg: &ReplayConfig,
     adaptive: &AdaptiveConfig,
+    slo: Option<&SloConfig>,
 ) -> Option<Box<dyn ReplayPolicy>> {
     Some(match name {
-        "ebb" => Box::new(EbbPolicy::new(
-            adaptive.clone(),
-            Some((cfg.startup_delay, cfg.step_seconds)),
-        )),
+        "ebb" => {
+            let ebb = EbbPolicy::new(
+                adaptive.clone(),
+                Some((cfg.startup_delay, cfg.step_seconds)),
+            );
+            Box::new(match slo {
+                Some(slo) => ebb.with_slo(slo.clone()),
+                None => ebb,
+            })
+        }
         "oracle" => Box::new(OracleBaseline::new(demand.to_vec(), cfg.startup_delay)),
         "hpa" => Box::new(HpaBaseline::default()),
         "kpa" => Box::new(KpaBaseline),
@@ -310,6 +334,22 @@ pub fn run_backtest_with_progress(
     .ok_or(BacktestError::NoData)?;
     cfg.start_unix = trace.start;
     opts.adaptive.validate()?;
+    if let Some(t) = opts.target_per_pod {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(BacktestError::InvalidArg {
+                flag: "--target-per-pod",
+                message: format!("{t} is not a positive number"),
+            });
+        }
+        cfg.target_per_pod = t;
+    }
+    if let Some(slo) = &opts.slo {
+        slo.validate()
+            .map_err(|message| BacktestError::InvalidArg {
+                flag: "--slo",
+                message,
+            })?;
+    }
     if let Some(f) = opts.frontier
         && !(f.risk_percent.is_finite() && (0.0..100.0).contains(&f.risk_percent))
     {
@@ -333,7 +373,7 @@ pub fn run_backtest_with_progress(
         }
     };
     let run = |name: &str| -> Result<(Replay, Elasticity)> {
-        let mut policy = make_policy(name, &demand, &cfg, &opts.adaptive)
+        let mut policy = make_policy(name, &demand, &cfg, &opts.adaptive, opts.slo.as_ref())
             .ok_or_else(|| BacktestError::UnknownPolicy(name.to_string()))?;
         let r = replay::replay(&trace.values, &cfg, policy.as_mut());
         let supply = r.supply(cfg.startup_delay);
@@ -376,6 +416,7 @@ pub fn run_backtest_with_progress(
         missing: trace.missing(),
         scored_from,
         results,
+        slo: opts.slo.clone(),
         frontier,
         demand,
     })
@@ -399,6 +440,20 @@ pub fn format_table(report: &BacktestReport) -> String {
         scored,
         report.scored_from
     );
+    if c.target_per_pod != c.capacity {
+        let _ = writeln!(
+            out,
+            "every policy is configured with a target of {:.1} per pod ({:.2}c)",
+            c.target_per_pod,
+            c.target_per_pod / c.capacity
+        );
+    }
+    if report.slo.is_some() {
+        let _ = writeln!(
+            out,
+            "ebb learns its per-pod target from the SLO signal (utilization of the ready pods, objective 1)"
+        );
+    }
     let w = report
         .results
         .iter()
@@ -548,6 +603,8 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         policy,
         capacity,
         startup_delay,
+        target_per_pod,
+        slo,
         last_days,
         decisions,
         plot,
@@ -614,6 +671,8 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             policies,
             capacity: *capacity,
             startup_delay: *startup_delay,
+            target_per_pod: *target_per_pod,
+            slo: slo.then(|| SloConfig::with_objective(1.0)),
             last_days: *last_days,
             adaptive,
             frontier: frontier.then_some(FrontierOptions {

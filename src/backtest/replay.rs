@@ -1,12 +1,14 @@
 //! The replay loop and supply model of backtest-protocol.md (sections 2 to 4).
 
-use crate::engine::policy::{ReplayPolicy, StepContext, demand};
+use crate::engine::policy::{ReplayPolicy, Served, StepContext, demand};
 
 /// The fixed quantities of one replay (protocol section 2).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ReplayConfig {
-    /// Load one pod serves per step (`c`).
+    /// Load one pod serves per step within its SLO (`c`): what demand is counted in.
     pub capacity: f64,
+    /// Load per pod the policies are configured to aim for (`c` unless overridden).
+    pub target_per_pod: f64,
     /// Steps before an added pod is ready (`S`).
     pub startup_delay: usize,
     /// Lower bound on decisions.
@@ -38,6 +40,7 @@ impl ReplayConfig {
             crate::engine::ceil_eps(1.5 * max_demand as f64).min(u32::MAX as f64) as u32;
         Some(Self {
             capacity,
+            target_per_pod: capacity,
             startup_delay: startup_delay.unwrap_or(if step_seconds <= 60.0 { 1 } else { 0 }),
             min_replicas: 1,
             max_replicas: max_replicas.max(1),
@@ -123,6 +126,17 @@ pub fn replay(load: &[Option<f64>], cfg: &ReplayConfig, policy: &mut dyn ReplayP
             .map(|k| out.decision(k))
             .min()
             .unwrap_or(previous);
+        // The step before: its ready supply min(D_{t-1-S}..D_{t-1}) and their utilization.
+        let last_served = t.checked_sub(1).and_then(|last| {
+            let load = load[last]?;
+            let pods = (last as isize - cfg.startup_delay as isize..=last as isize)
+                .map(|k| out.decision(k))
+                .min()?;
+            Some(Served {
+                pods,
+                utilization: load / (f64::from(pods.max(1)) * cfg.capacity),
+            })
+        });
         let ctx = StepContext {
             step: t,
             step_seconds: cfg.step_seconds,
@@ -131,7 +145,8 @@ pub fn replay(load: &[Option<f64>], cfg: &ReplayConfig, policy: &mut dyn ReplayP
             decisions: &out.decisions,
             previous,
             ready,
-            capacity: cfg.capacity,
+            target_per_pod: cfg.target_per_pod,
+            last_served,
             min_replicas: cfg.min_replicas,
             max_replicas: cfg.max_replicas,
         };
@@ -154,6 +169,7 @@ mod tests {
         let load = [Some(10.0), Some(30.0), None, Some(5.0)];
         let cfg = ReplayConfig {
             capacity: 10.0,
+            target_per_pod: 10.0,
             startup_delay: 1,
             min_replicas: 1,
             max_replicas: 5,
@@ -172,6 +188,46 @@ mod tests {
         // Scoring from step 2 on: D_1 = 3 precedes, one action (3 -> 1), no reversal.
         let e = score(&demand, &supply, &r.decisions, r.decision(1), 2);
         assert_eq!((e.steps, e.cost, e.actions, e.reversals), (1, 1, 1, 0));
+    }
+
+    /// Records what the replay tells it, and asks for a fixed sequence.
+    struct Recorder {
+        asks: Vec<u32>,
+        seen: Vec<Option<Served>>,
+    }
+
+    impl ReplayPolicy for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        fn decide(&mut self, ctx: &StepContext<'_>) -> u32 {
+            self.seen.push(ctx.last_served);
+            self.asks[ctx.step]
+        }
+    }
+
+    #[test]
+    fn the_last_step_served_is_its_ready_supply_and_their_utilization() {
+        let load = [Some(10.0), Some(40.0), None, Some(20.0), Some(30.0)];
+        let mut cfg = ReplayConfig::for_series(&load, 60.0, Some(10.0), Some(1)).unwrap();
+        cfg.target_per_pod = 15.0;
+        let mut p = Recorder {
+            asks: vec![4, 4, 1, 1, 1],
+            seen: Vec::new(),
+        };
+        let r = replay(&load, &cfg, &mut p);
+        assert_eq!(r.supply(1), vec![1, 4, 1, 1, 1]);
+        let served = |pods, utilization| Some(Served { pods, utilization });
+        assert_eq!(
+            p.seen,
+            vec![
+                None,           // nothing observed yet
+                served(1, 1.0), // step 0: 10 on the warm pod of capacity 10
+                served(4, 1.0), // step 1: 40 on the 4 pods added at step 0
+                None,           // step 2: missing
+                served(1, 2.0), // step 3: 20 on 1 pod, twice what it serves
+            ]
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use statrs::statistics::{Data, OrderStatistics};
 
 use super::forecast::{Period, Seasonal};
 use super::policy::{ReplayPolicy, StepContext, demand};
+use super::slo::{SloConfig, SloLearner};
 use super::{DEFAULT_DOWNSCALE_STABILIZATION_SECONDS, DEFAULT_TOLERANCE, Millis, ceil_eps};
 
 /// A tail quantile is trusted once about this many samples lie beyond it.
@@ -876,6 +877,9 @@ fn phase_of_day(ts: Millis) -> usize {
 pub struct EbbPolicy {
     config: AdaptiveConfig,
     state: Option<AdaptiveState>,
+    /// The per-pod target learned from the utilization of the pods ([`Self::with_slo`]).
+    slo: Option<SloConfig>,
+    slo_state: Option<SloLearner>,
 }
 
 impl EbbPolicy {
@@ -888,7 +892,22 @@ impl EbbPolicy {
         Self {
             config,
             state: None,
+            slo: None,
+            slo_state: None,
         }
+    }
+
+    /// Also learn the per-pod target (rule 4, [`super::slo`]) from the SLO signal the replay
+    /// gives: each step's load per ready pod against their utilization (`slo.objective` 1
+    /// means "the SLO breaks above capacity").
+    pub fn with_slo(mut self, slo: SloConfig) -> Self {
+        self.slo = Some(slo);
+        self
+    }
+
+    /// The SLO-learned per-pod target, once the first step ran with one.
+    pub fn slo_target(&self) -> Option<super::slo::SloTarget> {
+        self.slo_state.as_ref().map(SloLearner::learned)
     }
 
     /// The learning state, once the first step ran.
@@ -906,7 +925,7 @@ impl ReplayPolicy for EbbPolicy {
         let interval = ((ctx.step_seconds * 1000.0).round() as Millis).max(1);
         let config = &self.config;
         let state = self.state.get_or_insert_with(|| {
-            AdaptiveState::new(config.clone(), interval, ctx.capacity).unwrap_or_else(|_| {
+            AdaptiveState::new(config.clone(), interval, ctx.target_per_pod).unwrap_or_else(|_| {
                 // The backtest validates the configuration and capacity before the replay.
                 AdaptiveState::new(AdaptiveConfig::default(), interval, 1.0)
                     .expect("valid defaults")
@@ -914,14 +933,33 @@ impl ReplayPolicy for EbbPolicy {
         });
         let start = ctx.start_unix * 1000;
         let load = ctx.last_observation();
+        if self.slo_state.is_none()
+            && let Some(slo) = &self.slo
+        {
+            // The backtest validates the SLO configuration before the replay.
+            self.slo_state = SloLearner::new(
+                slo.clone(),
+                ctx.target_per_pod,
+                self.config.min_history_seconds,
+            )
+            .ok();
+        }
         if ctx.step > 0 {
             let ts = start + (ctx.step as Millis - 1) * interval;
             match load {
                 Some(v) => state.observe(ts, v),
                 None => state.observe_missing(ts),
             }
+            if let (Some(slo), Some(served)) = (&mut self.slo_state, ctx.last_served) {
+                let per_pod = load.map(|l| l / f64::from(served.pods.max(1)));
+                slo.observe(ts, per_pod, Some(served.utilization));
+            }
         }
-        let reactive = load.map_or(ctx.previous, |l| demand(l, ctx.capacity));
+        let per_pod = self
+            .slo_state
+            .as_ref()
+            .map_or(ctx.target_per_pod, |l| l.learned().target);
+        let reactive = load.map_or(ctx.previous, |l| demand(l, per_pod));
         let now = start + ctx.step as Millis * interval;
         state
             .recommend(
@@ -929,7 +967,7 @@ impl ReplayPolicy for EbbPolicy {
                 Inputs {
                     reactive,
                     load,
-                    target_per_pod: ctx.capacity,
+                    target_per_pod: per_pod,
                     current: ctx.previous,
                 },
             )

@@ -22,12 +22,25 @@ pub struct StepContext<'a> {
     pub previous: u32,
     /// Pods ready at the start of the step: `min(D_{t-S}, ..., D_{t-1})`.
     pub ready: u32,
-    /// Load one pod serves per step within its SLO (`c`).
-    pub capacity: f64,
+    /// Load per pod per step the policies are configured to aim for: the protocol's `c`, or
+    /// `--target-per-pod` (a static target set too high or too low).
+    pub target_per_pod: f64,
+    /// The pods that served the last observed step and how loaded they were, when it is known.
+    pub last_served: Option<Served>,
     /// Lower bound on decisions.
     pub min_replicas: u32,
     /// Upper bound on decisions.
     pub max_replicas: u32,
+}
+
+/// What served the last observed step (t-1), as a service's own metrics would tell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Served {
+    /// Ready pods during the step: `s_{t-1}`.
+    pub pods: u32,
+    /// `lambda_{t-1} / (s_{t-1} * c)`: the load over what those pods serve within their SLO.
+    /// Above 1 the SLO broke; it is the signal a latency or error objective stands for.
+    pub utilization: f64,
 }
 
 impl StepContext<'_> {

@@ -46,7 +46,7 @@ impl ReplayPolicy for HpaBaseline {
         let Some(load) = ctx.last_observation() else {
             return current;
         };
-        let ratio = load / (ctx.capacity * current as f64);
+        let ratio = load / (ctx.target_per_pod * current as f64);
         let tolerance = Tolerances {
             up: DEFAULT_TOLERANCE,
             down: DEFAULT_TOLERANCE,
@@ -54,7 +54,7 @@ impl ReplayPolicy for HpaBaseline {
         let want = if tolerance.within(ratio) {
             current
         } else {
-            ceil_eps(load / ctx.capacity) as u32
+            ceil_eps(load / ctx.target_per_pod) as u32
         };
         self.window[slot] = Some(want);
         let highest = self.window.iter().flatten().copied().max().unwrap_or(want);

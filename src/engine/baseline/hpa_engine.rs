@@ -35,7 +35,7 @@ impl ReplayPolicy for HpaEngineBaseline {
         });
         // An AverageValue target of c per pod, in milli-units as the HPA reads Quantities.
         let sample = MetricSample {
-            target: Target::AverageValue((ctx.capacity * 1000.0).round() as i64),
+            target: Target::AverageValue((ctx.target_per_pod * 1000.0).round() as i64),
             observation: ctx
                 .last_observation()
                 .map(|l| (l * 1000.0).round() as i64)

@@ -31,7 +31,7 @@ impl ReplayPolicy for KpaBaseline {
             return ctx.previous;
         }
         let mean = window.iter().flatten().sum::<f64>() / window.len() as f64;
-        let want = ceil_eps(mean / (TARGET_UTILIZATION * ctx.capacity));
+        let want = ceil_eps(mean / (TARGET_UTILIZATION * ctx.target_per_pod));
         let ready = ctx.ready.max(1) as f64;
         let lo = (ready / MAX_SCALE_DOWN_RATE).floor();
         let hi = ceil_eps(MAX_SCALE_UP_RATE * ready);
