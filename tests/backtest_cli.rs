@@ -17,6 +17,17 @@ fn ebb(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `ebb` expecting success; its standard output.
+fn ebb_ok(args: &[&str]) -> String {
+    let out = ebb(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A small trace: unsorted rows, a two-minute gap, a burst.
 const TRACE: &str = "period,count\n\
 2024-01-01 00:02:00,300\n\
@@ -33,7 +44,7 @@ fn table_decisions_and_plot() {
     let dir = scratch("ok");
     let trace = dir.join("t.csv");
     std::fs::write(&trace, TRACE).unwrap();
-    let out = ebb(&[
+    let stdout = ebb_ok(&[
         "backtest",
         "--trace",
         trace.to_str().unwrap(),
@@ -44,12 +55,6 @@ fn table_decisions_and_plot() {
         "--plot",
         dir.join("p.svg").to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
     // median of the 8 known values is (400 + 500) / 2 = 450: c = 45, max demand 89 -> 134.
     assert!(stdout.starts_with("c = 45.0 per step per pod, S = 1 step(s), bounds [1, 134], step 60 s, 10 steps (2 missing)"), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("oracle ")), "{stdout}");
@@ -147,7 +152,7 @@ fn bad_input_gets_a_clear_error() {
 
 #[test]
 fn frontier_tunes_the_reference_families_to_the_risk() {
-    let out = ebb(&[
+    let stdout = ebb_ok(&[
         "backtest",
         "--synthetic",
         "daily",
@@ -157,12 +162,6 @@ fn frontier_tunes_the_reference_families_to_the_risk() {
         "--risk",
         "1",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         stdout.contains("reference families tuned in hindsight to tau_U <= 1.00 %"),
         "{stdout}"
@@ -207,7 +206,7 @@ fn frontier_tunes_the_reference_families_to_the_risk() {
 
 #[test]
 fn a_misset_target_and_the_slo_rule_show_in_the_header() {
-    let out = ebb(&[
+    let stdout = ebb_ok(&[
         "backtest",
         "--synthetic",
         "flat",
@@ -217,12 +216,6 @@ fn a_misset_target_and_the_slo_rule_show_in_the_header() {
         "150",
         "--slo",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         stdout.contains("every policy is configured with a target of 150.0 per pod (1.50c)"),
         "{stdout}"
