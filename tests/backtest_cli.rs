@@ -232,3 +232,30 @@ fn a_misset_target_and_the_slo_rule_show_in_the_header() {
         "{err}"
     );
 }
+
+#[test]
+fn aggregate_replays_on_a_coarser_grid() {
+    let stdout = ebb_ok(&[
+        "backtest",
+        "--synthetic",
+        "daily",
+        "--aggregate",
+        "3600",
+        "--policy",
+        "oracle,hpa",
+    ]);
+    // A week of minutes is 168 hours; at an hour a step the startup delay is 0 steps.
+    assert!(
+        stdout.contains("S = 0 step(s)") && stdout.contains("step 3600 s, 168 steps"),
+        "{stdout}"
+    );
+    let err = ebb(&["backtest", "--synthetic", "daily", "--aggregate", "90"]);
+    assert!(!err.status.success());
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        err.contains(
+            "invalid --aggregate: 90 is not a positive multiple of the trace's step (60 s)"
+        ),
+        "{err}"
+    );
+}

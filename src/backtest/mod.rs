@@ -146,6 +146,11 @@ pub struct BacktestArgs {
     /// Draw demand, supply and decisions as SVG (several policies: one FILE.POLICY.svg each).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Replay on a coarser grid: sum the load into steps of this many seconds (a multiple of
+    /// the trace's step, e.g. 3600 for hours; the protocol's startup delay is then 0 steps
+    /// for steps over a minute).
+    #[arg(long, value_name = "SECONDS")]
+    pub aggregate: Option<i64>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -608,6 +613,7 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         last_days,
         decisions,
         plot,
+        aggregate,
         format,
         time_column,
         value_column,
@@ -656,6 +662,18 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             prometheus::to_trace(&samples, q.start, q.end, q.step_seconds),
             title,
         )
+    };
+    let series = match aggregate {
+        None => series,
+        Some(seconds) => series
+            .aggregate(*seconds)
+            .ok_or_else(|| BacktestError::InvalidArg {
+                flag: "--aggregate",
+                message: format!(
+                    "{seconds} is not a positive multiple of the trace's step ({} s)",
+                    series.step_seconds
+                ),
+            })?,
     };
     // Progress on standard error, where a terminal shows it; the report goes to standard output.
     let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -115,6 +115,35 @@ impl Trace {
     pub fn missing(&self) -> usize {
         self.values.iter().filter(|v| v.is_none()).count()
     }
+
+    /// The same load on a coarser grid of `seconds` (a multiple of the step): each new step
+    /// holds the load of its steps, estimated as their known mean times their number (so a
+    /// missing minute does not read as an hour with less load); missing when none is known.
+    /// `None` when `seconds` is not a positive multiple of the step.
+    pub fn aggregate(&self, seconds: i64) -> Option<Trace> {
+        if seconds <= 0 || self.step_seconds <= 0 || seconds % self.step_seconds != 0 {
+            return None;
+        }
+        let per = (seconds / self.step_seconds) as usize;
+        // Buckets aligned to multiples of `seconds` since the epoch (whole hours, days).
+        let start = self.start.div_euclid(seconds) * seconds;
+        let skip = ((self.start - start) / self.step_seconds) as usize;
+        let mut values = Vec::with_capacity((self.values.len() + skip).div_ceil(per));
+        let padded = std::iter::repeat_n(None, skip).chain(self.values.iter().copied());
+        let padded: Vec<Option<f64>> = padded.collect();
+        for chunk in padded.chunks(per) {
+            let known: Vec<f64> = chunk.iter().flatten().copied().collect();
+            values.push(
+                (!known.is_empty())
+                    .then(|| known.iter().sum::<f64>() / known.len() as f64 * per as f64),
+            );
+        }
+        Some(Trace {
+            start,
+            step_seconds: seconds,
+            values,
+        })
+    }
 }
 
 /// Where the shared traces live: `$EBB_TRACES_DIR`, else `../shared/traces` beside the crate
@@ -340,6 +369,31 @@ fn most_common_delta(rows: &[(i64, Option<f64>, usize)]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn aggregation_sums_aligned_buckets_and_estimates_missing_points() {
+        use super::Trace;
+        // 00:58 .. 02:01 in minutes: a partial first hour, a gap, a partial last hour.
+        let mut values: Vec<Option<f64>> = (0..64).map(|_| Some(2.0)).collect();
+        values[10] = None; // 01:08 missing: the hour still counts 60 minutes of 2
+        let t = Trace {
+            start: 3 * 86_400 + 58 * 60,
+            step_seconds: 60,
+            values,
+        };
+        let h = t.aggregate(3600).unwrap();
+        assert_eq!(h.start, 3 * 86_400);
+        assert_eq!(h.step_seconds, 3600);
+        assert_eq!(h.values, vec![Some(120.0), Some(120.0), Some(120.0)]);
+        let all_missing = Trace {
+            start: 0,
+            step_seconds: 60,
+            values: vec![None; 60],
+        };
+        assert_eq!(all_missing.aggregate(3600).unwrap().values, vec![None]);
+        assert!(t.aggregate(90).is_none(), "not a multiple of the step");
+        assert!(t.aggregate(0).is_none());
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Trace> {
