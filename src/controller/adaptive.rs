@@ -519,11 +519,11 @@ fn previous_slo(st: &ScaledTarget, metric: &str) -> Option<SloTarget> {
         .to_engine()
 }
 
-/// The learned target: a per-pod target (the static one, or the SLO-learned one) over one plus
-/// the learned headroom (the static
-/// target while the headroom has no history).
-pub fn learned_target(static_target: f64, learned: &Learned) -> f64 {
-    static_target / (1.0 + learned.headroom.max(0.0))
+/// The learned target: the per-pod target (the static one, or the one learned from the SLO)
+/// over one plus the learned headroom (the per-pod target itself while the headroom has no
+/// history).
+pub fn learned_target(per_pod_target: f64, learned: &Learned) -> f64 {
+    per_pod_target / (1.0 + learned.headroom.max(0.0))
 }
 
 /// The engine spec for a target whose metrics went through [`Learning::equivalent_samples`]:

@@ -9,6 +9,9 @@
 //! - **scale-down window**: how long a scale-down waits, from how soon the load came back after
 //!   past drops.
 //!
+//! A fourth rule, optional, learns the per-pod target itself from an SLO signal
+//! ([`super::slo`]); [`EbbPolicy::with_slo`] replays it.
+//!
 //! Each value has hard bounds in [`AdaptiveConfig`] and falls back to the static HPA defaults
 //! (no headroom, tolerance 0.1, window 300 s) while its history is short. A seasonal forecast
 //! ([`super::forecast`]) may raise the recommendation ahead of a daily or weekly rise; nothing
