@@ -17,7 +17,7 @@
 
 use serde::Serialize;
 
-use super::metrics::{self, Elasticity};
+use super::metrics::Elasticity;
 use super::replay::{Replay, ReplayConfig};
 use crate::engine::adaptive::{NOISE_WINDOW, noise_sigma};
 use crate::engine::ceil_eps;
@@ -179,8 +179,8 @@ fn centred_level(load: &[Option<f64>], observed: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// Replays decisions of one family and scores them (the protocol's warm start, supply and
-/// metrics, as `replay` and `score` do for the policies).
+/// Scores one family's decisions as the replay scores the policies' (same warm start,
+/// supply and metrics).
 struct Tuner<'a> {
     cfg: &'a ReplayConfig,
     demand: Vec<Option<u32>>,
@@ -205,15 +205,7 @@ impl Tuner<'_> {
             warm: self.warm,
             decisions,
         };
-        let supply = replay.supply(cfg.startup_delay);
-        let before = replay.decision(self.scored_from as isize - 1);
-        metrics::score(
-            &self.demand,
-            &supply,
-            &replay.decisions,
-            before,
-            self.scored_from,
-        )
+        replay.score(&self.demand, cfg.startup_delay, self.scored_from)
     }
 
     /// The smallest parameter whose tau_U is within the risk, and its row.
@@ -297,13 +289,7 @@ pub fn frontier(
     let tuner = Tuner {
         cfg,
         demand: cfg.demand(load),
-        warm: load
-            .iter()
-            .flatten()
-            .next()
-            .map(|&l| crate::engine::policy::demand(l, cfg.capacity))
-            .unwrap_or(cfg.min_replicas)
-            .clamp(cfg.min_replicas, cfg.max_replicas),
+        warm: cfg.warm_start(load),
         scored_from,
         oracle_cost,
     };
@@ -337,7 +323,7 @@ mod tests {
     fn tuner<'a>(load: &[Option<f64>], cfg: &'a ReplayConfig) -> Tuner<'a> {
         let demand = cfg.demand(load);
         let r = replay(load, cfg, &mut OracleBaseline::new(demand.clone(), 1));
-        let oracle_cost = metrics::score(&demand, &r.supply(1), &r.decisions, r.warm, 0).cost;
+        let oracle_cost = r.score(&demand, 1, 0).cost;
         Tuner {
             cfg,
             demand,

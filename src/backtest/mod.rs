@@ -381,9 +381,7 @@ pub fn run_backtest_with_progress(
         let mut policy = make_policy(name, &demand, &cfg, &opts.adaptive, opts.slo.as_ref())
             .ok_or_else(|| BacktestError::UnknownPolicy(name.to_string()))?;
         let r = replay::replay(&trace.values, &cfg, policy.as_mut());
-        let supply = r.supply(cfg.startup_delay);
-        let before = r.decision(scored_from as isize - 1);
-        let e = metrics::score(&demand, &supply, &r.decisions, before, scored_from);
+        let e = r.score(&demand, cfg.startup_delay, scored_from);
         Ok((r, e))
     };
     let mut results = Vec::new();

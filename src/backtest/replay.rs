@@ -1,5 +1,6 @@
 //! The replay loop and supply model of backtest-protocol.md (sections 2 to 4).
 
+use super::metrics::{self, Elasticity};
 use crate::engine::policy::{ReplayPolicy, Served, StepContext, demand};
 
 /// The fixed quantities of one replay (protocol section 2).
@@ -49,6 +50,17 @@ impl ReplayConfig {
         })
     }
 
+    /// D before step 0 (protocol section 3): the demand at the first known step, within the
+    /// bounds.
+    pub fn warm_start(&self, load: &[Option<f64>]) -> u32 {
+        load.iter()
+            .flatten()
+            .next()
+            .map(|&l| demand(l, self.capacity))
+            .unwrap_or(self.min_replicas)
+            .clamp(self.min_replicas, self.max_replicas)
+    }
+
     /// Demand in pods at each step (`None` where the load is missing).
     pub fn demand(&self, load: &[Option<f64>]) -> Vec<Option<u32>> {
         load.iter()
@@ -91,6 +103,14 @@ impl Replay {
         }
     }
 
+    /// The scores of these decisions against `demand` over steps `from..` (supply with
+    /// startup delay `startup_delay`; D_{from-1} precedes).
+    pub fn score(&self, demand: &[Option<u32>], startup_delay: usize, from: usize) -> Elasticity {
+        let supply = self.supply(startup_delay);
+        let before = self.decision(from as isize - 1);
+        metrics::score(demand, &supply, &self.decisions, before, from)
+    }
+
     /// Ready supply `s_t = min(D_{t-S}, ..., D_t)` at every step.
     pub fn supply(&self, startup_delay: usize) -> Vec<u32> {
         (0..self.decisions.len() as isize)
@@ -107,13 +127,7 @@ impl Replay {
 /// Replay `load` through `policy` (protocol section 3): at step t the policy sees the load up
 /// to t-1, its past decisions and the ready pods; its answer is clamped to the bounds.
 pub fn replay(load: &[Option<f64>], cfg: &ReplayConfig, policy: &mut dyn ReplayPolicy) -> Replay {
-    let warm = load
-        .iter()
-        .flatten()
-        .next()
-        .map(|&l| demand(l, cfg.capacity))
-        .unwrap_or(cfg.min_replicas)
-        .clamp(cfg.min_replicas, cfg.max_replicas);
+    let warm = cfg.warm_start(load);
     let mut out = Replay {
         warm,
         decisions: Vec::with_capacity(load.len()),
