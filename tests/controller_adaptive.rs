@@ -105,7 +105,7 @@ fn prometheus_target(ns: &str, mode: &str, adaptive: Value) -> Value {
 /// What the engine learns from the readings the controller's backfill holds (the last
 /// `window` of the history, then calm), and what it recommends for the calm load from 1 pod.
 fn expected(readings: &[(i64, f64)], config: AdaptiveConfig) -> (f64, u32) {
-    let window = ebb::controller::adaptive::backfill_window(&config, Duration::from_secs(2));
+    let window = ebb::engine::learning::backfill_window(&config, Duration::from_secs(2));
     let keep = (window.as_millis() as i64 / STEP_MS) as usize;
     let last = readings.last().unwrap().0;
     let mut state = AdaptiveState::backfill(

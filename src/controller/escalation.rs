@@ -1,11 +1,9 @@
 //! Escalation: a webhook, from a Secret (`url`, optional `headers` as `Name: value` lines),
 //! called when a target sits at maxReplicas while demand exceeds it, or when scaling keeps
-//! failing. Rate-limited per ScaledTarget and reason, so a persisting problem pages once per
-//! `minInterval`, not once per poll.
+//! failing. The decision machine rate-limits it per ScaledTarget and reason, so a persisting
+//! problem pages once per `minInterval`, not once per poll.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -13,14 +11,7 @@ use serde::Serialize;
 
 use super::{ControllerError, Result};
 
-/// Why ebb asks a human for help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum EscalationReason {
-    /// At maxReplicas and the metrics ask for more.
-    AtMaxReplicas,
-    /// Scaling the workload failed on several polls in a row.
-    ScalingFailing,
-}
+pub use crate::engine::target::EscalationReason;
 
 /// The webhook's JSON body: what is wrong and what ebb tried.
 #[derive(Debug, Clone, Serialize)]
@@ -44,31 +35,22 @@ pub struct EscalationPayload {
     pub tried: Vec<String>,
 }
 
-/// Remembers when each (target, reason) was last escalated.
+/// Calls escalation webhooks. The rate limit per target and reason is the decision machine's
+/// (`engine::target`): it asks for an escalation at most once per `minInterval`.
 #[derive(Default)]
 pub struct Escalator {
-    last: Mutex<HashMap<(String, EscalationReason), Instant>>,
     http: reqwest::Client,
 }
 
 impl Escalator {
-    /// Calls the webhook unless the same target and reason were escalated within
-    /// `min_interval`. Returns whether it called.
+    /// Calls the webhook in Secret `secret_name` with `payload`.
     pub async fn escalate(
         &self,
         client: &kube::Client,
         namespace: &str,
         secret_name: &str,
-        min_interval: Duration,
         payload: &EscalationPayload,
-    ) -> Result<bool> {
-        let key = (payload.scaled_target.clone(), payload.reason);
-        {
-            let last = self.last.lock().expect("escalation map");
-            if last.get(&key).is_some_and(|t| t.elapsed() < min_interval) {
-                return Ok(false);
-            }
-        }
+    ) -> Result<()> {
         let secret = Api::<Secret>::namespaced(client.clone(), namespace)
             .get(secret_name)
             .await
@@ -96,11 +78,6 @@ impl Escalator {
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| ControllerError::Escalation(format!("webhook {url}: {e}")))?;
-        // Recorded only after a delivered call: a failed call is retried on the next poll.
-        self.last
-            .lock()
-            .expect("escalation map")
-            .insert(key, Instant::now());
-        Ok(true)
+        Ok(())
     }
 }

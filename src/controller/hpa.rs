@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Resource;
 use kube::api::ObjectMeta;
 
-use super::adaptive::LearnedScaleDown;
 use crate::crd::{SCALED_TARGET_LABEL, ScaledTarget, TargetType};
+use crate::engine::learning::LearnedScaleDown;
 
 /// The owned HPA's name for a ScaledTarget.
 pub fn hpa_name(st: &ScaledTarget) -> String {

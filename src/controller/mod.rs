@@ -4,12 +4,14 @@
 //! the external metrics API everywhere); only the replica holding the Lease ([`leader`]) writes:
 //! the owned HPA (mode Hpa), `/scale` (mode Direct), status, Events and escalations.
 //!
-//! One poll of one target ([`reconcile`]): read the metrics through [`MetricReader`], update
-//! the fallback state, ask the engine ([`crate::engine::hpa::decide`]) unless paused, apply the
-//! decision (Direct), record it (Event + structured log: the audit trail), escalate when
-//! automation cannot cope, write status, and requeue at the next poll.
+//! One poll of one target ([`reconcile`]) is observe -> step -> act: read the metrics through
+//! [`MetricReader`] and feed them to the target's decision machine
+//! ([`crate::engine::target::TargetMachine`], which decides everything: scaling, learning,
+//! fallback, pause, escalation, the next wake-up); take its step at the poll's one clock
+//! reading; carry out the step's intents (the owned HPA, `/scale`, Events, escalations: [`Act`])
+//! and write status; requeue when the machine wants its next step.
 
-pub mod adaptive;
+mod backfill;
 pub mod escalation;
 pub mod hpa;
 pub mod hpa_index;
@@ -39,11 +41,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{
-    MetricStatus, Mode, PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION, ScaledTarget,
-    ScaledTargetStatus, from_milli,
+    MetricStatus, PAUSED_REPLICAS_ANNOTATION, ScaledTarget, ScaledTargetStatus, from_milli,
 };
-use crate::engine::MetricSample;
-use crate::engine::hpa::{Replicas, ScalingState, decide};
+use crate::engine::conditions as cond;
+use crate::engine::hpa::Replicas;
+use crate::engine::learning::MetricLearned;
+use crate::engine::target::{
+    Action as StepAction, Mode as TargetMode, Pause, Step, TargetMachine, TargetSpec,
+};
 use escalation::{EscalationPayload, EscalationReason, Escalator};
 use leader::Leadership;
 use metrics::{ControllerMetrics, TargetSeries};
@@ -81,24 +86,12 @@ pub const FIELD_MANAGER: &str = "ebb";
 struct TargetState {
     /// The object's uid: a recreated ScaledTarget starts afresh.
     uid: String,
-    scaling: ScalingState,
-    /// Consecutive polls in which every metric failed.
-    failed_polls: i32,
-    /// Consecutive polls with a value since fallback began (to leave it).
-    ok_polls: i32,
-    in_fallback: bool,
-    /// Consecutive failed `/scale` writes.
-    scale_failures: i32,
-    /// The last desired count reported in mode Shadow (one Event per change, not per poll).
-    reported: Option<i32>,
-    /// Whether the paused-replicas count was applied.
-    paused_applied: Option<i32>,
+    /// Every decision about the target (`engine::target`).
+    machine: TargetMachine,
     /// When the next poll is due, and what it was scheduled for (see [`Schedule`]).
     scheduled: Option<Schedule>,
     /// The target's Prometheus series, while this replica leads (removed when dropped).
     series: Option<TargetSeries>,
-    /// Thresholds learned from history (`spec.adaptive`), per metric.
-    learning: adaptive::Learning,
     /// What this replica last applied to the owned HPA (mode Hpa).
     hpa_applied: Option<AppliedHpa>,
     /// The last status this replica queued, while it leads. Writes are deferred
@@ -131,7 +124,7 @@ struct Schedule {
     due: std::time::Instant,
     uid: Option<String>,
     generation: Option<i64>,
-    paused: Option<Option<i32>>,
+    paused: Option<Pause>,
 }
 
 /// An apply of the owned HPA: it is applied again only when what ebb wants changed, when its
@@ -223,7 +216,7 @@ impl Context {
             metrics,
             store: std::sync::OnceLock::new(),
             backfills: Arc::new(tokio::sync::Semaphore::new(
-                adaptive::MAX_CONCURRENT_BACKFILLS,
+                backfill::MAX_CONCURRENT_BACKFILLS,
             )),
         })
     }
@@ -281,6 +274,61 @@ impl Context {
             scale.metadata.resource_version.as_deref(),
         );
         Ok((api, counts))
+    }
+
+    /// How long to wait when a wake-up comes before the target's next poll is due for the
+    /// same object (our own status write, an unrelated edit): such a wake-up does no work.
+    /// Records the poll's lag otherwise.
+    fn not_due(
+        &self,
+        st: &ScaledTarget,
+        paused: Option<Pause>,
+        started: std::time::Instant,
+    ) -> Option<Duration> {
+        let targets = self.targets.lock().expect("targets");
+        let s = targets.get(&key(st)).and_then(|t| t.scheduled.as_ref())?;
+        let same_object = s.uid == st.metadata.uid
+            && s.generation == st.metadata.generation
+            && s.paused == paused;
+        if started < s.due && same_object {
+            return Some(s.due - started);
+        }
+        if started >= s.due {
+            self.stats.record_lag(started - s.due);
+        }
+        None
+    }
+
+    /// Schedules the next poll of `st` `after` the poll that started at `started` (wall time
+    /// `now`): a regular poll moves to the target's own slot ([`regular_wait`]); the machine
+    /// may ask sooner.
+    fn schedule(
+        &self,
+        st: &ScaledTarget,
+        paused: Option<Pause>,
+        started: std::time::Instant,
+        now: Timestamp,
+        after: Duration,
+    ) -> Action {
+        let interval = st.spec.polling_interval();
+        let after = if after >= interval {
+            let wall = Duration::from_millis(now.as_millisecond().max(0) as u64);
+            regular_wait(
+                interval,
+                st.metadata.uid.as_deref().unwrap_or_default(),
+                wall,
+            )
+        } else {
+            after
+        };
+        let mut targets = self.targets.lock().expect("targets");
+        targets.entry(key(st)).or_default().scheduled = Some(Schedule {
+            due: started + after,
+            uid: st.metadata.uid.clone(),
+            generation: st.metadata.generation,
+            paused,
+        });
+        Action::requeue(after.saturating_sub(started.elapsed()))
     }
 
     async fn scale_api(&self, st: &ScaledTarget) -> Result<ScaleApi> {
@@ -400,31 +448,42 @@ fn key(st: &ScaledTarget) -> String {
 /// One metric's reading, kept for the decision and the status.
 struct Reading {
     value: Result<f64, ReadError>,
-    at: Time,
 }
 
-/// Publishes one poll's readings for the external metrics API. A failed reading is published
-/// as a failure, which the API answers with an error: never as 0. `served` holds, where set,
-/// the value to serve instead of the reading (mode Hpa: raised to the forecast).
+impl Reading {
+    /// The reading as the engine takes it: a finite value or why there is none.
+    fn engine(&self) -> crate::engine::target::Reading {
+        match &self.value {
+            Ok(v) if v.is_finite() => Ok(*v),
+            Ok(_) => Err(crate::engine::NoData::SourceFailed),
+            Err(e) => Err(e.no_data()),
+        }
+    }
+}
+
+/// Publishes one poll's values for the external metrics API, stamped with the poll's time. A
+/// failed reading is published as a failure, which the API answers with an error: never as 0.
+/// `served` holds, where the machine stepped in mode Hpa, the values to serve instead of the
+/// readings (raised to the forecast; in fallback, values that hold the count).
 fn publish_readings(
     store: &crate::api::store::MetricStore,
     st: &ScaledTarget,
     readings: &[Reading],
-    served: &[Option<f64>],
+    served: &[crate::engine::target::Reading],
+    at: Timestamp,
     interval: Duration,
 ) {
     use crate::api::store::{MetricValue, Sample};
     let ns = st.namespace().unwrap_or_default();
     let name = st.name_any();
+    let timestamp = chrono::DateTime::from_timestamp_millis(at.as_millisecond())
+        .unwrap_or_else(chrono::Utc::now);
     for (i, (metric, reading)) in st.spec.metrics.iter().zip(readings).enumerate() {
-        let raised = reading
-            .value
-            .as_ref()
-            .map(|v| served.get(i).copied().flatten().unwrap_or(*v));
-        let value = match &raised {
-            Ok(v) if v.is_finite() => MetricValue::Milli((v * 1000.0).round() as i64),
-            Ok(v) => MetricValue::Failed(format!("value {v} is not a number")),
-            Err(e) => MetricValue::Failed(e.to_string()),
+        let value = match (served.get(i), &reading.value) {
+            (Some(Ok(v)), _) => MetricValue::Milli(to_milli(*v)),
+            (_, Ok(v)) if v.is_finite() => MetricValue::Milli(to_milli(*v)),
+            (_, Ok(v)) => MetricValue::Failed(format!("value {v} is not a number")),
+            (_, Err(e)) => MetricValue::Failed(e.to_string()),
         };
         store.publish(
             &ns,
@@ -433,7 +492,7 @@ fn publish_readings(
             Sample {
                 labels: Default::default(),
                 value,
-                timestamp: chrono::Utc::now(),
+                timestamp,
                 window_seconds: Some(interval.as_secs() as i64),
             },
         );
@@ -441,7 +500,8 @@ fn publish_readings(
     store.mark_filled();
 }
 
-/// One poll of one ScaledTarget.
+/// One poll of one ScaledTarget: observe (read the metrics), step (the machine decides), act
+/// (the leader carries out the step's intents), report (status).
 pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
     let interval = st.spec.polling_interval();
@@ -449,67 +509,50 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         ctx.forget(&st.namespace().unwrap_or_default(), &st.name_any());
         return Ok(Action::await_change());
     }
-    let paused = pause(&st);
-    let same_object = |s: &Schedule| {
-        s.uid == st.metadata.uid && s.generation == st.metadata.generation && s.paused == paused
-    };
-    {
-        let targets = ctx.targets.lock().expect("targets");
-        if let Some(s) = targets.get(&key(&st)).and_then(|t| t.scheduled.as_ref()) {
-            if started < s.due && same_object(s) {
-                return Ok(Action::requeue(s.due - started));
-            }
-            if started >= s.due {
-                ctx.stats.record_lag(started - s.due);
-            }
-        }
+    let spec = st.machine_spec();
+    if let Some(wait) = ctx.not_due(&st, spec.pause, started) {
+        return Ok(Action::requeue(wait));
     }
     ctx.stats
         .polls
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // The next poll is due one interval after this one started, moved to the target's own slot
-    // (sooner when the engine asks), however long this one takes.
-    let started_wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let requeue = |after: Duration| {
-        let after = if after >= interval {
-            regular_wait(
-                interval,
-                st.metadata.uid.as_deref().unwrap_or_default(),
-                started_wall,
-            )
-        } else {
-            after
-        };
+    // The one clock read of this poll: the machine's time, the readings' and status's stamps.
+    let now = Timestamp::now();
+    let now_ms = now.as_millisecond();
+    let requeue = |after: Duration| ctx.schedule(&st, spec.pause, started, now, after);
+    let leader = ctx.leadership.is_leader();
+    // Mode Hpa steps on every replica: each serves the values the HPA reads.
+    let steps = leader || spec.mode == TargetMode::Hpa;
+    let (readings, slo, scale) = observe_inputs(&ctx, &st, interval, steps).await;
+    let counts = scale
+        .as_ref()
+        .and_then(|s| s.as_ref().ok())
+        .map(|(_, c)| *c);
+    let (observed, step) = {
         let mut targets = ctx.targets.lock().expect("targets");
-        targets.entry(key(&st)).or_default().scheduled = Some(Schedule {
-            due: started + after,
-            uid: st.metadata.uid.clone(),
-            generation: st.metadata.generation,
-            paused,
-        });
-        Action::requeue(after.saturating_sub(started.elapsed()))
+        let t = state_for(&mut targets, &st);
+        let values: Vec<_> = readings.iter().map(Reading::engine).collect();
+        let pods = slo.as_ref().and(counts.map(|c| c.status));
+        let signals = slo.unwrap_or_default();
+        let observed = t.machine.observe(now_ms, &spec, &values, &signals, pods);
+        let step = match (steps, counts) {
+            (true, Some(c)) => Some(t.machine.step(now_ms, &spec, replicas_of(c))),
+            _ => None,
+        };
+        (observed, step)
     };
     let ns = st.namespace().unwrap_or_default();
-    let reads = futures::future::join_all(st.spec.metrics.iter().map(|m| {
-        let reader = ctx.reader.clone();
-        let ns = ns.clone();
-        async move {
-            Reading {
-                value: reader.read(&ns, m, interval).await,
-                at: Time(Timestamp::now()),
-            }
+    for job in observed.backfills {
+        if let Some(metric) = st.spec.metrics.get(job.index) {
+            let (ctx, key, ns) = (ctx.clone(), key(&st), ns.clone());
+            tokio::spawn(backfill::run_backfill(ctx, key, ns, metric.clone(), job));
         }
-    }));
-    let (readings, slo) = futures::future::join(reads, slo_inputs(&ctx, &st, interval)).await;
-    // Every replica learns (a new leader knows what the old one knew) and serves the API, so
-    // every replica publishes, leader or not.
-    let learned = learn(&ctx, &st, &readings, &slo, interval);
-    if let Some(store) = ctx.store.get() {
-        publish_readings(store, &st, &readings, &learned.served, interval);
     }
-    if !ctx.leadership.is_leader() {
+    if let Some(store) = ctx.store.get() {
+        let served = step.as_ref().map_or(&[][..], |s| &s.served[..]);
+        publish_readings(store, &st, &readings, served, now, interval);
+    }
+    if !leader {
         // Only the leader's decisions are exported: a standby drops what it had.
         if let Some(t) = ctx.targets.lock().expect("targets").get_mut(&key(&st)) {
             t.series = None;
@@ -517,14 +560,18 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         }
         return Ok(requeue(interval));
     }
-    for change in &learned.changes {
+    let (api, counts) = scale.expect("the leader reads the scale")?;
+    let Some(step) = step else {
+        unreachable!("the leader steps once the scale is read")
+    };
+    for change in &observed.changes {
         let note = format!("metric {}: {}", change.metric, change.message);
         tracing::info!(scaledtarget = %key(&st), metric = %change.metric, change = %change.message, "learned values changed");
         publish(
             ctx.as_ref(),
             &st,
             EventType::Normal,
-            "LearnedChanged",
+            cond::EVENT_LEARNED_CHANGED,
             "Learn",
             note,
         )
@@ -540,48 +587,38 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     }
     .or_else(|| st.status.clone());
     let mut conditions = Conditions::from_status(previous.as_ref());
+    for c in &step.conditions {
+        conditions.set(condition(c.type_, c.status, &c.reason, &c.message));
+    }
+    let learned = {
+        let targets = ctx.targets.lock().expect("targets");
+        let t = targets.get(&key(&st));
+        (0..st.spec.metrics.len())
+            .map(|i| t.and_then(|t| t.machine.learned(i)))
+            .collect::<Vec<_>>()
+    };
     let mut status = ScaledTargetStatus {
-        metrics: metric_statuses(&st, &readings, &learned.status),
+        metrics: metric_statuses(&st, &readings, &learned, &now),
         observed_generation: st.metadata.generation,
         last_scale_time: previous.as_ref().and_then(|s| s.last_scale_time.clone()),
+        current_replicas: Some(counts.spec),
+        desired_replicas: Some(step.desired),
         ..Default::default()
     };
-    let active = readings
-        .iter()
-        .any(|r| r.value.as_ref().is_ok_and(|v| *v > 0.0));
-    conditions.set(condition(
-        "Active",
-        active,
-        if active { "MetricsAboveZero" } else { "NoLoad" },
-        if active {
-            "at least one metric reads above zero"
-        } else {
-            "no metric reads above zero"
-        },
-    ));
-    conditions.set(match paused {
-        Some(Some(n)) => condition(
-            "Paused",
-            true,
-            "PausedAtReplicas",
-            &format!("paused at {n} replicas by {PAUSED_REPLICAS_ANNOTATION}"),
-        ),
-        Some(None) => condition(
-            "Paused",
-            true,
-            "Paused",
-            &format!("scaling frozen by {PAUSED_ANNOTATION}"),
-        ),
-        None => condition("Paused", false, "NotPaused", "scaling is automatic"),
-    });
-    let next = match st.spec.mode {
-        Mode::Hpa => {
-            reconcile_hpa(&st, &ctx, &learned, paused, &mut conditions, &mut status).await?
-        }
-        Mode::Direct | Mode::Shadow => {
-            reconcile_scale(&st, &ctx, &readings, paused, &mut conditions, &mut status).await?
-        }
+    let act = Act {
+        st: &st,
+        ctx: &ctx,
+        spec: &spec,
+        step: &step,
+        now,
     };
+    match spec.mode {
+        TargetMode::Hpa => act.hpa(&mut conditions, &mut status).await?,
+        TargetMode::Direct | TargetMode::Shadow => act.scale(&api, counts, &mut status).await?,
+    }
+    for e in &step.escalations {
+        act.escalate(e).await;
+    }
     status.conditions = conditions.into_vec();
     {
         let mut targets = ctx.targets.lock().expect("targets");
@@ -594,135 +631,111 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         state_for(&mut ctx.targets.lock().expect("targets"), &st).status = Some(status.clone());
         ctx.writer.write_status(&st, status).await;
     }
-    Ok(requeue(next.unwrap_or(interval)))
+    let next = step.next_wake.map_or(interval, |at| {
+        Duration::from_millis((at - now_ms).max(1000) as u64)
+    });
+    Ok(requeue(next))
 }
 
-/// `Some(None)`: paused where it is; `Some(Some(n))`: paused at n replicas; `None`: not paused.
-fn pause(st: &ScaledTarget) -> Option<Option<i32>> {
-    let a = st.annotations();
-    if let Some(n) = a
-        .get(PAUSED_REPLICAS_ANNOTATION)
-        .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(Some(n));
+/// The replica counts as the engine takes them. `/scale` has no ready count; the pods that
+/// exist stand in (Value targets only).
+fn replicas_of(c: replicas::Counts) -> Replicas {
+    Replicas {
+        spec: c.spec,
+        status: c.status,
+        ready: c.status,
     }
-    a.get(PAUSED_ANNOTATION)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-        .then_some(None)
 }
 
-/// What one poll's learning step gives the rest of the poll.
-struct LearnStep {
-    /// Material changes of learned values (`LearnedChanged` Events).
-    changes: Vec<adaptive::Change>,
-    /// Per metric, the value to serve instead of the reading (mode Hpa).
-    served: Vec<Option<f64>>,
-    /// Per metric, learnedTarget and learned for status.
-    status: Vec<(Option<Quantity>, Option<crate::crd::LearnedStatus>)>,
-    /// Learned targets for the owned HPA (mode Hpa).
-    hpa_targets: std::collections::BTreeMap<String, Quantity>,
-    /// Metrics waiting for their backfill, with the range a learned target may take.
-    pending: std::collections::BTreeMap<String, (f64, f64)>,
-    /// Learned scale-down window and tolerance for the owned HPA (mode Hpa).
-    hpa_scale_down: Option<adaptive::LearnedScaleDown>,
-}
+/// The SLO signals (index-aligned with `spec.metrics`), read only while learning is on and
+/// some metric has an `slo`.
+type SloSignals = Option<Vec<Option<f64>>>;
 
-/// What the SLO rule pairs with each reading: the SLO signals (index-aligned with
-/// `spec.metrics`, `None` where a metric has no `slo` or its read failed) and the workload's
-/// pods. Read only while learning is on and some metric has an `slo`.
-#[derive(Default)]
-struct SloInputs {
-    signals: Vec<Option<f64>>,
-    pods: Option<i32>,
-}
-
-async fn slo_inputs(ctx: &Arc<Context>, st: &ScaledTarget, interval: Duration) -> SloInputs {
-    if adaptive::config(st).is_none() || st.spec.metrics.iter().all(|m| m.slo.is_none()) {
-        return SloInputs::default();
-    }
+/// What a poll observes: the metric readings, the SLO signals and, when the machine steps,
+/// the workload's `/scale` and counts, read concurrently.
+async fn observe_inputs(
+    ctx: &Arc<Context>,
+    st: &ScaledTarget,
+    interval: Duration,
+    steps: bool,
+) -> (
+    Vec<Reading>,
+    SloSignals,
+    Option<Result<(ScaleApi, replicas::Counts)>>,
+) {
     let ns = st.namespace().unwrap_or_default();
-    let signals = futures::future::join_all(st.spec.metrics.iter().map(|m| {
+    let reads = futures::future::join_all(st.spec.metrics.iter().map(|m| {
         let (reader, ns) = (ctx.reader.clone(), ns.clone());
         async move {
-            let signal = m.slo_signal()?;
-            match reader.read(&ns, &signal, interval).await {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    // No reading, not a good or a bad one: the SLO rule waits for the next.
-                    tracing::debug!(scaledtarget = %key(st), metric = %m.name, error = %e, "slo signal not read");
-                    None
-                }
+            Reading {
+                value: reader.read(&ns, m, interval).await,
             }
         }
     }));
-    let pods = async { ctx.scale_of(st).await.ok().map(|(_, c)| c.status) };
-    let (signals, pods) = futures::future::join(signals, pods).await;
-    SloInputs { signals, pods }
-}
-
-/// Feeds the poll's readings to the target's learning state (`spec.adaptive`), starting the
-/// backfill of new Prometheus metrics in the background.
-fn learn(
-    ctx: &Arc<Context>,
-    st: &ScaledTarget,
-    readings: &[Reading],
-    slo: &SloInputs,
-    interval: Duration,
-) -> LearnStep {
-    let now = Timestamp::now().as_millisecond();
-    let values: Vec<Option<f64>> = readings
-        .iter()
-        .map(|r| r.value.as_ref().ok().copied())
-        .collect();
-    let mut targets = ctx.targets.lock().expect("targets");
-    let t = state_for(&mut targets, st);
-    let ns = st.namespace().unwrap_or_default();
-    for job in t.learning.sync(&key(st), st, interval) {
-        tokio::spawn(adaptive::run_backfill(ctx.clone(), ns.clone(), job));
-    }
-    let changes = t
-        .learning
-        .observe_with_slo(&values, &slo.signals, slo.pods, now);
-    let served = match st.spec.mode {
-        Mode::Hpa => values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v.map(|v| t.learning.served(i, v, now)))
-            .collect(),
-        Mode::Direct | Mode::Shadow => Vec::new(),
+    let learning_slo = st.spec.adaptive.as_ref().is_some_and(|c| c.enabled)
+        && st.spec.metrics.iter().any(|m| m.slo.is_some());
+    let slo = async {
+        if !learning_slo {
+            return None;
+        }
+        Some(
+            futures::future::join_all(st.spec.metrics.iter().map(|m| {
+                let (reader, ns) = (ctx.reader.clone(), ns.clone());
+                async move {
+                    let signal = m.slo_signal()?;
+                    match reader.read(&ns, &signal, interval).await {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            // No reading, not a good or a bad one: the SLO rule waits.
+                            tracing::debug!(scaledtarget = %key(st), metric = %m.name, error = %e, "slo signal not read");
+                            None
+                        }
+                    }
+                }
+            }))
+            .await,
+        )
     };
-    LearnStep {
-        changes,
-        served,
-        status: (0..readings.len()).map(|i| t.learning.status(i)).collect(),
-        hpa_targets: t.learning.hpa_targets(),
-        pending: t.learning.pending(),
-        hpa_scale_down: t.learning.hpa_scale_down(st.spec.metrics.len()),
-    }
+    let scale = async {
+        if steps || learning_slo {
+            Some(ctx.scale_of(st).await)
+        } else {
+            None
+        }
+    };
+    futures::future::join3(reads, slo, scale).await
 }
 
 fn metric_statuses(
     st: &ScaledTarget,
     readings: &[Reading],
-    learned: &[(Option<Quantity>, Option<crate::crd::LearnedStatus>)],
+    learned: &[Option<MetricLearned>],
+    at: &Timestamp,
 ) -> Vec<MetricStatus> {
     st.spec
         .metrics
         .iter()
         .zip(readings)
         .enumerate()
-        .map(|(i, (m, r))| MetricStatus {
-            name: m.name.clone(),
-            value: r
-                .value
-                .as_ref()
-                .ok()
-                .map(|v| Quantity(from_milli(to_milli(*v)))),
-            target: m.target.quantity().cloned(),
-            learned_target: learned.get(i).and_then(|l| l.0.clone()),
-            learned: learned.get(i).and_then(|l| l.1.clone()),
-            timestamp: Some(r.at.clone()),
-            error: r.value.as_ref().err().map(ToString::to_string),
+        .map(|(i, (m, r))| {
+            let learned = learned.get(i).cloned().flatten();
+            MetricStatus {
+                name: m.name.clone(),
+                value: r
+                    .value
+                    .as_ref()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .map(|v| Quantity(from_milli(to_milli(*v)))),
+                target: m.target.quantity().cloned(),
+                learned_target: learned.as_ref().map(|l| quantity(l.target)),
+                learned: learned.map(|l| crate::crd::LearnedStatus {
+                    slo: l.slo.as_ref().map(crate::crd::SloStatus::from),
+                    ..crate::crd::LearnedStatus::from(&l.learned)
+                }),
+                timestamp: Some(Time(*at)),
+                error: r.value.as_ref().err().map(ToString::to_string),
+            }
         })
         .collect()
 }
@@ -731,179 +744,302 @@ fn to_milli(v: f64) -> i64 {
     (v * 1000.0).round().clamp(i64::MIN as f64, i64::MAX as f64) as i64
 }
 
-/// Mode Hpa: keep the owned HPA in sync (or away while paused); refuse to fight a foreign one.
-async fn reconcile_hpa(
-    st: &ScaledTarget,
-    ctx: &Context,
-    learned: &LearnStep,
-    paused: Option<Option<i32>>,
-    conditions: &mut Conditions,
-    status: &mut ScaledTargetStatus,
-) -> Result<Option<Duration>> {
-    let ns = st.namespace().unwrap_or_default();
-    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
-    let name = hpa::hpa_name(st);
-    let view = match ctx.hpas.get().and_then(|index| index.view(st)) {
-        Some(view) => view,
-        None => {
-            // No watch (yet): list the namespace.
-            ctx.stats.requests(1);
-            let listed: Vec<_> = hpas
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .map(Arc::new)
-                .collect();
-            hpa_index::HpaView::of(st, &listed)
-        }
-    };
-    let hpa_index::HpaView { ours, foreign } = view;
-    // Learned targets; a metric still waiting for its backfill keeps the one its HPA has.
-    let mut learned_targets = learned.hpa_targets.clone();
-    if let Some(ours) = &ours {
-        learned_targets.extend(hpa::kept_targets(ours, &learned.pending));
-    }
-    if let Some(foreign) = foreign {
-        let message = format!(
-            "HPA {} already scales {} {}; ebb does not fight an HPA it does not own",
-            foreign.name_any(),
-            st.spec.target_ref.kind,
-            st.spec.target_ref.name
-        );
-        conditions.set(condition("Ready", false, "ForeignHpa", &message));
-        publish(ctx, st, EventType::Warning, "ForeignHpa", "Refuse", message).await;
-        return Ok(None);
-    }
-    if let Some(pause) = paused {
-        // KEDA's semantics: a paused target has no HPA; with a count, ebb sets it once.
-        if ours.is_some() {
-            ctx.stats.requests(1);
-            match hpas.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied = None;
-        if let Some(n) = pause {
-            set_paused_replicas(st, ctx, n, status).await?;
-        }
-        conditions.set(condition(
-            "Ready",
-            true,
-            "Paused",
-            "the owned HPA is removed while paused",
-        ));
-        return Ok(None);
-    }
-    let desired = hpa::desired_hpa_with(st, &learned_targets, learned.hpa_scale_down);
-    let fingerprint = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_vec(&desired)
-            .unwrap_or_default()
-            .hash(&mut h);
-        h.finish()
-    };
-    let last = {
-        let mut targets = ctx.targets.lock().expect("targets");
-        let t = state_for(&mut targets, st);
-        t.paused_applied = None;
-        t.hpa_applied
-    };
-    let in_sync = match (&ours, last) {
-        (Some(h), Some(a)) => a.desired == fingerprint && json_hash(&h.spec) == a.spec,
-        _ => false,
-    };
-    let hpa_now = if in_sync {
-        ours.as_deref().cloned().unwrap_or_default()
-    } else {
-        ctx.stats.requests(1);
-        let applied = hpas
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(desired),
-            )
-            .await?;
-        state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied = Some(AppliedHpa {
-            desired: fingerprint,
-            spec: json_hash(&applied.spec),
-        });
-        applied
-    };
-    status.hpa_name = Some(name.clone());
-    if let Some(s) = hpa_now.status {
-        status.current_replicas = s.current_replicas;
-        status.desired_replicas = Some(s.desired_replicas);
-        status.last_scale_time = s.last_scale_time.or(status.last_scale_time.take());
-        if let Some(limited) = s
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "ScalingLimited")
-        {
-            conditions.set(condition(
-                "ScalingLimited",
-                limited.status == "True",
-                limited.reason.as_deref().unwrap_or("Unknown"),
-                limited.message.as_deref().unwrap_or(""),
-            ));
-        }
-    }
-    conditions.set(condition(
-        "Ready",
-        true,
-        "HpaSynced",
-        &format!("HPA {name} is in sync"),
-    ));
-    conditions.set(condition(
-        "Fallback",
-        false,
-        "NotNeeded",
-        "the HPA reads ebb's metrics",
-    ));
-    Ok(None)
+/// A learned target as a quantity, to the milli-unit.
+fn quantity(v: f64) -> Quantity {
+    Quantity(from_milli((v * 1000.0).round().max(1.0) as i64))
 }
 
-async fn set_paused_replicas(
-    st: &ScaledTarget,
-    ctx: &Context,
-    n: i32,
-    status: &mut ScaledTargetStatus,
-) -> Result<()> {
-    let done = ctx
-        .targets
-        .lock()
-        .expect("targets")
-        .get(&key(st))
-        .and_then(|t| t.paused_applied);
-    if done == Some(n) {
-        return Ok(());
+/// The leader carrying out one step's intents on the cluster.
+struct Act<'a> {
+    st: &'a ScaledTarget,
+    ctx: &'a Context,
+    spec: &'a TargetSpec,
+    step: &'a Step,
+    now: Timestamp,
+}
+
+impl Act<'_> {
+    fn with_machine<R>(&self, f: impl FnOnce(&mut TargetMachine) -> R) -> R {
+        let mut targets = self.ctx.targets.lock().expect("targets");
+        f(&mut state_for(&mut targets, self.st).machine)
     }
-    let (api, counts) = ctx.scale_of(st).await?;
-    let current = counts.spec;
-    if current != n {
-        patch_scale(ctx, &api, st, n, counts.status).await?;
-        audit(
-            ctx,
-            st,
-            current,
-            n,
-            "paused-replicas",
-            PAUSED_REPLICAS_ANNOTATION,
-        )
-        .await;
-        status.last_scale_time = Some(Time(Timestamp::now()));
+
+    /// Mode Hpa: keep the owned HPA in sync with the step (or away while paused); refuse to
+    /// fight a foreign one.
+    async fn hpa(
+        &self,
+        conditions: &mut Conditions,
+        status: &mut ScaledTargetStatus,
+    ) -> Result<()> {
+        let (st, ctx) = (self.st, self.ctx);
+        let ns = st.namespace().unwrap_or_default();
+        let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
+        let name = hpa::hpa_name(st);
+        let hpa_index::HpaView { ours, foreign } = self.hpa_view(&hpas).await?;
+        if let Some(foreign) = foreign {
+            let message = format!(
+                "HPA {} already scales {} {}; ebb does not fight an HPA it does not own",
+                foreign.name_any(),
+                st.spec.target_ref.kind,
+                st.spec.target_ref.name
+            );
+            conditions.set(condition(cond::READY, false, cond::FOREIGN_HPA, &message));
+            publish(
+                ctx,
+                st,
+                EventType::Warning,
+                cond::FOREIGN_HPA,
+                "Refuse",
+                message,
+            )
+            .await;
+            return Ok(());
+        }
+        let Some(intent) = &self.step.hpa else {
+            return Ok(());
+        };
+        if !intent.present {
+            if ours.is_some() {
+                delete_hpa(ctx, &hpas, &name).await?;
+            }
+            state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied = None;
+            if let StepAction::PauseAt(n) = self.step.action {
+                self.pause_at(n, status).await?;
+            }
+            return Ok(());
+        }
+        // Learned targets; a metric still waiting for its backfill keeps the one its HPA has.
+        let mut learned_targets: std::collections::BTreeMap<String, Quantity> = intent
+            .targets
+            .iter()
+            .map(|(name, v)| (name.clone(), quantity(*v)))
+            .collect();
+        if let Some(ours) = &ours {
+            learned_targets.extend(hpa::kept_targets(ours, &intent.pending));
+        }
+        let desired = hpa::desired_hpa_with(st, &learned_targets, intent.scale_down);
+        let fingerprint = json_hash(&desired);
+        let last = state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied;
+        let in_sync = match (&ours, last) {
+            (Some(h), Some(a)) => a.desired == fingerprint && json_hash(&h.spec) == a.spec,
+            _ => false,
+        };
+        let hpa_now = if in_sync {
+            ours.as_deref().cloned().unwrap_or_default()
+        } else {
+            ctx.stats.requests(1);
+            let applied = hpas
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(desired),
+                )
+                .await?;
+            state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied =
+                Some(AppliedHpa {
+                    desired: fingerprint,
+                    spec: json_hash(&applied.spec),
+                });
+            applied
+        };
+        status.hpa_name = Some(name.clone());
+        if let Some(s) = hpa_now.status {
+            status.current_replicas = s.current_replicas;
+            status.desired_replicas = Some(s.desired_replicas);
+            status.last_scale_time = s.last_scale_time.or(status.last_scale_time.take());
+            if let Some(limited) = s
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == cond::SCALING_LIMITED)
+            {
+                conditions.set(condition(
+                    cond::SCALING_LIMITED,
+                    limited.status == "True",
+                    limited.reason.as_deref().unwrap_or("Unknown"),
+                    limited.message.as_deref().unwrap_or(""),
+                ));
+            }
+        }
+        conditions.set(condition(
+            cond::READY,
+            true,
+            cond::HPA_SYNCED,
+            &format!("HPA {name} is in sync"),
+        ));
+        Ok(())
     }
-    ctx.targets
-        .lock()
-        .expect("targets")
-        .entry(key(st))
-        .or_default()
-        .paused_applied = Some(n);
-    Ok(())
+
+    /// The HPAs that scale the target's workload: from the watch, else listed.
+    async fn hpa_view(&self, hpas: &Api<HorizontalPodAutoscaler>) -> Result<hpa_index::HpaView> {
+        if let Some(view) = self.ctx.hpas.get().and_then(|index| index.view(self.st)) {
+            return Ok(view);
+        }
+        // No watch (yet): list the namespace.
+        self.ctx.stats.requests(1);
+        let listed: Vec<_> = hpas
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        Ok(hpa_index::HpaView::of(self.st, &listed))
+    }
+
+    /// Modes Direct and Shadow: carry out the step on `/scale` (Direct) or report it (Shadow).
+    /// An owned HPA left from mode Hpa is removed first: it would keep scaling.
+    async fn scale(
+        &self,
+        api: &ScaleApi,
+        counts: replicas::Counts,
+        status: &mut ScaledTargetStatus,
+    ) -> Result<()> {
+        let (st, ctx, step) = (self.st, self.ctx, self.step);
+        let ns = st.namespace().unwrap_or_default();
+        let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
+        if self.hpa_view(&hpas).await?.ours.is_some() {
+            delete_hpa(ctx, &hpas, &hpa::hpa_name(st)).await?;
+            state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied = None;
+        }
+        let metric = step
+            .metric
+            .and_then(|i| st.spec.metrics.get(i))
+            .map_or("-", |m| m.name.as_str());
+        match step.action {
+            StepAction::None => {}
+            StepAction::PauseAt(n) => self.pause_at(n, status).await?,
+            StepAction::Scale { from, to } => {
+                ctx.stats
+                    .actions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let now_ms = self.now.as_millisecond();
+                match patch_scale(ctx, api, st, to, counts.status).await {
+                    Ok(()) => {
+                        self.with_machine(|m| m.applied(now_ms, self.spec, from, to));
+                        audit(ctx, st, from, to, metric, &step.rule).await;
+                        status.last_scale_time = Some(Time(self.now));
+                        status.current_replicas = Some(to);
+                    }
+                    Err(e) => {
+                        let error = e.to_string();
+                        let (failures, escalation) = self
+                            .with_machine(|m| m.apply_failed(now_ms, self.spec, from, to, &error));
+                        let message =
+                            format!("scaling {from} -> {to} failed ({failures} in a row): {error}");
+                        tracing::warn!(scaledtarget = %key(st), %message, "scale failed");
+                        publish(
+                            ctx,
+                            st,
+                            EventType::Warning,
+                            cond::EVENT_FAILED_RESCALE,
+                            "Scale",
+                            message,
+                        )
+                        .await;
+                        if let Some(e) = escalation {
+                            self.escalate(&e).await;
+                        }
+                    }
+                }
+            }
+            StepAction::Report { from, to } => {
+                ctx.stats
+                    .actions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.count_action(st, from, to);
+                let note = format!(
+                    "would scale {from} -> {to} (metric {metric}, rule {}); mode Shadow changes nothing",
+                    step.rule
+                );
+                tracing::info!(scaledtarget = %key(st), old = from, new = to, metric, rule = %step.rule, "shadow decision");
+                record_action(ctx, st, cond::EVENT_SHADOW_DECISION, "Decide", note).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the paused count once, and tells the machine.
+    async fn pause_at(&self, n: i32, status: &mut ScaledTargetStatus) -> Result<()> {
+        let (st, ctx) = (self.st, self.ctx);
+        let (api, counts) = ctx.scale_of(st).await?;
+        let current = counts.spec;
+        if current != n {
+            patch_scale(ctx, &api, st, n, counts.status).await?;
+            audit(
+                ctx,
+                st,
+                current,
+                n,
+                "paused-replicas",
+                PAUSED_REPLICAS_ANNOTATION,
+            )
+            .await;
+            status.last_scale_time = Some(Time(self.now));
+            status.current_replicas = Some(n);
+        }
+        self.with_machine(|m| m.paused_at(n));
+        Ok(())
+    }
+
+    /// Sends an escalation the machine asked for; a failed call is asked for again.
+    async fn escalate(&self, e: &crate::engine::target::Escalation) {
+        let (st, ctx) = (self.st, self.ctx);
+        let Some(config) = &st.spec.escalation else {
+            return;
+        };
+        let message = match e.reason {
+            EscalationReason::AtMaxReplicas => format!(
+                "{} is at maxReplicas {} and the metrics ask for {}",
+                key(st),
+                st.spec.max_replicas,
+                e.demanded.unwrap_or(e.desired)
+            ),
+            EscalationReason::ScalingFailing => format!("{}: scaling keeps failing", key(st)),
+        };
+        let payload = EscalationPayload {
+            scaled_target: key(st),
+            reason: e.reason,
+            message: message.clone(),
+            current_replicas: e.current,
+            desired_replicas: e.desired,
+            demanded_replicas: e.demanded,
+            max_replicas: st.spec.max_replicas,
+            tried: e.tried.clone(),
+        };
+        let ns = st.namespace().unwrap_or_default();
+        let sent = ctx
+            .escalator
+            .escalate(&ctx.client, &ns, &config.webhook_secret_ref.name, &payload)
+            .await;
+        match sent {
+            Ok(()) => {
+                tracing::warn!(scaledtarget = %key(st), reason = ?e.reason, %message, "escalated");
+                publish(
+                    ctx,
+                    st,
+                    EventType::Warning,
+                    cond::EVENT_ESCALATED,
+                    "Escalate",
+                    message,
+                )
+                .await;
+            }
+            Err(err) => {
+                tracing::warn!(scaledtarget = %key(st), error = %err, "escalation failed");
+                self.with_machine(|m| m.escalation_failed(e.reason));
+            }
+        }
+    }
+}
+
+async fn delete_hpa(ctx: &Context, hpas: &Api<HorizontalPodAutoscaler>, name: &str) -> Result<()> {
+    ctx.stats.requests(1);
+    match hpas.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn patch_scale(
@@ -936,272 +1072,6 @@ async fn patch_scale(
         ),
     );
     Ok(())
-}
-
-/// Modes Direct and Shadow: the engine decides from the readings; Direct applies.
-async fn reconcile_scale(
-    st: &ScaledTarget,
-    ctx: &Context,
-    readings: &[Reading],
-    paused: Option<Option<i32>>,
-    conditions: &mut Conditions,
-    status: &mut ScaledTargetStatus,
-) -> Result<Option<Duration>> {
-    let (api, counts) = ctx.scale_of(st).await?;
-    let (spec_replicas, status_replicas) = (counts.spec, counts.status);
-    status.current_replicas = Some(spec_replicas);
-    let direct = st.spec.mode == Mode::Direct;
-    if let Some(pause) = paused {
-        match pause {
-            Some(n) if direct => set_paused_replicas(st, ctx, n, status).await?,
-            _ => {}
-        }
-        status.desired_replicas = Some(pause.unwrap_or(spec_replicas));
-        conditions.set(condition("Ready", true, "Paused", "scaling is paused"));
-        return Ok(None);
-    }
-    // Targets that cannot be read are a configuration error, reported and not guessed.
-    let mut samples = Vec::with_capacity(readings.len());
-    for (m, r) in st.spec.metrics.iter().zip(readings) {
-        let target = match m.target.to_engine() {
-            Ok(t) => t,
-            Err(e) => {
-                let msg = format!("metric {}: {e}", m.name);
-                conditions.set(condition("Ready", false, "InvalidTarget", &msg));
-                return Ok(None);
-            }
-        };
-        let observation = r
-            .value
-            .as_ref()
-            .map(|v| to_milli(*v))
-            .map_err(ReadError::no_data);
-        samples.push(MetricSample {
-            target,
-            observation,
-        });
-    }
-    let spec = st.spec.engine_spec();
-    let now = Timestamp::now().as_millisecond();
-    let replicas = Replicas {
-        spec: spec_replicas,
-        status: status_replicas,
-        // `/scale` has no ready count; the pods that exist stand in (Value targets only).
-        ready: status_replicas,
-    };
-    let all_failed = samples.iter().all(|s| s.observation.is_err());
-    let k = key(st);
-    let (decision, fallback_floor, adaptive_reasons) = {
-        let mut targets = ctx.targets.lock().expect("targets");
-        let t = state_for(&mut targets, st);
-        t.paused_applied = None;
-        update_fallback(t, st, all_failed);
-        // Learning metrics: their adaptive recommendation is what the engine decides on, as an
-        // equivalent load; bounds and rate limits still apply (docs/adaptive.md).
-        let (decision, reasons) = if t.learning.active() {
-            let loads: Vec<Option<f64>> = readings
-                .iter()
-                .map(|r| r.value.as_ref().ok().copied())
-                .collect();
-            let (equivalent, reasons) = t
-                .learning
-                .equivalent_samples(&spec, &samples, &loads, replicas, now);
-            let all = adaptive::all_learning(&t.learning, samples.len());
-            let engine = adaptive::engine_spec(spec.clone(), all);
-            (
-                decide(&engine, &mut t.scaling, replicas, &equivalent, now),
-                reasons,
-            )
-        } else {
-            (
-                decide(&spec, &mut t.scaling, replicas, &samples, now),
-                Vec::new(),
-            )
-        };
-        let floor = match (&st.spec.fallback, t.in_fallback) {
-            (Some(f), true) => Some(spec_replicas.max(f.replicas).min(st.spec.max_replicas)),
-            _ => None,
-        };
-        (decision, floor, reasons)
-    };
-    // The rule that decided the winning metric, when the adaptive rules moved it.
-    let learned_rule = decision
-        .metric_index
-        .and_then(|i| adaptive_reasons.get(i).copied().flatten())
-        .filter(|r| *r != crate::engine::adaptive::AdaptiveReason::Reactive);
-    // In fallback nothing scales down, and the count is at least the fallback count.
-    let desired = fallback_floor.map_or(decision.desired, |f| f.max(decision.desired));
-    status.desired_replicas = Some(desired);
-    match fallback_floor {
-        Some(f) => conditions.set(condition(
-            "Fallback",
-            true,
-            "SourcesFailing",
-            &format!("every metric failed on several polls in a row: holding at least {f} replicas, no scale-down"),
-        )),
-        None => conditions.set(condition("Fallback", false, "MetricsAvailable", "metrics are read normally")),
-    }
-    let rule = match learned_rule {
-        Some(r) if decision.limited => format!("{} after {r}", decision.reason),
-        Some(r) => r.to_string(),
-        None => decision.reason.to_string(),
-    };
-    let reason = if fallback_floor.is_some() && desired != decision.desired {
-        "Fallback"
-    } else {
-        rule.as_str()
-    };
-    conditions.set(condition(
-        "ScalingLimited",
-        decision.limited,
-        decision.scaling_limited.as_str(),
-        &match learned_rule {
-            Some(r) => format!(
-                "engine: {} (proposal {:?}, adaptive {r})",
-                decision.scaling_limited, decision.proposal
-            ),
-            None => format!(
-                "engine: {} (proposal {:?})",
-                decision.scaling_limited, decision.proposal
-            ),
-        },
-    ));
-    let metric = decision
-        .metric_index
-        .and_then(|i| st.spec.metrics.get(i))
-        .map_or("-", |m| m.name.as_str());
-    let mut tried = Vec::new();
-    if desired != spec_replicas {
-        if direct {
-            ctx.stats
-                .actions
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match patch_scale(ctx, &api, st, desired, status_replicas).await {
-                Ok(()) => {
-                    {
-                        let mut targets = ctx.targets.lock().expect("targets");
-                        let t = targets.entry(k.clone()).or_default();
-                        t.scaling.store_scale_event(
-                            spec.behavior.as_ref(),
-                            spec_replicas,
-                            desired,
-                            now,
-                        );
-                        t.scale_failures = 0;
-                    }
-                    audit(ctx, st, spec_replicas, desired, metric, reason).await;
-                    status.last_scale_time = Some(Time(Timestamp::now()));
-                    status.current_replicas = Some(desired);
-                }
-                Err(e) => {
-                    let failures = {
-                        let mut targets = ctx.targets.lock().expect("targets");
-                        let t = targets.entry(k.clone()).or_default();
-                        t.scale_failures += 1;
-                        t.scale_failures
-                    };
-                    let message = format!(
-                        "scaling {spec_replicas} -> {desired} failed ({failures} in a row): {e}"
-                    );
-                    tracing::warn!(scaledtarget = %k, %message, "scale failed");
-                    publish(
-                        ctx,
-                        st,
-                        EventType::Warning,
-                        "FailedRescale",
-                        "Scale",
-                        message.clone(),
-                    )
-                    .await;
-                    tried.push(message);
-                    let threshold = st
-                        .spec
-                        .escalation
-                        .as_ref()
-                        .map_or(i32::MAX, |e| e.failure_threshold);
-                    if failures >= threshold {
-                        escalate(
-                            ctx,
-                            st,
-                            EscalationReason::ScalingFailing,
-                            spec_replicas,
-                            desired,
-                            decision.proposal,
-                            tried.clone(),
-                        )
-                        .await;
-                    }
-                }
-            }
-        } else {
-            let first = {
-                let mut targets = ctx.targets.lock().expect("targets");
-                let t = targets.entry(k.clone()).or_default();
-                t.reported.replace(desired) != Some(desired)
-            };
-            if first {
-                ctx.stats
-                    .actions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                ctx.count_action(st, spec_replicas, desired);
-                let note = format!(
-                    "would scale {spec_replicas} -> {desired} (metric {metric}, rule {reason}); mode Shadow changes nothing"
-                );
-                tracing::info!(scaledtarget = %k, old = spec_replicas, new = desired, metric, rule = reason, "shadow decision");
-                record_action(ctx, st, "ShadowDecision", "Decide", note).await;
-            }
-        }
-    }
-    // Demand above maxReplicas while already there: automation cannot cope, tell a human.
-    let at_max = desired >= st.spec.max_replicas
-        && decision.proposal.is_some_and(|p| p > st.spec.max_replicas);
-    if at_max {
-        tried.push(format!("scaled to maxReplicas {}", st.spec.max_replicas));
-        escalate(
-            ctx,
-            st,
-            EscalationReason::AtMaxReplicas,
-            spec_replicas,
-            desired,
-            decision.proposal,
-            tried,
-        )
-        .await;
-    }
-    conditions.set(condition(
-        "Ready",
-        true,
-        "Decided",
-        &format!("{rule} (metric {metric})"),
-    ));
-    let recheck = decision
-        .recheck_at
-        .map(|at| Duration::from_millis((at - now).max(1000) as u64));
-    Ok(recheck)
-}
-
-fn update_fallback(t: &mut TargetState, st: &ScaledTarget, all_failed: bool) {
-    let Some(f) = &st.spec.fallback else {
-        return;
-    };
-    if all_failed {
-        t.failed_polls += 1;
-        t.ok_polls = 0;
-        if t.failed_polls >= f.failure_threshold {
-            t.in_fallback = true;
-        }
-    } else {
-        t.failed_polls = 0;
-        // Leaving fallback takes as many good polls in a row as entering it took failed ones,
-        // so a flapping source does not toggle between fallback and normal.
-        if t.in_fallback {
-            t.ok_polls += 1;
-            if t.ok_polls >= f.failure_threshold {
-                t.in_fallback = false;
-                t.ok_polls = 0;
-            }
-        }
-    }
 }
 
 /// The audit trail of one scaling action: an Event on the ScaledTarget and a log line.
@@ -1265,66 +1135,6 @@ async fn publish(
     ctx.writer.publish(event, st.object_ref(&())).await;
 }
 
-async fn escalate(
-    ctx: &Context,
-    st: &ScaledTarget,
-    reason: EscalationReason,
-    current: i32,
-    desired: i32,
-    demanded: Option<i32>,
-    tried: Vec<String>,
-) {
-    let Some(e) = &st.spec.escalation else {
-        return;
-    };
-    let message = match reason {
-        EscalationReason::AtMaxReplicas => format!(
-            "{} is at maxReplicas {} and the metrics ask for {}",
-            key(st),
-            st.spec.max_replicas,
-            demanded.unwrap_or(desired)
-        ),
-        EscalationReason::ScalingFailing => format!("{}: scaling keeps failing", key(st)),
-    };
-    let payload = EscalationPayload {
-        scaled_target: key(st),
-        reason,
-        message: message.clone(),
-        current_replicas: current,
-        desired_replicas: desired,
-        demanded_replicas: demanded,
-        max_replicas: st.spec.max_replicas,
-        tried,
-    };
-    let ns = st.namespace().unwrap_or_default();
-    match ctx
-        .escalator
-        .escalate(
-            &ctx.client,
-            &ns,
-            &e.webhook_secret_ref.name,
-            e.min_interval.into(),
-            &payload,
-        )
-        .await
-    {
-        Ok(true) => {
-            tracing::warn!(scaledtarget = %key(st), ?reason, %message, "escalated");
-            publish(
-                ctx,
-                st,
-                EventType::Warning,
-                "Escalated",
-                "Escalate",
-                message,
-            )
-            .await;
-        }
-        Ok(false) => {}
-        Err(err) => tracing::warn!(scaledtarget = %key(st), error = %err, "escalation failed"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1349,44 +1159,5 @@ mod tests {
             15,
             "every second of the interval holds some slot"
         );
-    }
-
-    fn target_with_fallback(threshold: i32) -> ScaledTarget {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "ebb.dev/v1alpha1",
-            "kind": "ScaledTarget",
-            "metadata": { "name": "t", "namespace": "n" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "t" },
-                "maxReplicas": 5,
-                "metrics": [],
-                "fallback": { "failureThreshold": threshold, "replicas": 2 }
-            }
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_flapping_source_does_not_toggle_fallback() {
-        let st = target_with_fallback(3);
-        let mut t = TargetState::default();
-        for _ in 0..2 {
-            update_fallback(&mut t, &st, true);
-        }
-        assert!(!t.in_fallback, "two failures are below the threshold");
-        update_fallback(&mut t, &st, true);
-        assert!(t.in_fallback);
-        // Flapping: ok, fail, ok, ok, fail ... never three good polls in a row.
-        for failed in [false, true, false, false, true, false, true] {
-            update_fallback(&mut t, &st, failed);
-            assert!(t.in_fallback, "left fallback on a flapping source");
-        }
-        for _ in 0..3 {
-            update_fallback(&mut t, &st, false);
-        }
-        assert!(!t.in_fallback, "three good polls in a row end fallback");
-        // A single failure afterwards does not re-enter it.
-        update_fallback(&mut t, &st, true);
-        assert!(!t.in_fallback);
     }
 }

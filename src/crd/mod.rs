@@ -557,3 +557,103 @@ fn engine_behavior(b: &HorizontalPodAutoscalerBehavior) -> crate::engine::Behavi
         scale_down: rules(&b.scale_down),
     }
 }
+
+impl ScaledTarget {
+    /// The pause the annotations ask for: `None` when not paused.
+    pub fn pause(&self) -> Option<crate::engine::target::Pause> {
+        use crate::engine::target::Pause;
+        let a = self.metadata.annotations.as_ref()?;
+        if let Some(n) = a
+            .get(PAUSED_REPLICAS_ANNOTATION)
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return Some(Pause::At(n));
+        }
+        a.get(PAUSED_ANNOTATION)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+            .then_some(Pause::Frozen)
+    }
+
+    /// What the decision machine needs of this ScaledTarget (`engine::target`), free of
+    /// Kubernetes types.
+    pub fn machine_spec(&self) -> crate::engine::target::TargetSpec {
+        use crate::engine::target::{
+            EscalationSpec, FallbackSpec, MetricSpec, Mode as M, TargetSpec,
+        };
+        let spec = &self.spec;
+        let adaptive = spec.adaptive.clone().filter(|c| c.enabled);
+        let uid = self.metadata.uid.clone().unwrap_or_default();
+        TargetSpec {
+            mode: match spec.mode {
+                Mode::Hpa => M::Hpa,
+                Mode::Direct => M::Direct,
+                Mode::Shadow => M::Shadow,
+            },
+            hpa: spec.engine_spec(),
+            interval: (spec.polling_interval().as_millis() as i64).max(1),
+            metrics: spec
+                .metrics
+                .iter()
+                .map(|m| MetricSpec {
+                    name: m.name.clone(),
+                    target: m.target.to_engine().map_err(|e| e.to_string()),
+                    learn: adaptive
+                        .as_ref()
+                        .and_then(|config| self.learn_spec(m, config, &uid)),
+                })
+                .collect(),
+            adaptive,
+            fallback: spec.fallback.as_ref().map(|f| FallbackSpec {
+                failure_threshold: f.failure_threshold.max(1) as u32,
+                replicas: f.replicas,
+            }),
+            escalation: spec.escalation.as_ref().map(|e| EscalationSpec {
+                failure_threshold: e.failure_threshold.max(1) as u32,
+                min_interval: std::time::Duration::from(e.min_interval).as_millis() as i64,
+            }),
+            pause: self.pause(),
+            revision: self.metadata.generation.map(|g| (uid.clone(), g)),
+        }
+    }
+
+    /// How metric `m` learns: AverageValue metrics with a positive target only.
+    fn learn_spec(
+        &self,
+        m: &Metric,
+        config: &AdaptiveConfig,
+        uid: &str,
+    ) -> Option<crate::engine::learning::LearnSpec> {
+        if m.target.type_ != TargetType::AverageValue {
+            return None;
+        }
+        let milli = milli_value(&m.target.average_value.as_ref()?.0).ok()?;
+        if milli <= 0 {
+            return None;
+        }
+        Some(crate::engine::learning::LearnSpec {
+            name: m.name.clone(),
+            static_target: milli as f64 / 1000.0,
+            slo: m.slo.as_ref().map(|s| s.learn.clone()),
+            resume_slo: self.previous_slo(&m.name),
+            backfill: m.prometheus.is_some(),
+            fingerprint: format!(
+                "{uid}|{}",
+                serde_json::to_string(&(m, config)).unwrap_or_default()
+            ),
+        })
+    }
+
+    /// The SLO target metric `metric` had in status (to resume from after a restart).
+    fn previous_slo(&self, metric: &str) -> Option<crate::engine::slo::SloTarget> {
+        self.status
+            .as_ref()?
+            .metrics
+            .iter()
+            .find(|s| s.name == metric)?
+            .learned
+            .as_ref()?
+            .slo
+            .as_ref()?
+            .to_engine()
+    }
+}

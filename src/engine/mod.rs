@@ -8,14 +8,20 @@
 //! - [`policy`]: the step-wise interface the backtest replays ([`policy::ReplayPolicy`]).
 //! - [`baseline`]: the comparison policies (`hpa`, `kpa`, `oracle`) on that interface.
 //! - [`adaptive`]: thresholds learned from history (headroom, tolerance, scale-down window) and
-//!   the `ebb` replay policy; [`forecast`]: period detection and a seasonal forecast.
+//!   [`forecast`]: period detection and a seasonal forecast; [`learning`]: those rules per metric
+//!   of one ScaledTarget.
+//! - [`target`]: one ScaledTarget's decisions as a machine, stepped by the controller and the
+//!   backtest alike; [`conditions`]: the names of its conditions and Events.
 
 pub mod adaptive;
 pub mod baseline;
+pub mod conditions;
 pub mod forecast;
 pub mod hpa;
+pub mod learning;
 pub mod policy;
 pub mod slo;
+pub mod target;
 
 /// Time as the engine sees it: milliseconds since an epoch the caller chooses (Unix time in
 /// production, step * step length in a replay). Only differences matter.

@@ -1,45 +1,34 @@
-//! Thresholds learned from history in the running controller (`spec.adaptive`,
-//! `engine::adaptive`): one [`AdaptiveState`] per AverageValue metric of a ScaledTarget, fed
-//! every poll's reading, backfilled once from the source's own history (Prometheus) so that a
-//! restart does not forget, and mapped to what each mode acts on:
+//! Thresholds learned from history, per metric of one ScaledTarget (`spec.adaptive`,
+//! [`super::adaptive`]): one [`AdaptiveState`] per AverageValue metric, fed every reading,
+//! backfilled once from the source's own history (the controller fetches it) so that a restart
+//! does not forget, and mapped to what each mode acts on:
 //!
 //! - **Direct / Shadow**: the metric's adaptive recommendation replaces its HPA proposal as an
 //!   equivalent load ([`Learning::equivalent_samples`]); bounds and the behavior's rate limits
-//!   still apply in `engine::hpa::decide`.
+//!   still apply in [`super::hpa::decide`].
 //! - **Hpa**: the owned HPA's target is the learned target (static target / (1 + headroom)),
 //!   changed only when it moves by more than the learned tolerance and at most once per
 //!   [`TARGET_CHANGE_INTERVAL`]; the served value is raised to the forecast.
 //!
-//! Everything here but [`run_backfill`] is pure (time is an argument). The rules of
-//! composition are in `docs/adaptive.md` ("In the controller").
+//! Pure: time is an argument. [`super::target::TargetMachine`] owns one [`Learning`]. The rules
+//! of composition are in `docs/adaptive.md` ("In the controller").
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-
-use super::Context;
-use crate::crd::{
-    LearnedStatus, Metric, ScaledTarget, SloStatus, TargetType, from_milli, milli_value,
-};
-use crate::engine::adaptive::{
+use super::adaptive::{
     AdaptiveConfig, AdaptiveReason, AdaptiveState, Inputs, Learned, Recommendation,
 };
-use crate::engine::hpa::{HpaSpec, Replicas, propose};
-use crate::engine::slo::{SloLearner, SloTarget};
-use crate::engine::{MetricSample, Millis, Target, ceil_eps};
+use super::hpa::{HpaSpec, Replicas, propose};
+use super::slo::{SloConfig, SloLearner, SloTarget};
+use super::{MetricSample, Millis, Target, ceil_eps};
 
 /// An owned HPA's learned target changes at most once per this long per metric.
 pub const TARGET_CHANGE_INTERVAL: Duration = Duration::from_secs(300);
 /// Most readings a backfill asks for (one week at a 15 s interval): bounds its query, memory
 /// and replay time whatever `minHistorySeconds` says.
 pub const MAX_BACKFILL_POINTS: u64 = 40_320;
-/// Backfills running at once in one controller (each one range query and one replay).
-pub const MAX_CONCURRENT_BACKFILLS: usize = 4;
-/// A backfill not done by then is given up; learning goes on from the live readings.
-pub const BACKFILL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Live readings kept while a backfill runs, replayed into it when it lands.
 const MAX_BUFFERED: usize = 4096;
 
@@ -49,64 +38,75 @@ static EPOCH: AtomicU64 = AtomicU64::new(1);
 /// The learning state of one ScaledTarget: per metric (by index in `spec.metrics`), `Some` for
 /// AverageValue metrics while `spec.adaptive` is on.
 #[derive(Default)]
-pub(super) struct Learning {
-    metrics: Vec<Option<MetricLearning>>,
-    /// The object (uid, generation) and interval the states were matched to: a poll of the
-    /// same object skips matching.
-    synced: Option<(Option<String>, Option<i64>, Duration)>,
+pub struct Learning {
+    pub(crate) metrics: Vec<Option<MetricLearning>>,
+    /// The object revision and interval the states were matched to: a step of the same
+    /// revision skips matching.
+    synced: Option<(Option<(String, i64)>, Millis)>,
 }
 
-struct MetricLearning {
+pub(crate) struct MetricLearning {
     name: String,
     /// What the state was made for (uid, metric, config, interval): a change starts afresh.
     fingerprint: String,
     epoch: u64,
-    state: AdaptiveState,
+    pub(crate) state: AdaptiveState,
     interval: Millis,
     static_target: f64,
     last_observed: Option<Millis>,
     /// The learned values as last reported (status `learned`, `LearnedChanged` Events).
     shown: Learned,
     /// The learned target in use, and when it last changed.
-    target: f64,
+    pub(crate) target: f64,
     target_changed_at: Option<Millis>,
     /// Readings since a backfill started, while it runs.
     buffered: Option<Vec<(Millis, Option<f64>)>>,
     /// The per-pod target learned from the metric's SLO signal (`slo`), and as last reported.
-    slo: Option<SloLearner>,
+    pub(crate) slo: Option<SloLearner>,
     slo_shown: Option<SloTarget>,
 }
 
-/// A backfill to run for one metric ([`run_backfill`]).
-pub(super) struct BackfillJob {
-    key: String,
-    index: usize,
-    epoch: u64,
-    metric: Metric,
-    config: AdaptiveConfig,
-    interval: Duration,
-    static_target: f64,
-    window: Duration,
+/// What one metric learns with, from the ScaledTarget (`None` in [`super::target::MetricSpec`]
+/// for a metric that does not learn).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnSpec {
+    /// The metric's name (HPA targets and Events name it).
+    pub name: String,
+    /// Its static AverageValue target per pod.
+    pub static_target: f64,
+    /// The per-pod target is learned from this SLO, when set.
+    pub slo: Option<SloConfig>,
+    /// The SLO target learned before a restart (from status), to resume from.
+    pub resume_slo: Option<SloTarget>,
+    /// Whether the source has a history to backfill from (Prometheus).
+    pub backfill: bool,
+    /// What identifies the metric and its configuration: a change starts afresh.
+    pub fingerprint: String,
+}
+
+/// A backfill to run for one metric: the controller fetches `window` of the metric's history
+/// at `interval` and hands [`AdaptiveState::backfill`]'s result to [`Learning::install`].
+#[derive(Debug, Clone)]
+pub struct Backfill {
+    /// The metric's index in `spec.metrics`.
+    pub index: usize,
+    /// Which state it belongs to.
+    pub epoch: u64,
+    /// The configuration to rebuild the state with.
+    pub config: AdaptiveConfig,
+    /// Reading interval.
+    pub interval: Millis,
+    /// The metric's static per-pod target.
+    pub static_target: f64,
+    /// How much history to fetch.
+    pub window: Duration,
 }
 
 /// A material change of one metric's learned values, for a `LearnedChanged` Event.
-pub(super) struct Change {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
     pub metric: String,
     pub message: String,
-}
-
-/// The per-pod target of an AverageValue metric, if it is one ebb can learn for.
-fn average_target(m: &Metric) -> Option<f64> {
-    if m.target.type_ != TargetType::AverageValue {
-        return None;
-    }
-    let milli = milli_value(&m.target.average_value.as_ref()?.0).ok()?;
-    (milli > 0).then_some(milli as f64 / 1000.0)
-}
-
-/// The adaptive configuration in force, `None` when learning is off.
-pub(super) fn config(st: &ScaledTarget) -> Option<&AdaptiveConfig> {
-    st.spec.adaptive.as_ref().filter(|c| c.enabled)
 }
 
 /// How much history a backfill asks for: what the rules use, at most [`MAX_BACKFILL_POINTS`].
@@ -124,31 +124,32 @@ impl Learning {
     }
 
     /// Matches the states to the spec: keeps those whose metric, configuration and interval
-    /// are unchanged, starts new ones (returning the backfills to run for Prometheus metrics),
-    /// drops the rest.
-    pub fn sync(&mut self, key: &str, st: &ScaledTarget, interval: Duration) -> Vec<BackfillJob> {
-        let object = (st.metadata.uid.clone(), st.metadata.generation, interval);
-        // The spec only changes with the generation (objects without one are always matched).
-        if object.1.is_some() && self.synced.as_ref() == Some(&object) {
+    /// are unchanged, starts new ones (returning the backfills to run), drops the rest.
+    /// `revision` (uid, generation) lets a step of the same object skip matching.
+    pub fn sync(
+        &mut self,
+        revision: Option<(String, i64)>,
+        config: Option<&AdaptiveConfig>,
+        metrics: &[Option<&LearnSpec>],
+        interval: Millis,
+    ) -> Vec<Backfill> {
+        let object = (revision, interval);
+        if object.0.is_some() && self.synced.as_ref() == Some(&object) {
             return Vec::new();
         }
         self.synced = Some(object);
         let mut old = std::mem::take(&mut self.metrics);
-        let Some(config) = config(st) else {
+        let Some(config) = config.filter(|c| c.enabled) else {
             return Vec::new();
         };
-        let uid = st.metadata.uid.as_deref().unwrap_or_default();
-        let interval_ms = (interval.as_millis() as Millis).max(1);
+        let interval_ms = interval.max(1);
         let mut jobs = Vec::new();
-        for (index, m) in st.spec.metrics.iter().enumerate() {
-            let Some(target) = average_target(m) else {
+        for (index, m) in metrics.iter().enumerate() {
+            let Some(m) = m else {
                 self.metrics.push(None);
                 continue;
             };
-            let fingerprint = format!(
-                "{uid}|{interval_ms}|{}",
-                serde_json::to_string(&(m, config)).unwrap_or_default()
-            );
+            let fingerprint = format!("{interval_ms}|{}", m.fingerprint);
             if let Some(i) = old
                 .iter()
                 .position(|o| o.as_ref().is_some_and(|o| o.fingerprint == fingerprint))
@@ -156,41 +157,42 @@ impl Learning {
                 self.metrics.push(old[i].take());
                 continue;
             }
+            let target = m.static_target;
             let state = match AdaptiveState::new(config.clone(), interval_ms, target) {
                 Ok(s) => s,
                 Err(e) => {
                     // The CRD's rules reject bad bounds; an object stored before them is
                     // reported and runs on the plain HPA algorithm.
-                    tracing::warn!(scaledtarget = key, metric = %m.name, error = %e, "adaptive off");
+                    tracing::warn!(metric = %m.name, error = %e, "adaptive off");
                     self.metrics.push(None);
                     continue;
                 }
             };
             let slo = m.slo.as_ref().and_then(|slo| {
-                match SloLearner::new(slo.learn.clone(), target, config.min_history_seconds) {
+                match SloLearner::new(slo.clone(), target, config.min_history_seconds) {
                     // After a restart the target learned before stays in use meanwhile.
-                    Ok(l) => Some(match previous_slo(st, &m.name) {
+                    Ok(l) => Some(match m.resume_slo {
                         Some(p) => l.resume(p),
                         None => l,
                     }),
                     Err(e) => {
-                        tracing::warn!(scaledtarget = key, metric = %m.name, error = %e, "slo learning off");
+                        tracing::warn!(metric = %m.name, error = %e, "slo learning off");
                         None
                     }
                 }
             });
             let epoch = EPOCH.fetch_add(1, Ordering::Relaxed);
-            let backfill = m.prometheus.is_some();
-            if backfill {
-                jobs.push(BackfillJob {
-                    key: key.to_string(),
+            if m.backfill {
+                jobs.push(Backfill {
                     index,
                     epoch,
-                    metric: m.clone(),
                     config: config.clone(),
-                    interval,
+                    interval: interval_ms,
                     static_target: target,
-                    window: backfill_window(config, interval),
+                    window: backfill_window(
+                        config,
+                        Duration::from_millis(interval_ms.max(0) as u64),
+                    ),
                 });
             }
             let slo_shown = slo.as_ref().map(SloLearner::learned);
@@ -205,7 +207,7 @@ impl Learning {
                 last_observed: None,
                 target: slo_shown.map_or(target, |t| t.target),
                 target_changed_at: None,
-                buffered: backfill.then(Vec::new),
+                buffered: m.backfill.then(Vec::new),
                 slo,
                 slo_shown,
             }));
@@ -265,7 +267,7 @@ impl Learning {
 
     /// Installs a backfilled state if its metric's state is still the one it was made for,
     /// after replaying the readings observed meanwhile. Returns whether it was installed.
-    fn install(&mut self, index: usize, epoch: u64, mut state: AdaptiveState) -> bool {
+    pub fn install(&mut self, index: usize, epoch: u64, mut state: AdaptiveState) -> bool {
         let Some(Some(ml)) = self.metrics.get_mut(index) else {
             return false;
         };
@@ -283,7 +285,7 @@ impl Learning {
     }
 
     /// Gives up waiting for a backfill: learning goes on from the live readings.
-    fn abandon(&mut self, index: usize, epoch: u64) {
+    pub fn abandon(&mut self, index: usize, epoch: u64) {
         if let Some(Some(ml)) = self.metrics.get_mut(index)
             && ml.epoch == epoch
         {
@@ -365,12 +367,12 @@ impl Learning {
 
     /// The learned targets to put on the owned HPA, by metric name (only those that differ
     /// from the static target).
-    pub fn hpa_targets(&self) -> BTreeMap<String, Quantity> {
+    pub fn hpa_targets(&self) -> BTreeMap<String, f64> {
         self.metrics
             .iter()
             .flatten()
             .filter(|ml| ml.target != ml.static_target)
-            .map(|ml| (ml.name.clone(), quantity(ml.target)))
+            .map(|ml| (ml.name.clone(), ml.target))
             .collect()
     }
 
@@ -416,17 +418,13 @@ impl Learning {
     }
 
     /// Status of metric `index`: the learned target and the learned values.
-    pub fn status(&self, index: usize) -> (Option<Quantity>, Option<LearnedStatus>) {
-        match self.metrics.get(index) {
-            Some(Some(ml)) => (
-                Some(quantity(ml.target)),
-                Some(LearnedStatus {
-                    slo: ml.slo_shown.as_ref().map(SloStatus::from),
-                    ..LearnedStatus::from(&ml.shown)
-                }),
-            ),
-            _ => (None, None),
-        }
+    pub fn status(&self, index: usize) -> Option<MetricLearned> {
+        let ml = self.metrics.get(index)?.as_ref()?;
+        Some(MetricLearned {
+            target: ml.target,
+            learned: ml.shown,
+            slo: ml.slo_shown,
+        })
     }
 }
 
@@ -439,9 +437,15 @@ pub struct LearnedScaleDown {
     pub tolerance: f64,
 }
 
-/// A learned target as a quantity, to the milli-unit.
-fn quantity(v: f64) -> Quantity {
-    Quantity(from_milli((v * 1000.0).round().max(1.0) as i64))
+/// What one metric learned, as status shows it ([`Learning::status`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricLearned {
+    /// The learned target in use.
+    pub target: f64,
+    /// The learned values as last reported.
+    pub learned: Learned,
+    /// The SLO-learned per-pod target as last reported.
+    pub slo: Option<SloTarget>,
 }
 
 impl MetricLearning {
@@ -505,20 +509,6 @@ impl MetricLearning {
     }
 }
 
-/// The SLO target this metric had in status (to resume from after a restart).
-fn previous_slo(st: &ScaledTarget, metric: &str) -> Option<SloTarget> {
-    st.status
-        .as_ref()?
-        .metrics
-        .iter()
-        .find(|s| s.name == metric)?
-        .learned
-        .as_ref()?
-        .slo
-        .as_ref()?
-        .to_engine()
-}
-
 /// The learned target: the per-pod target (the static one, or the one learned from the SLO)
 /// over one plus the learned headroom (the per-pod target itself while the headroom has no
 /// history).
@@ -545,74 +535,8 @@ pub fn engine_spec(mut spec: HpaSpec, all_learning: bool) -> HpaSpec {
 }
 
 /// Whether every metric of the target learns (then the default scale-down window is off).
-pub(super) fn all_learning(learning: &Learning, metrics: usize) -> bool {
+pub fn all_learning(learning: &Learning, metrics: usize) -> bool {
     learning.metrics.len() == metrics && learning.metrics.iter().all(Option::is_some)
-}
-
-/// Fetches a metric's history and rebuilds its learning state from it, off the poll: bounded
-/// by [`MAX_CONCURRENT_BACKFILLS`] and [`BACKFILL_TIMEOUT`]; the replay runs on a blocking
-/// thread. A failure is logged and learning goes on from the live readings alone.
-pub(super) async fn run_backfill(ctx: Arc<Context>, namespace: String, job: BackfillJob) {
-    let started = std::time::Instant::now();
-    let abandon = |ctx: &Context| {
-        if let Some(t) = ctx.targets.lock().expect("targets").get_mut(&job.key) {
-            t.learning.abandon(job.index, job.epoch);
-        }
-    };
-    let Ok(_permit) = ctx.backfills.clone().acquire_owned().await else {
-        return abandon(&ctx);
-    };
-    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let fetch = ctx
-        .reader
-        .history(&namespace, &job.metric, job.interval, job.window, now);
-    let points = match tokio::time::timeout(BACKFILL_TIMEOUT, fetch).await {
-        Ok(Ok(Some(points))) => points,
-        Ok(Ok(None)) => return abandon(&ctx),
-        Ok(Err(e)) => {
-            tracing::warn!(scaledtarget = %job.key, metric = %job.metric.name, error = %e,
-                "adaptive backfill failed; learning from live readings");
-            return abandon(&ctx);
-        }
-        Err(_) => {
-            tracing::warn!(scaledtarget = %job.key, metric = %job.metric.name,
-                "adaptive backfill timed out; learning from live readings");
-            return abandon(&ctx);
-        }
-    };
-    let count = points.len();
-    let interval = (job.interval.as_millis() as Millis).max(1);
-    let (config, target) = (job.config.clone(), job.static_target);
-    let replay = tokio::task::spawn_blocking(move || {
-        AdaptiveState::backfill(
-            config,
-            interval,
-            target,
-            points.into_iter().map(|(s, v)| (s * 1000, v)),
-        )
-    })
-    .await;
-    let state = match replay {
-        Ok(Ok(state)) => state,
-        Ok(Err(e)) => {
-            tracing::warn!(scaledtarget = %job.key, error = %e, "adaptive backfill failed");
-            return abandon(&ctx);
-        }
-        Err(e) => {
-            tracing::warn!(scaledtarget = %job.key, error = %e, "adaptive backfill failed");
-            return abandon(&ctx);
-        }
-    };
-    let installed = ctx
-        .targets
-        .lock()
-        .expect("targets")
-        .get_mut(&job.key)
-        .is_some_and(|t| t.learning.install(job.index, job.epoch, state));
-    tracing::info!(
-        scaledtarget = %job.key, metric = %job.metric.name, points = count, installed,
-        elapsed_ms = started.elapsed().as_millis() as u64, "adaptive state backfilled"
-    );
 }
 
 #[cfg(test)]
@@ -621,6 +545,17 @@ mod tests {
     use crate::engine::adaptive::Basis;
     use crate::engine::hpa::{ScalingState, decide};
     use crate::engine::{Behavior, NoData, Policy, ScalingRules};
+    // Fixtures are ScaledTargets as users write them, through the spec the machine gets.
+    use crate::crd::ScaledTarget;
+
+    impl Learning {
+        fn sync_target(&mut self, st: &ScaledTarget, interval: Duration) -> Vec<Backfill> {
+            let spec = st.machine_spec();
+            let learn: Vec<_> = spec.metrics.iter().map(|m| m.learn.as_ref()).collect();
+            let ms = interval.as_millis() as Millis;
+            self.sync(spec.revision, spec.adaptive.as_ref(), &learn, ms)
+        }
+    }
 
     fn target(adaptive: serde_json::Value) -> ScaledTarget {
         serde_json::from_value(serde_json::json!({
@@ -652,7 +587,7 @@ mod tests {
 
     fn learned_state(st: &ScaledTarget) -> Learning {
         let mut l = Learning::default();
-        l.sync("n/t", st, Duration::from_secs(60));
+        l.sync_target(st, Duration::from_secs(60));
         l
     }
 
@@ -660,7 +595,7 @@ mod tests {
     fn only_average_value_metrics_learn_and_only_when_enabled() {
         let st = target(serde_json::json!({}));
         let mut l = Learning::default();
-        let jobs = l.sync("n/t", &st, Duration::from_secs(60));
+        let jobs = l.sync_target(&st, Duration::from_secs(60));
         assert!(l.metrics[0].is_some() && l.metrics[1].is_none());
         assert_eq!(
             jobs.len(),
@@ -670,33 +605,32 @@ mod tests {
         assert_eq!((jobs[0].index, jobs[0].static_target), (0, 100.0));
         // Same spec: kept (no new backfill); another config: started afresh.
         let epoch = l.metrics[0].as_ref().unwrap().epoch;
-        assert!(l.sync("n/t", &st, Duration::from_secs(60)).is_empty());
+        assert!(l.sync_target(&st, Duration::from_secs(60)).is_empty());
         assert_eq!(l.metrics[0].as_ref().unwrap().epoch, epoch);
         let other = target(serde_json::json!({ "maxHeadroom": 0.5 }));
-        assert_eq!(l.sync("n/t", &other, Duration::from_secs(60)).len(), 1);
+        assert_eq!(l.sync_target(&other, Duration::from_secs(60)).len(), 1);
         assert_ne!(l.metrics[0].as_ref().unwrap().epoch, epoch);
         // Another interval too.
-        assert_eq!(l.sync("n/t", &other, Duration::from_secs(30)).len(), 1);
+        assert_eq!(l.sync_target(&other, Duration::from_secs(30)).len(), 1);
         // Off: nothing learns.
-        l.sync(
-            "n/t",
+        l.sync_target(
             &target(serde_json::json!({ "enabled": false })),
             Duration::from_secs(60),
         );
         assert!(!l.active());
         let mut absent = target(serde_json::json!({}));
         absent.spec.adaptive = None;
-        l.sync("n/t", &absent, Duration::from_secs(60));
+        l.sync_target(&absent, Duration::from_secs(60));
         assert!(!l.active());
         // With a generation, a poll of the same one does not match again; a new one does.
         let mut st = target(serde_json::json!({}));
         st.metadata.generation = Some(1);
-        assert_eq!(l.sync("n/t", &st, Duration::from_secs(60)).len(), 1);
-        assert!(l.sync("n/t", &st, Duration::from_secs(60)).is_empty());
+        assert_eq!(l.sync_target(&st, Duration::from_secs(60)).len(), 1);
+        assert!(l.sync_target(&st, Duration::from_secs(60)).is_empty());
         st.spec.adaptive = None;
         assert!(l.active(), "same generation: not looked at");
         st.metadata.generation = Some(2);
-        l.sync("n/t", &st, Duration::from_secs(60));
+        l.sync_target(&st, Duration::from_secs(60));
         assert!(!l.active());
     }
 
@@ -731,14 +665,13 @@ mod tests {
         let mut l = learned_state(&st);
         let ok = |v: f64| vec![Some(v), Some(0.0)];
         l.observe(&ok(1000.0), 0);
-        let (t, learned) = l.status(0);
+        let learned = l.status(0).unwrap();
         assert_eq!(
-            t.unwrap().0,
-            "100",
+            learned.target, 100.0,
             "the static target while the history is short"
         );
-        assert_eq!(learned.unwrap().headroom_basis, "Static");
-        assert_eq!(l.status(1), (None, None));
+        assert_eq!(learned.learned.headroom_basis, Basis::Static);
+        assert_eq!(l.status(1), None);
         assert!(l.hpa_targets().is_empty());
         // Bursts of 50 % for three readings in twenty.
         let mut changes = Vec::new();
@@ -755,9 +688,8 @@ mod tests {
             changes[0].message
         );
         assert!(ml.target < 100.0, "{}", ml.target);
-        let (t, _) = l.status(0);
-        assert_eq!(t, Some(quantity(ml.target)));
-        assert_eq!(l.hpa_targets().get("rps"), Some(&quantity(ml.target)));
+        assert_eq!(l.status(0).map(|s| s.target), Some(ml.target));
+        assert_eq!(l.hpa_targets().get("rps"), Some(&ml.target));
     }
 
     #[test]
@@ -915,7 +847,7 @@ mod tests {
         }));
         st.spec.polling_interval = Duration::from_secs(900).into();
         let mut l = Learning::default();
-        l.sync("n/t", &st, Duration::from_secs(900));
+        l.sync_target(&st, Duration::from_secs(900));
         let q: Millis = 900_000;
         let daily = |k: i64| {
             let phase = (k % 96) as f64 / 96.0 * std::f64::consts::TAU;
@@ -997,14 +929,13 @@ mod tests {
             "{:?}",
             changes.iter().map(|c| &c.message).collect::<Vec<_>>()
         );
-        let (learned_target, status) = l.status(0);
-        let status = status.unwrap().slo.unwrap();
-        assert_eq!(status.basis, "Knee");
-        let q = learned_target.unwrap();
-        let milli = milli_value(&q.0).unwrap() as f64 / 1000.0;
+        let learned = l.status(0).unwrap();
+        let status = learned.slo.unwrap();
+        assert_eq!(status.basis, crate::engine::slo::SloBasis::Knee);
         assert!(
-            (milli - status.target).abs() < 1e-3,
-            "{milli} vs {status:?}"
+            (learned.target - status.target).abs() < 1e-3,
+            "{} vs {status:?}",
+            learned.target
         );
         // The recommendation counts pods of the learned target: 1000 per second needs
         // ceil(1000 / target) pods at least.
@@ -1053,7 +984,7 @@ mod tests {
         let ml = l.metrics[0].as_ref().unwrap();
         assert_eq!(ml.per_pod_target(), 72.0);
         assert_eq!(ml.target, 72.0, "the HPA's target starts from it");
-        assert_eq!(l.hpa_targets().get("rps").map(|q| q.0.as_str()), Some("72"));
+        assert_eq!(l.hpa_targets().get("rps"), Some(&72.0));
         // A target without an slo ignores it.
         let mut plain = st.clone();
         plain.spec.metrics[0].slo = None;

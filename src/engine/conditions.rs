@@ -1,0 +1,48 @@
+//! The names of a ScaledTarget's status conditions, their reasons and ebb's Event reasons: one
+//! place for the controller, `ebb status`, the CRD's printer columns and the tests.
+
+// Condition types.
+/// ebb decides for the target (False: why it cannot).
+pub const READY: &str = "Ready";
+/// Some metric reads above zero.
+pub const ACTIVE: &str = "Active";
+/// Every source failed on several readings in a row: ebb holds, never scales down.
+pub const FALLBACK: &str = "Fallback";
+/// Scaling is paused by annotation.
+pub const PAUSED: &str = "Paused";
+/// A rule (bounds, rate limits) changed the recommendation.
+pub const SCALING_LIMITED: &str = "ScalingLimited";
+
+// Condition reasons (ebb's own; ScalingLimited also carries the HPA's reasons).
+/// Active: some metric reads above zero.
+pub const METRICS_ABOVE_ZERO: &str = "MetricsAboveZero";
+/// Active False: no metric reads above zero.
+pub const NO_LOAD: &str = "NoLoad";
+/// Paused: at a count.
+pub const PAUSED_AT_REPLICAS: &str = "PausedAtReplicas";
+/// Paused False.
+pub const NOT_PAUSED: &str = "NotPaused";
+/// Ready False: a metric's target cannot be read.
+pub const INVALID_TARGET: &str = "InvalidTarget";
+/// Ready: decided (Direct, Shadow).
+pub const DECIDED: &str = "Decided";
+/// Ready: the owned HPA is in sync (Hpa).
+pub const HPA_SYNCED: &str = "HpaSynced";
+/// Ready False: another HPA scales the workload.
+pub const FOREIGN_HPA: &str = "ForeignHpa";
+/// Fallback: every source fails.
+pub const SOURCES_FAILING: &str = "SourcesFailing";
+/// Fallback False.
+pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
+
+// Event reasons (the audit trail).
+/// ebb scaled the workload.
+pub const EVENT_SCALED: &str = "Scaled";
+/// Mode Shadow: what ebb would have done.
+pub const EVENT_SHADOW_DECISION: &str = "ShadowDecision";
+/// A `/scale` write failed.
+pub const EVENT_FAILED_RESCALE: &str = "FailedRescale";
+/// ebb called a human.
+pub const EVENT_ESCALATED: &str = "Escalated";
+/// Learned values moved materially.
+pub const EVENT_LEARNED_CHANGED: &str = "LearnedChanged";

@@ -1,0 +1,860 @@
+//! One ScaledTarget's decisions as a deterministic machine: what `ebb serve` decides and what
+//! `ebb backtest` replays are the same calls on the same state.
+//!
+//! In the spirit of quinn-proto's connection: no I/O, no clock, no async. The caller feeds it
+//! ([`TargetMachine::observe`]: the readings of one poll), asks it ([`TargetMachine::step`]:
+//! what to do now, as a [`Step`] of intents), and tells it what came of the intents
+//! ([`TargetMachine::applied`], [`TargetMachine::apply_failed`], [`TargetMachine::paused_at`]).
+//! Time is an argument everywhere (milliseconds since an epoch the caller chooses).
+//!
+//! The machine owns:
+//! - the scaling state of [`super::hpa::decide`] (stabilization windows, rate-limit events);
+//! - learning per metric ([`super::learning`]), including the 5-minute rate limit of a learned
+//!   target and the backfill gating (no scale-down on the short memory of a state that waits
+//!   for its history);
+//! - fallback: entered after `failureThreshold` readings in which every metric failed, left
+//!   after as many good readings in a row (hysteresis: a flapping source does not toggle it);
+//!   in mode Direct it holds at least the fallback count and never scales down; in mode Hpa it
+//!   serves values that make the HPA hold the current count or go to the fallback count;
+//! - pause, the escalation intents and their rate limit, and when it next wants to be stepped;
+//! - in mode Hpa, a model of the HPA controller reading the served values (the same
+//!   [`super::hpa::decide`] the HPA runs), so that the machine knows what the HPA will do:
+//!   the backtest replays it at the HPA's sync period, and escalation works in mode Hpa too.
+//!
+//! "A wake-up is not a reading": a step that comes early (a recheck when a window expires, an
+//! edit of the object) decides again on the last readings; only an observation at least half
+//! an interval after the previous one counts as a new reading (for learning and fallback).
+
+use std::collections::BTreeMap;
+
+use super::adaptive::{AdaptiveConfig, AdaptiveReason};
+use super::conditions as cond;
+use super::hpa::{self, HpaSpec, Replicas, ScalingState, propose};
+use super::learning::{self, Backfill, Change, LearnSpec, LearnedScaleDown, Learning};
+use super::{Decision, MetricSample, Millis, NoData, Target};
+
+/// How ebb acts on the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// ebb serves values to an HPA it owns; the HPA scales.
+    #[default]
+    Hpa,
+    /// ebb scales the workload's `/scale` itself.
+    Direct,
+    /// ebb decides and reports, and changes nothing.
+    Shadow,
+}
+
+/// A paused target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// Scaling frozen where it is.
+    Frozen,
+    /// Set once to this count, then frozen.
+    At(i32),
+}
+
+/// One metric as the machine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSpec {
+    /// The metric's name.
+    pub name: String,
+    /// Its target, or why the ScaledTarget's target cannot be read.
+    pub target: Result<Target, String>,
+    /// How it learns, when it does (AverageValue metrics with `spec.adaptive` on).
+    pub learn: Option<LearnSpec>,
+}
+
+/// What to do when every source fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FallbackSpec {
+    /// Readings in a row in which every metric failed before fallback starts (and good ones
+    /// in a row before it ends).
+    pub failure_threshold: u32,
+    /// Replicas to hold at least while in fallback.
+    pub replicas: i32,
+}
+
+/// When to ask a human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EscalationSpec {
+    /// Failed scaling attempts in a row before escalating.
+    pub failure_threshold: u32,
+    /// Least time between two escalations of the same reason.
+    pub min_interval: Millis,
+}
+
+/// Everything the machine needs to know of a ScaledTarget, free of Kubernetes types (built by
+/// `crd::ScaledTarget::machine_spec`, or by the backtest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSpec {
+    /// How ebb acts.
+    pub mode: Mode,
+    /// Bounds, behavior and controller settings (those of the owned HPA in mode Hpa).
+    pub hpa: HpaSpec,
+    /// The polling interval.
+    pub interval: Millis,
+    /// The metrics, in `spec.metrics` order.
+    pub metrics: Vec<MetricSpec>,
+    /// Learning from history, when on.
+    pub adaptive: Option<AdaptiveConfig>,
+    /// Fallback, when configured.
+    pub fallback: Option<FallbackSpec>,
+    /// Escalation, when configured.
+    pub escalation: Option<EscalationSpec>,
+    /// Pause, when paused.
+    pub pause: Option<Pause>,
+    /// The object's (uid, generation): learning is matched to the spec again only when it
+    /// changes (`None`: on every step).
+    pub revision: Option<(String, i64)>,
+}
+
+/// One metric's reading: a finite value, or why there is none (never zero).
+pub type Reading = Result<f64, NoData>;
+
+/// Why ebb asks a human for help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum EscalationReason {
+    /// At maxReplicas and the metrics ask for more.
+    AtMaxReplicas,
+    /// Scaling the workload failed on several attempts in a row.
+    ScalingFailing,
+}
+
+/// An escalation the caller should send (already rate-limited by the machine).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Escalation {
+    /// Why.
+    pub reason: EscalationReason,
+    /// Replicas now.
+    pub current: i32,
+    /// Replicas ebb wanted.
+    pub desired: i32,
+    /// The metrics' unbounded demand, when known.
+    pub demanded: Option<i32>,
+    /// What ebb did before escalating.
+    pub tried: Vec<String>,
+}
+
+/// What the caller should do on the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing.
+    None,
+    /// Mode Direct: set `/scale` from `from` to `to`, then call [`TargetMachine::applied`] or
+    /// [`TargetMachine::apply_failed`].
+    Scale { from: i32, to: i32 },
+    /// Mode Shadow: report that ebb would scale from `from` to `to` (once per new count).
+    Report { from: i32, to: i32 },
+    /// Paused at a count not yet applied: set `/scale` to it, then call
+    /// [`TargetMachine::paused_at`]. In mode Hpa the owned HPA is removed first.
+    PauseAt(i32),
+}
+
+/// A status condition the step sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// Its type ([`cond`]).
+    pub type_: &'static str,
+    /// True or False.
+    pub status: bool,
+    /// Its reason ([`cond`], or an HPA reason).
+    pub reason: String,
+    /// A sentence.
+    pub message: String,
+}
+
+/// Mode Hpa: what the owned HPA should say beyond the ScaledTarget's own spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HpaIntent {
+    /// Learned AverageValue targets by metric name (only those that differ from the static).
+    pub targets: BTreeMap<String, f64>,
+    /// Metrics waiting for their backfill, with the range a learned target may take: the HPA
+    /// keeps a target it has in that range until the backfill lands.
+    pub pending: BTreeMap<String, (f64, f64)>,
+    /// Learned scale-down window and tolerance, when every metric learns.
+    pub scale_down: Option<LearnedScaleDown>,
+    /// Whether the owned HPA should exist (not while paused).
+    pub present: bool,
+}
+
+/// One step's outcome: the decision and the intents the caller carries out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Replicas wanted now. Mode Hpa: what the HPA will set, as the machine models it.
+    pub desired: i32,
+    /// What to do on the workload.
+    pub action: Action,
+    /// The rule that decided, for the audit trail ("ScaleUpLimit after Headroom", "Fallback").
+    pub rule: String,
+    /// The metric whose proposal won, if any.
+    pub metric: Option<usize>,
+    /// The largest unbounded per-metric proposal, if any.
+    pub proposal: Option<i32>,
+    /// Mode Hpa: the value to serve per metric (index-aligned with the spec's metrics).
+    pub served: Vec<Reading>,
+    /// Mode Hpa: the owned HPA's learned part.
+    pub hpa: Option<HpaIntent>,
+    /// Conditions to set.
+    pub conditions: Vec<Condition>,
+    /// Escalations to send.
+    pub escalations: Vec<Escalation>,
+    /// The learned target per metric in use (`None` where it does not learn).
+    pub learned_targets: Vec<Option<f64>>,
+    /// When the machine wants its next step before the next regular reading (a window or a
+    /// rate limit that held this decision back expires then).
+    pub next_wake: Option<Millis>,
+}
+
+/// What an observation gave.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Whether it counted as a new reading (not an early wake-up).
+    pub reading: bool,
+    /// Material changes of learned values (`LearnedChanged` Events).
+    pub changes: Vec<Change>,
+    /// Backfills to run for metrics that started learning.
+    pub backfills: Vec<Backfill>,
+}
+
+/// Fallback state with hysteresis.
+#[derive(Debug, Default, Clone, Copy)]
+struct FallbackState {
+    /// Readings in a row in which every metric failed.
+    failed: u32,
+    /// Readings in a row with a value since fallback began.
+    ok: u32,
+    active: bool,
+}
+
+impl FallbackState {
+    fn update(&mut self, threshold: u32, all_failed: bool) {
+        if all_failed {
+            self.failed += 1;
+            self.ok = 0;
+            if self.failed >= threshold {
+                self.active = true;
+            }
+        } else {
+            self.failed = 0;
+            // Leaving fallback takes as many good readings in a row as entering it took
+            // failed ones, so a flapping source does not toggle between fallback and normal.
+            if self.active {
+                self.ok += 1;
+                if self.ok >= threshold {
+                    self.active = false;
+                    self.ok = 0;
+                }
+            }
+        }
+    }
+}
+
+/// The decisions of one ScaledTarget.
+#[derive(Default)]
+pub struct TargetMachine {
+    /// Modes Direct and Shadow: ebb's own decisions.
+    scaling: ScalingState,
+    /// Mode Hpa: the HPA controller's state as the machine models it.
+    hpa_model: ScalingState,
+    learning: Learning,
+    /// The last readings, per metric.
+    readings: Vec<Reading>,
+    /// Mode Hpa: the values last served, per metric.
+    served: Vec<Reading>,
+    /// When the last reading was observed.
+    last_reading: Option<Millis>,
+    fallback: FallbackState,
+    /// Failed scaling attempts in a row.
+    scale_failures: u32,
+    /// When each reason was last escalated.
+    escalated: BTreeMap<&'static str, Millis>,
+    /// Mode Shadow: the last count reported (one report per change, not per step).
+    reported: Option<i32>,
+    /// The paused count applied.
+    paused_applied: Option<i32>,
+}
+
+impl TargetMachine {
+    /// A machine with no history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The learning state (the controller installs backfilled states into it).
+    pub fn learning_mut(&mut self) -> &mut Learning {
+        &mut self.learning
+    }
+
+    /// What metric `index` learned, when it learns.
+    pub fn learned(&self, index: usize) -> Option<learning::MetricLearned> {
+        self.learning.status(index)
+    }
+
+    /// Whether fallback is on.
+    pub fn in_fallback(&self) -> bool {
+        self.fallback.active
+    }
+
+    /// Feeds one poll's readings (index-aligned with `spec.metrics`; a value that is not
+    /// finite is no data), the SLO signals (`None` where a metric has none or its read
+    /// failed) and the workload's pods (for the SLO rule).
+    pub fn observe(
+        &mut self,
+        now: Millis,
+        spec: &TargetSpec,
+        readings: &[Reading],
+        slo_signals: &[Option<f64>],
+        pods: Option<i32>,
+    ) -> Observed {
+        let learn: Vec<Option<&LearnSpec>> =
+            spec.metrics.iter().map(|m| m.learn.as_ref()).collect();
+        let backfills = self.learning.sync(
+            spec.revision.clone(),
+            spec.adaptive.as_ref(),
+            &learn,
+            spec.interval,
+        );
+        self.readings.clear();
+        self.readings.extend(readings.iter().map(|r| match r {
+            Ok(v) if v.is_finite() => Ok(*v),
+            Ok(_) => Err(NoData::SourceFailed),
+            Err(e) => Err(*e),
+        }));
+        let reading = self
+            .last_reading
+            .is_none_or(|last| now - last >= spec.interval / 2);
+        if !reading {
+            return Observed {
+                reading,
+                changes: Vec::new(),
+                backfills,
+            };
+        }
+        self.last_reading = Some(now);
+        if let Some(f) = &spec.fallback {
+            let all_failed = self.readings.iter().all(Result::is_err);
+            self.fallback.update(f.failure_threshold.max(1), all_failed);
+        }
+        let values: Vec<Option<f64>> = self.readings.iter().map(|r| r.ok()).collect();
+        let changes = self
+            .learning
+            .observe_with_slo(&values, slo_signals, pods, now);
+        Observed {
+            reading,
+            changes,
+            backfills,
+        }
+    }
+
+    /// What to do at `now` with the workload at `replicas`, on the last readings.
+    pub fn step(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas) -> Step {
+        let mut conditions = Vec::new();
+        let active = self.readings.iter().any(|r| r.is_ok_and(|v| v > 0.0));
+        conditions.push(if active {
+            condition(
+                cond::ACTIVE,
+                true,
+                cond::METRICS_ABOVE_ZERO,
+                "at least one metric reads above zero",
+            )
+        } else {
+            condition(
+                cond::ACTIVE,
+                false,
+                cond::NO_LOAD,
+                "no metric reads above zero",
+            )
+        });
+        let learned_targets = (0..spec.metrics.len())
+            .map(|i| self.learning.status(i).map(|l| l.target))
+            .collect();
+        let mut step = Step {
+            desired: replicas.spec,
+            action: Action::None,
+            rule: String::new(),
+            metric: None,
+            proposal: None,
+            served: Vec::new(),
+            hpa: None,
+            conditions,
+            escalations: Vec::new(),
+            learned_targets,
+            next_wake: None,
+        };
+        if let Some(pause) = spec.pause {
+            self.step_paused(spec, pause, replicas, &mut step);
+            return step;
+        }
+        self.paused_applied = None;
+        step.conditions.push(condition(
+            cond::PAUSED,
+            false,
+            cond::NOT_PAUSED,
+            "scaling is automatic",
+        ));
+        if let Some((name, e)) = spec
+            .metrics
+            .iter()
+            .find_map(|m| m.target.as_ref().err().map(|e| (&m.name, e)))
+        {
+            // A target that cannot be read is a configuration error, reported and not guessed.
+            step.conditions.push(condition(
+                cond::READY,
+                false,
+                cond::INVALID_TARGET,
+                &format!("metric {name}: {e}"),
+            ));
+            return step;
+        }
+        match spec.mode {
+            Mode::Direct | Mode::Shadow => self.step_scale(now, spec, replicas, &mut step),
+            Mode::Hpa => self.step_hpa(now, spec, replicas, &mut step),
+        }
+        // Demand above maxReplicas while already there: automation cannot cope, tell a human.
+        let max = spec.hpa.max_replicas;
+        if step.desired >= max && step.proposal.is_some_and(|p| p > max) {
+            let tried = vec![format!("scaled to maxReplicas {max}")];
+            self.escalate(
+                now,
+                spec,
+                EscalationReason::AtMaxReplicas,
+                replicas.spec,
+                &mut step,
+                tried,
+            );
+        }
+        step
+    }
+
+    /// Mode Hpa between two steps: one more sync of the modelled HPA on the values last
+    /// served (the HPA syncs every 15 s whatever ebb's interval). Returns its count.
+    pub fn hpa_sync(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas) -> i32 {
+        let owned = self.owned_hpa_spec(spec);
+        let samples = self.hpa_samples(spec, &self.served.clone());
+        let d = hpa::decide(&owned, &mut self.hpa_model, replicas, &samples, now);
+        if d.desired != replicas.spec {
+            self.hpa_model.store_scale_event(
+                owned.behavior.as_ref(),
+                replicas.spec,
+                d.desired,
+                now,
+            );
+        }
+        d.desired
+    }
+
+    /// The caller scaled the workload from `from` to `to` as a step asked.
+    pub fn applied(&mut self, now: Millis, spec: &TargetSpec, from: i32, to: i32) {
+        self.scaling
+            .store_scale_event(spec.hpa.behavior.as_ref(), from, to, now);
+        self.scale_failures = 0;
+    }
+
+    /// Scaling from `from` to `to` failed with `error`. Returns the escalation to send when
+    /// the failures in a row reached the threshold (rate-limited), and the count of failures.
+    pub fn apply_failed(
+        &mut self,
+        now: Millis,
+        spec: &TargetSpec,
+        from: i32,
+        to: i32,
+        error: &str,
+    ) -> (u32, Option<Escalation>) {
+        self.scale_failures += 1;
+        let failures = self.scale_failures;
+        let threshold = spec
+            .escalation
+            .map_or(u32::MAX, |e| e.failure_threshold.max(1));
+        if failures < threshold {
+            return (failures, None);
+        }
+        let mut step = Step {
+            desired: to,
+            action: Action::None,
+            rule: String::new(),
+            metric: None,
+            proposal: None,
+            served: Vec::new(),
+            hpa: None,
+            conditions: Vec::new(),
+            escalations: Vec::new(),
+            learned_targets: Vec::new(),
+            next_wake: None,
+        };
+        let tried = vec![format!(
+            "scaling {from} -> {to} failed ({failures} in a row): {error}"
+        )];
+        self.escalate(
+            now,
+            spec,
+            EscalationReason::ScalingFailing,
+            from,
+            &mut step,
+            tried,
+        );
+        (failures, step.escalations.pop())
+    }
+
+    /// An escalation the machine asked for could not be sent: the next step may ask again.
+    pub fn escalation_failed(&mut self, reason: EscalationReason) {
+        self.escalated.remove(reason_key(reason));
+    }
+
+    /// The paused count `n` was applied.
+    pub fn paused_at(&mut self, n: i32) {
+        self.paused_applied = Some(n);
+    }
+
+    fn escalate(
+        &mut self,
+        now: Millis,
+        spec: &TargetSpec,
+        reason: EscalationReason,
+        current: i32,
+        step: &mut Step,
+        tried: Vec<String>,
+    ) {
+        let Some(e) = spec.escalation else { return };
+        let key = reason_key(reason);
+        if self
+            .escalated
+            .get(key)
+            .is_some_and(|&at| now - at < e.min_interval)
+        {
+            return;
+        }
+        self.escalated.insert(key, now);
+        step.escalations.push(Escalation {
+            reason,
+            current,
+            desired: step.desired,
+            demanded: step.proposal,
+            tried,
+        });
+    }
+
+    fn step_paused(
+        &mut self,
+        spec: &TargetSpec,
+        pause: Pause,
+        replicas: Replicas,
+        step: &mut Step,
+    ) {
+        let (reason, message) = match pause {
+            Pause::At(n) => (cond::PAUSED_AT_REPLICAS, format!("paused at {n} replicas")),
+            Pause::Frozen => (cond::PAUSED, "scaling frozen".to_string()),
+        };
+        step.conditions
+            .push(condition(cond::PAUSED, true, reason, &message));
+        step.conditions.push(condition(
+            cond::READY,
+            true,
+            cond::PAUSED,
+            match spec.mode {
+                Mode::Hpa => "the owned HPA is removed while paused",
+                Mode::Direct | Mode::Shadow => "scaling is paused",
+            },
+        ));
+        step.rule = reason.to_string();
+        if spec.mode == Mode::Hpa {
+            // KEDA's semantics: a paused target has no HPA; with a count, ebb sets it once.
+            step.hpa = Some(HpaIntent {
+                targets: BTreeMap::new(),
+                pending: BTreeMap::new(),
+                scale_down: None,
+                present: false,
+            });
+        }
+        match pause {
+            Pause::At(n) if spec.mode != Mode::Shadow => {
+                step.desired = n;
+                if self.paused_applied != Some(n) {
+                    step.action = Action::PauseAt(n);
+                }
+            }
+            Pause::At(n) => step.desired = n,
+            Pause::Frozen => step.desired = replicas.spec,
+        }
+    }
+
+    /// Modes Direct and Shadow: the engine decides from the readings (learning metrics
+    /// through their adaptive recommendation), within bounds, windows and rate limits; in
+    /// fallback at least the fallback count and never down.
+    fn step_scale(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas, step: &mut Step) {
+        let samples = self.samples(spec);
+        let (decision, reasons) = if self.learning.active() {
+            let loads: Vec<Option<f64>> = self.readings.iter().map(|r| r.ok()).collect();
+            let (equivalent, reasons) = self
+                .learning
+                .equivalent_samples(&spec.hpa, &samples, &loads, replicas, now);
+            let all = learning::all_learning(&self.learning, samples.len());
+            let engine = learning::engine_spec(spec.hpa.clone(), all);
+            (
+                hpa::decide(&engine, &mut self.scaling, replicas, &equivalent, now),
+                reasons,
+            )
+        } else {
+            (
+                hpa::decide(&spec.hpa, &mut self.scaling, replicas, &samples, now),
+                Vec::new(),
+            )
+        };
+        // The rule that decided the winning metric, when the adaptive rules moved it.
+        let learned_rule = decision
+            .metric_index
+            .and_then(|i| reasons.get(i).copied().flatten())
+            .filter(|r| *r != AdaptiveReason::Reactive);
+        let floor = self.fallback_floor(spec, replicas);
+        let desired = floor.map_or(decision.desired, |f| f.max(decision.desired));
+        let rule = match learned_rule {
+            Some(r) if decision.limited => format!("{} after {r}", decision.reason),
+            Some(r) => r.to_string(),
+            None => decision.reason.to_string(),
+        };
+        step.conditions.push(fallback_condition(floor));
+        step.conditions.push(condition(
+            cond::SCALING_LIMITED,
+            decision.limited,
+            decision.scaling_limited.as_str(),
+            &match learned_rule {
+                Some(r) => format!(
+                    "engine: {} (proposal {:?}, adaptive {r})",
+                    decision.scaling_limited, decision.proposal
+                ),
+                None => format!(
+                    "engine: {} (proposal {:?})",
+                    decision.scaling_limited, decision.proposal
+                ),
+            },
+        ));
+        let metric_name = decision
+            .metric_index
+            .and_then(|i| spec.metrics.get(i))
+            .map_or("-", |m| m.name.as_str());
+        step.conditions.push(condition(
+            cond::READY,
+            true,
+            cond::DECIDED,
+            &format!("{rule} (metric {metric_name})"),
+        ));
+        step.rule = if floor.is_some() && desired != decision.desired {
+            cond::FALLBACK.to_string()
+        } else {
+            rule
+        };
+        step.desired = desired;
+        step.metric = decision.metric_index;
+        step.proposal = decision.proposal;
+        step.next_wake = decision.recheck_at.map(|at| at.max(now + 1000));
+        if desired != replicas.spec {
+            step.action = match spec.mode {
+                Mode::Direct => Action::Scale {
+                    from: replicas.spec,
+                    to: desired,
+                },
+                _ if self.reported.replace(desired) != Some(desired) => Action::Report {
+                    from: replicas.spec,
+                    to: desired,
+                },
+                _ => Action::None,
+            };
+        }
+    }
+
+    /// Mode Hpa: the values to serve (raised to the forecast; in fallback, values that make
+    /// the HPA hold the current count or go to the fallback count), the owned HPA's learned
+    /// part, and what the HPA will do with them.
+    fn step_hpa(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas, step: &mut Step) {
+        let mut served: Vec<Reading> = self
+            .readings
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.map(|v| self.learning.served(i, v, now)))
+            .collect();
+        let floor = self.fallback_floor(spec, replicas);
+        if let Some(floor) = floor {
+            let targets = self.hpa_targets(spec);
+            for (value, target) in served.iter_mut().zip(&targets) {
+                let hold = hold_value(*target, floor, replicas, &spec.hpa);
+                *value = Ok(match value {
+                    Ok(v) => v.max(hold),
+                    Err(_) => hold,
+                });
+            }
+        }
+        step.conditions.push(fallback_condition(floor));
+        self.served = served.clone();
+        step.served = served;
+        step.hpa = Some(HpaIntent {
+            targets: self.learning.hpa_targets(),
+            pending: self.learning.pending(),
+            scale_down: self.learning.hpa_scale_down(spec.metrics.len()),
+            present: true,
+        });
+        let owned = self.owned_hpa_spec(spec);
+        let samples = self.hpa_samples(spec, &self.served.clone());
+        let d: Decision = hpa::decide(&owned, &mut self.hpa_model, replicas, &samples, now);
+        if d.desired != replicas.spec {
+            self.hpa_model.store_scale_event(
+                owned.behavior.as_ref(),
+                replicas.spec,
+                d.desired,
+                now,
+            );
+        }
+        step.desired = d.desired;
+        step.metric = d.metric_index;
+        step.proposal = d.proposal;
+        step.rule = if floor.is_some() {
+            cond::FALLBACK.to_string()
+        } else {
+            d.reason.to_string()
+        };
+    }
+
+    /// In fallback: the count to hold at least (the current one, or the fallback count if
+    /// higher, within maxReplicas).
+    fn fallback_floor(&self, spec: &TargetSpec, replicas: Replicas) -> Option<i32> {
+        let f = spec.fallback?;
+        self.fallback
+            .active
+            .then(|| replicas.spec.max(f.replicas).min(spec.hpa.max_replicas))
+    }
+
+    /// The readings against the static targets.
+    fn samples(&self, spec: &TargetSpec) -> Vec<MetricSample> {
+        spec.metrics
+            .iter()
+            .zip(&self.readings)
+            .filter_map(|(m, r)| {
+                Some(MetricSample {
+                    target: *m.target.as_ref().ok()?,
+                    observation: r.map(to_milli),
+                })
+            })
+            .collect()
+    }
+
+    /// Mode Hpa: the targets the owned HPA has (learned AverageValue ones where learned).
+    fn hpa_targets(&self, spec: &TargetSpec) -> Vec<Target> {
+        spec.metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let t = m.target.clone().unwrap_or(Target::Value(1));
+                match (t, self.learning.status(i)) {
+                    (Target::AverageValue(_), Some(l)) => {
+                        Target::AverageValue(to_milli(l.target).max(1))
+                    }
+                    (t, _) => t,
+                }
+            })
+            .collect()
+    }
+
+    /// What the HPA reads: the served values against the owned HPA's targets.
+    fn hpa_samples(&self, spec: &TargetSpec, served: &[Reading]) -> Vec<MetricSample> {
+        self.hpa_targets(spec)
+            .into_iter()
+            .zip(served)
+            .map(|(target, r)| MetricSample {
+                target,
+                observation: r.map(to_milli),
+            })
+            .collect()
+    }
+
+    /// The owned HPA's spec as the HPA controller reads it: the ScaledTarget's bounds and
+    /// behavior, with the learned scale-down window and tolerance (as `controller::hpa` writes
+    /// them: an explicit window holds when longer, an explicit tolerance stays).
+    fn owned_hpa_spec(&self, spec: &TargetSpec) -> HpaSpec {
+        let mut owned = spec.hpa.clone();
+        if let Some(learned) = self.learning.hpa_scale_down(spec.metrics.len()) {
+            let mut behavior = owned.behavior.take().unwrap_or_default();
+            let down = &mut behavior.scale_down;
+            let window = i32::try_from(learned.window_seconds).unwrap_or(i32::MAX);
+            down.stabilization_window_seconds = Some(
+                down.stabilization_window_seconds
+                    .map_or(window, |explicit| explicit.max(window)),
+            );
+            if down.tolerance.is_none() {
+                // The HPA reads the quantity written with three decimals.
+                down.tolerance = Some((learned.tolerance * 1000.0).round() / 1000.0);
+            }
+            owned.behavior = Some(behavior);
+        }
+        owned
+    }
+}
+
+fn reason_key(reason: EscalationReason) -> &'static str {
+    match reason {
+        EscalationReason::AtMaxReplicas => "AtMaxReplicas",
+        EscalationReason::ScalingFailing => "ScalingFailing",
+    }
+}
+
+/// A value in milli-units, saturating.
+fn to_milli(v: f64) -> i64 {
+    (v * 1000.0).round().clamp(i64::MIN as f64, i64::MAX as f64) as i64
+}
+
+/// The value to serve for a metric with `target` so that the HPA proposes `count` replicas
+/// (the largest such value: the HPA's proposal for it is exactly `count`).
+fn hold_value(target: Target, count: i32, replicas: Replicas, spec: &HpaSpec) -> f64 {
+    let count = count.max(0);
+    let milli = match target {
+        // ceil(total / per-pod target) = count.
+        Target::AverageValue(t) => i64::from(count).saturating_mul(t),
+        // ceil(total / target * ready) = count: from the exact ratio down to a value the
+        // HPA's own arithmetic proposes `count` for.
+        Target::Value(t) => {
+            let ready = i64::from(replicas.ready.max(1));
+            let tol = spec.tolerances();
+            let proposes = |v: i64| {
+                let sample = MetricSample {
+                    target,
+                    observation: Ok(v),
+                };
+                propose(&sample, replicas, tol)
+            };
+            let mut v = i64::from(count).saturating_mul(t) / ready;
+            while v > 0 && proposes(v).is_ok_and(|p| p > count) {
+                v -= 1;
+            }
+            v
+        }
+        // Resource metrics are not served by ebb.
+        Target::Utilization(_) => 0,
+    };
+    milli as f64 / 1000.0
+}
+
+fn fallback_condition(floor: Option<i32>) -> Condition {
+    match floor {
+        Some(f) => condition(
+            cond::FALLBACK,
+            true,
+            cond::SOURCES_FAILING,
+            &format!(
+                "every metric failed on several readings in a row: holding at least {f} replicas, no scale-down"
+            ),
+        ),
+        None => condition(
+            cond::FALLBACK,
+            false,
+            cond::METRICS_AVAILABLE,
+            "metrics are read normally",
+        ),
+    }
+}
+
+fn condition(type_: &'static str, status: bool, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_,
+        status,
+        reason: reason.to_string(),
+        message: message.to_string(),
+    }
+}
