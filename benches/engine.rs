@@ -106,11 +106,11 @@ fn full_replay(c: &mut Criterion) {
     let mut group = c.benchmark_group("replay/worldcup");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
-    for name in ["hpa", "kpa", "oracle", "hpa-engine", "ebb"] {
+    for name in ["hpa", "kpa", "oracle", "hpa-engine", "ebb", "ebb-hpa"] {
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut policy = make_policy(name, &demand, &cfg, &Default::default(), None)
-                    .expect("a known policy");
+                let mut policy =
+                    make_policy(name, &demand, &cfg, &Default::default()).expect("a known policy");
                 black_box(replay(black_box(&trace.values), &cfg, policy.as_mut()))
             })
         });

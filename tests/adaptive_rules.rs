@@ -1,15 +1,17 @@
-//! The `ebb` policy (engine::adaptive) on series with a known answer, on the WorldCup trace, and
+//! The `ebb` policy (the decision machine, engine::target, in mode Direct) on series with a known answer, on the WorldCup trace, and
 //! the no-peeking property: a decision at step k does not change when the trace is cut right
 //! after k.
 
+use ebb::backtest::machine::{MachinePolicy, protocol_spec};
 use ebb::backtest::replay::{ReplayConfig, replay};
 use ebb::backtest::synthetic::{self, Shape};
 use ebb::backtest::trace::{self, Trace};
 use ebb::backtest::{
     BacktestOptions, BacktestReport, PolicyResult, format_table, parse_policies, run_backtest,
 };
-use ebb::engine::adaptive::{AdaptiveConfig, AdaptiveState, Basis, EbbPolicy};
+use ebb::engine::adaptive::{AdaptiveConfig, AdaptiveState, Basis};
 use ebb::engine::forecast::Period;
+use ebb::engine::target::Mode;
 
 fn backtest(series: &Trace, last_days: Option<f64>) -> BacktestReport {
     let opts = BacktestOptions {
@@ -28,12 +30,10 @@ fn row<'a>(r: &'a BacktestReport, name: &str) -> &'a PolicyResult {
 
 /// The ebb decisions over `values`, replayed as the backtest does.
 fn ebb_decisions(series: &Trace, values: &[Option<f64>], cfg: &ReplayConfig) -> Vec<u32> {
-    let mut policy = EbbPolicy::new(
-        AdaptiveConfig::default(),
-        Some((cfg.startup_delay, cfg.step_seconds)),
-    );
     let mut cfg = *cfg;
     cfg.start_unix = series.start;
+    let spec = protocol_spec(Mode::Direct, &cfg, &AdaptiveConfig::default(), None);
+    let mut policy = MachinePolicy::new(spec, &cfg);
     replay(values, &cfg, &mut policy).decisions
 }
 
@@ -142,10 +142,11 @@ fn a_static_target_set_too_high_is_corrected_by_the_slo() {
     let mut cfg = ReplayConfig::for_series(&series.values, 60.0, None, None).unwrap();
     cfg.target_per_pod = 1.5 * c;
     cfg.start_unix = series.start;
-    let mut policy = EbbPolicy::new(AdaptiveConfig::default(), Some((1, 60.0)))
-        .with_slo(SloConfig::with_objective(1.0));
+    let slo = SloConfig::with_objective(1.0);
+    let spec = protocol_spec(Mode::Direct, &cfg, &AdaptiveConfig::default(), Some(&slo));
+    let mut policy = MachinePolicy::new(spec, &cfg);
     replay(&series.values, &cfg, &mut policy);
-    let learned = policy.slo_target().unwrap();
+    let learned = policy.machine().learned(0).unwrap().slo.unwrap();
     assert_eq!(learned.basis, SloBasis::Knee, "{learned:?}");
     let knee = learned.knee.unwrap();
     // Within a bin (2 %) of c, the readings around it mixed.

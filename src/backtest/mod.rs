@@ -4,6 +4,7 @@
 //! decides, it only reads, replays, scores and writes.
 
 pub mod frontier;
+pub mod machine;
 pub mod metrics;
 pub mod plot;
 pub mod prometheus;
@@ -16,10 +17,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::engine::adaptive::{AdaptiveConfig, AdaptiveError, EbbPolicy};
+use crate::crd::ScaledTarget;
+use crate::engine::adaptive::{AdaptiveConfig, AdaptiveError};
 use crate::engine::baseline::{self, HpaBaseline, HpaEngineBaseline, KpaBaseline, OracleBaseline};
 use crate::engine::policy::ReplayPolicy;
 use crate::engine::slo::SloConfig;
+use crate::engine::target::Mode;
 use frontier::{Family, FrontierOptions, FrontierRow};
 use metrics::Elasticity;
 use replay::{Replay, ReplayConfig};
@@ -75,12 +78,13 @@ pub enum BacktestError {
 }
 
 /// Every policy `--policy` knows, in table order: the baselines, then ebb's own.
-pub const POLICY_NAMES: [&str; 5] = [
+pub const POLICY_NAMES: [&str; 6] = [
     baseline::NAMES[0],
     baseline::NAMES[1],
     baseline::NAMES[2],
     baseline::NAMES[3],
     "ebb",
+    "ebb-hpa",
 ];
 
 /// Result alias of the backtest layer.
@@ -120,7 +124,8 @@ pub struct BacktestArgs {
     /// Step of the range query in seconds.
     #[arg(long, default_value_t = 60, requires = "prometheus")]
     pub step: i64,
-    /// Policies to replay: oracle, hpa, kpa, hpa-engine, ebb, a comma list, or all.
+    /// Policies to replay: oracle, hpa, kpa, hpa-engine, ebb (mode Direct), ebb-hpa (mode Hpa:
+    /// through a modelled HPA), a comma list, or all.
     #[arg(long, default_value = "all")]
     pub policy: String,
     /// Load one pod serves per step (default: median load / 10).
@@ -165,6 +170,15 @@ pub struct BacktestArgs {
     /// startup delay overrides its `startupDelaySeconds`.
     #[arg(long, value_name = "FILE")]
     pub adaptive: Option<PathBuf>,
+    /// The ScaledTarget to replay (YAML or JSON, as it will be applied): `ebb` and `ebb-hpa`
+    /// decide with its bounds, behavior, targets, adaptive, fallback; the trace feeds the
+    /// metric `--metric` (default: the first). Its bounds and the metric's AverageValue
+    /// target also configure the other policies.
+    #[arg(long, value_name = "FILE", conflicts_with = "adaptive")]
+    pub scaledtarget: Option<PathBuf>,
+    /// The ScaledTarget's metric the trace feeds.
+    #[arg(long, requires = "scaledtarget")]
+    pub metric: Option<String>,
     /// Also tune simple reference policies in hindsight to `--risk` and print the cheapest of
     /// each family (a yardstick for what a goal asks; see docs/adaptive.md).
     #[arg(long)]
@@ -193,8 +207,10 @@ pub struct BacktestOptions {
     pub slo: Option<SloConfig>,
     /// Score only the last N days.
     pub last_days: Option<f64>,
-    /// Configuration of the `ebb` policy.
+    /// Configuration of the `ebb` policies (without a ScaledTarget).
     pub adaptive: AdaptiveConfig,
+    /// The ScaledTarget `ebb` and `ebb-hpa` replay, and its metric fed by the trace.
+    pub scaled_target: Option<(ScaledTarget, Option<String>)>,
     /// Tune the reference families too.
     pub frontier: Option<FrontierOptions>,
 }
@@ -289,25 +305,27 @@ pub fn make_policy(
     name: &str,
     demand: &[Option<u32>],
     cfg: &ReplayConfig,
-    adaptive: &AdaptiveConfig,
-    slo: Option<&SloConfig>,
-) -> Option<Box<dyn ReplayPolicy>> {
-    Some(match name {
-        "ebb" => {
-            let ebb = EbbPolicy::new(
-                adaptive.clone(),
-                Some((cfg.startup_delay, cfg.step_seconds)),
-            );
-            Box::new(match slo {
-                Some(slo) => ebb.with_slo(slo.clone()),
-                None => ebb,
-            })
-        }
+    opts: &BacktestOptions,
+) -> Result<Box<dyn ReplayPolicy>> {
+    let ebb = |mode: Mode| -> Result<Box<dyn ReplayPolicy>> {
+        let spec = match &opts.scaled_target {
+            Some((st, metric)) => machine::scaled_target_spec(st, metric.as_deref(), mode)
+                .map_err(|message| BacktestError::InvalidArg {
+                    flag: "--scaledtarget",
+                    message,
+                })?,
+            None => machine::protocol_spec(mode, cfg, &opts.adaptive, opts.slo.as_ref()),
+        };
+        Ok(Box::new(machine::MachinePolicy::new(spec, cfg)))
+    };
+    Ok(match name {
+        "ebb" => ebb(Mode::Direct)?,
+        "ebb-hpa" => ebb(Mode::Hpa)?,
         "oracle" => Box::new(OracleBaseline::new(demand.to_vec(), cfg.startup_delay)),
         "hpa" => Box::new(HpaBaseline::default()),
         "kpa" => Box::new(KpaBaseline),
         "hpa-engine" => Box::new(HpaEngineBaseline::default()),
-        _ => return None,
+        _ => return Err(BacktestError::UnknownPolicy(name.to_string())),
     })
 }
 
@@ -348,6 +366,22 @@ pub fn run_backtest_with_progress(
         }
         cfg.target_per_pod = t;
     }
+    if let Some((st, metric)) = &opts.scaled_target {
+        // The ScaledTarget's bounds and per-pod target configure every policy alike.
+        let spec = machine::scaled_target_spec(st, metric.as_deref(), Mode::Direct).map_err(
+            |message| BacktestError::InvalidArg {
+                flag: "--scaledtarget",
+                message,
+            },
+        )?;
+        cfg.min_replicas = spec.hpa.min_replicas.max(0) as u32;
+        cfg.max_replicas = spec.hpa.max_replicas.max(1) as u32;
+        if let (Ok(crate::engine::Target::AverageValue(t)), None) =
+            (&spec.metrics[0].target, opts.target_per_pod)
+        {
+            cfg.target_per_pod = *t as f64 / 1000.0;
+        }
+    }
     if let Some(slo) = &opts.slo {
         slo.validate()
             .map_err(|message| BacktestError::InvalidArg {
@@ -378,8 +412,7 @@ pub fn run_backtest_with_progress(
         }
     };
     let run = |name: &str| -> Result<(Replay, Elasticity)> {
-        let mut policy = make_policy(name, &demand, &cfg, &opts.adaptive, opts.slo.as_ref())
-            .ok_or_else(|| BacktestError::UnknownPolicy(name.to_string()))?;
+        let mut policy = make_policy(name, &demand, &cfg, opts)?;
         let r = replay::replay(&trace.values, &cfg, policy.as_mut());
         let e = r.score(&demand, cfg.startup_delay, scored_from);
         Ok((r, e))
@@ -583,6 +616,20 @@ pub fn read_adaptive_config(path: &Path) -> Result<AdaptiveConfig> {
     serde_yaml::from_value(section).map_err(|e| fail(e.to_string()))
 }
 
+/// Read a ScaledTarget from YAML or JSON, checked as the API server's schema would type it.
+pub fn read_scaled_target(path: &Path) -> Result<ScaledTarget> {
+    let fail = |message: String| BacktestError::AdaptiveFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let st: ScaledTarget = serde_yaml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    if let Some(a) = &st.spec.adaptive {
+        a.validate()?;
+    }
+    Ok(st)
+}
+
 /// The decisions as CSV `step,desired`.
 pub fn decisions_csv(replay: &Replay) -> String {
     let mut out = String::with_capacity(replay.decisions.len() * 10);
@@ -616,6 +663,8 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         time_column,
         value_column,
         adaptive,
+        scaledtarget,
+        metric,
         frontier,
         risk,
         max_actions,
@@ -631,6 +680,10 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         None => AdaptiveConfig::default(),
     };
     adaptive.validate()?;
+    let scaled_target = match scaledtarget {
+        Some(path) => Some((read_scaled_target(path)?, metric.clone())),
+        None => None,
+    };
     let (series, title) = if let Some(path) = trace {
         (trace::read_trace(path, &opts)?, path.display().to_string())
     } else if let Some(shape) = synthetic {
@@ -691,6 +744,7 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             slo: slo.then(|| SloConfig::with_objective(1.0)),
             last_days: *last_days,
             adaptive,
+            scaled_target,
             frontier: frontier.then_some(FrontierOptions {
                 risk_percent: *risk,
                 max_actions: *max_actions,

@@ -10,7 +10,7 @@
 //!   past drops.
 //!
 //! A fourth rule, optional, learns the per-pod target itself from an SLO signal
-//! ([`super::slo`]); [`EbbPolicy::with_slo`] replays it.
+//! ([`super::slo`]).
 //!
 //! Each value has hard bounds in [`AdaptiveConfig`] and falls back to the static HPA defaults
 //! (no headroom, tolerance 0.1, window 300 s) while its history is short. A seasonal forecast
@@ -26,8 +26,6 @@ use statrs::distribution::{ContinuousCDF, Normal};
 use statrs::statistics::{Data, OrderStatistics};
 
 use super::forecast::{Period, Seasonal};
-use super::policy::{ReplayPolicy, StepContext, demand};
-use super::slo::{SloConfig, SloLearner};
 use super::{DEFAULT_DOWNSCALE_STABILIZATION_SECONDS, DEFAULT_TOLERANCE, Millis, ceil_eps};
 
 /// A tail quantile is trusted once about this many samples lie beyond it.
@@ -874,113 +872,10 @@ fn phase_of_day(ts: Millis) -> usize {
     ts.div_euclid(phase_ms).rem_euclid(PHASES_PER_DAY as i64) as usize
 }
 
-/// The `ebb` policy of `ebb backtest`: [`AdaptiveState`] fed each step's reading, its
-/// recommendation over the reactive `ceil(load / c)`.
-#[derive(Debug, Clone)]
-pub struct EbbPolicy {
-    config: AdaptiveConfig,
-    state: Option<AdaptiveState>,
-    /// The per-pod target learned from the utilization of the pods ([`Self::with_slo`]).
-    slo: Option<SloConfig>,
-    slo_state: Option<SloLearner>,
-}
-
-impl EbbPolicy {
-    /// A policy with this configuration; the replay's startup delay (in steps) overrides
-    /// `startup_delay_seconds` when given.
-    pub fn new(mut config: AdaptiveConfig, startup_delay_steps: Option<(usize, f64)>) -> Self {
-        if let Some((steps, step_seconds)) = startup_delay_steps {
-            config.startup_delay_seconds = (steps as f64 * step_seconds).round() as u64;
-        }
-        Self {
-            config,
-            state: None,
-            slo: None,
-            slo_state: None,
-        }
-    }
-
-    /// Also learn the per-pod target (rule 4, [`super::slo`]) from the SLO signal the replay
-    /// gives: each step's load per ready pod against their utilization (`slo.objective` 1
-    /// means "the SLO breaks above capacity").
-    pub fn with_slo(mut self, slo: SloConfig) -> Self {
-        self.slo = Some(slo);
-        self
-    }
-
-    /// The SLO-learned per-pod target, once the first step ran with one.
-    pub fn slo_target(&self) -> Option<super::slo::SloTarget> {
-        self.slo_state.as_ref().map(SloLearner::learned)
-    }
-
-    /// The learning state, once the first step ran.
-    pub fn state(&self) -> Option<&AdaptiveState> {
-        self.state.as_ref()
-    }
-}
-
-impl ReplayPolicy for EbbPolicy {
-    fn name(&self) -> &str {
-        "ebb"
-    }
-
-    fn decide(&mut self, ctx: &StepContext<'_>) -> u32 {
-        let interval = ((ctx.step_seconds * 1000.0).round() as Millis).max(1);
-        let config = &self.config;
-        let state = self.state.get_or_insert_with(|| {
-            AdaptiveState::new(config.clone(), interval, ctx.target_per_pod).unwrap_or_else(|_| {
-                // The backtest validates the configuration and capacity before the replay.
-                AdaptiveState::new(AdaptiveConfig::default(), interval, 1.0)
-                    .expect("valid defaults")
-            })
-        });
-        let start = ctx.start_unix * 1000;
-        let load = ctx.last_observation();
-        if self.slo_state.is_none()
-            && let Some(slo) = &self.slo
-        {
-            // The backtest validates the SLO configuration before the replay.
-            self.slo_state = SloLearner::new(
-                slo.clone(),
-                ctx.target_per_pod,
-                self.config.min_history_seconds,
-            )
-            .ok();
-        }
-        if ctx.step > 0 {
-            let ts = start + (ctx.step as Millis - 1) * interval;
-            match load {
-                Some(v) => state.observe(ts, v),
-                None => state.observe_missing(ts),
-            }
-            if let (Some(slo), Some(served)) = (&mut self.slo_state, ctx.last_served) {
-                let per_pod = load.map(|l| l / f64::from(served.pods.max(1)));
-                slo.observe(ts, per_pod, Some(served.utilization));
-            }
-        }
-        let per_pod = self
-            .slo_state
-            .as_ref()
-            .map_or(ctx.target_per_pod, |l| l.learned().target);
-        let reactive = load.map_or(ctx.previous, |l| demand(l, per_pod));
-        let now = start + ctx.step as Millis * interval;
-        state
-            .recommend(
-                now,
-                Inputs {
-                    reactive,
-                    load,
-                    target_per_pod: per_pod,
-                    current: ctx.previous,
-                },
-            )
-            .replicas
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::policy::demand;
 
     const MIN: Millis = 60_000;
 

@@ -1,0 +1,192 @@
+//! ebb's own policies in the replay: the decision machine the controller runs
+//! ([`crate::engine::target::TargetMachine`]), stepped once per trace step on the reading of the
+//! step before, as `ebb serve` steps it once per poll.
+//!
+//! - `ebb`: mode Direct. The machine decides and its decision is applied at once (what the
+//!   controller does with `/scale`): adaptive rules, then the HPA algorithm with the
+//!   ScaledTarget's bounds, behavior, stabilization and rate limits, fallback on gaps.
+//! - `ebb-hpa`: mode Hpa. The machine serves values and learned targets to an HPA that it
+//!   models with the engine's HPA algorithm, synced every [`HPA_SYNC_SECONDS`] as the HPA
+//!   controller does (several syncs per step on a minute grid) on the values last served.
+//!
+//! The ScaledTarget comes from `--scaledtarget FILE` (the object a user will apply), else from
+//! the protocol's defaults: one AverageValue metric with the replay's per-pod target, bounds
+//! from the protocol, no behavior (the HPA's legacy path, as a ScaledTarget without one),
+//! `spec.adaptive` from `--adaptive`. Timing differences with a cluster, by design: one reading
+//! per step (the trace's grid, not `pollingInterval`), readings without collection delay, and
+//! an HPA sync that falls on ebb's poll.
+
+use super::replay::ReplayConfig;
+use crate::engine::Millis;
+use crate::engine::NoData;
+use crate::engine::hpa::Replicas;
+use crate::engine::policy::{ReplayPolicy, StepContext};
+use crate::engine::target::{Action, Mode, TargetMachine, TargetSpec};
+
+/// The HPA controller's sync period (`--horizontal-pod-autoscaler-sync-period`, default 15 s).
+pub const HPA_SYNC_SECONDS: i64 = 15;
+
+/// The decision machine as a replay policy.
+pub struct MachinePolicy {
+    name: &'static str,
+    spec: TargetSpec,
+    machine: TargetMachine,
+    /// Feed the SLO rule each step's utilization of the ready pods (`--slo`).
+    slo: bool,
+}
+
+impl MachinePolicy {
+    /// A policy stepping a fresh machine for `spec` (its mode picks the name: `ebb` for
+    /// Direct and Shadow, `ebb-hpa` for Hpa). The readings come once per replay step.
+    pub fn new(mut spec: TargetSpec, cfg: &ReplayConfig) -> Self {
+        spec.interval = step_millis(cfg);
+        let slo = spec
+            .metrics
+            .iter()
+            .any(|m| m.learn.as_ref().is_some_and(|l| l.slo.is_some()));
+        Self {
+            name: match spec.mode {
+                Mode::Hpa => "ebb-hpa",
+                Mode::Direct | Mode::Shadow => "ebb",
+            },
+            spec,
+            machine: TargetMachine::new(),
+            slo,
+        }
+    }
+
+    /// The machine, for tests that look inside after a replay.
+    pub fn machine(&self) -> &TargetMachine {
+        &self.machine
+    }
+}
+
+fn step_millis(cfg: &ReplayConfig) -> Millis {
+    ((cfg.step_seconds * 1000.0).round() as Millis).max(1)
+}
+
+impl ReplayPolicy for MachinePolicy {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn decide(&mut self, ctx: &StepContext<'_>) -> u32 {
+        let interval = self.spec.interval;
+        let now = ctx.start_unix * 1000 + ctx.step as Millis * interval;
+        let previous = ctx.previous.min(i32::MAX as u32) as i32;
+        // Pods that exist are those asked for; the ready ones serve (Value targets).
+        let replicas = |spec: i32| Replicas {
+            spec,
+            status: spec,
+            ready: ctx.ready.min(i32::MAX as u32) as i32,
+        };
+        if ctx.step > 0 {
+            let reading = ctx.last_observation().ok_or(NoData::Empty);
+            let readings = vec![reading; self.spec.metrics.len()];
+            let (signals, pods) = match (self.slo, ctx.last_served) {
+                (true, Some(s)) => (
+                    vec![Some(s.utilization); self.spec.metrics.len()],
+                    Some(s.pods.min(i32::MAX as u32) as i32),
+                ),
+                _ => (Vec::new(), None),
+            };
+            self.machine
+                .observe(now, &self.spec, &readings, &signals, pods);
+        }
+        let step = self.machine.step(now, &self.spec, replicas(previous));
+        let mut count = step.desired;
+        match (self.spec.mode, step.action) {
+            (Mode::Direct, Action::Scale { from, to }) => {
+                self.machine.applied(now, &self.spec, from, to)
+            }
+            (Mode::Hpa, _) => {
+                // The HPA syncs again on the values served until ebb's next poll.
+                let sync = HPA_SYNC_SECONDS * 1000;
+                let mut at = now + sync;
+                while at < now + interval {
+                    count = self.machine.hpa_sync(at, &self.spec, replicas(count));
+                    at += sync;
+                }
+            }
+            _ => {}
+        }
+        count.max(0) as u32
+    }
+}
+
+/// The ScaledTarget of a replay without `--scaledtarget`: one AverageValue metric aimed at the
+/// replay's per-pod target, the protocol's bounds, no behavior, `adaptive` learning (its
+/// startup delay is the replay's), the SLO rule when `slo` is given.
+pub fn protocol_spec(
+    mode: Mode,
+    cfg: &ReplayConfig,
+    adaptive: &crate::engine::adaptive::AdaptiveConfig,
+    slo: Option<&crate::engine::slo::SloConfig>,
+) -> TargetSpec {
+    use crate::engine::hpa::HpaSpec;
+    use crate::engine::learning::LearnSpec;
+    use crate::engine::target::MetricSpec;
+    let mut adaptive = adaptive.clone();
+    adaptive.startup_delay_seconds = (cfg.startup_delay as f64 * cfg.step_seconds).round() as u64;
+    let per_pod = cfg.target_per_pod;
+    let clamp = |v: u32| v.min(i32::MAX as u32) as i32;
+    TargetSpec {
+        mode,
+        hpa: HpaSpec {
+            min_replicas: clamp(cfg.min_replicas),
+            max_replicas: clamp(cfg.max_replicas),
+            ..Default::default()
+        },
+        interval: step_millis(cfg),
+        metrics: vec![MetricSpec {
+            name: "load".into(),
+            target: Ok(crate::engine::Target::AverageValue(
+                (per_pod * 1000.0).round().max(1.0) as i64,
+            )),
+            learn: adaptive.enabled.then(|| LearnSpec {
+                name: "load".into(),
+                static_target: per_pod,
+                slo: slo.cloned(),
+                resume_slo: None,
+                backfill: false,
+                fingerprint: "replay".into(),
+            }),
+        }],
+        adaptive: Some(adaptive),
+        fallback: None,
+        escalation: None,
+        pause: None,
+        revision: Some(("replay".into(), 1)),
+    }
+}
+
+/// The machine's spec of a ScaledTarget for a replay of one metric's series: `metric` (by
+/// name, else the first), in `mode`. The other metrics are left out (the trace is one series;
+/// a metric with no reading would hold every scale-down, as it does in a cluster).
+pub fn scaled_target_spec(
+    st: &crate::crd::ScaledTarget,
+    metric: Option<&str>,
+    mode: Mode,
+) -> Result<TargetSpec, String> {
+    let mut spec = st.machine_spec();
+    let index = match metric {
+        Some(name) => spec
+            .metrics
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| format!("the ScaledTarget has no metric {name:?}"))?,
+        None if spec.metrics.is_empty() => return Err("the ScaledTarget has no metric".into()),
+        None => 0,
+    };
+    let m = spec.metrics.swap_remove(index);
+    if let Err(e) = &m.target {
+        return Err(format!("metric {}: {e}", m.name));
+    }
+    spec.metrics = vec![m];
+    spec.mode = mode;
+    spec.pause = None;
+    if let Some(m) = spec.metrics[0].learn.as_mut() {
+        m.backfill = false;
+    }
+    Ok(spec)
+}
