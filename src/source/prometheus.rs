@@ -3,7 +3,7 @@
 //!
 //! One number means a scalar, or an instant vector with exactly one sample. More series is
 //! [`SourceError::Ambiguous`] (with a hint to aggregate), never "the first one"; no series or a
-//! NaN sample is [`SourceError::NoData`], never 0. Each query has its own timeout, enforced on
+//! NaN or ±Inf sample is [`SourceError::NoData`], never 0. Each query has its own timeout, enforced on
 //! our side (the request is dropped) and passed to Prometheus (which stops evaluating).
 //!
 //! Credentials come from the Secret named by `authSecretRef`, keys: `bearerToken`, or
@@ -242,7 +242,7 @@ impl PrometheusSource {
     }
 
     /// The query's values at `step` from `start` to `end` (Unix seconds, inclusive), as
-    /// `(unix seconds, value)` in time order, NaN samples left out; split into requests of at
+    /// `(unix seconds, value)` in time order, samples that are not finite (NaN, ±Inf) left out; split into requests of at
     /// most [`MAX_POINTS_PER_RANGE_QUERY`] points. A query returning no series gives no points;
     /// more than one series is [`SourceError::Ambiguous`].
     pub async fn range(&self, start: i64, end: i64, step: Duration) -> Result<Vec<(i64, f64)>> {
@@ -319,11 +319,7 @@ pub fn one_value(data: &Data) -> Result<f64> {
             ));
         }
     };
-    if value.is_nan() {
-        Err(SourceError::NoData("the query returned NaN".into()))
-    } else {
-        Ok(value)
-    }
+    super::finite(value, "the query")
 }
 
 fn map_error(e: prometheus_http_query::Error, timeout: Duration) -> SourceError {
@@ -418,8 +414,20 @@ mod tests {
         assert_eq!(one_value(&scalar), Ok(4.5));
         let empty = parse(r#"{"resultType":"vector","result":[]}"#);
         assert!(matches!(one_value(&empty), Err(SourceError::NoData(_))));
-        let nan = parse(r#"{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}"#);
-        assert!(matches!(one_value(&nan), Err(SourceError::NoData(_))));
+        // Prometheus spells the non-finite floats NaN, +Inf and -Inf; none is a value.
+        for spelled in ["NaN", "+Inf", "-Inf"] {
+            let vector = parse(&format!(
+                r#"{{"resultType":"vector","result":[{{"metric":{{}},"value":[1,"{spelled}"]}}]}}"#
+            ));
+            assert_eq!(
+                one_value(&vector),
+                Err(SourceError::NoData(format!("the query returned {spelled}")))
+            );
+            let scalar = parse(&format!(
+                r#"{{"resultType":"scalar","result":[1700000000,"{spelled}"]}}"#
+            ));
+            assert!(matches!(one_value(&scalar), Err(SourceError::NoData(_))));
+        }
         let two = parse(
             r#"{"resultType":"vector","result":[{"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]}"#,
         );
