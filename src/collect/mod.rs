@@ -10,8 +10,8 @@
 //!   previous fetch still runs is skipped for that round rather than piled up.
 //! - **Memory reads**: [`Subscription::get`] and [`Collector::get`] read the cache under a
 //!   short lock, never awaiting and never querying upstream. Every value carries when it was
-//!   fetched and when the query last succeeded ([`CachedValue`]), so readers can judge its age;
-//!   `ebb_source_value_age_seconds` exposes the oldest.
+//!   fetched and when the query last succeeded ([`CachedValue`]), so readers can judge its age
+//!   ([`Subscription::stale_after`]); `ebb_source_value_age_seconds` exposes the oldest.
 //! - **History**: none kept here; [`Subscription::source_history`] asks the source's own
 //!   (Prometheus range queries), see [`crate::history`].
 //!
@@ -30,6 +30,11 @@ use tracing::Instrument as _;
 use crate::history;
 use crate::source::{Connections, Query, Source, SourceError};
 use crate::telemetry::{ErrorLabels, SourceLabels, Telemetry};
+
+/// A cached outcome is stale once this many polling intervals, plus the query's timeout, have
+/// passed since it was fetched: two refreshes in a row have not landed (a stalled scheduler,
+/// an upstream whose queue keeps fetches waiting), so it no longer says what the source says now.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
 
 /// Tuning of the collector.
 #[derive(Debug, Clone)]
@@ -380,6 +385,16 @@ impl Subscription {
         self.slot.read()
     }
 
+    /// How old the cached outcome may be before it is stale: [`STALE_AFTER_INTERVALS`] of the
+    /// interval the query is polled at (the shortest any subscriber asked for), plus its timeout
+    /// (a fetch may take that long to land).
+    pub fn stale_after(&self) -> Duration {
+        let interval = self.slot.schedule.lock().expect("schedule lock").interval();
+        interval
+            .saturating_mul(STALE_AFTER_INTERVALS)
+            .saturating_add(self.slot.query.timeout())
+    }
+
     /// Unsubscribes (the same as dropping the subscription).
     pub fn unregister(self) {}
 
@@ -418,5 +433,33 @@ impl Drop for Subscription {
         }
         self.inner.subscriptions.fetch_sub(1, Ordering::Relaxed);
         self.inner.update_gauges(&slots);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::PrometheusConfig;
+
+    #[tokio::test]
+    async fn a_value_goes_stale_after_three_intervals_of_the_shortest_subscriber_plus_the_timeout()
+    {
+        let collector = Collector::start(Arc::new(Telemetry::new()), Default::default());
+        let config = PrometheusConfig {
+            address: "http://127.0.0.1:9".into(),
+            query: "up".into(),
+            auth_secret_ref: None,
+            timeout: Some("2s".into()),
+            empty_as: None,
+        };
+        let query = Query::Prometheus(config.resolve(None).unwrap());
+        let slow = collector
+            .register(query.clone(), Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(slow.stale_after(), Duration::from_secs(92));
+        let fast = collector.register(query, Duration::from_secs(5)).unwrap();
+        assert_eq!(slow.stale_after(), Duration::from_secs(17));
+        drop(fast);
+        assert_eq!(slow.stale_after(), Duration::from_secs(92));
     }
 }

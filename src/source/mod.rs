@@ -201,6 +201,14 @@ impl Query {
         }
     }
 
+    /// How long one fetch may take (the query's own timeout).
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Self::Prometheus(q) => q.timeout,
+            Self::RabbitMq(q) => q.timeout,
+        }
+    }
+
     /// A short human description (no secrets) for logs.
     pub fn describe(&self) -> String {
         match self {
