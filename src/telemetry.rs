@@ -52,7 +52,7 @@ pub struct SourceMetrics {
     pub value_age: Family<SourceLabels, Gauge<f64, AtomicU64>>,
 }
 
-/// Metrics of the collector (`ebb_collect_*`) and the history (`ebb_history_*`).
+/// Metrics of the collector (`ebb_collect_*`).
 #[derive(Clone, Default)]
 pub struct CollectMetrics {
     /// `ebb_collect_upstream_queries_total{source}`: queries sent upstream (after dedupe).
@@ -64,8 +64,6 @@ pub struct CollectMetrics {
     /// `ebb_collect_skipped_total`: fetches skipped because the previous one of the same query
     /// was still running (an upstream slower than the interval).
     pub skipped: Counter,
-    /// `ebb_history_bytes`: memory held by the history ring buffers.
-    pub history_bytes: Gauge,
 }
 
 fn query_duration_histogram() -> Histogram {
@@ -117,8 +115,6 @@ impl Telemetry {
                 "Subscribers to the polled queries";
             "collect_skipped" => collect.skipped,
                 "Fetches skipped because the previous fetch of the same query was still running";
-            "history_bytes" => collect.history_bytes,
-                "Memory held by the history ring buffers";
         );
         registry.register_collector(Box::new(ProcessCollector));
         Self {

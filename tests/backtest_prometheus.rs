@@ -11,6 +11,7 @@ use ebb::backtest::prometheus::{RangeQuery, fetch, to_trace};
 use ebb::backtest::synthetic::{self, Shape};
 use ebb::backtest::trace::{TraceOptions, read_trace};
 use ebb::localstack::{Stack, StackOptions};
+use ebb::source::{Connections, PrometheusConfig, Query};
 use support::{eventually, start_stack};
 
 const HOURS: usize = 6;
@@ -156,4 +157,76 @@ async fn several_series_or_no_server_is_a_clear_error_never_zero_load() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("prometheus http://127.0.0.1:9"), "{stderr}");
     assert!(out.stdout.is_empty());
+}
+
+/// More steps than Prometheus answers in one range query (11,000 points per series; here 12,000
+/// minutes, 8.3 days): the range is split into requests and every step comes back once, through
+/// `ebb backtest --prometheus` and the adaptive backfill alike (one client).
+#[tokio::test]
+async fn a_range_over_eleven_thousand_steps_comes_back_whole() {
+    const STEPS: i64 = 12_000;
+    let stack = stack();
+    let prometheus = stack.prometheus.as_ref().unwrap();
+    let end = (chrono::Utc::now().timestamp() - 2 * 3600) / 60 * 60;
+    let start = end - (STEPS - 1) * 60;
+    let samples: Vec<(i64, f64)> = (0..STEPS)
+        .map(|i| ((start + i * 60) * 1000, (i % 1440) as f64))
+        .collect();
+    prometheus
+        .push(&[("__name__", "ebb_long_history")], &samples)
+        .await
+        .unwrap();
+    let q = RangeQuery {
+        url: prometheus.url(),
+        query: "ebb_long_history".to_string(),
+        start,
+        end,
+        step_seconds: 60,
+    };
+    let fetched = eventually(Duration::from_secs(30), "12,000 steps", || async {
+        fetch(&q).await.ok().filter(|s| s.len() == samples.len())
+    })
+    .await;
+    assert_eq!(fetched, samples);
+
+    // The backfill's path: the source's history over the same window.
+    let config = PrometheusConfig {
+        address: prometheus.url(),
+        query: "ebb_long_history".to_string(),
+        auth_secret_ref: None,
+        timeout: None,
+        empty_as: None,
+    };
+    let source = Connections::new()
+        .source_for(&Query::Prometheus(config.resolve(None).unwrap()))
+        .unwrap();
+    let window = Duration::from_secs(STEPS as u64 * 60);
+    let history = ebb::history::backfill(source.as_ref(), window, end, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let in_seconds: Vec<(i64, f64)> = samples.iter().map(|&(t, v)| (t / 1000, v)).collect();
+    assert_eq!(history, in_seconds);
+
+    // ... and the command replays every step.
+    let (s, e) = (start.to_string(), end.to_string());
+    let url = prometheus.url();
+    let out = ebb(&[
+        "backtest",
+        "--prometheus",
+        &url,
+        "--query",
+        "ebb_long_history",
+        "--start",
+        &s,
+        "--end",
+        &e,
+        "--policy",
+        "hpa",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["steps"], STEPS);
 }

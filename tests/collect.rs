@@ -1,5 +1,5 @@
 //! The collector against a real Prometheus: identical queries are fetched once per interval
-//! (counted at Prometheus), history is backfilled at registration, failures are cached as
+//! (counted at Prometheus), history comes from Prometheus itself, failures are cached as
 //! errors next to the last good value, and the cache recovers with the upstream.
 
 mod support;
@@ -70,13 +70,7 @@ async fn round_after(subs: &[Subscription], after: tokio::time::Instant) -> toki
 async fn a_hundred_targets_over_ten_queries_cost_ten_upstream_queries_per_interval() {
     let stack = prometheus_only();
     let prometheus = stack.prometheus.as_ref().unwrap();
-    let collector = Collector::start(
-        Arc::new(Telemetry::new()),
-        CollectorOptions {
-            history_window: None,
-            ..Default::default()
-        },
-    );
+    let collector = Collector::start(Arc::new(Telemetry::new()), CollectorOptions::default());
     // Long enough that reading Prometheus's counter after a round always ends before the next
     // round starts, even on a loaded machine.
     let interval = Duration::from_secs(5);
@@ -118,7 +112,7 @@ async fn a_hundred_targets_over_ten_queries_cost_ten_upstream_queries_per_interv
 }
 
 #[tokio::test]
-async fn history_is_backfilled_from_prometheus_at_registration() {
+async fn a_subscription_reads_its_history_from_prometheus() {
     let stack = prometheus_only();
     let prometheus = stack.prometheus.as_ref().unwrap();
     // 30 minutes of history, as if ebb had been restarted.
@@ -130,32 +124,22 @@ async fn history_is_backfilled_from_prometheus_at_registration() {
         .push(&[("__name__", "learned_load")], &samples)
         .await
         .unwrap();
-    let collector = Collector::start(
-        Arc::new(Telemetry::new()),
-        CollectorOptions {
-            history_window: Some(Duration::from_secs(3600)),
-            ..Default::default()
-        },
-    );
+    let collector = Collector::start(Arc::new(Telemetry::new()), CollectorOptions::default());
     let sub = collector
         .register(
             query(&prometheus.url(), "learned_load"),
             Duration::from_secs(15),
         )
         .unwrap();
-    let points = eventually(
-        Duration::from_secs(30),
-        "the backfilled history",
-        || async {
-            sub.with_history(|ring| ring.iter().collect::<Vec<_>>())
-                .filter(|p| p.len() >= 30)
-        },
-    )
+    let points = eventually(Duration::from_secs(30), "the history", || async {
+        let window = Duration::from_secs(30 * 60);
+        let minute = Duration::from_secs(60);
+        let points = sub.source_history(window, end, minute).await.ok()??;
+        (points.len() == 30).then_some(points)
+    })
     .await;
-    let backfilled: Vec<(i64, f32)> = points.into_iter().filter(|(t, _)| *t <= end).collect();
-    let expected: Vec<(i64, f32)> = samples.iter().map(|&(t, v)| (t / 1000, v as f32)).collect();
-    assert_eq!(backfilled, expected);
-    assert!(collector.history_bytes() >= 60 * 4);
+    let expected: Vec<(i64, f64)> = samples.iter().map(|&(t, v)| (t / 1000, v)).collect();
+    assert_eq!(points, expected);
 }
 
 #[tokio::test]
@@ -240,7 +224,6 @@ async fn a_stalled_upstream_gets_bounded_concurrency_and_no_pile_up() {
         telemetry.clone(),
         CollectorOptions {
             max_concurrency_per_upstream: 2,
-            history_window: None,
             ..Default::default()
         },
     );

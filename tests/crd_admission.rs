@@ -163,6 +163,61 @@ async fn a_target_without_its_quantity_or_of_an_unknown_type_is_rejected() {
 }
 
 #[tokio::test]
+async fn a_target_quantity_that_does_not_parse_is_rejected() {
+    let api = setup().await;
+    for (name, target, says) in [
+        (
+            "average-one",
+            json!({ "type": "AverageValue", "averageValue": "one" }),
+            "averageValue must be a Kubernetes quantity",
+        ),
+        (
+            "value-5x",
+            json!({ "type": "Value", "value": "5x" }),
+            "value must be a Kubernetes quantity",
+        ),
+    ] {
+        let mut object = valid();
+        object["spec"]["metrics"][0]["target"] = target;
+        let message = rejection(&api, name, object).await;
+        assert!(message.contains(says), "{name}: {message}");
+    }
+    // Every form of quantity is accepted, a bare integer too (sent raw: the typed Quantity is a
+    // string), and ebb reads each.
+    use kube::api::{ApiResource, DynamicObject};
+    let ns = api.resource_url().split('/').nth(5).unwrap().to_string();
+    let raw = Api::<DynamicObject>::namespaced_with(
+        kube_client().await,
+        &ns,
+        &ApiResource::erase::<ScaledTarget>(&()),
+    );
+    for (i, quantity) in ["20", "1.5k", "250m", "2Mi", "1e3", "0.5"]
+        .iter()
+        .enumerate()
+    {
+        let mut object = valid();
+        object["metadata"]["name"] = json!(format!("quantity-{i}"));
+        object["spec"]["metrics"][0]["target"]["averageValue"] = json!(quantity);
+        raw.create(
+            &PostParams::default(),
+            &serde_json::from_value(object).unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{quantity}: {e}"));
+        assert!(ebb::crd::milli_value(quantity).is_ok(), "{quantity}");
+    }
+    let mut object = valid();
+    object["metadata"]["name"] = json!("quantity-integer");
+    object["spec"]["metrics"][0]["target"] = json!({ "type": "Value", "value": 20 });
+    raw.create(
+        &PostParams::default(),
+        &serde_json::from_value(object).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn scale_to_zero_in_mode_hpa_is_rejected() {
     let api = setup().await;
     let mut object = valid();

@@ -91,9 +91,20 @@ async fn an_empty_result_is_no_data_not_zero() {
     let source = source(&prometheus.url(), r#"absent_metric{job="none"}"#, "5s");
     let result = source.fetch().await;
     assert!(matches!(result, Err(SourceError::NoData(_))), "{result:?}");
-    // NaN is no data too.
-    let nan = self::source(&prometheus.url(), "vector(0) / 0", "5s");
-    assert!(matches!(nan.fetch().await, Err(SourceError::NoData(_))));
+    // NaN and ±Inf are no data too (an infinite value would scale to max or to min).
+    for query in [
+        "vector(0) / 0",
+        "vector(1) / 0",
+        "vector(-1) / 0",
+        "scalar(vector(1)) / 0",
+    ] {
+        let not_finite = self::source(&prometheus.url(), query, "5s");
+        let result = not_finite.fetch().await;
+        assert!(
+            matches!(result, Err(SourceError::NoData(_))),
+            "{query}: {result:?}"
+        );
+    }
     // Only an explicit emptyAs turns it into a value.
     assert_eq!(apply_empty_as(result.clone(), Some(0.0)), Ok(0.0));
     assert!(apply_empty_as(result, None).is_err());

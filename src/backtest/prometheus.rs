@@ -1,10 +1,15 @@
-//! A load series straight from Prometheus for `ebb backtest --prometheus`: one range query,
-//! placed on the query's step grid (steps the server returns no sample for are missing, never
-//! zero).
+//! A load series straight from Prometheus for `ebb backtest --prometheus`: the source's range
+//! query ([`PrometheusSource::range`], the one the adaptive backfill uses: split into requests
+//! under Prometheus' 11,000-points limit), placed on the query's step grid (steps the server
+//! returns no sample for are missing, never zero).
+
+use std::time::Duration;
 
 use super::trace::Trace;
 use super::{BacktestError, Result};
 use crate::engine::adaptive::{AdaptiveConfig, AdaptiveState};
+use crate::source::PrometheusConfig;
+use crate::source::prometheus::PrometheusSource;
 
 /// One range query.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +26,8 @@ pub struct RangeQuery {
     pub step_seconds: i64,
 }
 
-/// Run the query and return its one series as `(unix milliseconds, value)`, in time order.
+/// Run the query and return its one series as `(unix milliseconds, value)`, in time order;
+/// samples that are not finite are left out. No sample at all is an error, never zero load.
 pub async fn fetch(q: &RangeQuery) -> Result<Vec<(i64, f64)>> {
     let fail = |message: String| BacktestError::Prometheus {
         url: q.url.clone(),
@@ -36,29 +42,28 @@ pub async fn fetch(q: &RangeQuery) -> Result<Vec<(i64, f64)>> {
             ),
         });
     }
-    let client =
-        prometheus_http_query::Client::try_from(q.url.as_str()).map_err(|e| fail(e.to_string()))?;
-    let result = client
-        .query_range(&q.query, q.start, q.end, q.step_seconds as f64)
-        .get()
+    let config = PrometheusConfig {
+        address: q.url.clone(),
+        query: q.query.clone(),
+        auth_secret_ref: None,
+        timeout: None,
+        empty_as: None,
+    };
+    let source = config
+        .resolve(None)
+        .and_then(|query| PrometheusSource::connect(&query))
+        .map_err(|e| fail(e.to_string()))?;
+    let points = source
+        .range(q.start, q.end, Duration::from_secs(q.step_seconds as u64))
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let Some(matrix) = result.data().as_matrix() else {
-        return Err(fail("the query did not return a range vector".to_string()));
-    };
-    match matrix.as_slice() {
-        [] => Err(fail(format!("the query {:?} returned no series", q.query))),
-        [one] => Ok(one
-            .samples()
-            .iter()
-            .map(|s| ((s.timestamp() * 1000.0).round() as i64, s.value()))
-            .collect()),
-        several => Err(fail(format!(
-            "the query {:?} returned {} series; aggregate it to one (e.g. sum(...))",
-            q.query,
-            several.len()
-        ))),
+    if points.is_empty() {
+        return Err(fail(format!(
+            "the query {:?} returned no samples from {} to {}",
+            q.query, q.start, q.end
+        )));
     }
+    Ok(points.into_iter().map(|(s, v)| (s * 1000, v)).collect())
 }
 
 /// Rebuild the adaptive learning state from the query's history, as after a restart: the

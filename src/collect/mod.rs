@@ -10,10 +10,10 @@
 //!   previous fetch still runs is skipped for that round rather than piled up.
 //! - **Memory reads**: [`Subscription::get`] and [`Collector::get`] read the cache under a
 //!   short lock, never awaiting and never querying upstream. Every value carries when it was
-//!   fetched and when the query last succeeded ([`CachedValue`]), so readers can judge its age;
-//!   `ebb_source_value_age_seconds` exposes the oldest.
-//! - **History**: each slot owns a [`SeriesRing`], fed by successful fetches and backfilled at
-//!   registration from the source's own history (Prometheus range queries).
+//!   fetched and when the query last succeeded ([`CachedValue`]), so readers can judge its age
+//!   ([`Subscription::stale_after`]); `ebb_source_value_age_seconds` exposes the oldest.
+//! - **History**: none kept here; [`Subscription::source_history`] asks the source's own
+//!   (Prometheus range queries), see [`crate::history`].
 //!
 //! Timeouts are the sources' own (each query has one); a failure is cached as the error it
 //! is, next to the last good value, never as a number.
@@ -27,9 +27,14 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::history::{self, SeriesRing};
+use crate::history;
 use crate::source::{Connections, Query, Source, SourceError};
 use crate::telemetry::{ErrorLabels, SourceLabels, Telemetry};
+
+/// A cached outcome is stale once this many polling intervals, plus the query's timeout, have
+/// passed since it was fetched: two refreshes in a row have not landed (a stalled scheduler,
+/// an upstream whose queue keeps fetches waiting), so it no longer says what the source says now.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
 
 /// Tuning of the collector.
 #[derive(Debug, Clone)]
@@ -38,8 +43,6 @@ pub struct CollectorOptions {
     pub max_concurrency_per_upstream: usize,
     /// How often the scheduler looks for due queries: the resolution of intervals.
     pub tick: Duration,
-    /// History kept per distinct query; `None` keeps none (and backfills nothing).
-    pub history_window: Option<Duration>,
 }
 
 impl Default for CollectorOptions {
@@ -47,8 +50,6 @@ impl Default for CollectorOptions {
         Self {
             max_concurrency_per_upstream: 16,
             tick: Duration::from_millis(250),
-            // A week: enough for daily and weekly seasonality; ~41 KiB per distinct query.
-            history_window: Some(Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -88,7 +89,6 @@ struct Slot {
     labels: SourceLabels,
     schedule: Mutex<Schedule>,
     value: RwLock<Option<CachedValue>>,
-    history: Option<Mutex<SeriesRing>>,
     created_at: Instant,
 }
 
@@ -117,8 +117,6 @@ struct Inner {
     telemetry: Arc<Telemetry>,
     /// Subscriptions alive.
     subscriptions: AtomicUsize,
-    /// Heap bytes of all history rings (fixed at each ring's creation).
-    history_bytes: AtomicUsize,
     /// Wakes the scheduler early when a new query is registered (its first fetch is due now).
     wake: Notify,
 }
@@ -140,7 +138,6 @@ impl Collector {
             options,
             telemetry,
             subscriptions: AtomicUsize::new(0),
-            history_bytes: AtomicUsize::new(0),
             wake: Notify::new(),
         });
         tokio::spawn(run_scheduler(Arc::downgrade(&inner)));
@@ -149,7 +146,7 @@ impl Collector {
 
     /// Subscribes to `query`, polled at least every `interval`. The first subscriber to a
     /// query creates its source (failing only on unusable configuration) and triggers an
-    /// immediate fetch and the history backfill; later ones share all of it.
+    /// immediate fetch; later ones share both.
     /// Call from within the tokio runtime the collector was started on.
     pub fn register(&self, query: Query, interval: Duration) -> Result<Subscription, SourceError> {
         let inner = &self.inner;
@@ -189,20 +186,9 @@ impl Collector {
                         in_flight: false,
                     }),
                     value: RwLock::new(None),
-                    history: inner
-                        .options
-                        .history_window
-                        .map(|w| Mutex::new(SeriesRing::with_window(w))),
                     created_at: now,
                 });
-                if let Some(history) = &slot.history {
-                    let bytes = history.lock().expect("history lock").heap_bytes();
-                    inner.history_bytes.fetch_add(bytes, Ordering::Relaxed);
-                }
                 slots.insert(query, slot.clone());
-                if let Some(window) = inner.options.history_window {
-                    tokio::spawn(backfill(slot.clone(), window));
-                }
                 inner.wake.notify_one();
                 slot
             }
@@ -234,11 +220,6 @@ impl Collector {
         self.inner.slots.lock().expect("slots lock").len()
     }
 
-    /// Heap bytes held by all history rings.
-    pub fn history_bytes(&self) -> usize {
-        self.inner.history_bytes.load(Ordering::Relaxed)
-    }
-
     /// The telemetry this collector records into.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.inner.telemetry
@@ -260,9 +241,6 @@ impl Inner {
         collect
             .subscriptions
             .set(self.subscriptions.load(Ordering::Relaxed) as i64);
-        collect
-            .history_bytes
-            .set(self.history_bytes.load(Ordering::Relaxed) as i64);
     }
 
     /// Starts the fetches that are due, and refreshes the value-age gauges.
@@ -367,12 +345,6 @@ async fn fetch(inner: Arc<Inner>, slot: Arc<Slot>, due_at: Instant) {
     };
     let fetched_at = Instant::now();
     let timestamp = SystemTime::now();
-    if let (Ok(v), Some(history)) = (&result, &slot.history) {
-        let unix = timestamp
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        history.lock().expect("history lock").push(unix, *v);
-    }
     {
         let mut value = slot.value.write().expect("value lock");
         let last_ok = match &result {
@@ -388,32 +360,6 @@ async fn fetch(inner: Arc<Inner>, slot: Arc<Slot>, due_at: Instant) {
         });
     }
     slot.schedule.lock().expect("schedule lock").in_flight = false;
-}
-
-/// Fills a new slot's history from its source's own (Prometheus range queries).
-async fn backfill(slot: Arc<Slot>, window: Duration) {
-    let Some(history) = &slot.history else { return };
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let points = {
-        let _permit = slot
-            .upstream
-            .acquire()
-            .await
-            .expect("semaphores are never closed");
-        history::backfill(slot.source.as_ref(), window, now).await
-    };
-    match points {
-        Ok(Some(points)) => {
-            let kept = history.lock().expect("history lock").extend(points);
-            tracing::debug!(query = %slot.query.describe(), points = kept, "history backfilled");
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(query = %slot.query.describe(), error = %e, "history backfill failed");
-        }
-    }
 }
 
 /// A subscriber's hold on a polled query. Dropping it unsubscribes; the query stops being
@@ -439,6 +385,16 @@ impl Subscription {
         self.slot.read()
     }
 
+    /// How old the cached outcome may be before it is stale: [`STALE_AFTER_INTERVALS`] of the
+    /// interval the query is polled at (the shortest any subscriber asked for), plus its timeout
+    /// (a fetch may take that long to land).
+    pub fn stale_after(&self) -> Duration {
+        let interval = self.slot.schedule.lock().expect("schedule lock").interval();
+        interval
+            .saturating_mul(STALE_AFTER_INTERVALS)
+            .saturating_add(self.slot.query.timeout())
+    }
+
     /// Unsubscribes (the same as dropping the subscription).
     pub fn unregister(self) {}
 
@@ -448,8 +404,8 @@ impl Subscription {
     }
 
     /// The query's past values from its source's own history at `step` over `window` ending at
-    /// `now` (Unix seconds), as [`history::backfill_at`]: `Ok(None)` when the source keeps no
-    /// history (RabbitMQ). Independent of the collector's 1-minute ring.
+    /// `now` (Unix seconds), as [`history::backfill`]: `Ok(None)` when the source keeps no
+    /// history (RabbitMQ).
     pub fn source_history(
         &self,
         window: Duration,
@@ -458,13 +414,7 @@ impl Subscription {
     ) -> futures::future::BoxFuture<'static, Result<Option<crate::source::Points>, SourceError>>
     {
         let source = self.slot.source.clone();
-        Box::pin(async move { history::backfill_at(source.as_ref(), window, now, step).await })
-    }
-
-    /// Runs `f` on the query's history (`None` when the collector keeps none).
-    pub fn with_history<R>(&self, f: impl FnOnce(&SeriesRing) -> R) -> Option<R> {
-        let history = self.slot.history.as_ref()?;
-        Some(f(&history.lock().expect("history lock")))
+        Box::pin(async move { history::backfill(source.as_ref(), window, now, step).await })
     }
 }
 
@@ -480,12 +430,36 @@ impl Drop for Subscription {
         };
         if now_unused {
             slots.remove(&self.slot.query);
-            if let Some(history) = &self.slot.history {
-                let bytes = history.lock().expect("history lock").heap_bytes();
-                self.inner.history_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            }
         }
         self.inner.subscriptions.fetch_sub(1, Ordering::Relaxed);
         self.inner.update_gauges(&slots);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::PrometheusConfig;
+
+    #[tokio::test]
+    async fn a_value_goes_stale_after_three_intervals_of_the_shortest_subscriber_plus_the_timeout()
+    {
+        let collector = Collector::start(Arc::new(Telemetry::new()), Default::default());
+        let config = PrometheusConfig {
+            address: "http://127.0.0.1:9".into(),
+            query: "up".into(),
+            auth_secret_ref: None,
+            timeout: Some("2s".into()),
+            empty_as: None,
+        };
+        let query = Query::Prometheus(config.resolve(None).unwrap());
+        let slow = collector
+            .register(query.clone(), Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(slow.stale_after(), Duration::from_secs(92));
+        let fast = collector.register(query, Duration::from_secs(5)).unwrap();
+        assert_eq!(slow.stale_after(), Duration::from_secs(17));
+        drop(fast);
+        assert_eq!(slow.stale_after(), Duration::from_secs(92));
     }
 }

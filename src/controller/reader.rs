@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::collect::{Collector, Subscription};
+use crate::collect::{CachedValue, Collector, Subscription};
 use crate::crd::Metric;
 use crate::source::{SourceError, apply_empty_as};
 
@@ -23,6 +23,9 @@ pub enum ReadError {
     /// The metric's configuration cannot be used (missing secret key, bad URL).
     #[error("bad configuration: {0}")]
     Config(String),
+    /// The last answer is too old to stand for now: its refreshes have not landed.
+    #[error("stale: {0}")]
+    Stale(String),
 }
 
 impl ReadError {
@@ -30,6 +33,7 @@ impl ReadError {
     pub fn no_data(&self) -> crate::engine::NoData {
         match self {
             ReadError::Empty(_) => crate::engine::NoData::Empty,
+            ReadError::Stale(_) => crate::engine::NoData::Stale,
             _ => crate::engine::NoData::SourceFailed,
         }
     }
@@ -180,7 +184,8 @@ impl MetricReader for CollectReader {
                 ))
             })?;
             let empty_as = metric.prometheus.as_ref().and_then(|p| p.empty_as);
-            Ok(apply_empty_as(cached.result, empty_as)?)
+            let now = tokio::time::Instant::now();
+            current_value(cached, now, subscription.stale_after(), empty_as)
         })
     }
 
@@ -196,5 +201,71 @@ impl MetricReader for CollectReader {
             let (subscription, _) = self.subscription(namespace, metric, interval).await?;
             Ok(subscription.source_history(window, now, interval).await?)
         })
+    }
+}
+
+/// What a read makes of the cached outcome at `now`: its value (`emptyAs` applied) or its error;
+/// but an outcome older than `stale_after` is [`ReadError::Stale`], whatever it holds: a value
+/// whose refreshes stopped landing is not what the source says now (and an old "no data" is
+/// not turned into `emptyAs` either).
+fn current_value(
+    cached: CachedValue,
+    now: tokio::time::Instant,
+    stale_after: Duration,
+    empty_as: Option<f64>,
+) -> Result<f64, ReadError> {
+    let age = now.saturating_duration_since(cached.fetched_at);
+    if age > stale_after {
+        return Err(ReadError::Stale(format!(
+            "the last answer is {}s old, over the {}s a refresh should take",
+            age.as_secs(),
+            stale_after.as_secs()
+        )));
+    }
+    Ok(apply_empty_as(cached.result, empty_as)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceError;
+
+    /// An outcome fetched at `fetched_at`.
+    fn cached(result: Result<f64, SourceError>, fetched_at: tokio::time::Instant) -> CachedValue {
+        CachedValue {
+            result,
+            due_at: fetched_at,
+            fetched_at,
+            timestamp: std::time::SystemTime::now(),
+            last_ok: None,
+        }
+    }
+
+    #[test]
+    fn a_value_is_read_until_it_is_stale_then_it_is_no_data() {
+        let fetched = tokio::time::Instant::now();
+        let bound = Duration::from_secs(50);
+        let read = |result: Result<f64, SourceError>, age: u64, empty_as| {
+            let now = fetched + Duration::from_secs(age);
+            current_value(cached(result, fetched), now, bound, empty_as)
+        };
+        assert_eq!(read(Ok(7.0), 0, None), Ok(7.0));
+        assert_eq!(read(Ok(7.0), 50, None), Ok(7.0));
+        let stale = read(Ok(7.0), 51, None);
+        assert!(matches!(stale, Err(ReadError::Stale(_))), "{stale:?}");
+        assert_eq!(stale.unwrap_err().no_data(), crate::engine::NoData::Stale);
+        // emptyAs stands for a fresh "no data" only.
+        let no_data = || Err(SourceError::NoData("empty".into()));
+        assert_eq!(read(no_data(), 10, Some(0.0)), Ok(0.0));
+        assert!(matches!(
+            read(no_data(), 51, Some(0.0)),
+            Err(ReadError::Stale(_))
+        ));
+        // A fresh failure stays the failure it is.
+        let down = Err(SourceError::Unreachable("refused".into()));
+        assert!(matches!(
+            read(down, 1, None),
+            Err(ReadError::SourceFailed(_))
+        ));
     }
 }

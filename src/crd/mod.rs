@@ -252,10 +252,27 @@ pub struct MetricTarget {
     pub type_: TargetType,
     /// The target total (type Value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self))")
+        .message("value must be a Kubernetes quantity, e.g. 100, 1.5k, 250m"))]
+    #[schemars(schema_with = "bounded_quantity")]
     pub value: Option<Quantity>,
     /// The target per replica (type AverageValue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self))")
+        .message("averageValue must be a Kubernetes quantity, e.g. 100, 1.5k, 250m"))]
+    #[schemars(schema_with = "bounded_quantity")]
     pub average_value: Option<Quantity>,
+}
+
+/// The schema of an optional target quantity: an integer or a string, as upstream's Quantity,
+/// of at most 64 characters. Without a bound on its length the API server estimates the
+/// `isQuantity()` rule over a string as long as a request, beyond its CEL cost budget.
+fn bounded_quantity(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "nullable": true,
+        "x-kubernetes-int-or-string": true,
+        "maxLength": 64,
+    })
 }
 
 impl MetricTarget {

@@ -31,10 +31,14 @@ pub fn milli_value(text: &str) -> Result<i64, QuantityError> {
         "G" => 1e9,
         "T" => 1e12,
         "P" => 1e15,
+        // Exa, not an exponent: the API server's grammar (and its isQuantity()) says so.
+        "E" => 1e18,
         "Ki" => 1024.0,
         "Mi" => 1024.0 * 1024.0,
         "Gi" => 1024.0 * 1024.0 * 1024.0,
         "Ti" => 1024.0f64.powi(4),
+        "Pi" => 1024.0f64.powi(5),
+        "Ei" => 1024.0f64.powi(6),
         s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse::<i32>().map_err(|_| invalid())?),
         _ => return Err(invalid()),
     };
@@ -67,6 +71,14 @@ mod tests {
         assert_eq!(milli_value("2Ki"), Ok(2_048_000));
         assert_eq!(milli_value("1e3"), Ok(1_000_000));
         assert_eq!(milli_value("0.0001"), Ok(1)); // rounded up, as MilliValue()
+        // Every suffix the API server accepts: E is exa; values beyond milli-units are too large.
+        assert_eq!(milli_value("1E3"), Ok(1_000_000));
+        assert_eq!(milli_value("1Pi"), Ok(1_125_899_906_842_624_000));
+        assert!(matches!(milli_value("1E"), Err(QuantityError::TooLarge(_))));
+        assert!(matches!(
+            milli_value("1Ei"),
+            Err(QuantityError::TooLarge(_))
+        ));
         assert!(matches!(milli_value("ten"), Err(QuantityError::Invalid(_))));
         assert!(matches!(milli_value("5x"), Err(QuantityError::Invalid(_))));
         assert_eq!(from_milli(1500), "1500m");

@@ -12,7 +12,7 @@
 //!   built from a [`Query`] by [`Connections`], which shares HTTP clients and AMQP connections per
 //!   upstream.
 //!
-//! "No data" (an empty result, NaN) is an error, [`SourceError::NoData`], never a zero: KEDA
+//! "No data" (an empty result, NaN, ±Inf) is an error, [`SourceError::NoData`], never a zero: KEDA
 //! users have been scaled to the minimum at peak because an empty result read as 0. A metric may
 //! say explicitly what empty means (`emptyAs`); that is applied when the value is read
 //! ([`apply_empty_as`]), so the cached upstream result stays the truth.
@@ -36,7 +36,7 @@ pub use secret::{SecretData, SecretRef, TlsMaterial};
 /// it next to the values.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SourceError {
-    /// The query ran but returned nothing (an empty vector, no matching queue, NaN).
+    /// The query ran but returned nothing (an empty vector, no matching queue, NaN, ±Inf).
     #[error("no data: {0}")]
     NoData(String),
     /// The upstream could not be reached (connection refused, DNS, reset, broker down).
@@ -139,8 +139,8 @@ pub type Points = Vec<(i64, f64)>;
 
 /// A metric source: fetches the current value of one resolved query.
 ///
-/// Implementations time out on their own (the timeout is part of the query) and never turn a
-/// failure into a number.
+/// Implementations time out on their own (the timeout is part of the query), never turn a
+/// failure into a number, and yield only finite numbers ([`finite`]).
 pub trait Source: Send + Sync {
     /// Fetches the current value.
     fn fetch(&self) -> BoxFuture<'_, Result<f64>>;
@@ -201,6 +201,14 @@ impl Query {
         }
     }
 
+    /// How long one fetch may take (the query's own timeout).
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Self::Prometheus(q) => q.timeout,
+            Self::RabbitMq(q) => q.timeout,
+        }
+    }
+
     /// A short human description (no secrets) for logs.
     pub fn describe(&self) -> String {
         match self {
@@ -208,6 +216,24 @@ impl Query {
             Self::RabbitMq(q) => format!("rabbitmq {} {}", q.connection.upstream(), q.describe()),
         }
     }
+}
+
+/// `value` if it is finite; NaN and ±Inf are [`SourceError::NoData`]: no replica count can be
+/// derived from them (+Inf would scale to the maximum, -Inf to the minimum). `what` names the
+/// value's origin in the message.
+pub fn finite(value: f64, what: &str) -> Result<f64> {
+    if value.is_finite() {
+        return Ok(value);
+    }
+    // Spelled as Prometheus does.
+    let spelled = if value.is_nan() {
+        "NaN"
+    } else if value > 0.0 {
+        "+Inf"
+    } else {
+        "-Inf"
+    };
+    Err(SourceError::NoData(format!("{what} returned {spelled}")))
 }
 
 /// Applies a metric's explicit `emptyAs`: [`SourceError::NoData`] becomes that value; every
@@ -324,6 +350,21 @@ mod tests {
         let down = Err(SourceError::Unreachable("refused".into()));
         assert_eq!(apply_empty_as(down.clone(), Some(0.0)), down);
         assert_eq!(apply_empty_as(Ok(3.0), Some(0.0)), Ok(3.0));
+    }
+
+    #[test]
+    fn only_finite_numbers_are_values() {
+        assert_eq!(finite(-2.5, "q"), Ok(-2.5));
+        for (v, spelled) in [
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+        ] {
+            assert_eq!(
+                finite(v, "q"),
+                Err(SourceError::NoData(format!("q returned {spelled}")))
+            );
+        }
     }
 
     #[test]

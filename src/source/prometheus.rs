@@ -3,7 +3,7 @@
 //!
 //! One number means a scalar, or an instant vector with exactly one sample. More series is
 //! [`SourceError::Ambiguous`] (with a hint to aggregate), never "the first one"; no series or a
-//! NaN sample is [`SourceError::NoData`], never 0. Each query has its own timeout, enforced on
+//! NaN or ±Inf sample is [`SourceError::NoData`], never 0. Each query has its own timeout, enforced on
 //! our side (the request is dropped) and passed to Prometheus (which stops evaluating).
 //!
 //! Credentials come from the Secret named by `authSecretRef`, keys: `bearerToken`, or
@@ -227,6 +227,12 @@ impl PrometheusSource {
         }
     }
 
+    /// A source for `query` with a client of its own, for one-off use (`ebb backtest
+    /// --prometheus`); the collector shares clients through [`super::Connections`].
+    pub fn connect(query: &PrometheusQuery) -> Result<Self> {
+        Ok(Self::new(client(&query.address, &query.auth)?, query))
+    }
+
     /// Runs the instant query once.
     pub async fn instant(&self) -> Result<f64> {
         let request = self
@@ -242,7 +248,7 @@ impl PrometheusSource {
     }
 
     /// The query's values at `step` from `start` to `end` (Unix seconds, inclusive), as
-    /// `(unix seconds, value)` in time order, NaN samples left out; split into requests of at
+    /// `(unix seconds, value)` in time order, samples that are not finite (NaN, ±Inf) left out; split into requests of at
     /// most [`MAX_POINTS_PER_RANGE_QUERY`] points. A query returning no series gives no points;
     /// more than one series is [`SourceError::Ambiguous`].
     pub async fn range(&self, start: i64, end: i64, step: Duration) -> Result<Vec<(i64, f64)>> {
@@ -250,9 +256,7 @@ impl PrometheusSource {
         // History may be long: give each range request more time than an instant query.
         let timeout = self.timeout.max(Duration::from_secs(30));
         let mut points = Vec::new();
-        let mut chunk_start = start;
-        while chunk_start <= end {
-            let chunk_end = end.min(chunk_start + step_s * (MAX_POINTS_PER_RANGE_QUERY - 1));
+        for (chunk_start, chunk_end) in range_chunks(start, end, step_s) {
             let request = self
                 .client
                 .query_range(&self.query, chunk_start, chunk_end, step_s as f64)
@@ -281,10 +285,21 @@ impl PrometheusSource {
                     ));
                 }
             }
-            chunk_start = chunk_end + step_s;
         }
         Ok(points)
     }
+}
+
+/// The `(start, end)` of each request that covers the steps `start, start + step, ..., end`
+/// (Unix seconds, inclusive), at most [`MAX_POINTS_PER_RANGE_QUERY`] steps each. Every chunk
+/// starts on the grid of `start`, so together they ask exactly the steps of one query.
+fn range_chunks(start: i64, end: i64, step_s: i64) -> impl Iterator<Item = (i64, i64)> {
+    let span = step_s * (MAX_POINTS_PER_RANGE_QUERY - 1);
+    std::iter::successors(Some(start), move |chunk_start| {
+        Some(chunk_start + span + step_s)
+    })
+    .take_while(move |chunk_start| *chunk_start <= end)
+    .map(move |chunk_start| (chunk_start, end.min(chunk_start + span)))
 }
 
 impl Source for PrometheusSource {
@@ -319,11 +334,7 @@ pub fn one_value(data: &Data) -> Result<f64> {
             ));
         }
     };
-    if value.is_nan() {
-        Err(SourceError::NoData("the query returned NaN".into()))
-    } else {
-        Ok(value)
-    }
+    super::finite(value, "the query")
 }
 
 fn map_error(e: prometheus_http_query::Error, timeout: Duration) -> SourceError {
@@ -412,14 +423,51 @@ mod tests {
     }
 
     #[test]
+    fn range_chunks_cover_every_step_once_within_the_point_limit() {
+        let limit = MAX_POINTS_PER_RANGE_QUERY;
+        let steps = |(a, b): (i64, i64)| (b - a) / 60 + 1;
+        // One request up to the limit, two just past it.
+        let one: Vec<_> = range_chunks(0, (limit - 1) * 60, 60).collect();
+        assert_eq!(one, vec![(0, (limit - 1) * 60)]);
+        let two: Vec<_> = range_chunks(0, limit * 60, 60).collect();
+        assert_eq!(two, vec![(0, (limit - 1) * 60), (limit * 60, limit * 60)]);
+        // 12,000 steps (over Prometheus' 11,000): each chunk within the limit, each next to
+        // the one before on the grid, together every step.
+        let (start, end) = (1_700_000_000, 1_700_000_000 + 11_999 * 60);
+        let chunks: Vec<_> = range_chunks(start, end, 60).collect();
+        assert_eq!(chunks.len(), 2);
+        assert!(chunks.iter().all(|&c| steps(c) <= limit));
+        assert_eq!(
+            (chunks[0].0, chunks[1].0, chunks[1].1),
+            (start, chunks[0].1 + 60, end)
+        );
+        assert_eq!(chunks.iter().map(|&c| steps(c)).sum::<i64>(), 12_000);
+        // One step; an empty range (end before start) asks nothing.
+        assert_eq!(range_chunks(60, 60, 60).collect::<Vec<_>>(), vec![(60, 60)]);
+        assert_eq!(range_chunks(120, 60, 60).count(), 0);
+    }
+
+    #[test]
     fn one_value_needs_exactly_one_number() {
         let parse = |json: &str| serde_json::from_str::<Data>(json).unwrap();
         let scalar = parse(r#"{"resultType":"scalar","result":[1700000000,"4.5"]}"#);
         assert_eq!(one_value(&scalar), Ok(4.5));
         let empty = parse(r#"{"resultType":"vector","result":[]}"#);
         assert!(matches!(one_value(&empty), Err(SourceError::NoData(_))));
-        let nan = parse(r#"{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}"#);
-        assert!(matches!(one_value(&nan), Err(SourceError::NoData(_))));
+        // Prometheus spells the non-finite floats NaN, +Inf and -Inf; none is a value.
+        for spelled in ["NaN", "+Inf", "-Inf"] {
+            let vector = parse(&format!(
+                r#"{{"resultType":"vector","result":[{{"metric":{{}},"value":[1,"{spelled}"]}}]}}"#
+            ));
+            assert_eq!(
+                one_value(&vector),
+                Err(SourceError::NoData(format!("the query returned {spelled}")))
+            );
+            let scalar = parse(&format!(
+                r#"{{"resultType":"scalar","result":[1700000000,"{spelled}"]}}"#
+            ));
+            assert!(matches!(one_value(&scalar), Err(SourceError::NoData(_))));
+        }
         let two = parse(
             r#"{"resultType":"vector","result":[{"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]}"#,
         );

@@ -566,16 +566,18 @@ impl QueueStats {
     }
 }
 
-/// Combines per-queue values; no queue is no data.
+/// Combines per-queue values; no queue is no data. Each value is finite (counts, and rates the
+/// JSON parser read), but a sum of huge rates can overflow to +Inf: that is no data too.
 fn aggregate(values: &[f64], how: Aggregate) -> Result<f64> {
     if values.is_empty() {
         return Err(SourceError::NoData("no queue matches".into()));
     }
-    Ok(match how {
+    let combined = match how {
         Aggregate::Sum => values.iter().sum(),
         Aggregate::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         Aggregate::Avg => values.iter().sum::<f64>() / values.len() as f64,
-    })
+    };
+    super::finite(combined, "the queues' statistics")
 }
 
 /// A RabbitMQ query as a [`Source`].
@@ -730,6 +732,14 @@ mod tests {
             aggregate(&[], Aggregate::Sum),
             Err(SourceError::NoData(_))
         ));
+        // A rate beyond f64 does not parse, and rates that overflow together are no data.
+        assert!(serde_json::from_str::<RateDetails>(r#"{"rate":1e400}"#).is_err());
+        for how in [Aggregate::Sum, Aggregate::Avg] {
+            assert!(matches!(
+                aggregate(&[f64::MAX, f64::MAX], how),
+                Err(SourceError::NoData(_))
+            ));
+        }
         assert_eq!(percent_decode("p%40ss"), "p@ss");
     }
 }
