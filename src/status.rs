@@ -2,6 +2,7 @@
 //! targets, replicas, state, the last scaling action), read from the cluster. The demo's live
 //! table is the same view.
 
+use crate::engine::conditions as cond;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -63,7 +64,7 @@ pub async fn rows(client: &kube::Client, namespace: Option<&str>) -> kube::Resul
     };
     let mut last_actions: HashMap<(String, String, String), (Timestamp, String)> = HashMap::new();
     for (reason, kind) in [
-        ("Scaled", "ScaledTarget"),
+        (cond::EVENT_SCALED, "ScaledTarget"),
         ("SuccessfulRescale", "HorizontalPodAutoscaler"),
     ] {
         let listed = events
@@ -116,13 +117,13 @@ fn row(
     let namespace = st.namespace().unwrap_or_default();
     let status = st.status.clone().unwrap_or_default();
     let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
-    let state = if condition("Paused").is_some_and(|c| c.status == "True") {
-        "Paused".to_string()
-    } else if condition("Fallback").is_some_and(|c| c.status == "True") {
-        "Fallback".to_string()
+    let state = if condition(cond::PAUSED).is_some_and(|c| c.status == "True") {
+        cond::PAUSED.to_string()
+    } else if condition(cond::FALLBACK).is_some_and(|c| c.status == "True") {
+        cond::FALLBACK.to_string()
     } else {
-        match condition("Ready") {
-            Some(c) if c.status == "True" => "Ready".to_string(),
+        match condition(cond::READY) {
+            Some(c) if c.status == "True" => cond::READY.to_string(),
             Some(c) => format!("NotReady: {}", c.reason),
             None => "Pending".to_string(),
         }

@@ -81,7 +81,7 @@ fn table_decisions_and_plot() {
     ]);
     assert!(json.status.success());
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(v["results"].as_array().unwrap().len(), 5); // oracle, hpa, kpa, hpa-engine, ebb
+    assert_eq!(v["results"].as_array().unwrap().len(), 6); // oracle, hpa, kpa, hpa-engine, ebb, ebb-hpa
     assert_eq!(v["results"][0]["policy"], "oracle");
     assert_eq!(v["results"][0]["a_u"], 0);
     let _ = std::fs::remove_dir_all(&dir);

@@ -108,7 +108,7 @@ async fn the_replay_sees_the_same_series_as_from_a_csv() {
     assert!(via_prometheus.status.success(), "{via_prometheus:?}");
     let report: serde_json::Value = serde_json::from_slice(&via_prometheus.stdout).unwrap();
     assert_eq!(report["steps"], HOURS * 60);
-    assert_eq!(report["results"].as_array().unwrap().len(), 5);
+    assert_eq!(report["results"].as_array().unwrap().len(), 6);
     assert_eq!(via_csv.stdout, via_prometheus.stdout);
 }
 

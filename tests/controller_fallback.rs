@@ -1,5 +1,6 @@
-//! Fallback: Prometheus stopped mid-run -> the Fallback condition, no scale-down, the fallback
-//! count if it is higher; Prometheus back -> normal scaling again.
+//! Fallback, in mode Direct and in mode Hpa with the real HPA controller: Prometheus stopped
+//! mid-run -> the Fallback condition, no scale-down, the fallback count if it is higher;
+//! Prometheus back -> normal scaling again.
 
 mod controller_common;
 mod support;
@@ -142,4 +143,123 @@ async fn a_stopped_prometheus_means_fallback_and_no_scale_down_until_it_is_back(
         (status == "False" && replicas(&client, &ns, "worker").await == 3).then_some(())
     })
     .await;
+}
+
+/// Mode Hpa, with the real HPA controller reading a real `ebb serve`'s external metrics API:
+/// when Prometheus stops, ebb serves values that make the HPA hold the count (or go to the
+/// fallback count), never "no data" turned into a scale-down; when it is back, normal again
+/// without flapping.
+#[tokio::test]
+async fn in_mode_hpa_a_stopped_prometheus_holds_the_real_hpa_and_recovers_without_flapping() {
+    let mut stack = start_stack(StackOptions {
+        kube: Some(support::fast_hpa()),
+        prometheus: true,
+        scrape: Vec::new(),
+        rabbitmq: false,
+    });
+    let kube = stack.kube.as_ref().unwrap();
+    let client = kube.client().await.unwrap();
+    let _ebb = ebb::localstack::ebb::serve(
+        kube,
+        stack.dir(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_ebb")),
+        "ebb-fallback-hpa",
+        ebb::localstack::process::free_port(),
+        ebb::localstack::process::free_port(),
+    )
+    .await
+    .unwrap();
+    let ns = unique_namespace("fallback-hpa");
+    kube.create_namespace(&ns).await.unwrap();
+    deployment(&client, &ns, "worker", 1).await;
+    push(stack.prometheus.as_ref().unwrap()).await;
+    let address = stack.prometheus.as_ref().unwrap().url();
+    scaled_target(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "ebb.dev/v1alpha1",
+            "kind": "ScaledTarget",
+            "metadata": { "name": "worker" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
+                "mode": "Hpa",
+                "minReplicas": 1,
+                "maxReplicas": 10,
+                "pollingInterval": "1s",
+                "metrics": [{
+                    "name": "load",
+                    "prometheus": { "address": address, "query": "sum(ebb_load{service=\"worker\"})" },
+                    "target": { "type": "AverageValue", "averageValue": "10" }
+                }],
+                "behavior": { "scaleDown": { "stabilizationWindowSeconds": 0 } },
+                "fallback": { "failureThreshold": 2, "replicas": 5 }
+            }
+        }),
+    )
+    .await;
+    eventually(
+        60 * SECOND,
+        "the HPA scales to 3 for a load of 30",
+        || async { (replicas(&client, &ns, "worker").await == 3).then_some(()) },
+    )
+    .await;
+
+    stack.prometheus.as_mut().unwrap().stop();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        seen.push(replicas(&client, &ns, "worker").await);
+        let fallback = condition(&client, &ns, "worker", "Fallback").await;
+        if fallback.is_some_and(|c| c.0 == "True") && seen.last() == Some(&5) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the HPA did not go to the fallback count: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Held there by the HPA on ebb's values, sync after sync.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen.push(replicas(&client, &ns, "worker").await);
+    }
+    assert!(
+        seen.iter().all(|&r| r >= 3),
+        "the HPA scaled down while the source failed: {seen:?}"
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&5),
+        "held at the fallback count: {seen:?}"
+    );
+
+    stack
+        .prometheus
+        .as_mut()
+        .unwrap()
+        .start_again()
+        .await
+        .unwrap();
+    push(stack.prometheus.as_ref().unwrap()).await;
+    eventually(
+        60 * SECOND,
+        "Fallback False and the HPA back to 3",
+        || async {
+            let (status, _) = condition(&client, &ns, "worker", "Fallback").await?;
+            (status == "False" && replicas(&client, &ns, "worker").await == 3).then_some(())
+        },
+    )
+    .await;
+    // No flapping: it stays at 3.
+    let mut after = Vec::new();
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after.push(replicas(&client, &ns, "worker").await);
+    }
+    assert!(
+        after.iter().all(|&r| r == 3),
+        "flapped after recovery: {after:?}"
+    );
 }

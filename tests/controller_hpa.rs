@@ -168,3 +168,37 @@ async fn a_foreign_hpa_on_the_same_workload_is_not_fought() {
     );
     assert!(hpas.get_opt("ebb-worker").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn switching_to_direct_deletes_the_owned_hpa_so_that_it_stops_scaling() {
+    let (client, ns) = setup("switch").await;
+    deployment(&client, &ns, "worker", 1).await;
+    scaled_target(
+        &client,
+        &ns,
+        backlog_target("worker", "switch-orders", "Hpa", 7, "1s"),
+    )
+    .await;
+    let _controller = start_controller(client.clone(), &ns);
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
+    eventually(20 * SECOND, "the owned HPA", || async {
+        hpas.get_opt("ebb-worker").await.ok()?
+    })
+    .await;
+    Api::<ScaledTarget>::namespaced(client.clone(), &ns)
+        .patch(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "mode": "Direct" } })),
+        )
+        .await
+        .unwrap();
+    eventually(20 * SECOND, "the owned HPA deleted", || async {
+        hpas.get_opt("ebb-worker")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}

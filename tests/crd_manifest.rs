@@ -55,6 +55,22 @@ fn the_crd_has_the_short_name_printer_columns_and_rules() {
             "Target", "Mode", "Min", "Max", "Current", "Desired", "Active", "Fallback", "Age"
         ]
     );
+    // The condition columns read the conditions the controller writes (one place for names).
+    use ebb::engine::conditions::{ACTIVE, FALLBACK};
+    for (column, condition) in [("Active", ACTIVE), ("Fallback", FALLBACK)] {
+        let path = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == column)
+            .unwrap()["jsonPath"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            path,
+            format!(".status.conditions[?(@.type==\"{condition}\")].status")
+        );
+    }
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(spec["properties"]["minReplicas"]["default"], 1);
     assert_eq!(spec["properties"]["pollingInterval"]["default"], "15s");

@@ -325,8 +325,9 @@ impl TargetSeries {
                 .any(|c| c.type_ == type_ && c.status == "True");
             i64::from(on)
         };
-        self.fallback.set(holds("Fallback"));
-        self.paused.set(holds("Paused"));
+        self.fallback
+            .set(holds(crate::engine::conditions::FALLBACK));
+        self.paused.set(holds(crate::engine::conditions::PAUSED));
     }
 
     /// Counts a replica change from `from` to `to`.

@@ -1087,7 +1087,7 @@ async fn audit(ctx: &Context, st: &ScaledTarget, old: i32, new: i32, metric: &st
         "scaled {} {} from {old} to {new} (metric {metric}, rule {rule})",
         st.spec.target_ref.kind, st.spec.target_ref.name
     );
-    record_action(ctx, st, "Scaled", "Scale", note).await;
+    record_action(ctx, st, cond::EVENT_SCALED, "Scale", note).await;
 }
 
 /// Creates one Normal Event per action. The audit trail needs each action's own note: kube's

@@ -17,7 +17,6 @@ pub mod load;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use crate::localstack::kube::{ControlPlane, ControlPlaneOptions, apply_yaml};
-use crate::localstack::process::{ManagedProcess, free_port};
+use crate::localstack::process::free_port;
 use crate::localstack::prometheus::ScrapeTarget;
 use crate::localstack::rabbitmq::RabbitMq;
 use crate::localstack::{Stack, StackOptions, workload};
@@ -113,9 +112,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let client = kube.client().await?;
 
     eprintln!("installing ebb (CRD, RBAC) and starting `ebb serve`...");
-    let _ebb = start_ebb(kube, stack.dir(), api_port, metrics_port).await?;
-    kube.register_api_service(include_str!("../../deploy/apiservice.yaml"), api_port)
-        .await?;
+    let _ebb = crate::localstack::ebb::serve(
+        kube,
+        stack.dir(),
+        &std::env::current_exe()?,
+        "ebb-demo",
+        api_port,
+        metrics_port,
+    )
+    .await?;
 
     eprintln!("creating the sample workloads and their ScaledTargets in namespace {NAMESPACE}...");
     let promql = "sum(rate(demo_http_requests_total[15s]))";
@@ -232,48 +237,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     drop(_ebb);
     drop(stack);
     Ok(())
-}
-
-/// Installs ebb's CRD and RBAC from deploy/ and starts `ebb serve` (this binary) as its
-/// ServiceAccount would run in a cluster.
-async fn start_ebb(
-    kube: &ControlPlane,
-    dir: &Path,
-    api_port: u16,
-    metrics_port: u16,
-) -> anyhow::Result<ManagedProcess> {
-    let admin = kube.client().await?;
-    crate::crd::install(&admin).await?;
-    for manifest in [
-        include_str!("../../deploy/namespace.yaml"),
-        include_str!("../../deploy/rbac.yaml"),
-        include_str!("../../deploy/rbac-controller.yaml"),
-    ] {
-        apply_yaml(&admin, manifest, "ebb-demo").await?;
-    }
-    let (cert_file, key_file) = kube
-        .serving_cert(&["ebb.ebb-system.svc", "localhost", "127.0.0.1"])?
-        .write(dir, "ebb-serving")?;
-    let kubeconfig = kube.kubeconfig_for(
-        "system:serviceaccount:ebb-system:ebb",
-        Some("system:serviceaccounts"),
-    )?;
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("serve")
-        .args(["--identity", "ebb-demo"])
-        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .arg("--tls-cert-file")
-        .arg(&cert_file)
-        .arg("--tls-private-key-file")
-        .arg(&key_file)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info");
-    Ok(ManagedProcess::spawn(
-        "ebb-serve",
-        cmd,
-        &dir.join("ebb-serve.log"),
-    )?)
 }
 
 /// The two sample Deployments, the Secret of the RabbitMQ metric and the two ScaledTargets.

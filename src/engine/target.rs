@@ -858,3 +858,345 @@ fn condition(type_: &'static str, status: bool, reason: &str, message: &str) -> 
         message: message.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The machine stepped on a simulated clock: no sleeps, no cluster.
+    use super::*;
+
+    const S: Millis = 1000;
+    const INTERVAL: Millis = 15 * S;
+
+    /// One AverageValue metric of 100 per pod (and a Value metric of 1000 when `value`).
+    fn spec(mode: Mode) -> TargetSpec {
+        TargetSpec {
+            mode,
+            hpa: HpaSpec {
+                min_replicas: 1,
+                max_replicas: 10,
+                ..Default::default()
+            },
+            interval: INTERVAL,
+            metrics: vec![MetricSpec {
+                name: "rps".into(),
+                target: Ok(Target::AverageValue(100_000)),
+                learn: None,
+            }],
+            adaptive: None,
+            fallback: Some(FallbackSpec {
+                failure_threshold: 3,
+                replicas: 4,
+            }),
+            escalation: Some(EscalationSpec {
+                failure_threshold: 2,
+                min_interval: 600 * S,
+            }),
+            pause: None,
+            revision: None,
+        }
+    }
+
+    /// Observes `reading` at `now` and steps, applying a Direct scale as the controller does.
+    fn poll(
+        m: &mut TargetMachine,
+        spec: &TargetSpec,
+        now: Millis,
+        reading: Reading,
+        current: i32,
+    ) -> Step {
+        let readings = vec![reading; spec.metrics.len()];
+        m.observe(now, spec, &readings, &[], None);
+        let step = m.step(now, spec, Replicas::all(current));
+        if let Action::Scale { from, to } = step.action {
+            m.applied(now, spec, from, to);
+        }
+        step
+    }
+
+    fn condition_of<'a>(step: &'a Step, type_: &str) -> &'a Condition {
+        step.conditions
+            .iter()
+            .rev()
+            .find(|c| c.type_ == type_)
+            .unwrap()
+    }
+
+    #[test]
+    fn fallback_enters_after_the_threshold_holds_the_fallback_count_and_leaves_after_as_many_good_readings()
+     {
+        let spec = spec(Mode::Direct);
+        let mut m = TargetMachine::new();
+        // 300 per second: 3 pods.
+        let s = poll(&mut m, &spec, 0, Ok(300.0), 1);
+        assert_eq!(s.desired, 3);
+        let mut current = s.desired;
+        // Two failed readings: below the threshold, the count holds (never read as zero).
+        for k in 1..=2 {
+            let s = poll(
+                &mut m,
+                &spec,
+                k * INTERVAL,
+                Err(NoData::SourceFailed),
+                current,
+            );
+            assert_eq!((s.desired, s.action), (3, Action::None), "reading {k}");
+            assert!(!condition_of(&s, cond::FALLBACK).status);
+        }
+        // The third: fallback, up to its count.
+        let s = poll(
+            &mut m,
+            &spec,
+            3 * INTERVAL,
+            Err(NoData::SourceFailed),
+            current,
+        );
+        assert!(condition_of(&s, cond::FALLBACK).status);
+        assert_eq!(s.action, Action::Scale { from: 3, to: 4 });
+        assert_eq!(s.rule, cond::FALLBACK);
+        current = 4;
+        // Back, reading 100 (1 pod): still in fallback for two good readings, no scale-down.
+        for k in 4..=5 {
+            let s = poll(&mut m, &spec, k * INTERVAL, Ok(100.0), current);
+            assert!(condition_of(&s, cond::FALLBACK).status, "reading {k}");
+            assert_eq!(s.desired, 4);
+        }
+        let s = poll(&mut m, &spec, 6 * INTERVAL, Ok(100.0), current);
+        assert!(!condition_of(&s, cond::FALLBACK).status);
+        assert!(!m.in_fallback());
+        // Out of fallback, the scale-down window (300 s) remembers the 3 pods asked for before
+        // the outage; once it has passed, the readings decide.
+        assert_eq!(s.desired, 3);
+        let s = poll(&mut m, &spec, 6 * INTERVAL + 301 * S, Ok(100.0), current);
+        assert_eq!(s.desired, 1);
+    }
+
+    #[test]
+    fn a_flapping_source_neither_toggles_fallback_nor_the_count() {
+        let spec = spec(Mode::Direct);
+        let mut m = TargetMachine::new();
+        let mut current = poll(&mut m, &spec, 0, Ok(300.0), 1).desired;
+        for k in 1..=3 {
+            current = poll(
+                &mut m,
+                &spec,
+                k * INTERVAL,
+                Err(NoData::SourceFailed),
+                current,
+            )
+            .desired;
+        }
+        assert!(m.in_fallback());
+        assert_eq!(current, 4);
+        // ok, fail, ok, ok, fail, ...: never three good readings in a row.
+        let mut counts = Vec::new();
+        for (i, failed) in [
+            false, true, false, false, true, false, true, false, false, true,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let now = (4 + i as Millis) * INTERVAL;
+            let reading = if failed {
+                Err(NoData::SourceFailed)
+            } else {
+                Ok(300.0)
+            };
+            let s = poll(&mut m, &spec, now, reading, current);
+            assert!(m.in_fallback(), "left fallback at flap {i}");
+            current = s.desired;
+            counts.push(current);
+        }
+        assert!(counts.iter().all(|&c| c == 4), "{counts:?}");
+    }
+
+    #[test]
+    fn a_wake_up_is_not_a_reading() {
+        let spec = spec(Mode::Direct);
+        let mut m = TargetMachine::new();
+        assert!(m.observe(0, &spec, &[Ok(300.0)], &[], None).reading);
+        // Failures seen on early wake-ups (a recheck, our own status write) do not count.
+        for k in 1..=5 {
+            let o = m.observe(k * S, &spec, &[Err(NoData::SourceFailed)], &[], None);
+            assert!(!o.reading);
+        }
+        assert!(!m.in_fallback());
+        assert!(
+            m.observe(INTERVAL / 2, &spec, &[Err(NoData::SourceFailed)], &[], None)
+                .reading
+        );
+    }
+
+    #[test]
+    fn escalation_at_max_replicas_is_rate_limited_and_a_failed_send_asks_again() {
+        let spec = spec(Mode::Direct);
+        let mut m = TargetMachine::new();
+        // 5000 per second: 50 pods asked, 10 allowed.
+        let s = poll(&mut m, &spec, 0, Ok(5000.0), 10);
+        assert_eq!(s.desired, 10);
+        assert_eq!(s.escalations.len(), 1);
+        let e = &s.escalations[0];
+        assert_eq!(
+            (e.reason, e.current, e.demanded),
+            (EscalationReason::AtMaxReplicas, 10, Some(50))
+        );
+        // Within minInterval: nothing; the send failed: asked again on the next step.
+        assert!(
+            poll(&mut m, &spec, INTERVAL, Ok(5000.0), 10)
+                .escalations
+                .is_empty()
+        );
+        m.escalation_failed(EscalationReason::AtMaxReplicas);
+        assert_eq!(
+            poll(&mut m, &spec, 2 * INTERVAL, Ok(5000.0), 10)
+                .escalations
+                .len(),
+            1
+        );
+        assert!(
+            poll(&mut m, &spec, 599 * S, Ok(5000.0), 10)
+                .escalations
+                .is_empty()
+        );
+        assert_eq!(
+            poll(&mut m, &spec, 2 * INTERVAL + 600 * S, Ok(5000.0), 10)
+                .escalations
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn failed_scaling_escalates_at_the_threshold_and_success_resets_it() {
+        let spec = spec(Mode::Direct);
+        let mut m = TargetMachine::new();
+        m.observe(0, &spec, &[Ok(400.0)], &[], None);
+        let s = m.step(0, &spec, Replicas::all(1));
+        assert_eq!(s.action, Action::Scale { from: 1, to: 4 });
+        assert_eq!(m.apply_failed(0, &spec, 1, 4, "forbidden"), (1, None));
+        let (n, e) = m.apply_failed(INTERVAL, &spec, 1, 4, "forbidden");
+        assert_eq!(n, 2);
+        let e = e.expect("escalated at the threshold");
+        assert_eq!(e.reason, EscalationReason::ScalingFailing);
+        assert!(e.tried[0].contains("forbidden"), "{:?}", e.tried);
+        // Rate-limited, then a success resets the count.
+        assert_eq!(
+            m.apply_failed(2 * INTERVAL, &spec, 1, 4, "forbidden"),
+            (3, None)
+        );
+        m.applied(3 * INTERVAL, &spec, 1, 4);
+        assert_eq!(m.apply_failed(4 * INTERVAL, &spec, 4, 5, "x"), (1, None));
+    }
+
+    #[test]
+    fn pause_freezes_or_sets_the_count_once() {
+        let mut spec = spec(Mode::Direct);
+        let mut m = TargetMachine::new();
+        spec.pause = Some(Pause::Frozen);
+        let s = poll(&mut m, &spec, 0, Ok(900.0), 2);
+        assert_eq!((s.desired, s.action), (2, Action::None));
+        assert_eq!(condition_of(&s, cond::PAUSED).reason, cond::PAUSED);
+        spec.pause = Some(Pause::At(7));
+        let s = poll(&mut m, &spec, INTERVAL, Ok(900.0), 2);
+        assert_eq!(s.action, Action::PauseAt(7));
+        m.paused_at(7);
+        let s = poll(&mut m, &spec, 2 * INTERVAL, Ok(900.0), 7);
+        assert_eq!((s.desired, s.action), (7, Action::None));
+        // Mode Hpa: the HPA goes away while paused.
+        spec.mode = Mode::Hpa;
+        let s = poll(&mut m, &spec, 3 * INTERVAL, Ok(900.0), 7);
+        assert!(!s.hpa.unwrap().present);
+        // Unpaused: scaling resumes from the readings.
+        spec.pause = None;
+        spec.mode = Mode::Direct;
+        let s = poll(&mut m, &spec, 4 * INTERVAL, Ok(900.0), 7);
+        assert_eq!(s.action, Action::Scale { from: 7, to: 9 });
+    }
+
+    #[test]
+    fn mode_hpa_serves_raised_values_and_in_fallback_values_that_hold_or_reach_the_fallback_count()
+    {
+        let mut spec = spec(Mode::Hpa);
+        spec.metrics.push(MetricSpec {
+            name: "queue".into(),
+            target: Ok(Target::Value(1_000_000)),
+            learn: None,
+        });
+        let mut m = TargetMachine::new();
+        let s = poll(&mut m, &spec, 0, Ok(300.0), 1);
+        assert_eq!(s.served, vec![Ok(300.0), Ok(300.0)]);
+        assert!(s.hpa.as_ref().unwrap().present);
+        // The modelled HPA: 3 pods from the AverageValue metric.
+        assert_eq!(s.desired, 3);
+        // Every source fails: first the HPA sees failures (it holds), then held values.
+        for k in 1..=2 {
+            let s = poll(&mut m, &spec, k * INTERVAL, Err(NoData::SourceFailed), 6);
+            assert!(s.served.iter().all(Result::is_err));
+            assert_eq!(s.desired, 6, "the HPA holds on failed metrics");
+        }
+        let s = poll(&mut m, &spec, 3 * INTERVAL, Err(NoData::SourceFailed), 6);
+        assert!(condition_of(&s, cond::FALLBACK).status);
+        // At 6 (above the fallback count 4): values that make the HPA propose exactly 6.
+        let replicas = Replicas::all(6);
+        let tol = spec.hpa.tolerances();
+        for (metric, served) in spec.metrics.iter().zip(&s.served) {
+            let sample = MetricSample {
+                target: metric.target.clone().unwrap(),
+                observation: Ok(to_milli(*served.as_ref().unwrap())),
+            };
+            assert_eq!(
+                propose(&sample, replicas, tol),
+                Ok(6),
+                "{}: {served:?}",
+                metric.name
+            );
+        }
+        assert_eq!(s.desired, 6);
+        // At 2 (below it): the HPA is taken to 4.
+        let s = poll(&mut m, &spec, 4 * INTERVAL, Err(NoData::SourceFailed), 2);
+        assert_eq!(s.desired, 4);
+        // A value that is not finite is no data, never a number.
+        let s = poll(&mut m, &spec, 5 * INTERVAL, Ok(f64::INFINITY), 4);
+        assert!(
+            s.served.iter().all(|v| v.is_ok_and(|v| v < 1e6)),
+            "{:?}",
+            s.served
+        );
+    }
+
+    #[test]
+    fn a_state_waiting_for_its_backfill_does_not_scale_down() {
+        use crate::engine::adaptive::AdaptiveConfig;
+        let mut spec = spec(Mode::Direct);
+        spec.fallback = None;
+        spec.adaptive = Some(AdaptiveConfig::default());
+        spec.metrics[0].learn = Some(LearnSpec {
+            name: "rps".into(),
+            static_target: 100.0,
+            slo: None,
+            resume_slo: None,
+            backfill: true,
+            fingerprint: "rps".into(),
+        });
+        let mut m = TargetMachine::new();
+        let readings = [Ok(200.0)];
+        let o = m.observe(0, &spec, &readings, &[], None);
+        assert_eq!(
+            o.backfills.len(),
+            1,
+            "a Prometheus metric asks for its history"
+        );
+        // Running at 8 with load for 2: no scale-down on a memory of one reading.
+        let s = m.step(0, &spec, Replicas::all(8));
+        assert_eq!(s.desired, 8);
+        // The backfill is given up: learning goes on from the live readings, and the static
+        // scale-down window (300 s) then lets the count down.
+        let b = &o.backfills[0];
+        m.learning_mut().abandon(b.index, b.epoch);
+        let mut desired = 8;
+        for k in 1..=30 {
+            m.observe(k * INTERVAL, &spec, &readings, &[], None);
+            desired = m.step(k * INTERVAL, &spec, Replicas::all(desired)).desired;
+        }
+        assert!(desired < 8, "{desired}");
+    }
+}

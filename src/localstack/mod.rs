@@ -10,6 +10,7 @@
 //! There is one way to start it, [`Stack::start`]; `ebb demo` and `tests/support` both use it.
 
 pub mod certs;
+pub mod ebb;
 pub mod kube;
 pub mod process;
 pub mod prometheus;
