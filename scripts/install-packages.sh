@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ebb's local stack and tests need (Prometheus, promtool, RabbitMQ,
-# OpenSSL for the harness's certificates). Idempotent: does nothing when they are present.
+# OpenSSL for the harness's certificates; umoci, runc and skopeo for the container image that
+# scripts/build-image builds and tests/image.rs runs). Idempotent: does nothing when they are present.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v openssl >/dev/null || need+=(openssl)
+command -v umoci >/dev/null || need+=(umoci)
+command -v runc >/dev/null || need+=(runc)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v readelf >/dev/null || need+=(binutils)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 echo "[install-packages] apt-get install ${need[*]}" >&2
