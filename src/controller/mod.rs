@@ -86,6 +86,8 @@ pub const FIELD_MANAGER: &str = "ebb";
 struct TargetState {
     /// The object's uid: a recreated ScaledTarget starts afresh.
     uid: String,
+    /// The machine's view of the object, kept while its generation and pause are the same.
+    spec: Option<Arc<TargetSpec>>,
     /// Every decision about the target (`engine::target`).
     machine: TargetMachine,
     /// When the next poll is due, and what it was scheduled for (see [`Schedule`]).
@@ -274,6 +276,28 @@ impl Context {
             scale.metadata.resource_version.as_deref(),
         );
         Ok((api, counts))
+    }
+
+    /// The machine's view of `st`, built again only when its generation or pause changed.
+    fn spec_of(&self, st: &ScaledTarget) -> Arc<TargetSpec> {
+        let mut targets = self.targets.lock().expect("targets");
+        let t = state_for(&mut targets, st);
+        let pause = st.pause();
+        let generation = st.metadata.generation;
+        match &t.spec {
+            Some(spec)
+                if generation.is_some()
+                    && spec.revision.as_ref().map(|r| r.1) == generation
+                    && spec.pause == pause =>
+            {
+                spec.clone()
+            }
+            _ => {
+                let spec = Arc::new(st.machine_spec());
+                t.spec = Some(spec.clone());
+                spec
+            }
+        }
     }
 
     /// How long to wait when a wake-up comes before the target's next poll is due for the
@@ -509,7 +533,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         ctx.forget(&st.namespace().unwrap_or_default(), &st.name_any());
         return Ok(Action::await_change());
     }
-    let spec = st.machine_spec();
+    let spec = ctx.spec_of(&st);
     if let Some(wait) = ctx.not_due(&st, spec.pause, started) {
         return Ok(Action::requeue(wait));
     }

@@ -27,8 +27,9 @@ pub const PAUSED_REPLICAS_ANNOTATION: &str = "ebb.dev/paused-replicas";
 /// Label on objects ebb owns and on the external metrics it serves: the ScaledTarget's name.
 pub const SCALED_TARGET_LABEL: &str = "ebb.dev/scaledtarget";
 
-/// Desired scaling of one workload by ebb. (The printer columns name the conditions of
-/// `engine::conditions`; attributes take no constants, a test checks they agree.)
+/// Desired scaling of one workload by ebb.
+// The printer columns name conditions of `engine::conditions` (attributes take no constants;
+// tests/crd_manifest.rs checks that they agree).
 // The printer columns repeat `type_ = ...`, which clippy takes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
