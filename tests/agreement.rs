@@ -131,7 +131,9 @@ async fn ebb_serve_and_ebb_backtest_take_the_same_decisions_on_the_same_series()
     let mut live: Vec<(f64, u32)> = Vec::new();
     let steps = series.len() + 6;
     for k in 0..steps {
-        if let Some(Some(v)) = series.get(k) {
+        // After the series, its last level goes on, so that the live controller does not
+        // read the end of the pushes as a gap (the replay simply ends).
+        if let Some(Some(v)) = series.get(k).or(series.last()) {
             push(*v).await;
         }
         let next = t0 + Duration::from_secs(k as u64 + 1);
