@@ -192,33 +192,53 @@ fn failure_reason(target: Target) -> ConditionReason {
     }
 }
 
+/// One metric's replica proposal for [`decide_proposals`], or the reason it has none (the
+/// reason upstream reports for a failed metric of its type).
+pub type Proposal = Result<i32, ConditionReason>;
+
+/// [`propose`] with the failure reason of the metric's type.
+pub fn proposal(sample: &MetricSample, replicas: Replicas, tol: Tolerances) -> Proposal {
+    propose(sample, replicas, tol).map_err(|_| failure_reason(sample.target))
+}
+
 /// computeReplicasForMetrics: the largest valid proposal and its metric's index, or the first
 /// failure's reason when every metric fails, or when some fail and the rest would scale down
-/// (a failing metric might be the one that needs the pods).
-pub fn reconcile_metrics(
-    metrics: &[MetricSample],
-    replicas: Replicas,
-    tol: Tolerances,
+/// from `current` (a failing metric might be the one that needs the pods).
+pub fn reconcile_proposals(
+    proposals: impl IntoIterator<Item = Proposal>,
+    current: i32,
 ) -> Result<(i32, usize), ConditionReason> {
     let mut best: Option<(i32, usize)> = None;
     let mut first_failure = None;
-    for (i, m) in metrics.iter().enumerate() {
-        match propose(m, replicas, tol) {
+    for (i, p) in proposals.into_iter().enumerate() {
+        match p {
             Ok(p) => {
                 if best.is_none_or(|(b, _)| p > b) {
                     best = Some((p, i));
                 }
             }
-            Err(_) => {
-                first_failure.get_or_insert(failure_reason(m.target));
+            Err(reason) => {
+                first_failure.get_or_insert(reason);
             }
         }
     }
     match (best, first_failure) {
         (None, f) => Err(f.unwrap_or(ConditionReason::FailedGetExternalMetric)),
-        (Some((p, _)), Some(f)) if p < replicas.spec => Err(f),
+        (Some((p, _)), Some(f)) if p < current => Err(f),
         (Some(b), _) => Ok(b),
     }
+}
+
+/// [`reconcile_proposals`] over the metrics' own proposals.
+pub fn reconcile_metrics(
+    metrics: &[MetricSample],
+    replicas: Replicas,
+    tol: Tolerances,
+) -> Result<(i32, usize), ConditionReason> {
+    reconcile_proposals(
+        metrics.iter().map(|m| proposal(m, replicas, tol)),
+        replicas.spec,
+    )
 }
 
 /// One unstabilized recommendation and when it was made.
@@ -564,6 +584,22 @@ pub fn decide(
     metrics: &[MetricSample],
     now: Millis,
 ) -> Decision {
+    let tol = spec.tolerances();
+    let proposals = metrics.iter().map(|m| proposal(m, replicas, tol));
+    decide_proposals(spec, state, replicas, proposals, now)
+}
+
+/// [`decide`] on proposals already made, one per metric in the spec's order: for a caller
+/// whose proposals come from elsewhere (ebb's adaptive rules), so that nothing is dressed up
+/// as a sample to get a replica count back. The spec's tolerances are not applied again (they
+/// belong to the proposals); its bounds, windows and policies are.
+pub fn decide_proposals(
+    spec: &HpaSpec,
+    state: &mut ScalingState,
+    replicas: Replicas,
+    proposals: impl IntoIterator<Item = Proposal>,
+    now: Millis,
+) -> Decision {
     let current = replicas.spec;
     let unchanged = |desired, reason, limited, active| Decision {
         desired,
@@ -602,7 +638,7 @@ pub fn decide(
             ConditionReason::ValidMetricFound,
         );
     }
-    let (proposal, index) = match reconcile_metrics(metrics, replicas, spec.tolerances()) {
+    let (proposal, index) = match reconcile_proposals(proposals, current) {
         Ok(p) => p,
         Err(reason) => return unchanged(current, reason, false, reason),
     };

@@ -3,9 +3,9 @@
 //! backfilled once from the source's own history (the controller fetches it) so that a restart
 //! does not forget, and mapped to what each mode acts on:
 //!
-//! - **Direct / Shadow**: the metric's adaptive recommendation replaces its HPA proposal as an
-//!   equivalent load ([`Learning::equivalent_samples`]); bounds and the behavior's rate limits
-//!   still apply in [`super::hpa::decide`].
+//! - **Direct / Shadow**: the metric's adaptive recommendation replaces its HPA proposal
+//!   ([`Learning::proposals`]); bounds and the behavior's windows and rate limits still apply
+//!   in [`super::hpa::decide_proposals`].
 //! - **Hpa**: the owned HPA's target is the learned target (static target / (1 + headroom)),
 //!   changed only when it moves by more than the learned tolerance and at most once per
 //!   [`TARGET_CHANGE_INTERVAL`]; the served value is raised to the forecast.
@@ -20,9 +20,9 @@ use std::time::Duration;
 use super::adaptive::{
     AdaptiveConfig, AdaptiveReason, AdaptiveState, Inputs, Learned, Recommendation,
 };
-use super::hpa::{HpaSpec, Replicas, propose};
+use super::hpa::{self, HpaSpec, Proposal, Replicas, Tolerances};
 use super::slo::{SloConfig, SloLearner, SloTarget};
-use super::{MetricSample, Millis, Target, ceil_eps};
+use super::{MetricSample, Millis, ceil_eps};
 
 /// An owned HPA's learned target changes at most once per this long per metric.
 pub const TARGET_CHANGE_INTERVAL: Duration = Duration::from_secs(300);
@@ -293,30 +293,23 @@ impl Learning {
         }
     }
 
-    /// Mode Direct/Shadow: the samples `engine::hpa::decide` gets, and the adaptive reason
-    /// per metric. Each metric's proposal becomes an equivalent AverageValue sample of that
-    /// many pods (target one pod), which the engine proposes back exactly when its tolerance
-    /// is 0 (see [`engine_spec`]): for a learning metric, the adaptive recommendation over its
+    /// Mode Direct/Shadow: each metric's proposal for [`hpa::decide_proposals`], and the
+    /// adaptive reason per metric: for a learning metric, the adaptive recommendation over its
     /// reactive `ceil(load / target)`; for the others, the HPA's own proposal with its
     /// tolerance. A failed metric stays failed (never zero).
-    pub fn equivalent_samples(
+    pub fn proposals(
         &mut self,
-        spec: &HpaSpec,
+        tolerances: Tolerances,
         samples: &[MetricSample],
         loads: &[Option<f64>],
         replicas: Replicas,
         now: Millis,
-    ) -> (Vec<MetricSample>, Vec<Option<AdaptiveReason>>) {
-        let tolerances = spec.tolerances();
+    ) -> (Vec<Proposal>, Vec<Option<AdaptiveReason>>) {
         let mut reasons = vec![None; samples.len()];
         let out = samples
             .iter()
             .enumerate()
             .map(|(i, sample)| {
-                let pods = |p: i64| MetricSample {
-                    target: Target::AverageValue(1000),
-                    observation: Ok(p.max(0).saturating_mul(1000)),
-                };
                 let learning = self.metrics.get_mut(i).and_then(Option::as_mut);
                 match (learning, sample.observation) {
                     (Some(ml), Ok(_)) => {
@@ -332,19 +325,9 @@ impl Learning {
                             };
                         }
                         reasons[i] = Some(rec.reason);
-                        pods(rec.replicas as i64)
+                        Ok(i32::try_from(rec.replicas).unwrap_or(i32::MAX))
                     }
-                    (_, Err(e)) => MetricSample {
-                        target: Target::AverageValue(1000),
-                        observation: Err(e),
-                    },
-                    (None, Ok(_)) => match propose(sample, replicas, tolerances) {
-                        Ok(p) => pods(p as i64),
-                        Err(e) => MetricSample {
-                            target: Target::AverageValue(1000),
-                            observation: Err(e),
-                        },
-                    },
+                    _ => hpa::proposal(sample, replicas, tolerances),
                 }
             })
             .collect();
@@ -516,20 +499,13 @@ pub fn learned_target(per_pod_target: f64, learned: &Learned) -> f64 {
     per_pod_target / (1.0 + learned.headroom.max(0.0))
 }
 
-/// The engine spec for a target whose metrics went through [`Learning::equivalent_samples`]:
-/// tolerance 0 (each proposal already had its band: the learned one, or the HPA's for the
-/// metrics that do not learn), and, when every metric learns, no default scale-down window
-/// (the learned window holds instead). What the behavior sets explicitly stays: its
-/// scale-down window holds on top of the learned one; its policies, `selectPolicy` and
-/// scale-up window limit the result, as do min/max replicas.
+/// The engine spec for a target whose proposals come from [`Learning::proposals`]: when every
+/// metric learns, no default scale-down window (the learned window holds instead). What the
+/// behavior sets explicitly stays: its scale-down window holds on top of the learned one; its
+/// policies, `selectPolicy` and scale-up window limit the result, as do min/max replicas.
 pub fn engine_spec(mut spec: HpaSpec, all_learning: bool) -> HpaSpec {
-    spec.config.tolerance = 0.0;
     if all_learning {
         spec.config.downscale_stabilization_seconds = 0;
-    }
-    if let Some(b) = &mut spec.behavior {
-        b.scale_up.tolerance = None;
-        b.scale_down.tolerance = None;
     }
     spec
 }
@@ -542,9 +518,10 @@ pub fn all_learning(learning: &Learning, metrics: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ConditionReason;
     use crate::engine::adaptive::Basis;
-    use crate::engine::hpa::{ScalingState, decide};
-    use crate::engine::{Behavior, NoData, Policy, ScalingRules};
+    use crate::engine::hpa::{ScalingState, decide_proposals};
+    use crate::engine::{Behavior, NoData, Policy, ScalingRules, Target};
     // Fixtures are ScaledTargets as users write them, through the spec the machine gets.
     use crate::crd::ScaledTarget;
 
@@ -726,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn equivalent_samples_give_the_adaptive_count_through_bounds_and_policies() {
+    fn proposals_give_the_adaptive_count_through_bounds_and_policies() {
         let st = target(serde_json::json!({ "minHistorySeconds": 0, "forecast": false }));
         let mut l = learned_state(&st);
         for k in 0..3000 {
@@ -752,18 +729,29 @@ mod tests {
             behavior: Some(Behavior::default()),
             ..Default::default()
         };
-        let (eq, reasons) =
-            l.equivalent_samples(&base, &samples, &[Some(1500.0), Some(0.0)], replicas, now);
+        let (eq, reasons) = l.proposals(
+            base.tolerances(),
+            &samples,
+            &[Some(1500.0), Some(0.0)],
+            replicas,
+            now,
+        );
         let wanted = l.metrics[0]
             .as_mut()
             .unwrap()
             .recommend(now, Some(1500.0), 15)
             .replicas as i32;
         assert!(wanted > 15, "headroom over the plain ceil(1500 / 100) = 15");
-        assert_eq!(eq[0].observation, Ok(wanted as i64 * 1000));
+        assert_eq!(eq[0], Ok(wanted));
         assert!(reasons[0].is_some() && reasons[1].is_none());
         let spec = engine_spec(base.clone(), false);
-        let d = decide(&spec, &mut ScalingState::default(), replicas, &eq, now);
+        let d = decide_proposals(
+            &spec,
+            &mut ScalingState::default(),
+            replicas,
+            eq.clone(),
+            now,
+        );
         assert_eq!(d.desired, wanted);
         // A scale-up policy of one pod per minute still limits it.
         let mut limited = base.clone();
@@ -777,11 +765,11 @@ mod tests {
             },
             ..Default::default()
         });
-        let d = decide(
+        let d = decide_proposals(
             &engine_spec(limited, false),
             &mut ScalingState::default(),
             replicas,
-            &eq,
+            eq.clone(),
             now,
         );
         assert_eq!(d.desired, 16);
@@ -790,11 +778,11 @@ mod tests {
             max_replicas: 15,
             ..base
         };
-        let d = decide(
+        let d = decide_proposals(
             &engine_spec(capped, false),
             &mut ScalingState::default(),
             replicas,
-            &eq,
+            eq,
             now,
         );
         assert_eq!(d.desired, 15);
@@ -806,12 +794,18 @@ mod tests {
             },
             samples[1],
         ];
-        let (eq, _) = l.equivalent_samples(&spec, &failed, &[None, Some(0.0)], replicas, now);
-        assert_eq!(eq[0].observation, Err(NoData::SourceFailed));
+        let (eq, _) = l.proposals(
+            spec.tolerances(),
+            &failed,
+            &[None, Some(0.0)],
+            replicas,
+            now,
+        );
+        assert_eq!(eq[0], Err(ConditionReason::FailedGetExternalMetric));
     }
 
     #[test]
-    fn engine_spec_drops_tolerance_and_the_default_window_only() {
+    fn engine_spec_drops_the_default_window_only() {
         let spec = HpaSpec {
             behavior: Some(Behavior {
                 scale_down: ScalingRules {
@@ -824,7 +818,8 @@ mod tests {
             ..Default::default()
         };
         let s = engine_spec(spec.clone(), true);
-        assert_eq!((s.tolerances().up, s.tolerances().down), (0.0, 0.0));
+        // The tolerance belongs to the proposals of the metrics that do not learn.
+        assert_eq!(s.tolerances().down, 0.2);
         assert_eq!(s.config.downscale_stabilization_seconds, 0);
         assert_eq!(
             s.behavior.unwrap().scale_down.stabilization_window_seconds,

@@ -585,13 +585,14 @@ impl TargetMachine {
         let samples = self.samples(spec);
         let (decision, reasons) = if self.learning.active() {
             let loads: Vec<Option<f64>> = self.readings.iter().map(|r| r.ok()).collect();
-            let (equivalent, reasons) = self
+            let tolerances = spec.hpa.tolerances();
+            let (proposals, reasons) = self
                 .learning
-                .equivalent_samples(&spec.hpa, &samples, &loads, replicas, now);
+                .proposals(tolerances, &samples, &loads, replicas, now);
             let all = learning::all_learning(&self.learning, samples.len());
             let engine = learning::engine_spec(spec.hpa.clone(), all);
             (
-                hpa::decide(&engine, &mut self.scaling, replicas, &equivalent, now),
+                hpa::decide_proposals(&engine, &mut self.scaling, replicas, proposals, now),
                 reasons,
             )
         } else {
