@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Context;
-use crate::crd::Metric;
+use crate::crd::{Metric, ScaledTarget};
 use crate::engine::adaptive::AdaptiveState;
 use crate::engine::learning::Backfill;
 
@@ -14,6 +14,15 @@ use crate::engine::learning::Backfill;
 pub const MAX_CONCURRENT_BACKFILLS: usize = 4;
 /// A backfill not done by then is given up; learning goes on from the live readings.
 pub const BACKFILL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Starts the backfill a step asked for, on its own task.
+pub(super) fn spawn(ctx: &Arc<Context>, st: &ScaledTarget, job: Backfill) {
+    if let Some(metric) = st.spec.metrics.get(job.index) {
+        let namespace = kube::ResourceExt::namespace(st).unwrap_or_default();
+        let run = run_backfill(ctx.clone(), super::key(st), namespace, metric.clone(), job);
+        tokio::spawn(run);
+    }
+}
 
 /// Fetches a metric's history and rebuilds its learning state from it, off the poll: bounded
 /// by [`MAX_CONCURRENT_BACKFILLS`] and [`BACKFILL_TIMEOUT`]; the replay runs on a blocking

@@ -24,6 +24,7 @@ mod status;
 mod watched;
 pub mod writer;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,9 +46,9 @@ use crate::crd::{
 };
 use crate::engine::conditions as cond;
 use crate::engine::hpa::Replicas;
-use crate::engine::learning::MetricLearned;
+use crate::engine::learning::{Change, MetricLearned};
 use crate::engine::target::{
-    Action as StepAction, Mode as TargetMode, Pause, Step, TargetMachine, TargetSpec,
+    Action as StepAction, Mode as TargetMode, Observed, Pause, Step, TargetMachine, TargetSpec,
 };
 use escalation::{EscalationPayload, EscalationReason, Escalator};
 use leader::Leadership;
@@ -68,6 +69,19 @@ pub enum ControllerError {
     /// The escalation webhook could not be called.
     #[error("escalation: {0}")]
     Escalation(String),
+    /// The lease was lost between the decision and a write: the new leader decides again.
+    #[error("the lease was lost before the write; the leader acts")]
+    LeaseLost,
+}
+
+/// Checked right before each write that acts (`/scale`, the owned HPA): a replica that lost
+/// the lease since its decision leaves the action to the new leader.
+fn lease_held(ctx: &Context) -> Result<()> {
+    if ctx.leadership.is_leader() {
+        Ok(())
+    } else {
+        Err(ControllerError::LeaseLost)
+    }
 }
 
 /// The controller layer's result.
@@ -204,6 +218,7 @@ impl Context {
                 client.clone(),
                 Recorder::new(client.clone(), reporter.clone()),
                 metrics.stats.clone(),
+                leadership.clone(),
             ),
             reporter,
             replicas: replicas::ReplicaCache::new(client.clone()),
@@ -262,9 +277,7 @@ impl Context {
         let ns = st.namespace().unwrap_or_default();
         let name = &st.spec.target_ref.name;
         if let Some(c) = self.replicas.get(&api.kind, &ns, name) {
-            self.stats
-                .cached_scale_reads
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.cached_scale_reads.fetch_add(1, Relaxed);
             return Ok((api, c));
         }
         // Not watched, not listed yet, or not seen yet (a target created a moment ago).
@@ -537,104 +550,54 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     if let Some(wait) = ctx.not_due(&st, spec.pause, started) {
         return Ok(Action::requeue(wait));
     }
-    ctx.stats
-        .polls
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats.polls.fetch_add(1, Relaxed);
     // The one clock read of this poll: the machine's time, the readings' and status's stamps.
     let now = Timestamp::now();
-    let now_ms = now.as_millisecond();
     let requeue = |after: Duration| ctx.schedule(&st, spec.pause, started, now, after);
     let leader = ctx.leadership.is_leader();
     // Mode Hpa steps on every replica: each serves the values the HPA reads.
     let steps = leader || spec.mode == TargetMode::Hpa;
+
     let (readings, slo, scale) = observe_inputs(&ctx, &st, interval, steps).await;
     let counts = scale
         .as_ref()
         .and_then(|s| s.as_ref().ok())
         .map(|(_, c)| *c);
-    let (observed, step) = {
-        let mut targets = ctx.targets.lock().expect("targets");
-        let t = state_for(&mut targets, &st);
-        let values: Vec<_> = readings.iter().map(Reading::engine).collect();
-        let pods = slo.as_ref().and(counts.map(|c| c.status));
-        let signals = slo.unwrap_or_default();
-        let observed = t.machine.observe(now_ms, &spec, &values, &signals, pods);
-        let step = match (steps, counts) {
-            (true, Some(c)) => Some(t.machine.step(now_ms, &spec, replicas_of(c))),
-            _ => None,
-        };
-        (observed, step)
-    };
-    let ns = st.namespace().unwrap_or_default();
+    let (observed, step) = ctx.step(&st, &spec, now, &readings, slo, counts, steps);
     for job in observed.backfills {
-        if let Some(metric) = st.spec.metrics.get(job.index) {
-            let (ctx, key, ns) = (ctx.clone(), key(&st), ns.clone());
-            tokio::spawn(backfill::run_backfill(ctx, key, ns, metric.clone(), job));
-        }
+        backfill::spawn(&ctx, &st, job);
     }
     if let Some(store) = ctx.store.get() {
         let served = step.as_ref().map_or(&[][..], |s| &s.served[..]);
         publish_readings(store, &st, &readings, served, now, interval);
     }
     if !leader {
-        // Only the leader's decisions are exported: a standby drops what it had.
-        if let Some(t) = ctx.targets.lock().expect("targets").get_mut(&key(&st)) {
-            t.series = None;
-            t.status = None;
-        }
+        ctx.standing_by(&st);
         return Ok(requeue(interval));
     }
+
     let (api, counts) = scale.expect("the leader reads the scale")?;
-    let Some(step) = step else {
-        unreachable!("the leader steps once the scale is read")
-    };
-    for change in &observed.changes {
-        let note = format!("metric {}: {}", change.metric, change.message);
-        tracing::info!(scaledtarget = %key(&st), metric = %change.metric, change = %change.message, "learned values changed");
-        publish(
-            ctx.as_ref(),
-            &st,
-            EventType::Normal,
-            cond::EVENT_LEARNED_CHANGED,
-            "Learn",
-            note,
-        )
-        .await;
-    }
-    // What the status says now: the last one this replica queued, else the object's.
-    let previous = {
-        let targets = ctx.targets.lock().expect("targets");
-        targets
-            .get(&key(&st))
-            .filter(|t| Some(&t.uid) == st.metadata.uid.as_ref())
-            .and_then(|t| t.status.clone())
-    }
-    .or_else(|| st.status.clone());
-    let mut conditions = Conditions::from_status(previous.as_ref());
-    for c in &step.conditions {
-        conditions.set(condition(c.type_, c.status, &c.reason, &c.message));
-    }
-    let learned = {
-        let targets = ctx.targets.lock().expect("targets");
-        let t = targets.get(&key(&st));
-        (0..st.spec.metrics.len())
-            .map(|i| t.and_then(|t| t.machine.learned(i)))
-            .collect::<Vec<_>>()
-    };
-    let mut status = ScaledTargetStatus {
-        metrics: metric_statuses(&st, &readings, &learned, &now),
-        observed_generation: st.metadata.generation,
-        last_scale_time: previous.as_ref().and_then(|s| s.last_scale_time.clone()),
-        current_replicas: Some(counts.spec),
-        desired_replicas: Some(step.desired),
-        ..Default::default()
-    };
+    let step = step.expect("the leader steps once the scale is read");
     let act = Act {
         st: &st,
         ctx: &ctx,
         spec: &spec,
         step: &step,
         now,
+    };
+    act.learned_changed(&observed.changes).await;
+    let previous = ctx.last_status(&st);
+    let mut conditions = Conditions::from_status(previous.as_ref());
+    for c in &step.conditions {
+        conditions.set(condition(c.type_, c.status, &c.reason, &c.message));
+    }
+    let mut status = ScaledTargetStatus {
+        metrics: metric_statuses(&st, &readings, &ctx.learned(&st), &now),
+        observed_generation: st.metadata.generation,
+        last_scale_time: previous.as_ref().and_then(|s| s.last_scale_time.clone()),
+        current_replicas: Some(counts.spec),
+        desired_replicas: Some(step.desired),
+        ..Default::default()
     };
     match spec.mode {
         TargetMode::Hpa => act.hpa(&mut conditions, &mut status).await?,
@@ -644,21 +607,90 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         act.escalate(e).await;
     }
     status.conditions = conditions.into_vec();
-    {
-        let mut targets = ctx.targets.lock().expect("targets");
-        let t = targets.entry(key(&st)).or_default();
-        let values = readings.iter().map(|r| r.value.as_ref().ok().copied());
-        ctx.series(t, &st).observe(values, &status);
-    }
-    if status::worth_writing(previous.as_ref(), &status) {
-        // Decisions never read status back; the writer retries a failed write a few times.
-        state_for(&mut ctx.targets.lock().expect("targets"), &st).status = Some(status.clone());
-        ctx.writer.write_status(&st, status).await;
-    }
+    ctx.report(&st, &readings, previous.as_ref(), status).await;
+
     let next = step.next_wake.map_or(interval, |at| {
-        Duration::from_millis((at - now_ms).max(1000) as u64)
+        Duration::from_millis((at - now.as_millisecond()).max(1000) as u64)
     });
     Ok(requeue(next))
+}
+
+impl Context {
+    /// Observe and step the target's machine under one lock (stepping only when `steps` and
+    /// the counts were read).
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        st: &ScaledTarget,
+        spec: &TargetSpec,
+        now: Timestamp,
+        readings: &[Reading],
+        slo: SloSignals,
+        counts: Option<replicas::Counts>,
+        steps: bool,
+    ) -> (Observed, Option<Step>) {
+        let now = now.as_millisecond();
+        let mut targets = self.targets.lock().expect("targets");
+        let t = state_for(&mut targets, st);
+        let values: Vec<_> = readings.iter().map(Reading::engine).collect();
+        let pods = slo.as_ref().and(counts.map(|c| c.status));
+        let signals = slo.unwrap_or_default();
+        let observed = t.machine.observe(now, spec, &values, &signals, pods);
+        let step = match (steps, counts) {
+            (true, Some(c)) => Some(t.machine.step(now, spec, replicas_of(c))),
+            _ => None,
+        };
+        (observed, step)
+    }
+
+    /// A standby's poll ends here: only the leader's decisions are exported, so it drops
+    /// what it had.
+    fn standing_by(&self, st: &ScaledTarget) {
+        if let Some(t) = self.targets.lock().expect("targets").get_mut(&key(st)) {
+            t.series = None;
+            t.status = None;
+        }
+    }
+
+    /// What the status says now: the last one this replica queued, else the object's.
+    fn last_status(&self, st: &ScaledTarget) -> Option<ScaledTargetStatus> {
+        let targets = self.targets.lock().expect("targets");
+        targets
+            .get(&key(st))
+            .filter(|t| Some(&t.uid) == st.metadata.uid.as_ref())
+            .and_then(|t| t.status.clone())
+            .or_else(|| st.status.clone())
+    }
+
+    /// What each metric has learned, in the spec's order.
+    fn learned(&self, st: &ScaledTarget) -> Vec<Option<MetricLearned>> {
+        let targets = self.targets.lock().expect("targets");
+        let t = targets.get(&key(st));
+        (0..st.spec.metrics.len())
+            .map(|i| t.and_then(|t| t.machine.learned(i)))
+            .collect()
+    }
+
+    /// The poll's report: the exported series, and the status when it is worth a write
+    /// (decisions never read status back; the writer retries a failed write a few times).
+    async fn report(
+        &self,
+        st: &ScaledTarget,
+        readings: &[Reading],
+        previous: Option<&ScaledTargetStatus>,
+        status: ScaledTargetStatus,
+    ) {
+        {
+            let mut targets = self.targets.lock().expect("targets");
+            let t = targets.entry(key(st)).or_default();
+            let values = readings.iter().map(|r| r.value.as_ref().ok().copied());
+            self.series(t, st).observe(values, &status);
+        }
+        if status::worth_writing(previous, &status) {
+            state_for(&mut self.targets.lock().expect("targets"), st).status = Some(status.clone());
+            self.writer.write_status(st, status).await;
+        }
+    }
 }
 
 /// The replica counts as the engine takes them. `/scale` has no ready count; the pods that
@@ -783,6 +815,23 @@ struct Act<'a> {
 }
 
 impl Act<'_> {
+    /// An Event per learned value that moved.
+    async fn learned_changed(&self, changes: &[Change]) {
+        for change in changes {
+            let note = format!("metric {}: {}", change.metric, change.message);
+            tracing::info!(scaledtarget = %key(self.st), metric = %change.metric, change = %change.message, "learned values changed");
+            publish(
+                self.ctx,
+                self.st,
+                EventType::Normal,
+                cond::EVENT_LEARNED_CHANGED,
+                "Learn",
+                note,
+            )
+            .await;
+        }
+    }
+
     fn with_machine<R>(&self, f: impl FnOnce(&mut TargetMachine) -> R) -> R {
         let mut targets = self.ctx.targets.lock().expect("targets");
         f(&mut state_for(&mut targets, self.st).machine)
@@ -851,6 +900,7 @@ impl Act<'_> {
         let hpa_now = if in_sync {
             ours.as_deref().cloned().unwrap_or_default()
         } else {
+            lease_held(ctx)?;
             ctx.stats.requests(1);
             let applied = hpas
                 .patch(
@@ -934,9 +984,7 @@ impl Act<'_> {
             StepAction::None => {}
             StepAction::PauseAt(n) => self.pause_at(n, status).await?,
             StepAction::Scale { from, to } => {
-                ctx.stats
-                    .actions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.stats.actions.fetch_add(1, Relaxed);
                 let now_ms = self.now.as_millisecond();
                 match patch_scale(ctx, api, st, to, counts.status).await {
                     Ok(()) => {
@@ -945,6 +993,8 @@ impl Act<'_> {
                         status.last_scale_time = Some(Time(self.now));
                         status.current_replicas = Some(to);
                     }
+                    // Not a failure to scale: the new leader decides again.
+                    Err(ControllerError::LeaseLost) => return Err(ControllerError::LeaseLost),
                     Err(e) => {
                         let error = e.to_string();
                         let (failures, escalation) = self
@@ -968,9 +1018,7 @@ impl Act<'_> {
                 }
             }
             StepAction::Report { from, to } => {
-                ctx.stats
-                    .actions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.stats.actions.fetch_add(1, Relaxed);
                 ctx.count_action(st, from, to);
                 let note = format!(
                     "would scale {from} -> {to} (metric {metric}, rule {}); mode Shadow changes nothing",
@@ -1058,6 +1106,7 @@ impl Act<'_> {
 }
 
 async fn delete_hpa(ctx: &Context, hpas: &Api<HorizontalPodAutoscaler>, name: &str) -> Result<()> {
+    lease_held(ctx)?;
     ctx.stats.requests(1);
     match hpas.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
@@ -1073,6 +1122,7 @@ async fn patch_scale(
     replicas: i32,
     status_replicas: i32,
 ) -> Result<()> {
+    lease_held(ctx)?;
     ctx.stats.requests(1);
     let scale = api
         .api

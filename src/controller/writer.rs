@@ -11,6 +11,10 @@
 //!   holds at most one place in the queue, so under pressure status writes shrink to one per
 //!   target instead of piling up.
 //!
+//! - A status is written only while this replica holds the lease: once it is lost, the new
+//!   leader's status must not be overwritten by an old one still queued here. Events stay:
+//!   each records an action this replica did take, and the audit trail keeps it.
+//!
 //! At shutdown [`Writer::flush`] gives what is queued a bounded time to land.
 
 use std::collections::HashMap;
@@ -25,6 +29,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, Recorder};
 use tokio::sync::mpsc;
 
+use super::leader::Leadership;
 use super::stats::ControllerStats;
 use crate::crd::{ScaledTarget, ScaledTargetStatus};
 
@@ -67,6 +72,7 @@ struct Shared {
     client: kube::Client,
     recorder: Recorder,
     stats: Arc<ControllerStats>,
+    leadership: Leadership,
     statuses: Mutex<HashMap<String, PendingStatus>>,
     /// To queue a retry; weak, so that dropping the Writer still stops the workers.
     retry: mpsc::WeakSender<Job>,
@@ -82,13 +88,19 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writers on the current Tokio runtime; they stop when the Writer is dropped.
-    pub fn start(client: kube::Client, recorder: Recorder, stats: Arc<ControllerStats>) -> Self {
+    pub fn start(
+        client: kube::Client,
+        recorder: Recorder,
+        stats: Arc<ControllerStats>,
+        leadership: Leadership,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let shared = Arc::new(Shared {
             retry: tx.downgrade(),
             client,
             recorder,
             stats,
+            leadership,
             statuses: Mutex::default(),
             outstanding: AtomicUsize::new(0),
         });
@@ -220,6 +232,10 @@ impl Shared {
                 let Some(p) = self.statuses.lock().expect("statuses").remove(&key) else {
                     return; // forgotten: the target is gone
                 };
+                if !self.leadership.is_leader() {
+                    tracing::debug!(scaledtarget = %key, "lease lost: status left to the leader");
+                    return;
+                }
                 self.stats.requests(1);
                 let api = Api::<ScaledTarget>::namespaced(self.client.clone(), &p.namespace);
                 let patch = Patch::Merge(serde_json::json!({ "status": p.status }));
@@ -239,6 +255,55 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Writer whose API server is a closed port: every write it tries fails, and counts.
+    fn writer(leader: bool) -> (Writer, Arc<ControllerStats>) {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let recorder = Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "ebb-test".into(),
+                instance: None,
+            },
+        );
+        let stats = Arc::new(ControllerStats::default());
+        let w = Writer::start(client, recorder, stats.clone(), Leadership::fixed(leader));
+        (w, stats)
+    }
+
+    fn target() -> ScaledTarget {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ebb.dev/v1alpha1",
+            "kind": "ScaledTarget",
+            "metadata": { "name": "web", "namespace": "shop" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
+                "maxReplicas": 3,
+                "metrics": [{ "name": "m", "prometheus": { "address": "http://p", "query": "q" },
+                              "target": { "type": "Value", "value": "1" } }]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_status_is_written_by_the_leader_only() {
+        for leader in [true, false] {
+            let (w, stats) = writer(leader);
+            w.write_status(&target(), ScaledTargetStatus::default())
+                .await;
+            assert_eq!(w.flush(Duration::from_secs(10)).await, 0);
+            let tried = stats.api_requests.load(Ordering::Relaxed);
+            // The leader tries it (and retries: the server is down); a standby never does.
+            assert_eq!(tried > 0, leader, "leader {leader}: {tried} requests");
         }
     }
 }
