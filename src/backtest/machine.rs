@@ -21,7 +21,7 @@ use crate::engine::Millis;
 use crate::engine::NoData;
 use crate::engine::hpa::Replicas;
 use crate::engine::policy::{ReplayPolicy, StepContext};
-use crate::engine::target::{Action, Mode, TargetMachine, TargetSpec};
+use crate::engine::target::{Action, Inputs, Mode, TargetMachine, TargetSpec};
 
 /// The HPA controller's sync period (`--horizontal-pod-autoscaler-sync-period`, default 15 s).
 pub const HPA_SYNC_SECONDS: i64 = 15;
@@ -90,8 +90,13 @@ impl ReplayPolicy for MachinePolicy {
                 ),
                 _ => (Vec::new(), None),
             };
-            self.machine
-                .observe(now, &self.spec, &readings, &signals, pods);
+            let inputs = Inputs {
+                readings: &readings,
+                slo: &signals,
+                pods,
+                ..Inputs::default()
+            };
+            self.machine.observe(now, &self.spec, inputs);
         }
         let step = self.machine.step(now, &self.spec, replicas(previous));
         let mut count = step.desired;
@@ -151,6 +156,7 @@ pub fn protocol_spec(
                 backfill: false,
                 fingerprint: "replay".into(),
             }),
+            drain: None,
         }],
         adaptive: Some(adaptive),
         fallback: None,

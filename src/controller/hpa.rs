@@ -60,12 +60,14 @@ pub fn desired_hpa_with(
                         value: m.target.value.clone(),
                         ..Default::default()
                     },
-                    TargetType::AverageValue => MetricTarget {
+                    // DrainTime: ebb serves the work (msg/s); the HPA divides it by the
+                    // per-pod throughput (learned, else the set one).
+                    TargetType::AverageValue | TargetType::DrainTime => MetricTarget {
                         type_: "AverageValue".into(),
                         average_value: learned
                             .get(&m.name)
                             .cloned()
-                            .or_else(|| m.target.average_value.clone()),
+                            .or_else(|| m.target.quantity().cloned()),
                         ..Default::default()
                     },
                 },

@@ -266,6 +266,7 @@ impl TargetSeries {
                 r#type: match m.target.type_ {
                     TargetType::Value => "Value",
                     TargetType::AverageValue => "AverageValue",
+                    TargetType::DrainTime => "DrainTime",
                 },
             };
             let target = m

@@ -24,8 +24,8 @@ mod status;
 mod watched;
 pub mod writer;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,13 +42,16 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{
-    MetricStatus, PAUSED_REPLICAS_ANNOTATION, ScaledTarget, ScaledTargetStatus, from_milli,
+    Metric, MetricStatus, PAUSED_REPLICAS_ANNOTATION, ScaledTarget, ScaledTargetStatus, TargetType,
+    from_milli,
 };
 use crate::engine::conditions as cond;
+use crate::engine::drain::QueueSignals;
 use crate::engine::hpa::Replicas;
 use crate::engine::learning::{Change, MetricLearned};
 use crate::engine::target::{
-    Action as StepAction, Mode as TargetMode, Observed, Pause, Step, TargetMachine, TargetSpec,
+    Action as StepAction, Inputs, Mode as TargetMode, Observed, Pause, Step, TargetMachine,
+    TargetSpec,
 };
 use escalation::{EscalationPayload, EscalationReason, Escalator};
 use leader::Leadership;
@@ -558,12 +561,24 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     // Mode Hpa steps on every replica: each serves the values the HPA reads.
     let steps = leader || spec.mode == TargetMode::Hpa;
 
-    let (readings, slo, scale) = observe_inputs(&ctx, &st, interval, steps).await;
+    let Polled {
+        readings,
+        slo,
+        queues,
+        scale,
+    } = observe_inputs(&ctx, &st, interval, steps).await;
     let counts = scale
         .as_ref()
         .and_then(|s| s.as_ref().ok())
         .map(|(_, c)| *c);
-    let (observed, step) = ctx.step(&st, &spec, now, &readings, slo, counts, steps);
+    let values: Vec<_> = readings.iter().map(Reading::engine).collect();
+    let inputs = Inputs {
+        readings: &values,
+        slo: slo.as_deref().unwrap_or_default(),
+        queues: &queues,
+        pods: counts.map(|c| c.status),
+    };
+    let (observed, step) = ctx.step(&st, &spec, now, inputs, counts, steps);
     for job in observed.backfills {
         backfill::spawn(&ctx, &st, job);
     }
@@ -618,24 +633,19 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
 impl Context {
     /// Observe and step the target's machine under one lock (stepping only when `steps` and
     /// the counts were read).
-    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         st: &ScaledTarget,
         spec: &TargetSpec,
         now: Timestamp,
-        readings: &[Reading],
-        slo: SloSignals,
+        inputs: Inputs<'_>,
         counts: Option<replicas::Counts>,
         steps: bool,
     ) -> (Observed, Option<Step>) {
         let now = now.as_millisecond();
         let mut targets = self.targets.lock().expect("targets");
         let t = state_for(&mut targets, st);
-        let values: Vec<_> = readings.iter().map(Reading::engine).collect();
-        let pods = slo.as_ref().and(counts.map(|c| c.status));
-        let signals = slo.unwrap_or_default();
-        let observed = t.machine.observe(now, spec, &values, &signals, pods);
+        let observed = t.machine.observe(now, spec, inputs);
         let step = match (steps, counts) {
             (true, Some(c)) => Some(t.machine.step(now, spec, replicas_of(c))),
             _ => None,
@@ -707,18 +717,26 @@ fn replicas_of(c: replicas::Counts) -> Replicas {
 /// some metric has an `slo`.
 type SloSignals = Option<Vec<Option<f64>>>;
 
-/// What a poll observes: the metric readings, the SLO signals and, when the machine steps,
-/// the workload's `/scale` and counts, read concurrently.
+/// What a poll read.
+struct Polled {
+    /// The metrics' readings (a DrainTime metric's backlog).
+    readings: Vec<Reading>,
+    slo: SloSignals,
+    /// DrainTime metrics: the queue's rates and waiting messages.
+    queues: Vec<Option<QueueSignals>>,
+    /// When the machine steps (or learns from pods): the workload's `/scale` and counts.
+    scale: Option<Result<(ScaleApi, replicas::Counts)>>,
+}
+
+/// What a poll observes, read concurrently: the metric readings, the SLO signals, the queue
+/// signals of DrainTime metrics and, when the machine steps, the workload's `/scale` and
+/// counts.
 async fn observe_inputs(
     ctx: &Arc<Context>,
     st: &ScaledTarget,
     interval: Duration,
     steps: bool,
-) -> (
-    Vec<Reading>,
-    SloSignals,
-    Option<Result<(ScaleApi, replicas::Counts)>>,
-) {
+) -> Polled {
     let ns = st.namespace().unwrap_or_default();
     let reads = futures::future::join_all(st.spec.metrics.iter().map(|m| {
         let (reader, ns) = (ctx.reader.clone(), ns.clone());
@@ -752,14 +770,60 @@ async fn observe_inputs(
             .await,
         )
     };
+    let queues = futures::future::join_all(
+        st.spec
+            .metrics
+            .iter()
+            .map(|m| read_queue_signals(ctx, &ns, m, interval)),
+    );
+    let learns_from_pods = learning_slo
+        || st
+            .spec
+            .metrics
+            .iter()
+            .any(|m| m.target.type_ == TargetType::DrainTime);
     let scale = async {
-        if steps || learning_slo {
+        if steps || learns_from_pods {
             Some(ctx.scale_of(st).await)
         } else {
             None
         }
     };
-    futures::future::join3(reads, slo, scale).await
+    let (readings, slo, queues, scale) = futures::future::join4(reads, slo, queues, scale).await;
+    Polled {
+        readings,
+        slo,
+        queues,
+        scale,
+    }
+}
+
+/// A DrainTime metric's reads besides its backlog (`None` for other metrics). A rate that
+/// cannot be read is no data; a served rate or waiting count that cannot be read only stops
+/// the throughput from learning.
+async fn read_queue_signals(
+    ctx: &Context,
+    ns: &str,
+    m: &Metric,
+    interval: Duration,
+) -> Option<QueueSignals> {
+    let q = m.queue_signals()?;
+    let read = |metric: Option<Metric>| async move {
+        match metric {
+            Some(metric) => Some(ctx.reader.read(ns, &metric, interval).await),
+            None => None,
+        }
+    };
+    let (arrival, served, waiting) =
+        futures::future::join3(read(Some(q.arrival)), read(q.served), read(q.waiting)).await;
+    let arrival = Reading {
+        value: arrival.expect("the arrival rate is read"),
+    };
+    Some(QueueSignals {
+        arrival: arrival.engine(),
+        served: served.and_then(Result::ok),
+        waiting: waiting.and_then(Result::ok),
+    })
 }
 
 fn metric_statuses(

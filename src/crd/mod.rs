@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::engine::adaptive::AdaptiveConfig;
 pub use crate::engine::slo::SloConfig;
 pub use crate::source::prometheus::PrometheusConfig;
-pub use crate::source::rabbitmq::RabbitMqConfig;
+pub use crate::source::rabbitmq::{Measure, RabbitMqConfig};
 pub use crate::source::secret::SecretRef;
 pub use quantity::{QuantityError, from_milli, milli_value};
 
@@ -174,6 +174,44 @@ impl Mode {
 }
 
 impl Metric {
+    /// A DrainTime metric's other reads (`None` for other targets).
+    pub fn queue_signals(&self) -> Option<QueueSignalMetrics> {
+        if self.target.type_ != TargetType::DrainTime {
+            return None;
+        }
+        let derived = |suffix: &str| Metric {
+            name: format!("{}-{suffix}", self.name),
+            arrival_rate: None,
+            served_rate: None,
+            slo: None,
+            ..self.clone()
+        };
+        if let Some(r) = &self.rabbitmq {
+            let measure = |measure| RabbitMqConfig {
+                measure,
+                ..r.clone()
+            };
+            let with = |suffix: &str, m| Metric {
+                rabbitmq: Some(measure(m)),
+                ..derived(suffix)
+            };
+            return Some(QueueSignalMetrics {
+                arrival: with("arrival", Measure::PublishRate),
+                served: Some(with("served", Measure::AckRate)),
+                waiting: (r.measure != Measure::Ready).then(|| with("waiting", Measure::Ready)),
+            });
+        }
+        let prometheus = |p: &PrometheusConfig, suffix: &str| Metric {
+            prometheus: Some(p.clone()),
+            ..derived(suffix)
+        };
+        Some(QueueSignalMetrics {
+            arrival: prometheus(self.arrival_rate.as_ref()?, "arrival"),
+            served: self.served_rate.as_ref().map(|p| prometheus(p, "served")),
+            waiting: None,
+        })
+    }
+
     /// The SLO signal as a metric of its own (read through the same collector, so an SLO
     /// query shared by several metrics or targets is fetched once).
     pub fn slo_signal(&self) -> Option<Metric> {
@@ -184,6 +222,8 @@ impl Metric {
             rabbitmq: None,
             target: self.target.clone(),
             slo: None,
+            arrival_rate: None,
+            served_rate: None,
         })
     }
 }
@@ -194,6 +234,12 @@ impl Metric {
     .message("each metric needs exactly one source: set prometheus or rabbitmq, not both"))]
 #[x_kube(validation = Rule::new("!has(self.slo) || self.target.type == 'AverageValue'")
     .message("slo learns a per-pod target: it needs target type AverageValue"))]
+#[x_kube(validation = Rule::new("self.target.type != 'DrainTime' || has(self.rabbitmq) || has(self.arrivalRate)")
+    .message("target type DrainTime on a Prometheus metric needs arrivalRate: a query of the messages arriving per second"))]
+#[x_kube(validation = Rule::new("(!has(self.arrivalRate) && !has(self.servedRate)) || (self.target.type == 'DrainTime' && has(self.prometheus))")
+    .message("arrivalRate and servedRate are read only by target type DrainTime on a Prometheus metric (a RabbitMQ queue gives its own rates)"))]
+#[x_kube(validation = Rule::new("self.target.type != 'DrainTime' || !has(self.rabbitmq) || !has(self.rabbitmq.measure) || self.rabbitmq.measure in ['Backlog', 'Ready']")
+    .message("target type DrainTime reads the queue's backlog: rabbitmq.measure must be Backlog (the default) or Ready"))]
 #[serde(rename_all = "camelCase")]
 pub struct Metric {
     /// The metric's name; also its external metric name in mode Hpa.
@@ -214,6 +260,27 @@ pub struct Metric {
     /// per pod at which the SLO held, with a margin (`docs/adaptive.md`, "SLO target").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<MetricSlo>,
+    /// Target type DrainTime on a Prometheus metric (whose `query` is the backlog): the
+    /// messages arriving per second, e.g. `sum(rate(kafka_topic_partition_current_offset[1m]))`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_rate: Option<PrometheusConfig>,
+    /// Target type DrainTime on a Prometheus metric: the messages served (completed) per second,
+    /// from which the per-pod throughput is learned. Without it the set throughput holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_rate: Option<PrometheusConfig>,
+}
+
+/// The reads a DrainTime metric needs besides its backlog, as metrics of their own (read
+/// through the same collector, so they are deduplicated like any query).
+#[derive(Debug, Clone)]
+pub struct QueueSignalMetrics {
+    /// Messages arriving per second.
+    pub arrival: Metric,
+    /// Messages served per second, when known.
+    pub served: Option<Metric>,
+    /// Messages waiting for a consumer, when it differs from the metric itself (a RabbitMQ
+    /// backlog counts the unacknowledged too); `None`: the backlog is what waits.
+    pub waiting: Option<Metric>,
 }
 
 /// An SLO signal and how the per-pod target is learned from it.
@@ -241,12 +308,17 @@ pub enum TargetType {
     Value,
     /// The metric's total divided by the replica count against `averageValue`.
     AverageValue,
+    /// A queue scaled on its work: `ceil((arrivals/s + backlog / drainSeconds) / throughput
+    /// per pod)`, the throughput set by `throughputPerPod` and learned (`docs/queues.md`).
+    DrainTime,
 }
 
 /// What a metric's value is compared against.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[x_kube(validation = Rule::new("self.type == 'Value' ? (has(self.value) && !has(self.averageValue)) : (has(self.averageValue) && !has(self.value))")
-    .message("target type Value needs value, type AverageValue needs averageValue (and not the other)"))]
+#[x_kube(validation = Rule::new("self.type == 'Value' ? (has(self.value) && !has(self.averageValue)) : self.type == 'AverageValue' ? (has(self.averageValue) && !has(self.value)) : (!has(self.value) && !has(self.averageValue))")
+    .message("target type Value needs value, type AverageValue needs averageValue (and not the other), type DrainTime neither"))]
+#[x_kube(validation = Rule::new("self.type == 'DrainTime' ? (has(self.drainSeconds) && has(self.throughputPerPod)) : !(has(self.drainSeconds) || has(self.throughputPerPod) || has(self.learnThroughput) || has(self.minThroughputPerPod) || has(self.maxThroughputPerPod))")
+    .message("target type DrainTime needs drainSeconds and throughputPerPod; the drain and throughput fields belong to type DrainTime only"))]
 #[serde(rename_all = "camelCase")]
 pub struct MetricTarget {
     /// Value or AverageValue.
@@ -264,6 +336,33 @@ pub struct MetricTarget {
         .message("averageValue must be a Kubernetes quantity, e.g. 100, 1.5k, 250m"))]
     #[schemars(schema_with = "bounded_quantity")]
     pub average_value: Option<Quantity>,
+    /// Type DrainTime: any backlog should be gone within this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub drain_seconds: Option<i32>,
+    /// Type DrainTime: messages per second one pod gets through; in force until one is
+    /// learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))")
+        .message("throughputPerPod must be a positive Kubernetes quantity, e.g. 10, 2.5, 500m"))]
+    #[schemars(schema_with = "bounded_quantity")]
+    pub throughput_per_pod: Option<Quantity>,
+    /// Type DrainTime: learn the per-pod throughput from the served rate while messages wait
+    /// (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_throughput: Option<bool>,
+    /// Type DrainTime: the least learned throughput (default a quarter of `throughputPerPod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))")
+        .message("minThroughputPerPod must be a positive Kubernetes quantity"))]
+    #[schemars(schema_with = "bounded_quantity")]
+    pub min_throughput_per_pod: Option<Quantity>,
+    /// Type DrainTime: the most learned throughput (default four times `throughputPerPod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))")
+        .message("maxThroughputPerPod must be a positive Kubernetes quantity"))]
+    #[schemars(schema_with = "bounded_quantity")]
+    pub max_throughput_per_pod: Option<Quantity>,
 }
 
 /// The schema of an optional target quantity: an integer or a string, as upstream's Quantity,
@@ -290,14 +389,45 @@ impl MetricTarget {
             TargetType::AverageValue => {
                 crate::engine::Target::AverageValue(q(&self.average_value)?)
             }
+            // The work (msg/s) per pod against the throughput per pod.
+            TargetType::DrainTime => {
+                crate::engine::Target::AverageValue(q(&self.throughput_per_pod)?)
+            }
         })
     }
 
-    /// The target's quantity as written.
+    /// Type DrainTime: the machine's view of the drain time and throughput.
+    pub fn drain_spec(&self) -> Result<Option<crate::engine::drain::DrainSpec>, QuantityError> {
+        if self.type_ != TargetType::DrainTime {
+            return Ok(None);
+        }
+        let per_second = |q: &Quantity| milli_value(&q.0).map(|m| m as f64 / 1000.0);
+        let throughput = per_second(
+            self.throughput_per_pod
+                .as_ref()
+                .ok_or(QuantityError::Missing)?,
+        )?;
+        let bound = |q: &Option<Quantity>, default: f64| q.as_ref().map_or(Ok(default), per_second);
+        let learn = if self.learn_throughput.unwrap_or(true) {
+            let lo = bound(&self.min_throughput_per_pod, throughput / 4.0)?;
+            let hi = bound(&self.max_throughput_per_pod, throughput * 4.0)?;
+            Some((lo.min(throughput), hi.max(throughput)))
+        } else {
+            None
+        };
+        Ok(Some(crate::engine::drain::DrainSpec {
+            drain_seconds: f64::from(self.drain_seconds.unwrap_or(60).max(1)),
+            throughput,
+            learn,
+        }))
+    }
+
+    /// The target's quantity as written (DrainTime: the set throughput per pod).
     pub fn quantity(&self) -> Option<&Quantity> {
         match self.type_ {
             TargetType::Value => self.value.as_ref(),
             TargetType::AverageValue => self.average_value.as_ref(),
+            TargetType::DrainTime => self.throughput_per_pod.as_ref(),
         }
     }
 }
@@ -615,7 +745,12 @@ impl ScaledTarget {
                 .iter()
                 .map(|m| MetricSpec {
                     name: m.name.clone(),
-                    target: m.target.to_engine().map_err(|e| e.to_string()),
+                    target: m
+                        .target
+                        .to_engine()
+                        .and_then(|t| m.target.drain_spec().map(|_| t))
+                        .map_err(|e| e.to_string()),
+                    drain: m.target.drain_spec().ok().flatten(),
                     learn: adaptive
                         .as_ref()
                         .and_then(|config| self.learn_spec(m, config, &uid)),

@@ -16,6 +16,7 @@
 pub mod adaptive;
 pub mod baseline;
 pub mod conditions;
+pub mod drain;
 pub mod forecast;
 pub mod hpa;
 pub mod learning;

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 
 use super::adaptive::{AdaptiveConfig, AdaptiveReason};
 use super::conditions as cond;
+use super::drain::{DrainSpec, QueueSignals, Throughput};
 use super::hpa::{self, HpaSpec, Replicas, ScalingState, propose};
 use super::learning::{self, Backfill, Change, LearnSpec, LearnedScaleDown, Learning};
 use super::{Decision, MetricSample, Millis, NoData, Target};
@@ -63,6 +64,24 @@ pub struct MetricSpec {
     pub target: Result<Target, String>,
     /// How it learns, when it does (AverageValue metrics with `spec.adaptive` on).
     pub learn: Option<LearnSpec>,
+    /// A queue scaled on its work (`DrainTime`): the reading is its backlog, the value the
+    /// machine decides on is the work, and `target` is the set per-pod throughput.
+    pub drain: Option<DrainSpec>,
+}
+
+/// What one poll read, index-aligned with `spec.metrics` (a slice shorter than the metrics
+/// reads as "not read" for the rest).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inputs<'a> {
+    /// Each metric's value (a DrainTime metric's backlog); a value that is not finite is no
+    /// data.
+    pub readings: &'a [Reading],
+    /// The SLO signals (`None` where a metric has none or its read failed).
+    pub slo: &'a [Option<f64>],
+    /// DrainTime metrics: the queue's rates and waiting messages.
+    pub queues: &'a [Option<QueueSignals>],
+    /// The workload's pods (the SLO rule, the learned throughput).
+    pub pods: Option<i32>,
 }
 
 /// What to do when every source fails.
@@ -258,7 +277,9 @@ pub struct TargetMachine {
     /// Mode Hpa: the HPA controller's state as the machine models it.
     hpa_model: ScalingState,
     learning: Learning,
-    /// The last readings, per metric.
+    /// DrainTime metrics: the per-pod throughput, set or learned.
+    throughput: Vec<Option<Throughput>>,
+    /// The last readings, per metric (a DrainTime metric's work).
     readings: Vec<Reading>,
     /// Mode Hpa: the values last served, per metric.
     served: Vec<Reading>,
@@ -296,17 +317,15 @@ impl TargetMachine {
         self.fallback.active
     }
 
-    /// Feeds one poll's readings (index-aligned with `spec.metrics`; a value that is not
-    /// finite is no data), the SLO signals (`None` where a metric has none or its read
-    /// failed) and the workload's pods (for the SLO rule).
-    pub fn observe(
-        &mut self,
-        now: Millis,
-        spec: &TargetSpec,
-        readings: &[Reading],
-        slo_signals: &[Option<f64>],
-        pods: Option<i32>,
-    ) -> Observed {
+    /// The per-pod throughput in force for DrainTime metric `index`, and whether it was
+    /// learned.
+    pub fn throughput(&self, index: usize) -> Option<(f64, bool)> {
+        let t = self.throughput.get(index)?.as_ref()?;
+        Some((t.current(), t.learned().is_some()))
+    }
+
+    /// Feeds one poll's inputs.
+    pub fn observe(&mut self, now: Millis, spec: &TargetSpec, inputs: Inputs<'_>) -> Observed {
         let learn: Vec<Option<&LearnSpec>> =
             spec.metrics.iter().map(|m| m.learn.as_ref()).collect();
         let backfills = self.learning.sync(
@@ -315,12 +334,20 @@ impl TargetMachine {
             &learn,
             spec.interval,
         );
+        self.sync_throughput(spec);
         self.readings.clear();
-        self.readings.extend(readings.iter().map(|r| match r {
-            Ok(v) if v.is_finite() => Ok(*v),
-            Ok(_) => Err(NoData::SourceFailed),
-            Err(e) => Err(*e),
-        }));
+        self.readings
+            .extend(inputs.readings.iter().enumerate().map(|(i, r)| {
+                let finite = match r {
+                    Ok(v) if v.is_finite() => Ok(*v),
+                    Ok(_) => Err(NoData::SourceFailed),
+                    Err(e) => Err(*e),
+                };
+                match spec.metrics.get(i).and_then(|m| m.drain.as_ref()) {
+                    Some(d) => d.work(finite, inputs.queues.get(i).and_then(Option::as_ref)),
+                    None => finite,
+                }
+            }));
         let reading = self
             .last_reading
             .is_none_or(|last| now - last >= spec.interval / 2);
@@ -337,13 +364,40 @@ impl TargetMachine {
             self.fallback.update(f.failure_threshold.max(1), all_failed);
         }
         let values: Vec<Option<f64>> = self.readings.iter().map(|r| r.ok()).collect();
-        let changes = self
+        let mut changes = self
             .learning
-            .observe_with_slo(&values, slo_signals, pods, now);
+            .observe_with_slo(&values, inputs.slo, inputs.pods, now);
+        for (i, (t, m)) in self.throughput.iter_mut().zip(&spec.metrics).enumerate() {
+            if let Some(t) = t {
+                let signals = inputs.queues.get(i).and_then(Option::as_ref);
+                changes.extend(t.observe(now, &m.name, signals, inputs.pods));
+            }
+        }
         Observed {
             reading,
             changes,
             backfills,
+        }
+    }
+
+    /// One throughput per DrainTime metric; a changed DrainTime spec starts afresh.
+    fn sync_throughput(&mut self, spec: &TargetSpec) {
+        self.throughput.resize(spec.metrics.len(), None);
+        for (t, m) in self.throughput.iter_mut().zip(&spec.metrics) {
+            match (&m.drain, t.as_ref()) {
+                (Some(d), Some(have)) if have.spec() == d => {}
+                (Some(d), _) => *t = Some(Throughput::new(*d)),
+                (None, _) => *t = None,
+            }
+        }
+    }
+
+    /// The target a metric is decided against: a DrainTime metric's is the per-pod
+    /// throughput in force.
+    fn target_of(&self, index: usize, m: &MetricSpec) -> Option<Target> {
+        match self.throughput.get(index).and_then(Option::as_ref) {
+            Some(t) => Some(Target::AverageValue(to_milli(t.current()).max(1))),
+            None => m.target.as_ref().ok().copied(),
         }
     }
 
@@ -687,8 +741,14 @@ impl TargetMachine {
         step.conditions.push(fallback_condition(floor));
         self.served = served.clone();
         step.served = served;
+        let mut targets = self.learning.hpa_targets();
+        for (m, t) in spec.metrics.iter().zip(&self.throughput) {
+            if let Some(learned) = t.as_ref().and_then(Throughput::learned) {
+                targets.insert(m.name.clone(), learned);
+            }
+        }
         step.hpa = Some(HpaIntent {
-            targets: self.learning.hpa_targets(),
+            targets,
             pending: self.learning.pending(),
             scale_down: self.learning.hpa_scale_down(spec.metrics.len()),
             present: true,
@@ -728,9 +788,10 @@ impl TargetMachine {
         spec.metrics
             .iter()
             .zip(&self.readings)
-            .filter_map(|(m, r)| {
+            .enumerate()
+            .filter_map(|(i, (m, r))| {
                 Some(MetricSample {
-                    target: *m.target.as_ref().ok()?,
+                    target: self.target_of(i, m)?,
                     observation: r.map(to_milli),
                 })
             })
@@ -743,7 +804,7 @@ impl TargetMachine {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                let t = m.target.clone().unwrap_or(Target::Value(1));
+                let t = self.target_of(i, m).unwrap_or(Target::Value(1));
                 match (t, self.learning.status(i)) {
                     (Target::AverageValue(_), Some(l)) => {
                         Target::AverageValue(to_milli(l.target).max(1))
@@ -868,6 +929,14 @@ mod tests {
     const S: Millis = 1000;
     const INTERVAL: Millis = 15 * S;
 
+    /// Readings alone, as most tests feed them.
+    fn reads(readings: &[Reading]) -> Inputs<'_> {
+        Inputs {
+            readings,
+            ..Inputs::default()
+        }
+    }
+
     /// One AverageValue metric of 100 per pod (and a Value metric of 1000 when `value`).
     fn spec(mode: Mode) -> TargetSpec {
         TargetSpec {
@@ -882,6 +951,7 @@ mod tests {
                 name: "rps".into(),
                 target: Ok(Target::AverageValue(100_000)),
                 learn: None,
+                drain: None,
             }],
             adaptive: None,
             fallback: Some(FallbackSpec {
@@ -906,7 +976,7 @@ mod tests {
         current: i32,
     ) -> Step {
         let readings = vec![reading; spec.metrics.len()];
-        m.observe(now, spec, &readings, &[], None);
+        m.observe(now, spec, reads(&readings));
         let step = m.step(now, spec, Replicas::all(current));
         if let Action::Scale { from, to } = step.action {
             m.applied(now, spec, from, to);
@@ -1014,15 +1084,15 @@ mod tests {
     fn a_wake_up_is_not_a_reading() {
         let spec = spec(Mode::Direct);
         let mut m = TargetMachine::new();
-        assert!(m.observe(0, &spec, &[Ok(300.0)], &[], None).reading);
+        assert!(m.observe(0, &spec, reads(&[Ok(300.0)])).reading);
         // Failures seen on early wake-ups (a recheck, our own status write) do not count.
         for k in 1..=5 {
-            let o = m.observe(k * S, &spec, &[Err(NoData::SourceFailed)], &[], None);
+            let o = m.observe(k * S, &spec, reads(&[Err(NoData::SourceFailed)]));
             assert!(!o.reading);
         }
         assert!(!m.in_fallback());
         assert!(
-            m.observe(INTERVAL / 2, &spec, &[Err(NoData::SourceFailed)], &[], None)
+            m.observe(INTERVAL / 2, &spec, reads(&[Err(NoData::SourceFailed)]))
                 .reading
         );
     }
@@ -1070,7 +1140,7 @@ mod tests {
     fn failed_scaling_escalates_at_the_threshold_and_success_resets_it() {
         let spec = spec(Mode::Direct);
         let mut m = TargetMachine::new();
-        m.observe(0, &spec, &[Ok(400.0)], &[], None);
+        m.observe(0, &spec, reads(&[Ok(400.0)]));
         let s = m.step(0, &spec, Replicas::all(1));
         assert_eq!(s.action, Action::Scale { from: 1, to: 4 });
         assert_eq!(m.apply_failed(0, &spec, 1, 4, "forbidden"), (1, None));
@@ -1121,6 +1191,7 @@ mod tests {
             name: "queue".into(),
             target: Ok(Target::Value(1_000_000)),
             learn: None,
+            drain: None,
         });
         let mut m = TargetMachine::new();
         let s = poll(&mut m, &spec, 0, Ok(300.0), 1);
@@ -1180,7 +1251,7 @@ mod tests {
         });
         let mut m = TargetMachine::new();
         let readings = [Ok(200.0)];
-        let o = m.observe(0, &spec, &readings, &[], None);
+        let o = m.observe(0, &spec, reads(&readings));
         assert_eq!(
             o.backfills.len(),
             1,
@@ -1195,7 +1266,7 @@ mod tests {
         m.learning_mut().abandon(b.index, b.epoch);
         let mut desired = 8;
         for k in 1..=30 {
-            m.observe(k * INTERVAL, &spec, &readings, &[], None);
+            m.observe(k * INTERVAL, &spec, reads(&readings));
             desired = m.step(k * INTERVAL, &spec, Replicas::all(desired)).desired;
         }
         assert!(desired < 8, "{desired}");

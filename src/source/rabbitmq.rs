@@ -3,7 +3,7 @@
 //!
 //! Measures ([`Measure`]): `Backlog` (ready + unacknowledged, the default: messages taken by a
 //! consumer but not yet acknowledged are work not yet done, and AMQP alone cannot see them),
-//! `Ready`, `PublishRate` and `DeliverRate` (messages per second, management API). One queue,
+//! `Ready`, `PublishRate`, `DeliverRate` and `AckRate` (messages per second, management API). One queue,
 //! or every queue of a vhost whose name matches `queueRegex`, combined by `aggregate`
 //! (sum, max, avg).
 //!
@@ -53,6 +53,8 @@ pub enum Measure {
     PublishRate,
     /// Messages delivered (or fetched with basic.get) per second.
     DeliverRate,
+    /// Messages acknowledged per second: the work done (0 for consumers that do not ack).
+    AckRate,
 }
 
 /// How to combine the queues a `queueRegex` matches.
@@ -360,7 +362,8 @@ impl Broker {
         url.query_pairs_mut().append_pair(
             "columns",
             "name,messages_ready,messages_unacknowledged,\
-             message_stats.publish_details.rate,message_stats.deliver_get_details.rate",
+             message_stats.publish_details.rate,message_stats.deliver_get_details.rate,\
+             message_stats.ack_details.rate",
         );
         let mut request = api.client.get(url).timeout(timeout);
         if let Some((user, password)) = &api.credentials {
@@ -535,6 +538,7 @@ struct QueueStats {
 struct MessageStats {
     publish_details: Option<RateDetails>,
     deliver_get_details: Option<RateDetails>,
+    ack_details: Option<RateDetails>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -562,6 +566,7 @@ impl QueueStats {
             Measure::Ready => self.messages_ready.ok_or_else(missing)? as f64,
             Measure::PublishRate => rate(stats.and_then(|s| s.publish_details.as_ref())),
             Measure::DeliverRate => rate(stats.and_then(|s| s.deliver_get_details.as_ref())),
+            Measure::AckRate => rate(stats.and_then(|s| s.ack_details.as_ref())),
         })
     }
 }
