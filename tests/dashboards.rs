@@ -18,7 +18,7 @@ use ebb::localstack::process::{ManagedProcess, free_port};
 use ebb::localstack::prometheus::ScrapeTarget;
 use ebb::localstack::{Stack, StackOptions};
 use serde_json::{Value, json};
-use support::{eventually, start_stack};
+use support::{eventually, https_client, start_stack};
 
 const DASHBOARDS: [(&str, &str); 2] = [
     (
@@ -95,7 +95,7 @@ async fn every_dashboard_query_parses_and_returns_data_from_a_real_ebb() {
 
     // API traffic for the API panels: health checks (200) and an anonymous list (401).
     let api_traffic = tokio::spawn({
-        let http = https_client(stack.kube.as_ref().unwrap().ca_pem());
+        let http = https_client(stack.kube.as_ref().unwrap().ca_pem(), None);
         async move {
             loop {
                 for path in [
@@ -192,14 +192,6 @@ async fn every_dashboard_query_parses_and_returns_data_from_a_real_ebb() {
         },
     )
     .await;
-}
-
-fn https_client(ca_pem: &str) -> reqwest::Client {
-    ebb::install_crypto_provider();
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-        .build()
-        .unwrap()
 }
 
 /// Two ScaledTargets in Direct mode under `ebb serve`: `worker` scales on a backlog (and reads
