@@ -112,7 +112,7 @@ async fn run_server_and_load() {
     let state = ApiState {
         store,
         auth: Arc::new(Auth::new(settings, Arc::new(SlowAllowReviewer)).unwrap()),
-        readiness: Arc::new(Readiness::default()),
+        readiness: Arc::new(Readiness::ready()),
         metrics: ApiMetrics::default(),
     };
     let server = Server::bind(

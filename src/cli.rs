@@ -143,21 +143,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let api = match (tls_cert_file, tls_private_key_file) {
             (Some(cert_file), Some(key_file)) => {
                 let store = Arc::new(crate::api::store::MetricStore::new());
-                ctx.publish_to(store.clone());
+                // Ready once the ScaledTarget watch listed and every target was read once.
+                let readiness = Arc::new(crate::api::Readiness::default());
+                ctx.publish_to(store.clone(), readiness.clone());
                 let auth = Arc::new(crate::api::auth::Auth::from_cluster(client.clone()).await?);
                 tokio::spawn({
                     let (auth, client) = (auth.clone(), client.clone());
                     async move { auth.refresh_from_cluster(client).await }
                 });
-                let readiness = Arc::new(crate::api::Readiness::default());
-                // The watch is usable once ScaledTargets can be listed; with none, there is
-                // nothing to fill the store with either.
-                let sts = kube::Api::<crate::crd::ScaledTarget>::all(client.clone());
-                let listed = sts.list(&kube::api::ListParams::default().limit(1)).await?;
-                readiness.mark_watch_synced();
-                if listed.items.is_empty() {
-                    store.mark_filled();
-                }
                 let state = crate::api::ApiState {
                     store,
                     auth,

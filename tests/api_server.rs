@@ -22,7 +22,9 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, PostParams};
-use support::{eventually, kube_client, shared_stack, unique_namespace};
+use support::{
+    eventually, https_client, kube_client, kubeconfig_identity, shared_stack, unique_namespace,
+};
 
 /// The metric the tests publish, as `ebb.dev/scaledtarget=<name>` entries.
 const METRIC: &str = "rabbitmq-backlog";
@@ -99,11 +101,9 @@ async fn start_and_register() -> TestApi {
     let state = ApiState {
         store: store.clone(),
         auth,
-        readiness: Arc::new(Readiness::default()),
+        readiness: Arc::new(Readiness::ready()),
         metrics,
     };
-    state.store.mark_filled();
-    state.readiness.mark_watch_synced();
     let server = Server::bind(
         ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -218,49 +218,6 @@ async fn discovery_and_values_come_back_through_the_aggregator() {
     .await
     .unwrap_err();
     assert_eq!(status_code(bad), 400);
-}
-
-/// A rustls client for talking to the server directly, optionally with a client certificate.
-fn https_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    ebb::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .build()
-        .unwrap()
-}
-
-/// The client certificate and key of a kubeconfig the harness wrote.
-fn kubeconfig_identity(path: &std::path::Path) -> (String, String) {
-    use base64::Engine as _;
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let user = &config["users"][0]["user"];
-    let decode = |k: &str| {
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(user[k].as_str().unwrap())
-                .unwrap(),
-        )
-        .unwrap()
-    };
-    (decode("client-certificate-data"), decode("client-key-data"))
 }
 
 async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> String {

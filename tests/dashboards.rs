@@ -18,7 +18,7 @@ use ebb::localstack::process::{ManagedProcess, free_port};
 use ebb::localstack::prometheus::ScrapeTarget;
 use ebb::localstack::{Stack, StackOptions};
 use serde_json::{Value, json};
-use support::{eventually, start_stack};
+use support::{eventually, https_client, start_stack};
 
 const DASHBOARDS: [(&str, &str); 2] = [
     (
@@ -95,7 +95,7 @@ async fn every_dashboard_query_parses_and_returns_data_from_a_real_ebb() {
 
     // API traffic for the API panels: health checks (200) and an anonymous list (401).
     let api_traffic = tokio::spawn({
-        let http = https_client(stack.kube.as_ref().unwrap().ca_pem());
+        let http = https_client(stack.kube.as_ref().unwrap().ca_pem(), None);
         async move {
             loop {
                 for path in [
@@ -113,6 +113,7 @@ async fn every_dashboard_query_parses_and_returns_data_from_a_real_ebb() {
     let vars = [
         ("$namespace", ns.as_str()),
         ("$scaledtarget", "worker|standby"),
+        ("$target_key", "dashboards/worker"),
         ("$job", "ebb"),
         ("$instance", ".+"),
     ];
@@ -192,14 +193,6 @@ async fn every_dashboard_query_parses_and_returns_data_from_a_real_ebb() {
         },
     )
     .await;
-}
-
-fn https_client(ca_pem: &str) -> reqwest::Client {
-    ebb::install_crypto_provider();
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-        .build()
-        .unwrap()
 }
 
 /// Two ScaledTargets in Direct mode under `ebb serve`: `worker` scales on a backlog (and reads
@@ -346,13 +339,32 @@ async fn run(
 
 /// `$name` → value, longest names first (`$__interval` is not `$__rate_interval`).
 fn substitute(expr: &str, vars: &[(&str, &str)]) -> String {
-    let mut all: Vec<(&str, &str)> = vars.iter().chain(BUILTINS.iter()).copied().collect();
+    substitute_with(expr, vars, &BUILTINS)
+}
+
+/// [`substitute`] with Grafana's own variables given. `$1` (a `label_replace` group) stays.
+fn substitute_with(expr: &str, vars: &[(&str, &str)], builtins: &[(&str, &str)]) -> String {
+    let mut all: Vec<(&str, &str)> = vars.iter().chain(builtins.iter()).copied().collect();
     all.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
     let out = all
         .iter()
         .fold(expr.to_string(), |e, (name, value)| e.replace(name, value));
-    assert!(!out.contains('$'), "a variable left in {out}");
+    let left = variable_names(&out);
+    assert!(left.is_empty(), "variables {left:?} left in {out}");
     out
+}
+
+/// The `$name`s in `expr`, not counting `$1` and the like (regex groups of `label_replace`).
+fn variable_names(expr: &str) -> Vec<String> {
+    expr.match_indices('$')
+        .map(|(i, _)| {
+            expr[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| !name.starts_with(|c: char| c.is_ascii_digit()))
+        .collect()
 }
 
 /// Every query of a dashboard: panel targets (rows' nested panels too), Prometheus
@@ -387,15 +399,22 @@ fn queries_of(d: &Value) -> Vec<Query> {
             out.push(Query {
                 dashboard: uid.clone(),
                 what: format!("variable {}", v["name"].as_str().unwrap()),
-                kind: label_values(v["query"].as_str().expect("a query variable's query")),
+                kind: variable_query(v["query"].as_str().expect("a query variable's query")),
             });
         }
     }
     out
 }
 
-/// `label_values(selector, label)` → its parts (the only variable query form the dashboards use).
-fn label_values(query: &str) -> QueryKind {
+/// `label_values(selector, label)` → its parts; `query_result(expr)` → the expression (the
+/// variable's regex then picks a label's value out of each series).
+fn variable_query(query: &str) -> QueryKind {
+    if let Some(expr) = query
+        .strip_prefix("query_result(")
+        .and_then(|q| q.strip_suffix(')'))
+    {
+        return QueryKind::PromQl(expr.to_string());
+    }
     let inner = query
         .strip_prefix("label_values(")
         .and_then(|q| q.strip_suffix(')'))
@@ -526,14 +545,426 @@ fn check_importable(d: &Value) {
 }
 
 fn assert_variables_defined(uid: &str, expr: &str, defined: &BTreeSet<String>) {
-    for (i, _) in expr.match_indices('$') {
-        let name: String = expr[i + 1..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
+    for name in variable_names(expr) {
         assert!(
             defined.contains(&name),
             "{uid}: ${name} is not defined, in {expr}"
         );
     }
+}
+
+/// The dashboards as Grafana's own schema reads them: tools/dashboard-check decodes each one
+/// strictly with grafana-foundation-sdk (unknown fields, wrong types and missing required fields
+/// are errors; panel options, field config and queries by their plugins' types). The tool is
+/// built once per SDK version and source hash (scripts/build-dashboard-check.sh).
+#[test]
+fn dashboards_decode_strictly_with_grafana_foundation_sdk() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built = Command::new(root.join("scripts/build-dashboard-check.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("scripts/build-dashboard-check.sh runs");
+    assert!(
+        built.status.success(),
+        "building tools/dashboard-check failed"
+    );
+    let tool = String::from_utf8(built.stdout).unwrap();
+    let tool = tool
+        .lines()
+        .last()
+        .expect("the tool's path")
+        .trim()
+        .to_string();
+    let check = |files: &[std::path::PathBuf]| {
+        let out = Command::new(&tool)
+            .args(files)
+            .output()
+            .expect("dashboard-check runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let shipped: Vec<_> = DASHBOARDS
+        .iter()
+        .map(|(uid, _)| root.join(format!("dashboards/{uid}.json")))
+        .collect();
+    let (ok, report) = check(&shipped);
+    assert!(ok, "the strict decode finds:\n{report}");
+    assert_eq!(
+        report.lines().filter(|l| l.ends_with(": ok")).count(),
+        2,
+        "{report}"
+    );
+
+    // The check can fail: a row with `repeatDirection` (a panel's field, not a row's) and a
+    // legend without its `calcs`.
+    let mut d: Value = serde_json::from_str(DASHBOARDS[0].1).unwrap();
+    let panels = d["panels"].as_array_mut().unwrap();
+    let row = panels.iter_mut().find(|p| p["repeat"].is_string()).unwrap();
+    row["repeatDirection"] = json!("h");
+    let legend = panels
+        .iter_mut()
+        .find_map(|p| p["options"]["legend"].as_object_mut())
+        .unwrap();
+    legend.remove("calcs");
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, serde_json::to_vec(&d).unwrap()).unwrap();
+    let (ok, report) = check(&[broken]);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("unexpected field 'repeatDirection'"),
+        "{report}"
+    );
+    assert!(
+        report.contains("legend.calcs: required field is missing"),
+        "{report}"
+    );
+}
+
+/// The scrape interval the rule tests below assume, and how many samples they hold.
+const SCRAPE: u32 = 30;
+const SAMPLES: u32 = 81;
+
+/// A scaling action (or several in one scrape) as ebb's counter shows it: `count` more at
+/// sample `at` (time `at * SCRAPE`) of ScaledTarget `worker` in `namespace`, by the replica
+/// that led then.
+struct Action {
+    at: u32,
+    namespace: &'static str,
+    direction: &'static str,
+    count: u32,
+}
+
+/// What happens in the rule tests, at a scrape every 30 s: both namespaces have a ScaledTarget
+/// named `worker`. Replica i1 leads until sample 48, replica i2 from sample 50 (its counters
+/// start at 0, an action of its first poll already counted at its first scrape); i2's
+/// container restarts at sample 65 (its counters drop to 0).
+const ACTIONS: &[Action] = &[
+    Action {
+        at: 3,
+        namespace: "a",
+        direction: "up",
+        count: 1,
+    },
+    // Two actions in one scrape interval, and one in the other namespace at the same time.
+    Action {
+        at: 10,
+        namespace: "a",
+        direction: "up",
+        count: 2,
+    },
+    Action {
+        at: 10,
+        namespace: "b",
+        direction: "up",
+        count: 1,
+    },
+    Action {
+        at: 20,
+        namespace: "a",
+        direction: "down",
+        count: 1,
+    },
+    Action {
+        at: 30,
+        namespace: "b",
+        direction: "up",
+        count: 1,
+    },
+    // The last scrape of the old leader, the first of the new one.
+    Action {
+        at: 48,
+        namespace: "a",
+        direction: "up",
+        count: 1,
+    },
+    Action {
+        at: 50,
+        namespace: "a",
+        direction: "up",
+        count: 1,
+    },
+    Action {
+        at: 55,
+        namespace: "b",
+        direction: "up",
+        count: 1,
+    },
+    Action {
+        at: 58,
+        namespace: "b",
+        direction: "up",
+        count: 2,
+    },
+    Action {
+        at: 60,
+        namespace: "a",
+        direction: "up",
+        count: 1,
+    },
+    // After the restart at 65.
+    Action {
+        at: 66,
+        namespace: "b",
+        direction: "up",
+        count: 1,
+    },
+    Action {
+        at: 70,
+        namespace: "a",
+        direction: "down",
+        count: 1,
+    },
+];
+const HANDOVER: u32 = 49; // i1's series are stale here, i2's begin at the next sample
+const RESTART: u32 = 65;
+
+/// The input series of the rule tests, in promtool's notation.
+fn input_series() -> Vec<Value> {
+    let mut series = Vec::new();
+    let values = |f: &dyn Fn(u32) -> Option<String>| {
+        (0..SAMPLES)
+            .map(|i| f(i).unwrap_or_else(|| "_".into()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for namespace in ["a", "b"] {
+        for direction in ["up", "down"] {
+            for instance in ["i1", "i2"] {
+                let counter = |i: u32| -> Option<String> {
+                    let (from, to) = match instance {
+                        "i1" if i == HANDOVER => return Some("stale".into()),
+                        "i1" => (0, HANDOVER - 1),
+                        _ => (HANDOVER + 1, SAMPLES - 1),
+                    };
+                    if i < from || i > to {
+                        return None;
+                    }
+                    // The counter counts from the series' start, or from the restart.
+                    let start = if instance == "i2" && i >= RESTART {
+                        RESTART
+                    } else {
+                        from
+                    };
+                    let n: u32 = ACTIONS
+                        .iter()
+                        .filter(|a| a.namespace == namespace && a.direction == direction)
+                        .filter(|a| a.at >= start && a.at <= i)
+                        .map(|a| a.count)
+                        .sum();
+                    Some(n.to_string())
+                };
+                series.push(json!({
+                    "series": format!(
+                        r#"ebb_scaling_actions_total{{job="ebb", instance="{instance}", namespace="{namespace}", scaledtarget="worker", direction="{direction}"}}"#
+                    ),
+                    "values": values(&counter),
+                }));
+            }
+        }
+        let (current, desired) = if namespace == "a" { (3, 4) } else { (7, 6) };
+        for (kind, v) in [("current", current), ("desired", desired)] {
+            series.push(json!({
+                "series": format!(r#"ebb_scaledtarget_replicas{{job="ebb", instance="i1", namespace="{namespace}", scaledtarget="worker", kind="{kind}"}}"#),
+                "values": values(&|_| Some(v.to_string())),
+            }));
+        }
+        let mode = if namespace == "a" { "Direct" } else { "Hpa" };
+        series.push(json!({
+            "series": format!(r#"ebb_scaledtarget_info{{job="ebb", instance="i1", namespace="{namespace}", scaledtarget="worker", mode="{mode}", target="Deployment/worker"}}"#),
+            "values": values(&|_| Some("1".into())),
+        }));
+    }
+    let leader = |instance: &str, identity: &str, f: &dyn Fn(u32) -> Option<String>| {
+        json!({
+            "series": format!(r#"ebb_leader{{job="ebb", instance="{instance}", identity="{identity}"}}"#),
+            "values": values(f),
+        })
+    };
+    series.push(leader("i1", "ebb-0", &|i| match i {
+        _ if i < HANDOVER => Some("1".into()),
+        HANDOVER => Some("stale".into()),
+        _ => None,
+    }));
+    series.push(leader("i2", "ebb-1", &|i| {
+        Some(if i > HANDOVER { "1" } else { "0" }.into())
+    }));
+    series
+}
+
+/// A dashboard query by what [`queries_of`] names it.
+fn promql(dashboards: &[Value], what: &str) -> String {
+    let found: Vec<Query> = dashboards
+        .iter()
+        .flat_map(queries_of)
+        .filter(|q| q.what == what)
+        .collect();
+    match found.as_slice() {
+        [
+            Query {
+                kind: QueryKind::PromQl(expr),
+                ..
+            },
+        ] => expr.clone(),
+        _ => panic!("no single PromQL query {what}: {found:?}"),
+    }
+}
+
+fn sample(labels: &[(&str, &str)], value: u32) -> Value {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!(r#"{k}="{v}""#))
+        .collect();
+    json!({ "labels": format!("{{{}}}", labels.join(", ")), "value": value })
+}
+
+/// The dashboards' queries where a scrape interval of 30 s matters, taken from the JSON that
+/// ships, Grafana's variables substituted as Grafana does for a range query at step `$__interval`
+/// (`$__rate_interval` = max(4 x scrape, `$__interval` + scrape)), evaluated by promtool's rule
+/// tests at every step of a 40-minute range, at steps shorter and longer than the scrape
+/// interval. Expected: every action counted once, in the step whose interval holds its scrape,
+/// in whole numbers (bars, the range's total, annotations), also across a leader change and a
+/// restart; same-named ScaledTargets of two namespaces stay apart (annotations, the row keyed by
+/// namespace and name); a leader change annotated once.
+#[test]
+fn queries_count_every_action_once_at_a_30s_scrape_interval() {
+    let dashboards: Vec<Value> = DASHBOARDS
+        .iter()
+        .map(|(_, text)| serde_json::from_str(text).unwrap())
+        .collect();
+    let bars = promql(&dashboards, "panel Scaling actions / A");
+    let total = promql(&dashboards, "panel Scaling actions in range / A");
+    let actions = promql(&dashboards, "annotation Scaling actions");
+    let leader = promql(&dashboards, "annotation Leader changes");
+    let replicas = promql(&dashboards, "panel Replicas / A");
+    let mode = promql(&dashboards, "panel Mode / A");
+    let keys = promql(&dashboards, "variable target_key");
+    let in_range = dashboards[0]["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == "Scaling actions in range")
+        .unwrap();
+    assert_eq!(
+        in_range["options"]["reduceOptions"]["calcs"],
+        json!(["sum"]),
+        "the range's total is the sum of the per-interval counts"
+    );
+    let all = [
+        ("$namespace", ".*"),
+        ("$scaledtarget", ".*"),
+        ("$job", ".*"),
+        ("$instance", ".*"),
+    ];
+
+    let mut tests = Vec::new();
+    let mut counted = 0;
+    for step in [15, 60] {
+        let interval = format!("{step}s");
+        let rate_interval = format!("{}s", (4 * SCRAPE).max(step + SCRAPE));
+        let builtins = [
+            ("$__rate_interval", rate_interval.as_str()),
+            ("$__interval", interval.as_str()),
+            ("$__range", "40m"),
+        ];
+        let q = |expr: &str, vars: &[(&str, &str)]| substitute_with(expr, vars, &builtins);
+        let mut exprs = Vec::new();
+        for t in (step..SAMPLES * SCRAPE).step_by(step as usize) {
+            // Actions whose scrape falls in (t - step, t].
+            let n = |namespace: Option<&str>, direction: Option<&str>| -> u32 {
+                ACTIONS
+                    .iter()
+                    .filter(|a| a.at * SCRAPE + step > t && a.at * SCRAPE <= t)
+                    .filter(|a| namespace.is_none_or(|n| n == a.namespace))
+                    .filter(|a| direction.is_none_or(|d| d == a.direction))
+                    .map(|a| a.count)
+                    .sum()
+            };
+            let eval_time = format!("{t}s");
+            exprs.push(json!({
+                "expr": q(&bars, &all), "eval_time": eval_time,
+                "exp_samples": (["up", "down"].map(|d| sample(&[("direction", d)], n(None, Some(d))))),
+            }));
+            exprs.push(json!({
+                "expr": q(&total, &all), "eval_time": eval_time,
+                "exp_samples": [sample(&[], n(None, None))],
+            }));
+            counted += n(None, None);
+            let mut marks = Vec::new();
+            for namespace in ["a", "b"] {
+                for d in ["up", "down"] {
+                    let c = n(Some(namespace), Some(d));
+                    if c > 0 {
+                        let labels = [
+                            ("namespace", namespace),
+                            ("scaledtarget", "worker"),
+                            ("direction", d),
+                        ];
+                        marks.push(sample(&labels, c));
+                    }
+                }
+            }
+            exprs.push(
+                json!({ "expr": q(&actions, &all), "eval_time": eval_time, "exp_samples": marks }),
+            );
+            let took_over = (HANDOVER + 1) * SCRAPE;
+            let changed = if took_over + step > t && took_over <= t {
+                vec![sample(&[("identity", "ebb-1")], 1)]
+            } else {
+                vec![]
+            };
+            exprs.push(
+                json!({ "expr": q(&leader, &all), "eval_time": eval_time, "exp_samples": changed }),
+            );
+        }
+        // One row per namespace/name; the row of a/worker shows a's series only.
+        let row_a = [all.as_slice(), &[("$target_key", "a/worker")]].concat();
+        let at = format!("{}s", 20 * SCRAPE);
+        exprs.push(json!({
+            "expr": q(&keys, &all), "eval_time": at,
+            "exp_samples": (["a", "b"].map(|n| sample(&[("key", &format!("{n}/worker")), ("namespace", n), ("scaledtarget", "worker")], 1))),
+        }));
+        exprs.push(json!({
+            "expr": q(&replicas, &row_a), "eval_time": at,
+            "exp_samples": ([("current", 3), ("desired", 4)].map(|(k, v)| sample(&[("namespace", "a"), ("scaledtarget", "worker"), ("kind", k)], v))),
+        }));
+        exprs.push(json!({
+            "expr": q(&mode, &row_a), "eval_time": at,
+            "exp_samples": [sample(&[("namespace", "a"), ("scaledtarget", "worker"), ("mode", "Direct"), ("target", "Deployment/worker")], 1)],
+        }));
+        tests.push(json!({
+            "name": format!("step {step}s, scrape {SCRAPE}s"),
+            "interval": format!("{SCRAPE}s"),
+            "input_series": input_series(),
+            "promql_expr_test": exprs,
+        }));
+    }
+    let events: u32 = ACTIONS.iter().map(|a| a.count).sum();
+    assert_eq!(counted, 2 * events, "each step size sees every action once");
+
+    // JSON is YAML.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, "groups: []\n").unwrap();
+    let file = dir.path().join("dashboards.test.yml");
+    let doc = json!({ "rule_files": [rules], "evaluation_interval": "15s", "tests": tests });
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool (Debian package prometheus: scripts/install-packages.sh)");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let keep = std::env::temp_dir().join("ebb-dashboards.test.yml");
+        let _ = std::fs::copy(&file, &keep);
+        panic!(
+            "promtool test rules failed ({} kept):\n{report}",
+            keep.display()
+        );
+    }
+    assert!(report.contains("SUCCESS"), "{report}");
 }

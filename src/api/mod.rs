@@ -14,13 +14,13 @@
 
 pub mod auth;
 pub mod metrics;
+pub mod readiness;
 pub mod request;
 pub mod selector;
 pub mod server;
 pub mod store;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, Uri, header};
@@ -31,6 +31,7 @@ use axum::{Extension, Router};
 
 pub use self::auth::{Auth, UserInfo};
 pub use self::metrics::ApiMetrics;
+pub use self::readiness::Readiness;
 pub use self::server::{ServeConfig, Server, serve};
 pub use self::store::{MetricStore, MetricValue, Sample};
 
@@ -90,23 +91,6 @@ impl IntoResponse for ApiError {
             "code": code.as_u16(),
         });
         (code, json(status.to_string())).into_response()
-    }
-}
-
-/// What the server must know before it is ready, besides a filled store.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    watch_synced: AtomicBool,
-}
-
-impl Readiness {
-    /// The controller's ScaledTarget watch has listed everything once.
-    pub fn mark_watch_synced(&self) {
-        self.watch_synced.store(true, Ordering::Release);
-    }
-
-    pub fn is_watch_synced(&self) -> bool {
-        self.watch_synced.load(Ordering::Acquire)
     }
 }
 
@@ -316,16 +300,23 @@ async fn live() -> &'static str {
     "ok"
 }
 
-/// Ready once the store was filled and the ScaledTarget watch synced (the HPA must not read a
-/// half-empty store as "metric not found").
+/// Ready once the ScaledTarget watch listed in full and every ScaledTarget it knows has had its
+/// first reading ([`Readiness`]): the HPA must not read a half-filled store as "metric not
+/// found".
 async fn ready(State(state): State<ApiState>) -> Response {
-    let filled = state.store.is_filled();
-    let synced = state.readiness.is_watch_synced();
-    if filled && synced {
+    if state.readiness.is_ready() {
         return "ok".into_response();
     }
+    let r = state.readiness.report();
     let line = |ok: bool, what: &str| format!("[{}]{what}\n", if ok { "+" } else { "-" });
-    let body = line(filled, "metric store filled") + &line(synced, "ScaledTarget watch synced");
+    let body = line(r.listed, "ScaledTarget watch listed")
+        + &line(
+            false,
+            &format!(
+                "first reading of every ScaledTarget ({} read, {} waiting)",
+                r.read, r.waiting
+            ),
+        );
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 

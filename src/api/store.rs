@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -80,8 +79,6 @@ pub enum Lookup {
 #[derive(Debug, Default)]
 pub struct MetricStore {
     metrics: RwLock<HashMap<MetricKey, HashMap<String, Entry>>>,
-    /// Set by the writer once every ScaledTarget has been collected at least once.
-    filled: AtomicBool,
 }
 
 impl MetricStore {
@@ -123,15 +120,6 @@ impl MetricStore {
             }
             !entries.is_empty()
         });
-    }
-
-    /// Marks the store as filled once (readiness).
-    pub fn mark_filled(&self) {
-        self.filled.store(true, Ordering::Release);
-    }
-
-    pub fn is_filled(&self) -> bool {
-        self.filled.load(Ordering::Acquire)
     }
 
     /// Every metric name served in some namespace (sorted, deduplicated).

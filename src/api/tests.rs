@@ -335,22 +335,22 @@ async fn remote_user_headers_are_trusted_only_from_the_allowed_front_proxy() {
 }
 
 #[tokio::test]
-async fn health_needs_no_credentials_and_readiness_waits_for_store_and_watch() {
+async fn health_needs_no_credentials_and_readiness_waits_for_every_target() {
     let f = fixture();
     for path in ["/healthz", "/livez"] {
         assert_eq!(call(path).send(&f.state).await.0, StatusCode::OK);
     }
-    assert_eq!(
-        call("/readyz").send(&f.state).await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    f.state.store.mark_filled();
-    assert_eq!(
-        call("/readyz").send(&f.state).await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    f.state.readiness.mark_watch_synced();
-    assert_eq!(call("/readyz").send(&f.state).await.0, StatusCode::OK);
+    let readyz = || async { call("/readyz").send(&f.state).await };
+    assert_eq!(readyz().await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let r = &f.state.readiness;
+    r.list_started();
+    r.listed("ns/a");
+    r.listed("ns/b");
+    r.list_done();
+    r.read("ns/a");
+    assert_eq!(readyz().await.0, StatusCode::SERVICE_UNAVAILABLE);
+    r.read("ns/b");
+    assert_eq!(readyz().await.0, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -187,8 +187,12 @@ pub struct Context {
     /// Counters of the controller's work.
     pub stats: Arc<ControllerStats>,
     metrics: ControllerMetrics,
-    /// Where every replica publishes readings for the external metrics API (mode Hpa).
-    store: std::sync::OnceLock<Arc<crate::api::store::MetricStore>>,
+    /// Where every replica publishes readings for the external metrics API (mode Hpa), and
+    /// the API's readiness, which the watch and the first readings decide.
+    store: std::sync::OnceLock<(
+        Arc<crate::api::store::MetricStore>,
+        Arc<crate::api::Readiness>,
+    )>,
     /// Bounds the adaptive backfills running at once.
     backfills: Arc<tokio::sync::Semaphore>,
 }
@@ -263,14 +267,41 @@ impl Context {
         let key = format!("{namespace}/{name}");
         self.targets.lock().expect("targets").remove(&key);
         self.writer.forget(&key);
-        if let Some(store) = self.store.get() {
+        if let Some((store, readiness)) = self.store.get() {
             store.remove(namespace, name);
+            readiness.gone(&key);
         }
     }
 
-    /// Publishes every reading into `store` from now on (the API server serves from it).
-    pub fn publish_to(&self, store: Arc<crate::api::store::MetricStore>) {
-        let _ = self.store.set(store);
+    /// Publishes every reading into `store` from now on (the API server serves from it), and
+    /// tells `readiness` what the ScaledTarget watch lists and which targets have been read.
+    pub fn publish_to(
+        &self,
+        store: Arc<crate::api::store::MetricStore>,
+        readiness: Arc<crate::api::Readiness>,
+    ) {
+        let _ = self.store.set((store, readiness));
+    }
+
+    /// Follows the ScaledTarget watch for the API's readiness: the initial list, and targets
+    /// that appear or go before every known one has been read.
+    fn watched(&self, event: &watcher::Event<ScaledTarget>) {
+        let Some((_, readiness)) = self.store.get() else {
+            return;
+        };
+        if readiness.is_ready() {
+            return;
+        }
+        let deleting = |st: &ScaledTarget| st.metadata.deletion_timestamp.is_some();
+        match event {
+            watcher::Event::Init => readiness.list_started(),
+            watcher::Event::InitApply(st) if !deleting(st) => readiness.listed(&key(st)),
+            watcher::Event::InitDone => readiness.list_done(),
+            watcher::Event::Apply(st) if !deleting(st) => readiness.seen(&key(st)),
+            watcher::Event::InitApply(st)
+            | watcher::Event::Apply(st)
+            | watcher::Event::Delete(st) => readiness.gone(&key(st)),
+        }
     }
 
     /// The target's `/scale` API and its current counts: from the replica watch where it has
@@ -432,6 +463,10 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
     let objects = watcher(sts, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|st| st.managed_fields_mut().clear())
+        .inspect_ok({
+            let ctx = ctx.clone();
+            move |event| ctx.watched(event)
+        })
         .reflect(writer)
         .touched_objects();
     Controller::for_stream(objects, reader)
@@ -506,7 +541,10 @@ impl Reading {
 /// `served` holds, where the machine stepped in mode Hpa, the values to serve instead of the
 /// readings (raised to the forecast; in fallback, values that hold the count).
 fn publish_readings(
-    store: &crate::api::store::MetricStore,
+    (store, readiness): &(
+        Arc<crate::api::store::MetricStore>,
+        Arc<crate::api::Readiness>,
+    ),
     st: &ScaledTarget,
     readings: &[Reading],
     served: &[crate::engine::target::Reading],
@@ -537,7 +575,7 @@ fn publish_readings(
             },
         );
     }
-    store.mark_filled();
+    readiness.read(&key(st));
 }
 
 /// One poll of one ScaledTarget: observe (read the metrics), step (the machine decides), act

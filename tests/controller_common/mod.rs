@@ -133,7 +133,7 @@ pub fn start_controller_publishing(
     let reader = Arc::new(CollectReader::new(client.clone(), collector));
     let ctx = Context::new(client, reader, Leadership::fixed(true), "test");
     let store = Arc::new(ebb::api::store::MetricStore::new());
-    ctx.publish_to(store.clone());
+    ctx.publish_to(store.clone(), Arc::new(ebb::api::Readiness::default()));
     let ns = ns.to_string();
     let handle = tokio::spawn(async move { ebb::controller::run_namespaced(ctx, &ns).await });
     (handle, store)

@@ -125,3 +125,46 @@ pub async fn serve_https(router: axum::Router, cert: &CertPair) -> SocketAddr {
     });
     addr
 }
+
+/// A rustls client for talking to the server directly, optionally with a client certificate.
+pub fn https_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    ebb::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()
+        .unwrap()
+}
+
+/// The client certificate and key of a kubeconfig the harness wrote.
+pub fn kubeconfig_identity(path: &std::path::Path) -> (String, String) {
+    use base64::Engine as _;
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let user = &config["users"][0]["user"];
+    let decode = |k: &str| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(user[k].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    (decode("client-certificate-data"), decode("client-key-data"))
+}
