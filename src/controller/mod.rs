@@ -645,7 +645,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         conditions.set(condition(c.type_, c.status, &c.reason, &c.message));
     }
     let mut status = ScaledTargetStatus {
-        metrics: metric_statuses(&st, &readings, &ctx.learned(&st), &now),
+        metrics: metric_statuses(&st, &readings, &ctx.machine_views(&st), &now),
         observed_generation: st.metadata.generation,
         last_scale_time: previous.as_ref().and_then(|s| s.last_scale_time.clone()),
         current_replicas: Some(counts.spec),
@@ -710,12 +710,16 @@ impl Context {
             .or_else(|| st.status.clone())
     }
 
-    /// What each metric has learned, in the spec's order.
-    fn learned(&self, st: &ScaledTarget) -> Vec<Option<MetricLearned>> {
+    /// What the machine knows of each metric, in the spec's order.
+    fn machine_views(&self, st: &ScaledTarget) -> Vec<MachineView> {
         let targets = self.targets.lock().expect("targets");
         let t = targets.get(&key(st));
         (0..st.spec.metrics.len())
-            .map(|i| t.and_then(|t| t.machine.learned(i)))
+            .map(|i| MachineView {
+                learned: t.and_then(|t| t.machine.learned(i)),
+                throughput: t.and_then(|t| t.machine.throughput(i)),
+                value: t.and_then(|t| t.machine.value(i)),
+            })
             .collect()
     }
 
@@ -864,35 +868,53 @@ async fn read_queue_signals(
     })
 }
 
+/// What the machine knows of one metric, for its status.
+struct MachineView {
+    learned: Option<MetricLearned>,
+    /// DrainTime: the per-pod throughput in force, and whether it was learned.
+    throughput: Option<(f64, bool)>,
+    /// The value decided on (DrainTime: the work, msg/s).
+    value: Option<crate::engine::target::Reading>,
+}
+
 fn metric_statuses(
     st: &ScaledTarget,
     readings: &[Reading],
-    learned: &[Option<MetricLearned>],
+    views: &[MachineView],
     at: &Timestamp,
 ) -> Vec<MetricStatus> {
+    let quantity_of = |v: f64| Quantity(from_milli(to_milli(v)));
     st.spec
         .metrics
         .iter()
         .zip(readings)
-        .enumerate()
-        .map(|(i, (m, r))| {
-            let learned = learned.get(i).cloned().flatten();
+        .zip(views)
+        .map(|((m, r), view)| {
+            let drain = m.target.type_ == TargetType::DrainTime;
+            // A DrainTime metric shows its work (msg/s) against the throughput per pod.
+            let value = match (drain, view.value) {
+                (true, Some(v)) => v.ok(),
+                _ => r.value.as_ref().ok().copied(),
+            };
+            let learned_throughput = view.throughput.filter(|(_, learned)| *learned);
+            let learned = view.learned.clone();
             MetricStatus {
                 name: m.name.clone(),
-                value: r
-                    .value
-                    .as_ref()
-                    .ok()
-                    .filter(|v| v.is_finite())
-                    .map(|v| Quantity(from_milli(to_milli(*v)))),
+                value: value.filter(|v| v.is_finite()).map(quantity_of),
                 target: m.target.quantity().cloned(),
-                learned_target: learned.as_ref().map(|l| quantity(l.target)),
+                learned_target: learned
+                    .as_ref()
+                    .map(|l| quantity(l.target))
+                    .or(learned_throughput.map(|(t, _)| quantity(t))),
                 learned: learned.map(|l| crate::crd::LearnedStatus {
                     slo: l.slo.as_ref().map(crate::crd::SloStatus::from),
                     ..crate::crd::LearnedStatus::from(&l.learned)
                 }),
                 timestamp: Some(Time(*at)),
-                error: r.value.as_ref().err().map(ToString::to_string),
+                error: r.value.as_ref().err().map(ToString::to_string).or_else(|| {
+                    (drain && value.is_none())
+                        .then(|| "the queue's arrival rate has no data".into())
+                }),
             }
         })
         .collect()

@@ -197,7 +197,7 @@ impl Metric {
             };
             return Some(QueueSignalMetrics {
                 arrival: with("arrival", Measure::PublishRate),
-                served: Some(with("served", Measure::AckRate)),
+                served: Some(with("served", Measure::DeliverRate)),
                 waiting: (r.measure != Measure::Ready).then(|| with("waiting", Measure::Ready)),
             });
         }

@@ -15,11 +15,18 @@
 //! in mode Hpa the owned HPA reads the work against the same throughput.
 //!
 //! The per-pod throughput is set (`throughputPerPod`) or learned ([`Throughput`]): the served
-//! rate (acknowledgements per second) over the workload's pods, sampled only while messages
-//! wait for a consumer (an idle pod says nothing about its limit), the median of the samples of
-//! the last [`SAMPLE_WINDOW`], bounded, and moved only by more than [`MIN_CHANGE`] and at most
-//! once per [`super::learning::TARGET_CHANGE_INTERVAL`]. With fewer than [`MIN_SAMPLES`]
-//! samples the set value holds.
+//! rate over the workload's pods, sampled only while the pods are saturated and settled:
+//! - saturated: more messages wait for a consumer than the pods serve in
+//!   [`SATURATION_SECONDS`] (a pod that keeps up says nothing about its limit; a few messages
+//!   waiting between two fetches do not make it saturated);
+//! - settled: the pod count has not changed for [`SETTLE`] (a pod just added is counted before
+//!   it serves, which would read as a slow pod).
+//!
+//! The learned value is the median of the samples of the last [`SAMPLE_WINDOW`], bounded, and
+//! moves only by more than [`MIN_CHANGE`] and at most once per
+//! [`super::learning::TARGET_CHANGE_INTERVAL`]. With fewer than [`MIN_SAMPLES`] samples the set
+//! value holds. Misjudged either way, it corrects in the safe direction: a throughput learned
+//! too high leaves the pods saturated, which is when samples come.
 //!
 //! Pure: time is an argument.
 
@@ -37,6 +44,10 @@ pub const MIN_SAMPLES: usize = 5;
 pub const MIN_CHANGE: f64 = 0.1;
 /// Samples kept at most (one hour at a 1 s interval).
 const MAX_SAMPLES: usize = 3600;
+/// Pods are saturated when more messages wait than they serve in this many seconds.
+pub const SATURATION_SECONDS: f64 = 2.0;
+/// The pod count must have held this long before a sample is taken.
+pub const SETTLE: Millis = 60 * 1000;
 
 /// A DrainTime target as the machine sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +92,8 @@ pub struct Throughput {
     /// Whether `current` was learned (not the set value).
     learned: bool,
     changed_at: Option<Millis>,
+    /// The pod count and since when it holds.
+    pods_since: Option<(i32, Millis)>,
 }
 
 impl Throughput {
@@ -92,6 +105,7 @@ impl Throughput {
             current: spec.throughput,
             learned: false,
             changed_at: None,
+            pods_since: None,
         }
     }
 
@@ -125,9 +139,19 @@ impl Throughput {
         pods: Option<i32>,
     ) -> Option<Change> {
         let (lo, hi) = self.spec.learn?;
-        if let (Some(s), Some(pods)) = (signals, pods.filter(|&p| p > 0)) {
-            let saturated = s.waiting.is_some_and(|w| w >= 1.0);
-            if let Some(served) = s.served.filter(|r| saturated && r.is_finite() && *r > 0.0) {
+        if pods.is_some_and(|p| self.pods_since.is_none_or(|(q, _)| q != p)) {
+            self.pods_since = pods.map(|p| (p, now));
+        }
+        let settled = self
+            .pods_since
+            .filter(|&(p, since)| p > 0 && now - since >= SETTLE)
+            .map(|(p, _)| p);
+        if let (Some(s), Some(pods)) = (signals, settled) {
+            let served = s.served.filter(|r| r.is_finite() && *r > 0.0);
+            let waiting = s.waiting.filter(|w| w.is_finite());
+            if let (Some(served), Some(waiting)) = (served, waiting)
+                && waiting >= (served * SATURATION_SECONDS).max(1.0)
+            {
                 if self.samples.len() == MAX_SAMPLES {
                     self.samples.pop_front();
                 }
@@ -222,30 +246,39 @@ mod tests {
         assert_eq!(s.work(Ok(10.0), None), Err(NoData::SourceFailed));
     }
 
+    /// Feeds `signals` with `pods` at each second of `seconds`; the changes reported.
+    fn feed(
+        t: &mut Throughput,
+        seconds: std::ops::Range<i64>,
+        s: QueueSignals,
+        pods: i32,
+    ) -> Vec<(i64, Change)> {
+        seconds
+            .filter_map(|k| Some((k, t.observe(k * SEC, "jobs", Some(&s), Some(pods))?)))
+            .collect()
+    }
+
     #[test]
-    fn throughput_is_learned_only_while_messages_wait() {
+    fn throughput_is_learned_only_while_saturated_pods_are_settled() {
         let mut t = Throughput::new(spec(true));
-        // Keeping up (nothing waits): 8 pods serving 40 msg/s say nothing about their limit.
-        for k in 0..100 {
-            assert!(
-                t.observe(k * SEC, "jobs", Some(&signals(40.0, 0.0)), Some(8))
-                    .is_none()
-            );
-        }
-        assert_eq!((t.current(), t.learned()), (5.0, None));
-        // Saturated: 4 pods get through 40 msg/s while messages wait: 10 per pod.
-        let mut changes = Vec::new();
-        for k in 100..110 {
-            changes.extend(t.observe(k * SEC, "jobs", Some(&signals(40.0, 300.0)), Some(4)));
-        }
+        // Keeping up: 8 pods serving 40 msg/s, a few messages waiting between fetches, say
+        // nothing about their limit.
+        assert!(feed(&mut t, 0..100, signals(40.0, 30.0), 8).is_empty());
+        assert_eq!((t.current(), t.learned(), t.samples()), (5.0, None, 0));
+        // Saturated (300 waiting, more than 2 s of service), but 4 pods only just now: the
+        // count has not settled.
+        feed(&mut t, 100..159, signals(40.0, 300.0), 4);
+        assert_eq!(t.samples(), 0);
+        // Settled: 4 pods get through 40 msg/s: 10 per pod.
+        let changes = feed(&mut t, 160..170, signals(40.0, 300.0), 4);
         assert_eq!(t.learned(), Some(10.0));
         assert_eq!(
             changes.len(),
             1,
-            "one change, once enough samples: {changes:?}"
+            "one change once enough samples: {changes:?}"
         );
         assert!(
-            changes[0].message.contains("5.000 -> 10.000"),
+            changes[0].1.message.contains("5.000 -> 10.000"),
             "{changes:?}"
         );
     }
@@ -253,42 +286,31 @@ mod tests {
     #[test]
     fn the_learned_throughput_is_bounded_and_rate_limited() {
         let mut t = Throughput::new(spec(true));
-        for k in 0..10 {
-            t.observe(k * SEC, "jobs", Some(&signals(400.0, 50.0)), Some(2));
-        }
+        feed(&mut t, 0..70, signals(400.0, 5000.0), 2);
         assert_eq!(t.learned(), Some(40.0), "200 msg/s per pod, bounded at 40");
         // Slower pods from now on: the median moves once the new samples dominate, but the
         // throughput in force changes at most every five minutes.
-        let mut at = Vec::new();
-        for k in 10..1000 {
-            if t.observe(k * SEC, "jobs", Some(&signals(12.0, 50.0)), Some(2))
-                .is_some()
-            {
-                at.push(k);
-            }
-        }
+        let at: Vec<i64> = feed(&mut t, 70..1000, signals(12.0, 50.0), 2)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(t.current(), 6.0);
-        assert!(at.windows(2).all(|w| w[1] - w[0] >= 300), "{at:?}");
+        assert!(
+            !at.is_empty() && at.windows(2).all(|w| w[1] - w[0] >= 300),
+            "{at:?}"
+        );
         // Without learning the set value holds whatever is observed.
         let mut fixed = Throughput::new(spec(false));
-        for k in 0..100 {
-            assert!(
-                fixed
-                    .observe(k * SEC, "jobs", Some(&signals(400.0, 50.0)), Some(2))
-                    .is_none()
-            );
-        }
+        assert!(feed(&mut fixed, 0..100, signals(400.0, 5000.0), 2).is_empty());
         assert_eq!(fixed.current(), 5.0);
     }
 
     #[test]
     fn old_samples_leave_the_window() {
         let mut t = Throughput::new(spec(true));
-        for k in 0..10 {
-            t.observe(k * SEC, "jobs", Some(&signals(20.0, 5.0)), Some(2));
-        }
+        feed(&mut t, 0..70, signals(20.0, 50.0), 2);
         assert_eq!(t.samples(), 10);
-        t.observe(SAMPLE_WINDOW + 20 * SEC, "jobs", None, Some(2));
+        t.observe(SAMPLE_WINDOW + 80 * SEC, "jobs", None, Some(2));
         assert_eq!(t.samples(), 0);
         assert_eq!(
             t.learned(),

@@ -324,6 +324,11 @@ impl TargetMachine {
         Some((t.current(), t.learned().is_some()))
     }
 
+    /// The value metric `index` is decided on (a DrainTime metric's work), as last observed.
+    pub fn value(&self, index: usize) -> Option<Reading> {
+        self.readings.get(index).copied()
+    }
+
     /// Feeds one poll's inputs.
     pub fn observe(&mut self, now: Millis, spec: &TargetSpec, inputs: Inputs<'_>) -> Observed {
         let learn: Vec<Option<&LearnSpec>> =
@@ -1270,5 +1275,168 @@ mod tests {
             desired = m.step(k * INTERVAL, &spec, Replicas::all(desired)).desired;
         }
         assert!(desired < 8, "{desired}");
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    //! DrainTime metrics through the machine, on a simulated clock.
+    use super::*;
+
+    const S: Millis = 1000;
+    const INTERVAL: Millis = 15 * S;
+
+    /// A queue scaled in mode `mode` on its work: drain within 60 s, 10 msg/s per pod set.
+    fn queue_spec(mode: Mode, learn: bool) -> TargetSpec {
+        TargetSpec {
+            mode,
+            hpa: HpaSpec {
+                min_replicas: 1,
+                max_replicas: 30,
+                ..Default::default()
+            },
+            interval: INTERVAL,
+            metrics: vec![MetricSpec {
+                name: "jobs".into(),
+                target: Ok(Target::AverageValue(10_000)),
+                learn: None,
+                drain: Some(DrainSpec {
+                    drain_seconds: 60.0,
+                    throughput: 10.0,
+                    learn: learn.then_some((2.0, 40.0)),
+                }),
+            }],
+            adaptive: None,
+            fallback: None,
+            escalation: None,
+            pause: None,
+            revision: None,
+        }
+    }
+
+    /// One poll: the queue's backlog, arrival and served rates and waiting messages, with
+    /// `current` pods; a Direct scale is applied.
+    fn poll(
+        m: &mut TargetMachine,
+        spec: &TargetSpec,
+        now: Millis,
+        backlog: f64,
+        arrival: Reading,
+        served: f64,
+        current: i32,
+    ) -> Step {
+        let queues = [Some(QueueSignals {
+            arrival,
+            served: Some(served),
+            waiting: Some(backlog),
+        })];
+        let inputs = Inputs {
+            readings: &[Ok(backlog)],
+            queues: &queues,
+            pods: Some(current),
+            ..Inputs::default()
+        };
+        m.observe(now, spec, inputs);
+        let step = m.step(now, spec, Replicas::all(current));
+        if let Action::Scale { from, to } = step.action {
+            m.applied(now, spec, from, to);
+        }
+        step
+    }
+
+    #[test]
+    fn a_queue_that_keeps_up_holds_its_count_while_arrivals_hold() {
+        let spec = queue_spec(Mode::Direct, false);
+        let mut m = TargetMachine::new();
+        let mut current = 1;
+        let mut counts = Vec::new();
+        for k in 0..80 {
+            // 75 msg/s arrive. Until the pods are there a backlog builds; once they keep up
+            // it reads near zero (0 or 20 between fetches), which a backlog target would
+            // read as no load.
+            let backlog = if current < 8 {
+                600.0
+            } else {
+                20.0 * (k % 2) as f64
+            };
+            let s = poll(
+                &mut m,
+                &spec,
+                k * INTERVAL,
+                backlog,
+                Ok(75.0),
+                75.0,
+                current,
+            );
+            current = s.desired;
+            counts.push(current);
+        }
+        // 75 + 600/60 = 85 msg/s: up to 9 pods (through the default scale-up limit), then
+        // 75 msg/s (+ 20/60 at most): 8 once the scale-down window has passed, and 8 it stays.
+        assert_eq!(&counts[..3], &[4, 8, 9], "{counts:?}");
+        assert!(counts[30..].iter().all(|&c| c == 8), "{counts:?}");
+    }
+
+    #[test]
+    fn no_arrival_rate_is_no_data_not_zero() {
+        let spec = queue_spec(Mode::Direct, false);
+        let mut m = TargetMachine::new();
+        let s = poll(&mut m, &spec, 0, 0.0, Ok(50.0), 50.0, 5);
+        assert_eq!(s.desired, 5);
+        // The rate fails and the backlog reads 0: the count holds (no scale-down to 1).
+        for k in 1..40 {
+            let s = poll(
+                &mut m,
+                &spec,
+                k * INTERVAL,
+                0.0,
+                Err(NoData::SourceFailed),
+                0.0,
+                5,
+            );
+            assert_eq!(s.desired, 5, "poll {k}");
+        }
+        assert_eq!(m.value(0), Some(Err(NoData::SourceFailed)));
+    }
+
+    #[test]
+    fn the_learned_throughput_sets_the_count_in_both_modes() {
+        for mode in [Mode::Direct, Mode::Hpa] {
+            let spec = queue_spec(mode, true);
+            let mut m = TargetMachine::new();
+            // The pods really get through 20 msg/s each (the set 10 is a guess): 4 pods,
+            // saturated for five minutes, serve 80 msg/s while 120 arrive.
+            let mut changes = Vec::new();
+            for k in 0..20 {
+                let inputs_backlog = 3000.0;
+                let queues = [Some(QueueSignals {
+                    arrival: Ok(120.0),
+                    served: Some(80.0),
+                    waiting: Some(inputs_backlog),
+                })];
+                let o = m.observe(
+                    k * INTERVAL,
+                    &spec,
+                    Inputs {
+                        readings: &[Ok(inputs_backlog)],
+                        queues: &queues,
+                        pods: Some(4),
+                        ..Inputs::default()
+                    },
+                );
+                changes.extend(o.changes);
+            }
+            assert_eq!(m.throughput(0), Some((20.0, true)), "{mode:?}");
+            assert_eq!(changes.len(), 1, "{changes:?}");
+            // 120 msg/s arriving and nothing waiting: 6 pods at 20, not 12 at the set 10.
+            let s = poll(&mut m, &spec, 20 * INTERVAL, 0.0, Ok(120.0), 120.0, 4);
+            match mode {
+                Mode::Hpa => {
+                    assert_eq!(s.served, vec![Ok(120.0)]);
+                    assert_eq!(s.hpa.as_ref().unwrap().targets.get("jobs"), Some(&20.0));
+                }
+                _ => assert_eq!(s.desired, 6),
+            }
+        }
     }
 }
