@@ -270,11 +270,19 @@ impl Kubeconform {
         Kubeconform { crd_schemas }
     }
 
-    /// kubeconform -strict over `manifest`: one JSON result per object.
-    fn check(&self, manifest: &str) -> Vec<Value> {
+    /// kubeconform -strict over each manifest (one run for all: each run loads the schemas
+    /// anew): one JSON result per object, per manifest.
+    fn check_all(&self, manifests: &[&str]) -> Vec<Vec<Value>> {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let file = dir.path().join("manifest.yaml");
-        std::fs::write(&file, manifest).unwrap();
+        let files: Vec<String> = manifests
+            .iter()
+            .enumerate()
+            .map(|(i, manifest)| {
+                let file = dir.path().join(format!("{i}.yaml"));
+                std::fs::write(&file, manifest).unwrap();
+                file.to_str().unwrap().to_string()
+            })
+            .collect();
         let k8s = tools_dir().join("kubernetes-json-schema");
         let k8s_location = format!(
             "{}/{{{{ .NormalizedKubernetesVersion }}}}-local{{{{ .StrictSuffix }}}}/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json",
@@ -284,24 +292,21 @@ impl Kubeconform {
             "{}/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json",
             self.crd_schemas.path().display()
         );
-        let out = run(
-            &tools_dir().join("kubeconform"),
-            &[
-                "-strict",
-                "-verbose",
-                "-output",
-                "json",
-                "-kubernetes-version",
-                KUBERNETES,
-                "-schema-location",
-                &k8s_location,
-                "-schema-location",
-                &crd_location,
-                file.to_str().unwrap(),
-            ],
-        )
+        let mut args = vec![
+            "-strict",
+            "-verbose",
+            "-output",
+            "json",
+            "-kubernetes-version",
+            KUBERNETES,
+            "-schema-location",
+            &k8s_location,
+            "-schema-location",
+            &crd_location,
+        ];
+        args.extend(files.iter().map(String::as_str));
         // Exit status 1 for invalid objects: the JSON says which.
-        .unwrap_or_else(|e| e);
+        let out = run(&tools_dir().join("kubeconform"), &args).unwrap_or_else(|e| e);
         let json_start = out
             .find('{')
             .unwrap_or_else(|| panic!("kubeconform: {out}"));
@@ -310,7 +315,17 @@ impl Kubeconform {
             .next()
             .unwrap()
             .unwrap_or_else(|e| panic!("kubeconform's JSON ({e}): {out}"));
-        report["resources"].as_array().cloned().unwrap_or_default()
+        let results = report["resources"].as_array().cloned().unwrap_or_default();
+        files
+            .iter()
+            .map(|file| {
+                results
+                    .iter()
+                    .filter(|r| r["filename"] == file.as_str())
+                    .cloned()
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -332,8 +347,10 @@ fn not_valid(results: &[Value]) -> Vec<String> {
 fn kubeconform_strict_finds_every_object_valid() {
     let kubeconform = Kubeconform::new();
     let mut failed = Vec::new();
-    for (name, manifest) in all_renders() {
-        let results = kubeconform.check(&manifest);
+    let renders = all_renders();
+    let manifests: Vec<&str> = renders.iter().map(|(_, m)| m.as_str()).collect();
+    let all_results = kubeconform.check_all(&manifests);
+    for ((name, manifest), results) in renders.iter().zip(all_results) {
         let objects = documents(&manifest).len();
         let bad = not_valid(&results);
         if !bad.is_empty() || results.len() != objects {
@@ -376,10 +393,6 @@ fn kubeconform_finds_what_the_api_server_would_refuse() {
         "fallback": { "failureThreshold": 3, "replicas": 4 },
         "adaptive": {}
     });
-    let results = kubeconform.check(&scaled_target(good.clone()));
-    assert!(not_valid(&results).is_empty(), "{results:?}");
-    assert_eq!(results.len(), 1);
-
     let mut unknown_field = good.clone();
     unknown_field["fallback"]["replica"] = json!(4);
     let mut wrong_type = good.clone();
@@ -390,17 +403,32 @@ fn kubeconform_finds_what_the_api_server_would_refuse() {
     .unwrap();
     typo_in_deployment["spec"]["template"]["spec"]["containers"][0]["imagePulPolicy"] =
         json!("Always");
-    for (what, manifest) in [
-        ("an unknown field", scaled_target(unknown_field)),
-        ("a string for an integer", scaled_target(wrong_type)),
+    let cases = [
+        (
+            "the demo's ScaledTarget",
+            scaled_target(good),
+            "statusValid",
+        ),
+        (
+            "an unknown field",
+            scaled_target(unknown_field),
+            "statusInvalid",
+        ),
+        (
+            "a string for an integer",
+            scaled_target(wrong_type),
+            "statusInvalid",
+        ),
         (
             "a mistyped Deployment field",
             serde_yaml::to_string(&typo_in_deployment).unwrap(),
+            "statusInvalid",
         ),
-    ] {
-        let results = kubeconform.check(&manifest);
+    ];
+    let manifests: Vec<&str> = cases.iter().map(|(_, m, _)| m.as_str()).collect();
+    for ((what, _, status), results) in cases.iter().zip(kubeconform.check_all(&manifests)) {
         assert!(
-            results.len() == 1 && results[0]["status"] == "statusInvalid",
+            results.len() == 1 && results[0]["status"] == *status,
             "{what}: {results:?}"
         );
     }
