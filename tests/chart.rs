@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use manifests::{
-    CHART, DEPLOY, cert_manager_overlay, documents, helm, helm_template, kustomize, of_kind, one,
-    run, set_args, tools_dir,
+    CHART, DEPLOY, documents, helm, helm_template, kustomize, of_kind, one, overlay, run, set_args,
+    tools_dir,
 };
 use serde_json::{Value, json};
 
@@ -111,14 +111,17 @@ fn render(values: &Values) -> String {
 
 /// Each render to check: its name and its manifest.
 fn all_renders() -> Vec<(String, String)> {
-    let overlay = cert_manager_overlay();
-    let mut renders = vec![
-        ("deploy/".to_string(), kustomize(Path::new(DEPLOY))),
-        (
-            "deploy/ + components/cert-manager".to_string(),
-            kustomize(overlay.path()),
-        ),
-    ];
+    let mut renders = vec![("deploy/".to_string(), kustomize(Path::new(DEPLOY)))];
+    for components in [
+        &["cert-manager"][..],
+        &["network-policy"],
+        &["cert-manager", "network-policy"],
+    ] {
+        renders.push((
+            format!("deploy/ + components/{}", components.join(" + ")),
+            kustomize(overlay(components).path()),
+        ));
+    }
     renders.extend(
         MATRIX
             .iter()

@@ -32,8 +32,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use manifests::{
-    CHART, DEPLOY, cert_manager_overlay, documents, from_json, helm_template, helm_with_secret,
-    kustomize, named, of_kind, one, tools_dir,
+    CHART, DEPLOY, documents, from_json, helm_template, helm_with_secret, kustomize, named,
+    of_kind, one, overlay, tools_dir,
 };
 use serde_json::{Value, json};
 use support::{eventually, start_stack};
@@ -832,6 +832,24 @@ fn the_chart_renders_what_the_base_holds() {
         k.sort();
         k
     };
+    // The NetworkPolicy: the chart's option (default peers: any) and the base's component.
+    let policy = |docs: &[Value]| one(docs, "NetworkPolicy")["spec"].clone();
+    let with_policy = documents(
+        &helm_template(
+            "ebb-system",
+            &[
+                "tls.existingSecret=t",
+                "tls.caBundle=Q0E=",
+                "networkPolicy.enabled=true",
+            ],
+        )
+        .unwrap(),
+    );
+    let mut chart_policy = policy(&with_policy);
+    chart_policy["podSelector"] = Value::Null;
+    let mut base_policy = policy(&documents(&kustomize(overlay(&["network-policy"]).path())));
+    base_policy["podSelector"] = Value::Null;
+    assert_eq!(chart_policy, base_policy);
     // The chart leaves the namespace to `helm install --create-namespace`.
     let mut base_kinds = kinds(&base);
     base_kinds.retain(|k| k != "\"Namespace\"");
@@ -982,7 +1000,7 @@ fn check_cert_manager_objects(docs: &[Value], namespace: &str, own_issuer: bool)
 
 #[test]
 fn the_cert_manager_component_issues_the_mounted_secret() {
-    let overlay = cert_manager_overlay();
+    let overlay = overlay(&["cert-manager"]);
     check_cert_manager_objects(&documents(&kustomize(overlay.path())), "ebb-system", true);
 }
 

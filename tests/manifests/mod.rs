@@ -94,17 +94,23 @@ pub fn helm_with_secret(namespace: &str, secret: &str, ca_pem: &str) -> String {
     .expect("helm template")
 }
 
-/// An overlay of deploy/ with components/cert-manager, as docs/deploy.md has users write it:
-/// outside the base's directory (kustomize refuses one inside it), by relative paths.
-pub fn cert_manager_overlay() -> tempfile::TempDir {
+/// An overlay of deploy/ with `components` (names in deploy/components), as docs/deploy.md has
+/// users write one: outside the base's directory (kustomize refuses one inside it), by
+/// relative paths.
+pub fn overlay(components: &[&str]) -> tempfile::TempDir {
     let overlay = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let to_deploy = relative(overlay.path(), Path::new(DEPLOY));
+    let components: Vec<String> = components
+        .iter()
+        .map(|c| format!("{}/components/{c}", to_deploy.display()))
+        .collect();
     std::fs::write(
         overlay.path().join("kustomization.yaml"),
         format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources: [{0}]\ncomponents: [{0}/components/cert-manager]\n",
-            to_deploy.display()
+             resources: [{}]\ncomponents: [{}]\n",
+            to_deploy.display(),
+            components.join(", ")
         ),
     )
     .unwrap();
