@@ -754,6 +754,26 @@ async fn the_helm_chart_comes_up_on_the_control_plane() {
         .await
         .unwrap();
     assert_eq!(second.spec.unwrap().replicas, Some(3));
+
+    // How docs/deploy.md has users upgrade the CRD, which `helm upgrade` leaves alone.
+    let crds = format!("{CHART}/crds/");
+    let applied = manifests::run(
+        &manifests::bin_dir().join("kubectl"),
+        &[
+            "--kubeconfig",
+            kube.admin_kubeconfig.to_str().unwrap(),
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &crds,
+        ],
+    )
+    .expect("kubectl apply of the chart's CRDs");
+    assert!(
+        applied.contains("scaledtargets.ebb.dev serverside-applied"),
+        "{applied}"
+    );
 }
 
 /// The chart's RBAC rules, bindings and pod template are the base's: one can not drift from
