@@ -161,55 +161,67 @@ fn helm_lint_strict_passes_for_every_set_of_values() {
 /// as `kubectl` validates (kubeconform's openapi2jsonschema.py: no property beyond those
 /// declared, int-or-string as either), and `nullable` as JSON Schema says it.
 fn crd_version_schema(schema: &Value) -> Value {
+    /// One schema, and the schemas in it: under `properties` a map of them, under `items`,
+    /// `additionalProperties` and `not` one, under `allOf`, `anyOf` and `oneOf` a list.
     fn convert(v: &Value) -> Value {
-        match v {
-            Value::Array(items) => Value::Array(items.iter().map(convert).collect()),
-            Value::Object(map) => {
-                let mut out: serde_json::Map<String, Value> =
-                    map.iter().map(|(k, v)| (k.clone(), convert(v))).collect();
-                // Property names, not schemas, live under `properties`: convert each value
-                // (done above) but do not treat the map itself as a schema.
-                let is_schema = map.contains_key("type")
-                    || map.contains_key("properties")
-                    || map.contains_key("x-kubernetes-int-or-string");
-                if !is_schema {
-                    return Value::Object(out);
-                }
-                if map.get("x-kubernetes-int-or-string") == Some(&json!(true))
-                    || map.get("format") == Some(&json!("int-or-string"))
-                {
-                    out.remove("type");
-                    out.remove("format");
-                    out.insert(
-                        "oneOf".into(),
-                        json!([{ "type": "string" }, { "type": "integer" }]),
-                    );
-                }
-                if map.contains_key("properties")
-                    && !map.contains_key("additionalProperties")
-                    && map.get("x-kubernetes-preserve-unknown-fields") != Some(&json!(true))
-                {
-                    out.insert("additionalProperties".into(), json!(false));
-                }
-                if map.get("nullable") == Some(&json!(true)) {
-                    match out.get("type").cloned() {
-                        Some(Value::String(t)) => {
-                            out.insert("type".into(), json!([t, "null"]));
-                        }
-                        _ if out.contains_key("oneOf") => {
-                            out.get_mut("oneOf")
-                                .unwrap()
-                                .as_array_mut()
-                                .unwrap()
-                                .push(json!({ "type": "null" }));
-                        }
-                        _ => {}
+        let Value::Object(map) = v else {
+            return v.clone();
+        };
+        let each = |x: &Value| match x {
+            Value::Array(list) => Value::Array(list.iter().map(convert).collect()),
+            other => convert(other),
+        };
+        let mut out: serde_json::Map<String, Value> = map
+            .iter()
+            .map(|(k, x)| {
+                let x = match k.as_str() {
+                    "properties" | "patternProperties" => Value::Object(
+                        x.as_object()
+                            .unwrap()
+                            .iter()
+                            .map(|(name, s)| (name.clone(), convert(s)))
+                            .collect(),
+                    ),
+                    "items" | "additionalProperties" | "not" | "allOf" | "anyOf" | "oneOf" => {
+                        each(x)
                     }
-                }
-                Value::Object(out)
-            }
-            other => other.clone(),
+                    _ => x.clone(),
+                };
+                (k.clone(), x)
+            })
+            .collect();
+        if map.get("x-kubernetes-int-or-string") == Some(&json!(true))
+            || map.get("format") == Some(&json!("int-or-string"))
+        {
+            out.remove("type");
+            out.remove("format");
+            out.insert(
+                "oneOf".into(),
+                json!([{ "type": "string" }, { "type": "integer" }]),
+            );
         }
+        if map.contains_key("properties")
+            && !map.contains_key("additionalProperties")
+            && map.get("x-kubernetes-preserve-unknown-fields") != Some(&json!(true))
+        {
+            out.insert("additionalProperties".into(), json!(false));
+        }
+        if map.get("nullable") == Some(&json!(true)) {
+            match out.get("type").cloned() {
+                Some(Value::String(t)) => {
+                    out.insert("type".into(), json!([t, "null"]));
+                }
+                _ if out.contains_key("oneOf") => {
+                    out.get_mut("oneOf")
+                        .unwrap()
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({ "type": "null" }));
+                }
+                _ => {}
+            }
+        }
+        Value::Object(out)
     }
     let mut root = convert(schema);
     // What every object has beside its schema's own fields (the CRDs declare at most their types).
