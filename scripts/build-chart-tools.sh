@@ -56,16 +56,10 @@ have_all() {
     [ -e "$done" ] && [ "$(readlink "$OUT/$name")" = "$target" ] || return 1
   done < <(links)
 }
-if have_all; then echo "$OUT"; exit 0; fi
-
-mkdir -p "$CACHE"
-exec 9>"$CACHE/chart-tools.lock"
-flock 9
-if have_all; then echo "$OUT"; exit 0; fi
-
 LOG_NAME=build-chart-tools
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
+exit_if_built have_all "$OUT" "$CACHE/chart-tools.lock"
 start_heartbeat
 
 # go install MODULE/CMD@VERSION into DIR/bin, through DIR.tmp so that an interrupted build

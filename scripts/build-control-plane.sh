@@ -19,16 +19,10 @@ BIN="$CACHE/k8s-$K8S_VERSION-kwok-$KWOK_VERSION/bin"
 WANT=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
 
 have_control_plane() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; [ -s "$BIN/kwok-stages.yaml" ]; }
-if have_control_plane; then echo "$BIN"; exit 0; fi
-
-mkdir -p "$CACHE"
-exec 9>"$CACHE/build.lock"
-flock 9
-if have_control_plane; then echo "$BIN"; exit 0; fi
-
 LOG_NAME=build-control-plane
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
+exit_if_built have_control_plane "$BIN" "$CACHE/build.lock"
 need_go "the control plane"
 mkdir -p "$BIN"
 start_heartbeat

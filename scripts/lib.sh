@@ -1,6 +1,17 @@
 # Shared by scripts/build-control-plane.sh and scripts/build-chart-tools.sh (sourced, not run).
 # Set LOG_NAME before sourcing.
 
+# Prints OUT and exits when CHECK (a command) finds the build in place; otherwise waits for
+# another run's build (LOCK, held until this script exits), then checks again.
+#   exit_if_built CHECK OUT LOCK
+exit_if_built() {
+  if "$1"; then echo "$2"; exit 0; fi
+  mkdir -p "$(dirname "$3")"
+  exec 9>"$3"
+  flock 9
+  if "$1"; then echo "$2"; exit 0; fi
+}
+
 log() { printf '[%s %s] %s\n' "${LOG_NAME:-build}" "$(date +%H:%M:%S)" "$*" >&2; }
 
 # `go build` is silent for minutes: say every minute that it is still going, until the script
