@@ -2,8 +2,7 @@
 # Builds the Kubernetes control-plane binaries ebb's local stack runs (kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, etcd, kwok) from Go modules, and caches
 # them by version outside the repository: only the first run on a machine pays the build.
-# Also helm (for tests of the chart in deploy/helm), cached in a directory of its own version and
-# linked into the same bin directory, so a new helm version does not rebuild Kubernetes.
+# (helm and the other tools that check the chart: scripts/build-chart-tools.sh.)
 #
 # Why a wrapper module: `go install k8s.io/kubernetes/cmd/...` fails because that module's
 # go.mod replaces its staging repos (k8s.io/api, ...) with relative paths
@@ -15,69 +14,25 @@ set -euo pipefail
 
 K8S_VERSION="${EBB_K8S_VERSION:-v1.36.3}"
 KWOK_VERSION="${EBB_KWOK_VERSION:-v0.8.0}"
-HELM_VERSION="${EBB_HELM_VERSION:-v3.22.0}"
 CACHE="${EBB_CACHE:-$HOME/.cache/ebb}"
 BIN="$CACHE/k8s-$K8S_VERSION-kwok-$KWOK_VERSION/bin"
-HELM_BIN="$CACHE/helm-$HELM_VERSION/bin"
 WANT=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
 
 have_control_plane() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; [ -s "$BIN/kwok-stages.yaml" ]; }
-have_helm() { [ -x "$HELM_BIN/helm" ] && [ "$(readlink "$BIN/helm")" = "$HELM_BIN/helm" ]; }
-have_all() { have_control_plane && have_helm; }
-if have_all; then echo "$BIN"; exit 0; fi
-
-mkdir -p "$CACHE"
-exec 9>"$CACHE/build.lock"
-flock 9
-if have_all; then echo "$BIN"; exit 0; fi
-
-command -v go >/dev/null || { echo "error: Go is needed to build the control plane (go >= 1.26)" >&2; exit 1; }
+LOG_NAME=build-control-plane
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+exit_if_built have_control_plane "$BIN" "$CACHE/build.lock"
+need_go "the control plane"
 mkdir -p "$BIN"
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-log() { printf '[build-control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-# `go build` of Kubernetes is silent for many minutes: say every minute that it is still going.
-started=$(date +%s)
-( while sleep 60; do log "still building ($(( ($(date +%s) - started) / 60 )) min so far)"; done ) >&2 &
-heartbeat=$!
-trap 'kill "$heartbeat" 2>/dev/null || true' EXIT
-
-# In a subshell, outside the wrapper module: helm is installed as a module of its own.
-build_helm() (
-  cd "$CACHE"
-  log "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION into $HELM_BIN (first run only; ~3 min on 2 cores)"
-  # The ldflags helm's Makefile sets: its version, and the Kubernetes version `helm template`
-  # assumes (.Capabilities.KubeVersion), from the client-go it is built with.
-  local gomod client_go major minor
-  gomod=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
-  # client-go v0.<minor>.<patch> is Kubernetes v1.<minor>.<patch>.
-  client_go=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$gomod")
-  client_go=${client_go#v}
-  major=$(( ${client_go%%.*} + 1 ))
-  minor=$(cut -d. -f2 <<<"$client_go")
-  local v=helm.sh/helm/v3
-  mkdir -p "$HELM_BIN"
-  GOBIN="$HELM_BIN" go install -trimpath -ldflags "-s -w -X $v/internal/version.version=$HELM_VERSION \
-    -X $v/internal/version.metadata= -X $v/internal/version.gitTreeState=clean \
-    -X $v/pkg/chartutil.k8sVersionMajor=$major -X $v/pkg/chartutil.k8sVersionMinor=$minor \
-    -X $v/pkg/lint/rules.k8sVersionMajor=$major -X $v/pkg/lint/rules.k8sVersionMinor=$minor" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  ln -sfn "$HELM_BIN/helm" "$BIN/helm"
-)
-
-if have_control_plane; then
-  have_helm || build_helm
-  have_all || { echo "error: missing binaries in $BIN: $(ls "$BIN")" >&2; exit 1; }
-  log "done"
-  echo "$BIN"
-  exit 0
-fi
+start_heartbeat
 
 work="$CACHE/wrapper-$K8S_VERSION"
 rm -rf "$work"; mkdir -p "$work"; cd "$work"
 log "building Kubernetes $K8S_VERSION and kwok $KWOK_VERSION into $BIN (first run only; ~15-25 min on 2 cores)"
 
 # The published go.mod of k8s.io/kubernetes tells which staging modules exist in this release.
-gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+gomod=$(go_module_gomod "k8s.io/kubernetes@$K8S_VERSION")
 staging_version="v0.${K8S_VERSION#v1.}"
 go_line=$(grep -E '^go [0-9]' "$gomod" | head -n1)
 {
@@ -118,8 +73,6 @@ for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
   echo "---"; cat "$kwok_src/$f"
 done > "$BIN/kwok-stages.yaml"
 
-have_helm || build_helm
-
-have_all || { echo "error: missing binaries in $BIN: $(ls "$BIN")" >&2; exit 1; }
+have_control_plane || { echo "error: missing binaries in $BIN: $(ls "$BIN")" >&2; exit 1; }
 log "done"
 echo "$BIN"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ebb's local stack and tests need (Prometheus, promtool, RabbitMQ,
 # OpenSSL for the harness's certificates; umoci, runc and skopeo for the container image that
-# scripts/build-image builds and tests/image.rs runs). Idempotent: does nothing when they are present.
+# scripts/build-image builds and tests/image.rs runs; pip for scripts/build-chart-tools.sh). Idempotent: does nothing when they are present.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
@@ -12,6 +12,8 @@ command -v umoci >/dev/null || need+=(umoci)
 command -v runc >/dev/null || need+=(runc)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v readelf >/dev/null || need+=(binutils)
+# pip downloads the Kubernetes JSON schemas (scripts/build-chart-tools.sh).
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 echo "[install-packages] apt-get install ${need[*]}" >&2

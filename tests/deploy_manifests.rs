@@ -10,12 +10,12 @@
 //!
 //! Renders that need no cluster check that the chart and the base stay in step.
 
+mod manifests;
 mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -31,105 +31,15 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use manifests::{
+    CHART, DEPLOY, documents, from_json, helm_template, helm_with_secret, kustomize, named,
+    of_kind, one, overlay, tools_dir,
+};
 use serde_json::{Value, json};
 use support::{eventually, start_stack};
 
-const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/ebb");
 const EXTERNAL_METRICS: &str = "v1beta1.external.metrics.k8s.io";
 const MINUTE: Duration = Duration::from_secs(60);
-
-// ---- rendering ---------------------------------------------------------------------------
-
-/// The directory with kubectl and helm (scripts/build-control-plane.sh builds both).
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        std::thread::spawn(|| {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(ebb::localstack::control_plane_bin())
-        })
-        .join()
-        .unwrap()
-        .expect("the control-plane binaries")
-    })
-}
-
-/// Runs `program` from [`bin_dir`]: its stdout, or its stderr as the error.
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let path = bin_dir().join(program);
-    let out = Command::new(&path)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{} runs: {e}", path.display()));
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).expect("UTF-8"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn kustomize(dir: &Path) -> String {
-    run("kubectl", &["kustomize", dir.to_str().unwrap()]).expect("kubectl kustomize")
-}
-
-/// `helm template` of the chart as release `ebb` in `namespace`, CRDs included.
-fn helm_template(namespace: &str, set: &[&str]) -> Result<String, String> {
-    let mut args = vec![
-        "template",
-        "ebb",
-        CHART,
-        "--namespace",
-        namespace,
-        "--include-crds",
-    ];
-    for s in set {
-        args.extend(["--set", s]);
-    }
-    run("helm", &args)
-}
-
-/// `tls.existingSecret` and its CA: the chart's plain-Secret path.
-fn helm_with_secret(namespace: &str, secret: &str, ca_pem: &str) -> String {
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    helm_template(
-        namespace,
-        &[
-            &format!("tls.existingSecret={secret}"),
-            &format!("tls.caBundle={ca}"),
-        ],
-    )
-    .expect("helm template")
-}
-
-fn documents(manifest: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(manifest)
-        .map(|d| serde::Deserialize::deserialize(d).expect("YAML"))
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
-
-fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| d["kind"] == kind).collect()
-}
-
-/// The only object of `kind`.
-fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    let all = of_kind(docs, kind);
-    assert_eq!(all.len(), 1, "expected one {kind}");
-    all[0]
-}
-
-fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("a valid object")
-}
 
 // ---- what an installation is made of -----------------------------------------------------
 
@@ -293,7 +203,7 @@ async fn check_installation(stack: &Stack, install: &Install) {
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
     let pdb = pdbs.get(&install.name).await.expect("the PDB");
     assert_eq!(
-        pdb.spec.as_ref().unwrap().min_available,
+        pdb.spec.as_ref().unwrap().max_unavailable,
         Some(IntOrString::Int(1))
     );
     eventually(
@@ -793,46 +703,77 @@ async fn the_helm_chart_comes_up_on_the_control_plane() {
     assert_eq!(applied, docs.len());
     check_installation(&stack, &install).await;
 
-    // `helm install` itself, beside it: a second release (the APIService is taken, and is the
-    // one object two releases cannot share) in a namespace Helm creates.
+    // `helm install` itself, beside it: a release of the same name in a namespace Helm creates,
+    // with the chart's defaults but the APIService (taken: the one object two releases cannot
+    // share). Its cluster-scoped objects and its RoleBinding in kube-system are named after its
+    // namespace, so they do not clash with the first release's.
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(bin_dir().join("helm"))
-        .args([
-            "install",
-            "second",
-            CHART,
-            "--namespace",
-            "second",
-            "--create-namespace",
-        ])
-        .args([
-            "--set",
-            "tls.existingSecret=second-tls",
-            "--set",
-            "apiService.create=false",
-        ])
-        .env("KUBECONFIG", &kube.admin_kubeconfig)
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "helm install: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let helm = |args: &[&str]| {
+        let out = Command::new(tools_dir().join("helm"))
+            .args(args)
+            .args(["--namespace", "second", "--set", "apiService.create=false"])
+            .env("KUBECONFIG", &kube.admin_kubeconfig)
+            .env("HELM_CACHE_HOME", home.path().join("cache"))
+            .env("HELM_CONFIG_HOME", home.path().join("config"))
+            .env("HELM_DATA_HOME", home.path().join("data"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "helm {args:?}: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let stdout = helm(&["install", "ebb", CHART, "--create-namespace"]);
     assert!(
         stdout.contains("STATUS: deployed")
             && stdout.contains("is installed in namespace second (2 replicas"),
         "{stdout}"
     );
     let second = Api::<Deployment>::namespaced(client.clone(), "second")
-        .get("second-ebb")
+        .get("ebb")
         .await
         .expect("the second release's Deployment");
     assert_eq!(second.spec.unwrap().replicas, Some(2));
+    // The certificate the chart generated is kept by `helm upgrade`.
+    let secrets = Api::<Secret>::namespaced(client.clone(), "second");
+    let generated = secrets
+        .get("ebb-serving-cert")
+        .await
+        .expect("the generated Secret")
+        .data
+        .unwrap();
+    assert!(generated.contains_key("tls.crt") && generated.contains_key("ca.crt"));
+    helm(&["upgrade", "ebb", CHART, "--set", "replicaCount=3"]);
+    let upgraded = secrets.get("ebb-serving-cert").await.unwrap().data.unwrap();
+    assert_eq!(upgraded, generated, "helm upgrade replaced the certificate");
+    let second = Api::<Deployment>::namespaced(client.clone(), "second")
+        .get("ebb")
+        .await
+        .unwrap();
+    assert_eq!(second.spec.unwrap().replicas, Some(3));
+
+    // How docs/deploy.md has users upgrade the CRD, which `helm upgrade` leaves alone.
+    let crds = format!("{CHART}/crds/");
+    let applied = manifests::run(
+        &manifests::bin_dir().join("kubectl"),
+        &[
+            "--kubeconfig",
+            kube.admin_kubeconfig.to_str().unwrap(),
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &crds,
+        ],
+    )
+    .expect("kubectl apply of the chart's CRDs");
+    assert!(
+        applied.contains("scaledtargets.ebb.dev serverside-applied"),
+        "{applied}"
+    );
 }
 
 /// The chart's RBAC rules, bindings and pod template are the base's: one can not drift from
@@ -842,7 +783,18 @@ fn the_chart_renders_what_the_base_holds() {
     let base = documents(&kustomize(Path::new(DEPLOY)));
     let chart = documents(&helm_with_secret("ebb-system", "ebb-serving-cert", "CA"));
 
-    let rules = |docs: &[Value], name: &str| named(docs, "ClusterRole", name)["rules"].clone();
+    // The chart prefixes the names of cluster-scoped objects (and of the RoleBinding in
+    // kube-system) with the release namespace, where the base has one namespace only.
+    let unprefixed = |name: &Value| {
+        let name = name.as_str().unwrap();
+        json!(name.strip_prefix("ebb-system:").unwrap_or(name))
+    };
+    let rules = |docs: &[Value], name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "ClusterRole" && unprefixed(&d["metadata"]["name"]) == name)
+            .unwrap_or_else(|| panic!("no ClusterRole {name}"))["rules"]
+            .clone()
+    };
     assert_eq!(
         rules(&chart, "ebb-controller"),
         rules(&base, "ebb-controller")
@@ -857,11 +809,13 @@ fn the_chart_renders_what_the_base_holds() {
             .iter()
             .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
             .map(|d| {
+                let mut role = d["roleRef"].clone();
+                role["name"] = unprefixed(&role["name"]);
                 json!([
                     d["kind"],
-                    d["metadata"]["name"],
+                    unprefixed(&d["metadata"]["name"]),
                     d["metadata"]["namespace"],
-                    d["roleRef"],
+                    role,
                     d["subjects"]
                 ])
             })
@@ -879,6 +833,11 @@ fn the_chart_renders_what_the_base_holds() {
         spec
     };
     assert_eq!(pod(&chart), pod(&base));
+    // The pod's annotations (prometheus.io/*).
+    let annotations = |docs: &[Value]| {
+        one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"].clone()
+    };
+    assert_eq!(annotations(&chart), annotations(&base));
     for kind in ["APIService", "PodDisruptionBudget", "Service"] {
         let spec = |docs: &[Value]| {
             let mut s = one(docs, kind)["spec"].clone();
@@ -893,6 +852,24 @@ fn the_chart_renders_what_the_base_holds() {
         k.sort();
         k
     };
+    // The NetworkPolicy: the chart's option (default peers: any) and the base's component.
+    let policy = |docs: &[Value]| one(docs, "NetworkPolicy")["spec"].clone();
+    let with_policy = documents(
+        &helm_template(
+            "ebb-system",
+            &[
+                "tls.existingSecret=t",
+                "tls.caBundle=Q0E=",
+                "networkPolicy.enabled=true",
+            ],
+        )
+        .unwrap(),
+    );
+    let mut chart_policy = policy(&with_policy);
+    chart_policy["podSelector"] = Value::Null;
+    let mut base_policy = policy(&documents(&kustomize(overlay(&["network-policy"]).path())));
+    base_policy["podSelector"] = Value::Null;
+    assert_eq!(chart_policy, base_policy);
     // The chart leaves the namespace to `helm install --create-namespace`.
     let mut base_kinds = kinds(&base);
     base_kinds.retain(|k| k != "\"Namespace\"");
@@ -900,9 +877,7 @@ fn the_chart_renders_what_the_base_holds() {
 }
 
 #[test]
-fn the_chart_needs_exactly_one_source_of_the_serving_certificate() {
-    let err = helm_template("ebb-system", &[]).expect_err("renders without a certificate");
-    assert!(err.contains("ebb needs a serving certificate"), "{err}");
+fn the_chart_takes_at_most_one_source_of_the_serving_certificate() {
     let err = helm_template(
         "ebb-system",
         &["tls.existingSecret=x", "tls.certManager.enabled=true"],
@@ -918,6 +893,69 @@ fn the_chart_needs_exactly_one_source_of_the_serving_certificate() {
         &["tls.existingSecret=x", "apiService.create=false"],
     )
     .expect("renders without an APIService");
+}
+
+/// With no source given, the chart generates a CA and a serving certificate: the Secret the
+/// pods mount holds a certificate that the kube-apiserver accepts for the Service's name when
+/// it trusts the APIService's caBundle.
+#[test]
+fn the_chart_generates_a_serving_certificate_by_default() {
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    ebb::install_crypto_provider();
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("a base64 string"))
+            .unwrap()
+    };
+    let docs = documents(&helm_template("autoscaling", &[]).expect("the default values render"));
+    let deployment = one(&docs, "Deployment");
+    let mounted = deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+        .as_str()
+        .unwrap();
+    let secret = named(&docs, "Secret", mounted);
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let ca_bundle = b64(&one(&docs, "APIService")["spec"]["caBundle"]);
+    assert_eq!(ca_bundle, b64(&secret["data"]["ca.crt"]));
+
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&ca_bundle) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder(roots.into())
+        .build()
+        .unwrap();
+    let cert = CertificateDer::from_pem_slice(&b64(&secret["data"]["tls.crt"])).unwrap();
+    let service = one(&docs, "Service")["metadata"]["name"].as_str().unwrap();
+    for name in [
+        format!("{service}.autoscaling.svc"),
+        format!("{service}.autoscaling.svc.cluster.local"),
+    ] {
+        verifier
+            .verify_server_cert(
+                &cert,
+                &[],
+                &ServerName::try_from(name.clone()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap_or_else(|e| panic!("the generated certificate for {name}: {e}"));
+    }
+    let other = ServerName::try_from("ebb.elsewhere.svc").unwrap();
+    assert!(
+        verifier
+            .verify_server_cert(&cert, &[], &other, &[], UnixTime::now())
+            .is_err(),
+        "the certificate is for the Service's name only"
+    );
+    // The key is the certificate's: ebb can serve with the pair.
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(&b64(&secret["data"]["tls.key"])).unwrap();
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .expect("the generated key matches the certificate");
 }
 
 /// cert-manager is not part of the local stack: what can be checked without it is that its
@@ -982,19 +1020,7 @@ fn check_cert_manager_objects(docs: &[Value], namespace: &str, own_issuer: bool)
 
 #[test]
 fn the_cert_manager_component_issues_the_mounted_secret() {
-    // A component is used from an overlay outside the base's directory (kustomize refuses
-    // one inside it) and by a relative path.
-    let overlay = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let to_deploy = relative(overlay.path(), Path::new(DEPLOY));
-    std::fs::write(
-        overlay.path().join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources: [{0}]\ncomponents: [{0}/components/cert-manager]\n",
-            to_deploy.display()
-        ),
-    )
-    .unwrap();
+    let overlay = overlay(&["cert-manager"]);
     check_cert_manager_objects(&documents(&kustomize(overlay.path())), "ebb-system", true);
 }
 
@@ -1081,21 +1107,4 @@ fn the_chart_values_reach_the_deployment() {
         image,
         format!("ghcr.io/ebb-autoscaler/ebb:{}", env!("CARGO_PKG_VERSION"))
     );
-}
-
-/// `to` relative to `from` (both absolute).
-fn relative(from: &Path, to: &Path) -> PathBuf {
-    let from = from.canonicalize().unwrap();
-    let to = to.canonicalize().unwrap();
-    let common = from
-        .components()
-        .zip(to.components())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let mut path = PathBuf::new();
-    for _ in from.components().skip(common) {
-        path.push("..");
-    }
-    path.extend(to.components().skip(common));
-    path
 }

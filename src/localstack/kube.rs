@@ -295,8 +295,8 @@ impl ControlPlane {
                 "labels": { "type": "kwok", "kubernetes.io/hostname": NODE_NAME },
             },
             "status": {
-                "allocatable": { "cpu": "1000", "memory": "4Ti", "pods": "10000" },
-                "capacity": { "cpu": "1000", "memory": "4Ti", "pods": "10000" },
+                "allocatable": { "cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "10000" },
+                "capacity": { "cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "10000" },
             },
         }))?;
         Api::<Node>::all(client.clone())

@@ -184,10 +184,22 @@ fn require_command(name: &str) -> Result<(), StackError> {
 /// The directory with the control-plane binaries: `$EBB_K8S_BIN`, or what
 /// `scripts/build-control-plane.sh` prints (it builds them once per version and caches them).
 pub async fn control_plane_bin() -> Result<PathBuf, StackError> {
-    if let Some(dir) = std::env::var_os("EBB_K8S_BIN") {
+    script_dir("EBB_K8S_BIN", "scripts/build-control-plane.sh").await
+}
+
+/// The directory with the tools that check deploy/ and the chart (helm, kubeconform,
+/// kube-score, the Kubernetes JSON schemas, cert-manager's and the Prometheus Operator's CRDs):
+/// `$EBB_CHART_TOOLS`, or what `scripts/build-chart-tools.sh` prints (built once per version).
+pub async fn chart_tools_dir() -> Result<PathBuf, StackError> {
+    script_dir("EBB_CHART_TOOLS", "scripts/build-chart-tools.sh").await
+}
+
+/// `$env` if set, else the last line that `script` (in this checkout) prints.
+async fn script_dir(env: &str, script: &str) -> Result<PathBuf, StackError> {
+    if let Some(dir) = std::env::var_os(env) {
         return Ok(PathBuf::from(dir));
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/build-control-plane.sh");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
     let output = tokio::process::Command::new(&script)
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -17,6 +17,13 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The prefix of cluster-scoped names (and of the RoleBinding in kube-system, a namespace
+every release shares): <release namespace>:<fullname>, so that two releases of the same name in
+two namespaces do not take each other's ClusterRoles and bindings. */}}
+{{- define "ebb.clusterPrefix" -}}
+{{- printf "%s:%s" .Release.Namespace (include "ebb.fullname" .) -}}
+{{- end -}}
+
 {{- define "ebb.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "ebb.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -38,20 +45,48 @@ app.kubernetes.io/part-of: ebb
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret holding the serving certificate, from either TLS source; fails on neither or both. */}}
+{{/* The Secret holding the serving certificate: tls.existingSecret, or the one cert-manager
+issues or the chart generates (<fullname>-serving-cert). Fails when both sources are set. */}}
 {{- define "ebb.tlsSecretName" -}}
 {{- $tls := .Values.tls -}}
 {{- if and $tls.existingSecret $tls.certManager.enabled -}}
 {{- fail "set either tls.existingSecret or tls.certManager.enabled, not both" -}}
 {{- else if $tls.existingSecret -}}
 {{- $tls.existingSecret -}}
-{{- else if $tls.certManager.enabled -}}
-{{- printf "%s-serving-cert" (include "ebb.fullname" .) -}}
 {{- else -}}
-{{- fail "ebb needs a serving certificate: set tls.existingSecret (with tls.caBundle) or tls.certManager.enabled=true" -}}
+{{- printf "%s-serving-cert" (include "ebb.fullname" .) -}}
 {{- end -}}
 {{- end -}}
 
+{{/* Whether the chart generates the serving certificate (neither other source is set). */}}
+{{- define "ebb.generatesTLS" -}}
+{{- if not (or .Values.tls.existingSecret .Values.tls.certManager.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Service's DNS names: the serving certificate's SANs. */}}
+{{- define "ebb.dnsNames" -}}
+{{- $svc := printf "%s.%s.svc" (include "ebb.fullname" .) .Release.Namespace -}}
+{{- list $svc (printf "%s.cluster.local" $svc) | toJson -}}
+{{- end -}}
+
+{{/* repository@digest when a digest is given (what scripts/build-image prints), else repository:tag. */}}
 {{- define "ebb.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* A NetworkPolicy egress rule: `ports` (numbers, TCP) to `to` (NetworkPolicyPeers; empty: any peer). */}}
+{{- define "ebb.egressRule" -}}
+- ports:
+    {{- range .ports }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+  {{- with .to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
