@@ -345,3 +345,90 @@ async fn an_slo_needs_an_average_value_target_and_sane_bounds() {
     let learn = &stored.spec.metrics[0].slo.as_ref().unwrap().learn;
     assert_eq!((learn.margin, learn.allowed_violations), (0.1, 0.01));
 }
+
+#[tokio::test]
+async fn a_drain_time_target_needs_its_fields_and_a_backlog_with_rates() {
+    let api = setup().await;
+    let drain = json!({ "type": "DrainTime", "drainSeconds": 60, "throughputPerPod": "10" });
+    // Valid: a RabbitMQ queue (its rates come from the broker) and a Prometheus backlog with
+    // an arrival-rate query.
+    let mut ok = valid();
+    ok["spec"]["metrics"][0]["target"] = drain.clone();
+    ok["metadata"]["name"] = json!("drain-ok");
+    api.create(&PostParams::default(), &serde_json::from_value(ok).unwrap())
+        .await
+        .expect("a DrainTime target on a RabbitMQ queue is valid");
+    let prometheus = json!({ "address": "http://prometheus:9090", "query": "sum(kafka_lag)" });
+    let mut ok = valid();
+    ok["spec"]["metrics"][0] = json!({
+        "name": "lag", "prometheus": prometheus, "target": drain,
+        "arrivalRate": { "address": "http://prometheus:9090", "query": "sum(rate(produced[1m]))" }
+    });
+    ok["metadata"]["name"] = json!("drain-prometheus-ok");
+    api.create(&PostParams::default(), &serde_json::from_value(ok).unwrap())
+        .await
+        .expect("a DrainTime target on a Prometheus backlog with arrivalRate is valid");
+
+    let cases = [
+        (
+            "no-drain-seconds",
+            json!({ "type": "DrainTime", "throughputPerPod": "10" }),
+            None,
+            "needs drainSeconds and throughputPerPod",
+        ),
+        (
+            "zero-throughput",
+            json!({ "type": "DrainTime", "drainSeconds": 60, "throughputPerPod": "0" }),
+            None,
+            "throughputPerPod must be a positive",
+        ),
+        (
+            "drain-with-average-value",
+            json!({ "type": "DrainTime", "drainSeconds": 60, "throughputPerPod": "10",
+                    "averageValue": "5" }),
+            None,
+            "type DrainTime neither",
+        ),
+        (
+            "drain-fields-on-average-value",
+            json!({ "type": "AverageValue", "averageValue": "5", "drainSeconds": 60 }),
+            None,
+            "belong to type DrainTime only",
+        ),
+        (
+            "drain-on-a-rate",
+            drain.clone(),
+            Some((
+                "rabbitmq",
+                json!({ "connectionSecretRef": { "name": "rabbit" },
+                                      "queue": "orders", "measure": "PublishRate" }),
+            )),
+            "rabbitmq.measure must be Backlog",
+        ),
+        (
+            "drain-without-arrival-rate",
+            drain.clone(),
+            Some(("prometheus", prometheus.clone())),
+            "needs arrivalRate",
+        ),
+    ];
+    for (name, target, source, expected) in cases {
+        let mut object = valid();
+        object["spec"]["metrics"][0]["target"] = target;
+        if let Some((kind, config)) = source {
+            let metric = object["spec"]["metrics"][0].as_object_mut().unwrap();
+            metric.remove("rabbitmq");
+            metric.insert(kind.into(), config);
+        }
+        let message = rejection(&api, name, object).await;
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+    // arrivalRate on a metric that does not read it.
+    let mut object = valid();
+    object["spec"]["metrics"][0]["arrivalRate"] = prometheus;
+    let message = rejection(&api, "arrival-without-drain", object).await;
+    assert!(
+        message.contains("read only by target type DrainTime"),
+        "{message}"
+    );
+}

@@ -64,6 +64,8 @@ const REQUESTS: Rate = Rate {
     base: 2.0,
     peak: 40.0,
 };
+/// The worker's drain time: any backlog gone within this many seconds.
+const DRAIN_SECONDS: u32 = 30;
 /// How often ebb polls and the HPA controller syncs in the demo: fast enough to watch.
 const POLL: Duration = Duration::from_secs(5);
 
@@ -156,7 +158,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     });
 
     println!(
-        "\nebb is scaling `worker` (Direct, RabbitMQ backlog) and `web` (owned HPA, request rate).\n\
+        "\nebb is scaling `worker` (Direct, on the work of RabbitMQ queue `jobs`) and `web` (owned HPA, request rate).\n\
          Look around while it runs:\n\
          \n  export KUBECONFIG={}\n  export PATH={}:$PATH\n  kubectl -n {NAMESPACE} get scaledtargets,hpa,deploy\n  \
          target/debug/ebb status -n {NAMESPACE} --watch 2\n\
@@ -171,6 +173,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let live = !args.plain && std::io::stdout().is_terminal();
     let deadline = args.exit_after.map(|s| started + Duration::from_secs(s));
     let mut history = ReplicaHistory::default();
+    let mut queue = QueueTrack::default();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     let mut last_plain_line = Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
@@ -205,6 +208,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .flatten()
             .map_or(0, |c| c.backlog());
         let elapsed = load_started.elapsed();
+        if let Some(worker) = replicas.get("worker") {
+            let at_peak = profile.phase(elapsed) == "peak";
+            queue.record(
+                backlog,
+                *worker,
+                at_peak,
+                PUBLISH.at(profile.level(elapsed)),
+            );
+        }
         let headline = format!(
             "ebb demo  {}  load: {} (publishing {:.0}/s, {:.0} req/s)  queue `{QUEUE}`: {backlog}  \
              published {}, processed {}, requests {}",
@@ -232,7 +244,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     load.abort_all();
-    println!("\n{}", history.summary());
+    println!("\n{}{}", history.summary(), queue.summary());
     eprintln!("stopping everything...");
     drop(_ebb);
     drop(stack);
@@ -277,10 +289,14 @@ async fn create_workloads(
         "spec": {
             "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
             "mode": "Direct", "minReplicas": 1, "maxReplicas": 20, "pollingInterval": interval,
+            // Scaled on the queue's work, not its length alone: what arrives plus the backlog
+            // spread over 30 s, at the throughput a worker gets through (learned from the
+            // queue's own rates while messages wait; 10 is the measured start value).
             "metrics": [{
-                "name": "backlog",
+                "name": "jobs",
                 "rabbitmq": { "connectionSecretRef": { "name": "rabbit" }, "queue": QUEUE },
-                "target": { "type": "AverageValue", "averageValue": "20" }
+                "target": { "type": "DrainTime", "drainSeconds": DRAIN_SECONDS,
+                            "throughputPerPod": "10" }
             }],
             "behavior": behavior,
             "fallback": { "failureThreshold": 3, "replicas": 4 }
@@ -382,6 +398,57 @@ impl ReplicaHistory {
             ));
         }
         out
+    }
+}
+
+/// What the queue and its workers did, sampled once a second, for the summary.
+#[derive(Debug, Default)]
+struct QueueTrack {
+    /// Messages waiting, summed over the samples (one per second): message-seconds.
+    backlog_seconds: f64,
+    /// The longest time the backlog would take to drain at the workers' capacity then.
+    longest_drain: f64,
+    /// At peak, once the workers first reached what the peak needs: the fewest and most.
+    peak_range: Option<(i32, i32)>,
+    /// The largest backlog at peak.
+    peak_backlog: i64,
+}
+
+impl QueueTrack {
+    fn record(&mut self, backlog: i64, worker: Replicas, at_peak: bool, arrival: f64) {
+        self.backlog_seconds += backlog.max(0) as f64;
+        let capacity = f64::from(worker.ready.max(0)) * PER_WORKER;
+        if backlog > 0 {
+            let drain = if capacity > 0.0 {
+                backlog as f64 / capacity
+            } else {
+                f64::INFINITY
+            };
+            self.longest_drain = self.longest_drain.max(drain);
+        }
+        let needed = (arrival / PER_WORKER).ceil() as i32;
+        if at_peak {
+            self.peak_backlog = self.peak_backlog.max(backlog);
+        }
+        if at_peak && (self.peak_range.is_some() || worker.desired >= needed) {
+            let (lo, hi) = self.peak_range.unwrap_or((worker.desired, worker.desired));
+            self.peak_range = Some((lo.min(worker.desired), hi.max(worker.desired)));
+        }
+    }
+
+    /// `summary: queue jobs backlog 1234 message-seconds, longest drain 12.3 s, worker at
+    /// peak 8..9 (needs 8, the drain term up to 1)`; `tests/demo.rs` reads it.
+    fn summary(&self) -> String {
+        let (lo, hi) = self.peak_range.unwrap_or((0, 0));
+        let drain_term =
+            (self.peak_backlog as f64 / (f64::from(DRAIN_SECONDS) * PER_WORKER)).ceil() as i32;
+        format!(
+            "summary: queue {QUEUE} backlog {:.0} message-seconds, longest drain {:.1} s, \
+             worker at peak {lo}..{hi} (needs {}, the drain term up to {drain_term})\n",
+            self.backlog_seconds,
+            self.longest_drain,
+            (PUBLISH.peak / PER_WORKER).ceil() as i32
+        )
     }
 }
 

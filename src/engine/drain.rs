@@ -47,7 +47,7 @@ const MAX_SAMPLES: usize = 3600;
 /// Pods are saturated when more messages wait than they serve in this many seconds.
 pub const SATURATION_SECONDS: f64 = 2.0;
 /// The pod count must have held this long before a sample is taken.
-pub const SETTLE: Millis = 60 * 1000;
+pub const SETTLE: Millis = 30 * 1000;
 
 /// A DrainTime target as the machine sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -267,10 +267,10 @@ mod tests {
         assert_eq!((t.current(), t.learned(), t.samples()), (5.0, None, 0));
         // Saturated (300 waiting, more than 2 s of service), but 4 pods only just now: the
         // count has not settled.
-        feed(&mut t, 100..159, signals(40.0, 300.0), 4);
+        feed(&mut t, 100..129, signals(40.0, 300.0), 4);
         assert_eq!(t.samples(), 0);
         // Settled: 4 pods get through 40 msg/s: 10 per pod.
-        let changes = feed(&mut t, 160..170, signals(40.0, 300.0), 4);
+        let changes = feed(&mut t, 130..140, signals(40.0, 300.0), 4);
         assert_eq!(t.learned(), Some(10.0));
         assert_eq!(
             changes.len(),
@@ -308,8 +308,12 @@ mod tests {
     #[test]
     fn old_samples_leave_the_window() {
         let mut t = Throughput::new(spec(true));
-        feed(&mut t, 0..70, signals(20.0, 50.0), 2);
-        assert_eq!(t.samples(), 10);
+        feed(&mut t, 0..40, signals(20.0, 50.0), 2);
+        assert_eq!(
+            t.samples(),
+            10,
+            "from 30 s on, once 2 pods have held for 30 s"
+        );
         t.observe(SAMPLE_WINDOW + 80 * SEC, "jobs", None, Some(2));
         assert_eq!(t.samples(), 0);
         assert_eq!(
