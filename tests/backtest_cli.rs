@@ -259,3 +259,64 @@ fn aggregate_replays_on_a_coarser_grid() {
         "{err}"
     );
 }
+
+#[test]
+fn queue_replays_the_load_as_arrivals_beside_queue_length_and_rate() {
+    let dir = scratch("queue");
+    let trace = dir.join("q.csv");
+    // Quiet, two hours at eight times the load, quiet.
+    let mut csv = String::from("timestamp,value\n");
+    for k in 0..300 {
+        let v = if (60..180).contains(&k) { 4800 } else { 600 };
+        csv.push_str(&format!("{},{v}\n", 1_700_000_000 + 60 * k));
+    }
+    std::fs::write(&trace, csv).unwrap();
+    let args = [
+        "backtest",
+        "--queue",
+        "--capacity",
+        "600",
+        "--drain-seconds",
+        "120",
+        "--format",
+        "json",
+        "--trace",
+    ];
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(trace.to_str().unwrap());
+    let scores: serde_json::Value = serde_json::from_str(&ebb_ok(&all)).unwrap();
+    let row = |p: &str| {
+        scores
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["policy"] == p)
+            .unwrap_or_else(|| panic!("no {p} row: {scores}"))
+            .clone()
+    };
+    let (drain, qlen) = (row("ebb"), row("queue-length"));
+    row("rate");
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    assert!(
+        f(&drain, "backlog_message_seconds") < f(&qlen, "backlog_message_seconds"),
+        "{scores}"
+    );
+    assert!(
+        f(&drain, "late_steps_percent") <= f(&qlen, "late_steps_percent"),
+        "{scores}"
+    );
+    // The table names the queue's settings.
+    let table = ebb_ok(&["backtest", "--queue", "--trace", trace.to_str().unwrap()]);
+    assert!(table.contains("drainSeconds 300"), "{table}");
+    // A drain time that is not one is refused.
+    let out = ebb(&[
+        "backtest",
+        "--queue",
+        "--drain-seconds",
+        "0",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--drain-seconds"));
+}

@@ -8,6 +8,7 @@ pub mod machine;
 pub mod metrics;
 pub mod plot;
 pub mod prometheus;
+pub mod queue;
 pub mod replay;
 pub mod synthetic;
 pub mod trace;
@@ -189,6 +190,13 @@ pub struct BacktestArgs {
     /// Frontier rows with more scaling actions than this are left out.
     #[arg(long, requires = "frontier")]
     pub max_actions: Option<u64>,
+    /// Replay the load as the arrivals into a queue served at `c` per ready pod, and score
+    /// ebb's DrainTime target beside KEDA-style QueueLength and a rate target (docs/queues.md).
+    #[arg(long, conflicts_with_all = ["scaledtarget", "frontier", "slo"])]
+    pub queue: bool,
+    /// `--queue`: any backlog should be gone within this many seconds (default: five steps).
+    #[arg(long, value_name = "SECONDS", requires = "queue")]
+    pub drain_seconds: Option<f64>,
 }
 
 /// What to replay and how to score it.
@@ -641,6 +649,37 @@ pub fn decisions_csv(replay: &Replay) -> String {
 }
 
 /// `ebb backtest`: read, replay, print, and write the optional files.
+/// `ebb backtest --queue`: every queue policy over the series, one table.
+fn run_queue(
+    series: &Trace,
+    capacity: Option<f64>,
+    startup_delay: Option<usize>,
+    drain_seconds: Option<f64>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let load = &series.values;
+    let step_seconds = series.step_seconds as f64;
+    let cfg = ReplayConfig::for_series(load, step_seconds, capacity, startup_delay)
+        .ok_or(BacktestError::NoData)?;
+    let drain = drain_seconds.unwrap_or(5.0 * step_seconds);
+    if !(drain.is_finite() && drain > 0.0) {
+        return Err(BacktestError::InvalidArg {
+            flag: "--drain-seconds",
+            message: format!("{drain} is not a positive number of seconds"),
+        }
+        .into());
+    }
+    let scores: Vec<_> = queue::QUEUE_POLICIES
+        .iter()
+        .filter_map(|p| queue::replay_queue(load, &cfg, drain, p))
+        .collect();
+    match format {
+        Format::Table => print!("{}", queue::format_queue_table(&scores, &cfg, drain)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&scores)?),
+    }
+    Ok(())
+}
+
 pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
     let BacktestArgs {
         trace,
@@ -668,6 +707,8 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         frontier,
         risk,
         max_actions,
+        queue,
+        drain_seconds,
     } = args;
     let opts = TraceOptions {
         time_column: time_column.clone(),
@@ -726,6 +767,9 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
                 ),
             })?,
     };
+    if *queue {
+        return run_queue(&series, *capacity, *startup_delay, *drain_seconds, *format);
+    }
     // Progress on standard error, where a terminal shows it; the report goes to standard output.
     let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut started: Option<(String, std::time::Instant)> = None;
