@@ -159,3 +159,75 @@ async fn a_queue_scales_on_its_work_learns_the_workers_throughput_and_holds_whil
     workers.abort();
     purge(rabbit, &queue).await;
 }
+
+/// The rule is not RabbitMQ's: a Prometheus backlog (say Kafka lag through an exporter) with an
+/// arrival-rate query, and no data from the rate is never read as no work.
+#[tokio::test]
+async fn a_prometheus_backlog_with_an_arrival_rate_scales_on_its_work() {
+    let (client, ns) = setup("queue-prom").await;
+    let prometheus = shared_stack().prometheus.as_ref().unwrap();
+    deployment(&client, &ns, "consumer", 1).await;
+    let series = |name: &str| format!("sum(last_over_time({name}{{job=\"{ns}\"}}[3s]))");
+    let st = json!({
+        "apiVersion": "ebb.dev/v1alpha1",
+        "kind": "ScaledTarget",
+        "metadata": { "name": "consumer" },
+        "spec": {
+            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "consumer" },
+            "mode": "Direct",
+            "minReplicas": 1,
+            "maxReplicas": 20,
+            "pollingInterval": "1s",
+            "metrics": [{
+                "name": "lag",
+                "prometheus": { "address": prometheus.url(), "query": series("ebb_q_lag") },
+                "arrivalRate": { "address": prometheus.url(), "query": series("ebb_q_produced") },
+                "target": { "type": "DrainTime", "drainSeconds": 60, "throughputPerPod": "5",
+                            "learnThroughput": false }
+            }],
+            "behavior": { "scaleDown": { "stabilizationWindowSeconds": 0 } }
+        }
+    });
+    scaled_target(&client, &ns, st).await;
+    let _controller = start_controller(client.clone(), &ns);
+    let push = |name: &'static str, v: f64| {
+        let ns = ns.clone();
+        async move {
+            let labels = [("__name__", name), ("job", ns.as_str())];
+            let now = chrono::Utc::now().timestamp_millis();
+            prometheus.push(&labels, &[(now, v)]).await.unwrap();
+        }
+    };
+    // 30 msg/s arriving and 600 behind: (30 + 600/60) / 5 = 8 pods.
+    eventually(30 * SECOND, "8 consumers for 40 msg/s of work", || async {
+        push("ebb_q_lag", 600.0).await;
+        push("ebb_q_produced", 30.0).await;
+        (replicas(&client, &ns, "consumer").await == 8).then_some(())
+    })
+    .await;
+    // Caught up: the arrivals alone, 6.
+    eventually(30 * SECOND, "6 consumers once the lag is gone", || async {
+        push("ebb_q_lag", 0.0).await;
+        push("ebb_q_produced", 30.0).await;
+        (replicas(&client, &ns, "consumer").await == 6).then_some(())
+    })
+    .await;
+    // The rate's series stops: no data, not zero work. The count holds.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        push("ebb_q_lag", 0.0).await;
+        assert_eq!(replicas(&client, &ns, "consumer").await, 6);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let status = Api::<ScaledTarget>::namespaced(client.clone(), &ns)
+        .get("consumer")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert!(
+        status.metrics[0].value.is_none() && status.metrics[0].error.is_some(),
+        "the work has no value without the rate: {:?}",
+        status.metrics[0]
+    );
+}
