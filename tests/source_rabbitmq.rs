@@ -316,3 +316,40 @@ async fn the_source_reconnects_by_itself_after_a_broker_restart() {
     until_value(&management, 9.0, "backlog after the restart").await;
     drop(stack);
 }
+
+#[tokio::test]
+async fn the_measures_of_one_queue_asked_together_share_one_management_request() {
+    let rabbit = rabbit_stack().rabbitmq.as_ref().unwrap();
+    let (_conn, channel) = connect(rabbit).await;
+    declare_and_publish(&channel, "shared", 7).await;
+    let connections = Connections::new();
+    let data = secret(rabbit, true, false);
+    // What a DrainTime metric reads: the backlog, the publish and deliver rates, the ready count.
+    let measures = [
+        Measure::Backlog,
+        Measure::PublishRate,
+        Measure::DeliverRate,
+        Measure::Ready,
+    ];
+    let sources: Vec<_> = measures
+        .iter()
+        .map(|&m| source(&connections, &config(Some("shared"), None, m), &data))
+        .collect();
+    let backlog = &sources[0];
+    until_value(backlog, 7.0, "the backlog of 7").await;
+    tokio::time::sleep(ebb::source::rabbitmq::SHARE_WINDOW).await;
+    let before = connections.rabbitmq_management_requests();
+    let values = futures::future::join_all(sources.iter().map(|s| s.fetch())).await;
+    assert_eq!(values[0], Ok(7.0));
+    assert_eq!(values[3], Ok(7.0));
+    assert!(values.iter().all(Result::is_ok), "{values:?}");
+    assert_eq!(
+        connections.rabbitmq_management_requests() - before,
+        1,
+        "four measures, one request"
+    );
+    // Past the window, a new request.
+    tokio::time::sleep(ebb::source::rabbitmq::SHARE_WINDOW).await;
+    backlog.fetch().await.unwrap();
+    assert_eq!(connections.rabbitmq_management_requests() - before, 2);
+}

@@ -295,6 +295,16 @@ impl Connections {
             }
         }
     }
+
+    /// RabbitMQ management API requests sent by the brokers in use.
+    pub fn rabbitmq_management_requests(&self) -> u64 {
+        let brokers = self.rabbitmq.lock().expect("connections lock");
+        brokers
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|b| b.management_requests())
+            .sum()
+    }
 }
 
 /// Parses a Kubernetes-style duration: `500ms`, `5s`, `2m`, `1h`, or a plain number of seconds.

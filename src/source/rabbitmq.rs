@@ -17,6 +17,7 @@
 //! requests reconnect by themselves.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -286,8 +287,24 @@ pub struct Broker {
     connection: RabbitConnection,
     http: Option<ManagementApi>,
     amqp: tokio::sync::Mutex<HashMap<String, AmqpState>>,
+    /// Management answers by (vhost, queue): the measures of one queue asked for within
+    /// [`SHARE_WINDOW`] share one request (a DrainTime metric reads four).
+    recent: std::sync::Mutex<HashMap<(String, Option<String>), RecentStats>>,
+    /// Management API requests sent.
+    requests: std::sync::atomic::AtomicU64,
 }
 
+/// A management request shared by the measures that ask within [`SHARE_WINDOW`] of its start.
+pub const SHARE_WINDOW: Duration = Duration::from_millis(500);
+
+type SharedStats = futures::future::Shared<BoxFuture<'static, Result<Arc<Vec<QueueStats>>>>>;
+
+struct RecentStats {
+    started: Instant,
+    answer: SharedStats,
+}
+
+#[derive(Clone)]
 struct ManagementApi {
     client: reqwest::Client,
     /// The management URL without credentials.
@@ -335,62 +352,57 @@ impl Broker {
             connection,
             http,
             amqp: Default::default(),
+            recent: Default::default(),
+            requests: Default::default(),
         })
     }
 
-    /// Per-queue statistics from the management API: one queue, or all of the vhost.
-    async fn queue_stats(
+    /// Management API requests this broker handle has sent.
+    pub fn management_requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`Self::queue_stats`], shared with any request for the same queue (or vhost) started
+    /// less than [`SHARE_WINDOW`] ago.
+    async fn shared_queue_stats(
         &self,
         vhost: &str,
         queue: Option<&str>,
         timeout: Duration,
-    ) -> Result<Vec<QueueStats>> {
-        let api = self.http.as_ref().ok_or_else(|| {
+    ) -> Result<Arc<Vec<QueueStats>>> {
+        let api = self.http.clone().ok_or_else(|| {
             SourceError::Config(format!("no {KEY_MANAGEMENT_URL} in the connection secret"))
         })?;
-        let mut url = api.base.clone();
-        {
-            let mut segments = url.path_segments_mut().map_err(|_| {
-                SourceError::Config(format!("{KEY_MANAGEMENT_URL} cannot be a base"))
-            })?;
-            segments.pop_if_empty().extend(["api", "queues", vhost]);
-            if let Some(q) = queue {
-                segments.push(q);
+        let answer = {
+            let mut recent = self.recent.lock().expect("recent stats");
+            let now = Instant::now();
+            recent.retain(|_, r| now.duration_since(r.started) < SHARE_WINDOW);
+            let key = (vhost.to_string(), queue.map(str::to_string));
+            match recent.get(&key) {
+                Some(r) => r.answer.clone(),
+                None => {
+                    self.requests
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (vhost, queue) = key.clone();
+                    let answer = async move {
+                        queue_stats(&api, &vhost, queue.as_deref(), timeout)
+                            .await
+                            .map(Arc::new)
+                    }
+                    .boxed()
+                    .shared();
+                    recent.insert(
+                        key,
+                        RecentStats {
+                            started: now,
+                            answer: answer.clone(),
+                        },
+                    );
+                    answer
+                }
             }
-        }
-        // Only the fields we read: a vhost may hold thousands of queues.
-        url.query_pairs_mut().append_pair(
-            "columns",
-            "name,messages_ready,messages_unacknowledged,\
-             message_stats.publish_details.rate,message_stats.deliver_get_details.rate,\
-             message_stats.ack_details.rate",
-        );
-        let mut request = api.client.get(url).timeout(timeout);
-        if let Some((user, password)) = &api.credentials {
-            request = request.basic_auth(user, Some(password));
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| SourceError::from_reqwest(&e, timeout))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            let what = match queue {
-                Some(q) => format!("queue {q:?} in vhost {vhost:?}: {body}"),
-                None => format!("vhost {vhost:?}: {body}"),
-            };
-            return Err(SourceError::from_status(status.as_u16(), what));
-        }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SourceError::from_reqwest(&e, timeout))?;
-        let parsed = match queue {
-            Some(_) => serde_json::from_slice::<QueueStats>(&bytes).map(|q| vec![q]),
-            None => serde_json::from_slice::<Vec<QueueStats>>(&bytes),
         };
-        parsed.map_err(|e| SourceError::Protocol(format!("management API answer: {e}")))
+        answer.await
     }
 
     /// Ready and consumer counts of `queue` by a passive declare (which creates nothing).
@@ -525,6 +537,58 @@ fn amqp_error(e: &lapin::Error) -> SourceError {
     }
 }
 
+/// Per-queue statistics from the management API: one queue, or all of the vhost.
+async fn queue_stats(
+    api: &ManagementApi,
+    vhost: &str,
+    queue: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<QueueStats>> {
+    let mut url = api.base.clone();
+    {
+        let mut segments = url
+            .path_segments_mut()
+            .map_err(|_| SourceError::Config(format!("{KEY_MANAGEMENT_URL} cannot be a base")))?;
+        segments.pop_if_empty().extend(["api", "queues", vhost]);
+        if let Some(q) = queue {
+            segments.push(q);
+        }
+    }
+    // Only the fields we read: a vhost may hold thousands of queues.
+    url.query_pairs_mut().append_pair(
+        "columns",
+        "name,messages_ready,messages_unacknowledged,\
+         message_stats.publish_details.rate,message_stats.deliver_get_details.rate,\
+         message_stats.ack_details.rate",
+    );
+    let mut request = api.client.get(url).timeout(timeout);
+    if let Some((user, password)) = &api.credentials {
+        request = request.basic_auth(user, Some(password));
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| SourceError::from_reqwest(&e, timeout))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        let what = match queue {
+            Some(q) => format!("queue {q:?} in vhost {vhost:?}: {body}"),
+            None => format!("vhost {vhost:?}: {body}"),
+        };
+        return Err(SourceError::from_status(status.as_u16(), what));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| SourceError::from_reqwest(&e, timeout))?;
+    let parsed = match queue {
+        Some(_) => serde_json::from_slice::<QueueStats>(&bytes).map(|q| vec![q]),
+        None => serde_json::from_slice::<Vec<QueueStats>>(&bytes),
+    };
+    parsed.map_err(|e| SourceError::Protocol(format!("management API answer: {e}")))
+}
+
 /// The fields of the management API's queue object that we read.
 #[derive(Debug, Deserialize)]
 struct QueueStats {
@@ -619,7 +683,7 @@ impl RabbitMqSource {
             QueueSelector::Name(name) => {
                 let stats = self
                     .broker
-                    .queue_stats(&q.vhost, Some(name), q.timeout)
+                    .shared_queue_stats(&q.vhost, Some(name), q.timeout)
                     .await?;
                 let values = stats
                     .iter()
@@ -631,7 +695,10 @@ impl RabbitMqSource {
                 let regex = self.regex.as_ref().ok_or_else(|| {
                     SourceError::Config(format!("queueRegex {r:?} is not a regular expression"))
                 })?;
-                let stats = self.broker.queue_stats(&q.vhost, None, q.timeout).await?;
+                let stats = self
+                    .broker
+                    .shared_queue_stats(&q.vhost, None, q.timeout)
+                    .await?;
                 let values = stats
                     .iter()
                     .filter(|s| regex.is_match(&s.name))
