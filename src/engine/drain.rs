@@ -259,6 +259,38 @@ mod tests {
     }
 
     #[test]
+    fn at_the_count_the_work_asks_for_a_backlog_drains_within_the_drain_time() {
+        // A backlog left by an outage, arrivals going on: once the pods the work asks for are
+        // ready, their spare capacity clears the backlog within drainSeconds.
+        for drain_seconds in [10.0, 60.0, 300.0] {
+            for throughput in [0.5, 3.0, 10.0, 250.0] {
+                for arrival in [0.0, 7.0, 50.0, 4000.0] {
+                    for backlog in [1.0, 600.0, 3000.0, 1e6] {
+                        let s = DrainSpec {
+                            drain_seconds,
+                            throughput,
+                            learn: None,
+                        };
+                        let q = QueueSignals {
+                            arrival: Ok(arrival),
+                            served: None,
+                            waiting: None,
+                        };
+                        let work = s.work(Ok(backlog), Some(&q)).unwrap();
+                        let pods = (work / throughput).ceil();
+                        let spare = pods * throughput - arrival;
+                        let drained_in = backlog / spare;
+                        assert!(
+                            drained_in <= drain_seconds * (1.0 + 1e-9),
+                            "{s:?} a={arrival} B={backlog}: {pods} pods drain in {drained_in} s"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn throughput_is_learned_only_while_saturated_pods_are_settled() {
         let mut t = Throughput::new(spec(true));
         // Keeping up: 8 pods serving 40 msg/s, a few messages waiting between fetches, say
