@@ -12,6 +12,7 @@
 //! and write status; requeue when the machine wants its next step.
 
 mod backfill;
+pub mod errors;
 pub mod escalation;
 pub mod hpa;
 pub mod hpa_index;
@@ -75,6 +76,9 @@ pub enum ControllerError {
     /// The lease was lost between the decision and a write: the new leader decides again.
     #[error("the lease was lost before the write; the leader acts")]
     LeaseLost,
+    /// The target's kind has no `/scale` subresource.
+    #[error("{0} has no /scale subresource")]
+    NoScale(String),
 }
 
 /// Checked right before each write that acts (`/scale`, the owned HPA): a replica that lost
@@ -195,6 +199,8 @@ pub struct Context {
     )>,
     /// Bounds the adaptive backfills running at once.
     backfills: Arc<tokio::sync::Semaphore>,
+    /// Transient failures in a row per target, for the backoff ([`errors`]).
+    failures: errors::Failures,
 }
 
 impl Context {
@@ -242,6 +248,7 @@ impl Context {
             backfills: Arc::new(tokio::sync::Semaphore::new(
                 backfill::MAX_CONCURRENT_BACKFILLS,
             )),
+            failures: Default::default(),
         })
     }
 
@@ -392,6 +399,7 @@ impl Context {
         } else {
             after
         };
+        self.failures.clear(&key(st));
         let mut targets = self.targets.lock().expect("targets");
         targets.entry(key(st)).or_default().scheduled = Some(Schedule {
             due: started + after,
@@ -415,11 +423,21 @@ impl Context {
                     .unwrap_or(("", &t.api_version));
                 let gvk = GroupVersionKind::gvk(group, version, &t.kind);
                 self.stats.requests(1);
-                let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
+                let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
                     .await
                     .map_err(|e| {
                         ControllerError::UnknownKind(format!("{}/{}", t.api_version, t.kind), e)
                     })?;
+                if !caps
+                    .subresources
+                    .iter()
+                    .any(|(sub, _)| sub.plural == "scale")
+                {
+                    return Err(ControllerError::NoScale(format!(
+                        "{}/{}",
+                        t.api_version, t.kind
+                    )));
+                }
                 self.kinds.lock().expect("kinds").insert(key, ar.clone());
                 ar
             }
@@ -489,10 +507,9 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
         .await;
 }
 
-/// Transient errors retry soon; the next poll would anyway.
-pub fn error_policy(st: Arc<ScaledTarget>, error: &ControllerError, _: Arc<Context>) -> Action {
-    tracing::warn!(scaledtarget = %key(&st), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+/// Transient errors back off per target; permanent ones say what to fix and wait ([`errors`]).
+pub fn error_policy(st: Arc<ScaledTarget>, error: &ControllerError, ctx: Arc<Context>) -> Action {
+    errors::error_policy(st, error, ctx)
 }
 
 /// The wait from a poll that started at `started` (since the epoch) to the next regular one:
@@ -1137,6 +1154,10 @@ impl Act<'_> {
                         .await;
                         if let Some(e) = escalation {
                             self.escalate(&e).await;
+                        }
+                        // A missing workload or a forbidden write: Ready=False says what to fix.
+                        if errors::is_permanent(&e, st) {
+                            return Err(e);
                         }
                     }
                 }
