@@ -174,6 +174,10 @@ impl ControllerMetrics {
             "escalation_attempts" => self.escalation_attempts,
                 "Calls of escalation webhooks, retries included";
         );
+        // Every result from the start: no escalation yet reads 0, not absent.
+        for result in ["delivered", "failed", "dropped"] {
+            let _ = self.escalations.get_or_create(&EscalationLabels { result });
+        }
         registry.register_collector(Box::new(StatsCollector(self.stats.clone())));
         registry.register_collector(Box::new(LeaderCollector {
             identity: identity.to_string(),

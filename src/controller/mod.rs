@@ -54,7 +54,7 @@ use crate::engine::target::{
     Action as StepAction, Inputs, Mode as TargetMode, Observed, Pause, Step, TargetMachine,
     TargetSpec,
 };
-use escalation::{EscalationPayload, EscalationReason, Escalator};
+use escalation::{EscalationPayload, EscalationQueue, EscalationReason};
 use leader::Leadership;
 use metrics::{ControllerMetrics, TargetSeries};
 pub use reader::{CollectReader, MetricReader, ReadError};
@@ -187,7 +187,8 @@ pub struct Context {
     replicas: replicas::ReplicaCache,
     /// The HPAs in the controller's scope (mode Hpa), from a watch started by the run.
     hpas: std::sync::OnceLock<hpa_index::HpaIndex>,
-    escalator: Escalator,
+    /// Escalations, delivered by a worker of their own.
+    escalations: EscalationQueue,
     /// Counters of the controller's work.
     pub stats: Arc<ControllerStats>,
     metrics: ControllerMetrics,
@@ -226,6 +227,12 @@ impl Context {
             controller: "ebb".into(),
             instance: Some(identity.into()),
         };
+        let escalations = EscalationQueue::start(
+            client.clone(),
+            Recorder::new(client.clone(), reporter.clone()),
+            leadership.clone(),
+            metrics.clone(),
+        );
         Arc::new(Self {
             writer: writer::Writer::start(
                 client.clone(),
@@ -241,7 +248,7 @@ impl Context {
             leadership,
             targets: Mutex::default(),
             kinds: Mutex::default(),
-            escalator: Escalator::default(),
+            escalations,
             stats: metrics.stats.clone(),
             metrics,
             store: std::sync::OnceLock::new(),
@@ -674,7 +681,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         TargetMode::Direct | TargetMode::Shadow => act.scale(&api, counts, &mut status).await?,
     }
     for e in &step.escalations {
-        act.escalate(e).await;
+        act.escalate(e);
     }
     status.conditions = conditions.into_vec();
     ctx.report(&st, &readings, previous.as_ref(), status).await;
@@ -1153,7 +1160,7 @@ impl Act<'_> {
                         )
                         .await;
                         if let Some(e) = escalation {
-                            self.escalate(&e).await;
+                            self.escalate(&e);
                         }
                         // A missing workload or a forbidden write: Ready=False says what to fix.
                         if errors::is_permanent(&e, st) {
@@ -1199,9 +1206,10 @@ impl Act<'_> {
         Ok(())
     }
 
-    /// Sends an escalation the machine asked for; a failed call is asked for again.
-    async fn escalate(&self, e: &crate::engine::target::Escalation) {
-        let (st, ctx) = (self.st, self.ctx);
+    /// Queues an escalation the machine asked for; the queue's worker delivers it, retries
+    /// with backoff and records the Event ([`escalation`]). Never waits.
+    fn escalate(&self, e: &crate::engine::target::Escalation) {
+        let st = self.st;
         let Some(config) = &st.spec.escalation else {
             return;
         };
@@ -1214,39 +1222,21 @@ impl Act<'_> {
             ),
             EscalationReason::ScalingFailing => format!("{}: scaling keeps failing", key(st)),
         };
-        let payload = EscalationPayload {
-            scaled_target: key(st),
-            reason: e.reason,
-            message: message.clone(),
-            current_replicas: e.current,
-            desired_replicas: e.desired,
-            demanded_replicas: e.demanded,
-            max_replicas: st.spec.max_replicas,
-            tried: e.tried.clone(),
-        };
-        let ns = st.namespace().unwrap_or_default();
-        let sent = ctx
-            .escalator
-            .escalate(&ctx.client, &ns, &config.webhook_secret_ref.name, &payload)
-            .await;
-        match sent {
-            Ok(()) => {
-                tracing::warn!(scaledtarget = %key(st), reason = ?e.reason, %message, "escalated");
-                publish(
-                    ctx,
-                    st,
-                    EventType::Warning,
-                    cond::EVENT_ESCALATED,
-                    "Escalate",
-                    message,
-                )
-                .await;
-            }
-            Err(err) => {
-                tracing::warn!(scaledtarget = %key(st), error = %err, "escalation failed");
-                self.with_machine(|m| m.escalation_failed(e.reason));
-            }
-        }
+        self.ctx.escalations.send(escalation::Job {
+            namespace: st.namespace().unwrap_or_default(),
+            secret_name: config.webhook_secret_ref.name.clone(),
+            regarding: st.object_ref(&()),
+            payload: EscalationPayload {
+                scaled_target: key(st),
+                reason: e.reason,
+                message,
+                current_replicas: e.current,
+                desired_replicas: e.desired,
+                demanded_replicas: e.demanded,
+                max_replicas: st.spec.max_replicas,
+                tried: e.tried.clone(),
+            },
+        });
     }
 }
 

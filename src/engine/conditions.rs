@@ -57,5 +57,7 @@ pub const EVENT_SHADOW_DECISION: &str = "ShadowDecision";
 pub const EVENT_FAILED_RESCALE: &str = "FailedRescale";
 /// ebb called a human.
 pub const EVENT_ESCALATED: &str = "Escalated";
+/// Every call of an escalation webhook failed.
+pub const EVENT_ESCALATION_FAILED: &str = "EscalationFailed";
 /// Learned values moved materially.
 pub const EVENT_LEARNED_CHANGED: &str = "LearnedChanged";
