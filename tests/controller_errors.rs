@@ -193,10 +193,10 @@ async fn rbac_that_forbids_scale_is_not_ready_with_what_to_grant() {
     scaled_target(&client, &ns, target("apps/v1", "Deployment", "web", &queue)).await;
     let message = not_ready(&client, &ns, cond::FORBIDDEN).await;
     assert!(
-        message.contains("ebb is not allowed to scale Deployment web")
+        message.contains("ebb may not do what scaling Deployment web needs")
             && message.contains(NO_SCALE_USER)
             && message.contains("deployments/scale")
-            && message.contains("grant ebb's ServiceAccount get and patch"),
+            && message.contains("grant that to ebb's ServiceAccount"),
         "{message}"
     );
     assert!(metrics.reconcile_errors("permanent", cond::FORBIDDEN) >= 1);

@@ -111,8 +111,8 @@ pub fn classify(error: &ControllerError, st: &ScaledTarget) -> Option<Classified
             Some(403) => permanent(
                 cond::FORBIDDEN,
                 format!(
-                    "ebb is not allowed to scale {workload}: {}; grant ebb's ServiceAccount \
-                     get and patch on the kind's /scale (deploy/rbac-controller.yaml)",
+                    "ebb may not do what scaling {workload} needs: {}; grant that to ebb's \
+                     ServiceAccount (deploy/rbac-controller.yaml has every rule ebb needs)",
                     api_message(e)
                 ),
             ),
@@ -304,6 +304,29 @@ mod tests {
             Some((Kind::Permanent, cond::NO_SCALE_SUBRESOURCE))
         );
         assert_eq!(kind(&ControllerError::LeaseLost), None);
+        let unserved = |e| ControllerError::UnknownKind("example.com/v1/Widget".into(), e);
+        let missing_kind =
+            kube::Error::Discovery(kube::error::DiscoveryError::MissingKind("Widget".into()));
+        assert_eq!(
+            kind(&unserved(missing_kind)),
+            Some((Kind::Permanent, cond::UNKNOWN_KIND))
+        );
+        let group_404 = kube::Error::Api(Box::new(kube::core::Status {
+            code: 404,
+            ..Default::default()
+        }));
+        assert_eq!(
+            kind(&unserved(group_404)),
+            Some((Kind::Permanent, cond::UNKNOWN_KIND))
+        );
+        let busy = kube::Error::Api(Box::new(kube::core::Status {
+            code: 503,
+            ..Default::default()
+        }));
+        assert_eq!(
+            kind(&unserved(busy)),
+            Some((Kind::Transient, cond::API_UNAVAILABLE))
+        );
         let missing = classify(&api(404, "not found"), &st).unwrap();
         assert!(
             missing

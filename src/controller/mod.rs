@@ -281,6 +281,7 @@ impl Context {
         let key = format!("{namespace}/{name}");
         self.targets.lock().expect("targets").remove(&key);
         self.writer.forget(&key);
+        self.failures.clear(&key);
         if let Some((store, readiness)) = self.store.get() {
             store.remove(namespace, name);
             readiness.gone(&key);
