@@ -112,12 +112,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         api_metrics.register(telemetry.registry_mut());
         let leadership = crate::controller::leader::elect(
             client.clone(),
-            crate::controller::leader::LeaseConfig {
-                namespace: leader_election_namespace,
-                name: lease_name,
-                identity: identity.clone(),
-                lease_duration: std::time::Duration::from_secs(lease_duration_seconds.max(1)),
-            },
+            crate::controller::leader::LeaseConfig::new(
+                &leader_election_namespace,
+                &lease_name,
+                &identity,
+                std::time::Duration::from_secs(lease_duration_seconds.max(1)),
+            ),
         );
         let controller_metrics = crate::controller::metrics::ControllerMetrics::default();
         controller_metrics.register(telemetry.registry_mut(), &identity, leadership.clone());

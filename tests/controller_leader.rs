@@ -1,15 +1,19 @@
 //! Two `ebb serve` processes: one holds the Lease and acts; kill it and the other takes over
-//! within the lease duration; no action is taken twice.
+//! within the lease duration; no action is taken twice. Two electors, one with a skewed clock,
+//! never lead at once.
 
 mod controller_common;
 mod support;
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use controller_common::*;
 use ebb::localstack::process::ManagedProcess;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::SignedDuration;
 use kube::Api;
 use serde_json::json;
 use support::{eventually, kube_client, shared_stack, unique_namespace};
@@ -160,4 +164,100 @@ async fn the_standby_takes_over_within_the_lease_and_nothing_is_done_twice() {
         .find(|e| e.note.as_deref().unwrap_or("").contains("from 5 to 1"))
         .unwrap();
     assert_eq!(down.reporting_instance.as_deref(), Some("ebb-b"));
+}
+
+/// Two electors in this process, one with its clock skewed by `skew`: while the first renews,
+/// the second never leads; once the first stops renewing, the second takes over one lease
+/// duration after it last saw the Lease change, timed on its own clock. At no sample (every
+/// 5 ms over the whole run) do both lead.
+async fn skewed_election(client: &kube::Client, ns: &str, lease: &str, skew: SignedDuration) {
+    use ebb::controller::leader::{LeaseConfig, SystemClock, start};
+    let config = |identity: &str| LeaseConfig::new(ns, lease, identity, LEASE);
+    let a = start(client.clone(), config("a"));
+    let leases = Api::<Lease>::namespaced(client.clone(), ns);
+    eventually(10 * SECOND, "a leads", || async {
+        (a.leadership.is_leader() && holder_of(&leases, lease).await? == "a").then_some(())
+    })
+    .await;
+    let mut b_config = config("b");
+    b_config.clock = Arc::new(SystemClock::skewed(skew));
+    let retry = b_config.retry_period;
+    let b = start(client.clone(), b_config);
+
+    let (a_flag, b_flag) = (a.leadership.clone(), b.leadership.clone());
+    let overlaps = Arc::new(AtomicU64::new(0));
+    let samples = Arc::new(AtomicU64::new(0));
+    let sampler = tokio::spawn({
+        let (overlaps, samples) = (overlaps.clone(), samples.clone());
+        async move {
+            loop {
+                if a_flag.is_leader() && b_flag.is_leader() {
+                    overlaps.fetch_add(1, Relaxed);
+                }
+                samples.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+
+    // Three lease durations of a renewing: b must never lead.
+    let until = Instant::now() + LEASE * 3;
+    while Instant::now() < until {
+        assert!(
+            !b.leadership.is_leader(),
+            "b (skew {skew}) took a renewed lease"
+        );
+        assert!(a.leadership.is_leader(), "a lost a lease it renews");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // a stops renewing (as a process that dies); b takes over after a lease duration of its own.
+    a.stop();
+    let stopped = Instant::now();
+    let b_leads = b.leadership.clone();
+    eventually(LEASE * 3, "b takes over", || async {
+        b_leads.is_leader().then_some(())
+    })
+    .await;
+    let takeover = stopped.elapsed();
+    eprintln!(
+        "skew {skew}: takeover {takeover:?} after a stopped (lease {LEASE:?}, retry {retry:?})"
+    );
+    assert_eq!(holder_of(&leases, lease).await.as_deref(), Some("b"));
+    // b last saw the record change at a's last renewal or later, at most one retry period
+    // before the stop: it may not take over sooner than a lease duration after that.
+    assert!(
+        takeover >= LEASE - retry,
+        "b took over {takeover:?} after a stopped: sooner than the lease allows"
+    );
+    // ... and comes in time: a lease duration plus its jittered tries.
+    assert!(takeover <= LEASE * 2, "b took {takeover:?} to take over");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sampler.abort();
+    b.stop();
+    assert!(samples.load(Relaxed) > 1000, "too few samples");
+    assert_eq!(overlaps.load(Relaxed), 0, "both led at once (skew {skew})");
+}
+
+async fn holder_of(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases.get_opt(name).await.ok()??.spec?.holder_identity
+}
+
+const LEASE: Duration = Duration::from_secs(4);
+
+#[tokio::test]
+async fn a_replica_whose_clock_is_an_hour_off_neither_steals_the_lease_nor_waits_for_ever() {
+    let client = kube_client().await;
+    let ns = unique_namespace("skew");
+    shared_stack()
+        .kube
+        .as_ref()
+        .unwrap()
+        .create_namespace(&ns)
+        .await
+        .unwrap();
+    // Ahead: comparing the holder's renewTime with this clock would see the lease expired at
+    // once (two leaders). Behind: it would never see it expire (no takeover).
+    skewed_election(&client, &ns, "ahead", SignedDuration::from_hours(1)).await;
+    skewed_election(&client, &ns, "behind", SignedDuration::from_hours(-1)).await;
 }

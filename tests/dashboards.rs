@@ -195,8 +195,9 @@ async fn every_dashboard_query_parses_and_returns_data_from_a_real_ebb() {
     .await;
 }
 
-/// Two ScaledTargets in Direct mode under `ebb serve`: `worker` scales on a backlog (and reads
-/// Prometheus too), `standby` reads a query with no data and goes to its fallback count.
+/// Three ScaledTargets in Direct mode under `ebb serve`: `worker` scales on a backlog (and reads
+/// Prometheus too), `standby` reads a query with no data and goes to its fallback count,
+/// `orphan` names a Deployment that does not exist (a permanent poll failure).
 /// Returns the namespace, the ebb process and the API's URL.
 async fn scale_something(stack: &Stack, metrics_port: u16) -> (String, ManagedProcess, String) {
     let kube = stack.kube.as_ref().unwrap();
@@ -235,6 +236,10 @@ async fn scale_something(stack: &Stack, metrics_port: u16) -> (String, ManagedPr
     }]);
     standby["spec"]["fallback"] = json!({ "failureThreshold": 2, "replicas": 2 });
     scaled_target(&client, &ns, standby).await;
+    // Its workload does not exist: a permanent poll failure, for the failures panel.
+    let mut orphan = backlog_target("orphan", &queue, "Direct", 3, "1s");
+    orphan["spec"]["targetRef"]["name"] = json!("no-such-deployment");
+    scaled_target(&client, &ns, orphan).await;
 
     let dir = tempfile::tempdir().unwrap().keep();
     let (cert, key) = kube

@@ -1,17 +1,53 @@
-//! Escalation: a webhook, from a Secret (`url`, optional `headers` as `Name: value` lines),
-//! called when a target sits at maxReplicas while demand exceeds it, or when scaling keeps
-//! failing. The decision machine rate-limits it per ScaledTarget and reason, so a persisting
-//! problem pages once per `minInterval`, not once per poll.
+//! Escalation: a webhook, from a Secret (`url`, optional `headers` as `Name: value` lines,
+//! optional `timeoutSeconds`, default 10), called when a target sits at maxReplicas while demand
+//! exceeds it, or when scaling keeps failing.
+//!
+//! Off the decision path: a poll only queues the escalation ([`EscalationQueue::send`], never
+//! waits); a worker task of its own reads the Secret and calls the webhook. A dead or hanging
+//! pager therefore costs the polls nothing.
+//! - **Bounded**: at most [`QUEUE_CAPACITY`] escalations wait; one more is dropped (counted), as
+//!   is one whose target and reason are already queued or being retried.
+//! - **Retries with backoff**: up to [`MAX_ATTEMPTS`] calls per escalation.
+//! - **Rate limit per target that counts attempts**: a target's next call, whichever escalation
+//!   it carries, waits `BACKOFF_BASE * 2^(failures in a row)` (capped at [`BACKOFF_CAP`],
+//!   jittered) after its last call, failed or not; a delivery resets the count. So a pager that
+//!   answers 500 or hangs is called less and less often, never once per poll.
+//! - The decision machine still asks at most once per `minInterval` per target and reason
+//!   (`engine::target`).
+//!
+//! Counted in `ebb_escalations_total{result="delivered|failed|dropped"}` and
+//! `ebb_escalation_attempts_total`.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::Api;
+use kube::runtime::events::{Event, EventType, Recorder};
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use super::{ControllerError, Result};
+use super::leader::Leadership;
+use super::metrics::ControllerMetrics;
+use crate::engine::conditions as cond;
 
 pub use crate::engine::target::EscalationReason;
+
+/// Escalations that may wait at once.
+pub const QUEUE_CAPACITY: usize = 256;
+/// Escalations being delivered at once (each may wait for its target's rate limit).
+pub const CONCURRENCY: usize = 16;
+/// Calls per escalation before it counts as failed.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// The wait after a target's call when its previous call succeeded.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// The longest wait between two calls for one target.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// A call's timeout when the Secret has no `timeoutSeconds`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The webhook's JSON body: what is wrong and what ebb tried.
 #[derive(Debug, Clone, Serialize)]
@@ -35,39 +71,213 @@ pub struct EscalationPayload {
     pub tried: Vec<String>,
 }
 
-/// Calls escalation webhooks. The rate limit per target and reason is the decision machine's
-/// (`engine::target`): it asks for an escalation at most once per `minInterval`.
-#[derive(Default)]
-pub struct Escalator {
-    http: reqwest::Client,
+/// One escalation to deliver.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Namespace of the ScaledTarget (and of the Secret).
+    pub namespace: String,
+    /// The Secret with the webhook.
+    pub secret_name: String,
+    /// The ScaledTarget, for the Events.
+    pub regarding: ObjectReference,
+    /// The body.
+    pub payload: EscalationPayload,
 }
 
-impl Escalator {
-    /// Calls the webhook in Secret `secret_name` with `payload`.
-    pub async fn escalate(
-        &self,
-        client: &kube::Client,
-        namespace: &str,
-        secret_name: &str,
-        payload: &EscalationPayload,
-    ) -> Result<()> {
-        let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-            .get(secret_name)
+impl Job {
+    fn pending_key(&self) -> (String, String) {
+        (
+            self.payload.scaled_target.clone(),
+            format!("{:?}", self.payload.reason),
+        )
+    }
+}
+
+/// The wait after a target's call, given its failures in a row (0 after a success) and a draw
+/// `r` in `[0, 1)`: `BACKOFF_BASE * 2^failures`, capped, drawn from its upper half.
+pub fn call_gap(failures: u32, r: f64) -> Duration {
+    let d = BACKOFF_BASE
+        .saturating_mul(1 << failures.min(16))
+        .min(BACKOFF_CAP);
+    d.mul_f64(0.5 + 0.5 * r.clamp(0.0, 1.0))
+}
+
+/// A target's calls: when the next may start, and failures in a row.
+#[derive(Debug, Default, Clone, Copy)]
+struct TargetCalls {
+    next: Option<Instant>,
+    failures: u32,
+}
+
+struct Shared {
+    client: kube::Client,
+    http: reqwest::Client,
+    recorder: Recorder,
+    leadership: Leadership,
+    metrics: ControllerMetrics,
+    /// `(target, reason)` queued or being retried.
+    pending: Mutex<HashSet<(String, String)>>,
+    /// Per target (`namespace/name`).
+    calls: Mutex<HashMap<String, TargetCalls>>,
+}
+
+/// The queue of escalations and its worker (see the module docs). Cheap to share.
+pub struct EscalationQueue {
+    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+impl EscalationQueue {
+    /// Starts the worker on the current Tokio runtime; it stops when the queue is dropped.
+    pub fn start(
+        client: kube::Client,
+        recorder: Recorder,
+        leadership: Leadership,
+        metrics: ControllerMetrics,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let shared = Arc::new(Shared {
+            client,
+            http: reqwest::Client::new(),
+            recorder,
+            leadership,
+            metrics,
+            pending: Mutex::default(),
+            calls: Mutex::default(),
+        });
+        let worker = shared.clone();
+        tokio::spawn(async move {
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|j| (j, rx)) })
+                .for_each_concurrent(CONCURRENCY, |job| {
+                    let shared = worker.clone();
+                    async move { shared.deliver(job).await }
+                })
+                .await;
+        });
+        Self { tx, shared }
+    }
+
+    /// Queues `job` without waiting. Dropped (and counted) when the queue is full or the same
+    /// escalation is already on its way. Returns whether it was queued.
+    pub fn send(&self, job: Job) -> bool {
+        let key = job.pending_key();
+        if !self
+            .shared
+            .pending
+            .lock()
+            .expect("pending")
+            .insert(key.clone())
+        {
+            self.shared.metrics.escalation("dropped");
+            tracing::debug!(scaledtarget = %key.0, reason = %key.1, "escalation already on its way");
+            return false;
+        }
+        match self.tx.try_send(job) {
+            Ok(()) => true,
+            Err(_) => {
+                self.shared.pending.lock().expect("pending").remove(&key);
+                self.shared.metrics.escalation("dropped");
+                tracing::warn!(scaledtarget = %key.0, reason = %key.1, "escalation queue full: dropped");
+                false
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Delivers one escalation: up to [`MAX_ATTEMPTS`] calls, each when its target's rate limit
+    /// allows.
+    async fn deliver(&self, job: Job) {
+        let key = job.pending_key();
+        let target = key.0.clone();
+        let mut result = "failed";
+        let mut last_error = String::new();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let next = self
+                .calls
+                .lock()
+                .expect("calls")
+                .get(&target)
+                .and_then(|c| c.next);
+            if let Some(at) = next {
+                tokio::time::sleep_until(at).await;
+            }
+            // Escalating is acting: a replica that lost the lease leaves it to the leader.
+            if !self.leadership.is_leader() {
+                result = "dropped";
+                break;
+            }
+            self.metrics.escalation_attempt();
+            let outcome = self.call(&job).await;
+            let delivered = outcome.is_ok();
+            {
+                let mut calls = self.calls.lock().expect("calls");
+                let c = calls.entry(target.clone()).or_default();
+                c.failures = if delivered { 0 } else { c.failures + 1 };
+                c.next = Some(Instant::now() + call_gap(c.failures, jitter()));
+            }
+            match outcome {
+                Ok(()) => {
+                    result = "delivered";
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(scaledtarget = %target, attempt, error = %e, "escalation call failed");
+                    last_error = e;
+                }
+            }
+        }
+        self.pending.lock().expect("pending").remove(&key);
+        self.metrics.escalation(result);
+        let (type_, reason, note) = match result {
+            "delivered" => {
+                tracing::warn!(scaledtarget = %target, reason = ?job.payload.reason, message = %job.payload.message, "escalated");
+                (
+                    EventType::Warning,
+                    cond::EVENT_ESCALATED,
+                    job.payload.message.clone(),
+                )
+            }
+            "failed" => (
+                EventType::Warning,
+                cond::EVENT_ESCALATION_FAILED,
+                format!(
+                    "escalation ({:?}) not delivered after {MAX_ATTEMPTS} calls: {last_error}",
+                    job.payload.reason
+                ),
+            ),
+            _ => return,
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Escalate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &job.regarding).await {
+            tracing::warn!(scaledtarget = %target, error = %e, "escalation Event not recorded");
+        }
+    }
+
+    /// One call: the Secret, then the webhook.
+    async fn call(&self, job: &Job) -> Result<(), String> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), &job.namespace)
+            .get(&job.secret_name)
             .await
-            .map_err(ControllerError::Kube)?;
+            .map_err(|e| format!("secret {}: {e}", job.secret_name))?;
         let data = secret.data.unwrap_or_default();
         let text = |k: &str| {
             data.get(k)
                 .and_then(|v| String::from_utf8(v.0.clone()).ok())
         };
-        let url = text("url").ok_or_else(|| {
-            ControllerError::Escalation(format!("secret {secret_name} has no key \"url\""))
-        })?;
-        let mut request = self
-            .http
-            .post(&url)
-            .timeout(Duration::from_secs(10))
-            .json(payload);
+        let url =
+            text("url").ok_or_else(|| format!("secret {} has no key \"url\"", job.secret_name))?;
+        let timeout = text("timeoutSeconds")
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64);
+        let mut request = self.http.post(&url).timeout(timeout).json(&job.payload);
         for line in text("headers").unwrap_or_default().lines() {
             if let Some((name, value)) = line.split_once(':') {
                 request = request.header(name.trim(), value.trim());
@@ -77,7 +287,34 @@ impl Escalator {
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| ControllerError::Escalation(format!("webhook {url}: {e}")))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| format!("webhook {url}: {e}"))
+    }
+}
+
+/// A uniform draw in `[0, 1)` (spreads retries; not for secrets).
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_targets_calls_back_off_with_its_failures_up_to_a_cap() {
+        assert_eq!(call_gap(0, 0.0), Duration::from_millis(500));
+        assert_eq!(call_gap(0, 0.999_999), BACKOFF_BASE.mul_f64(0.9999995));
+        assert_eq!(call_gap(3, 0.0), Duration::from_secs(4));
+        let mut last = Duration::ZERO;
+        for n in 0..20 {
+            let gap = call_gap(n, 0.0);
+            assert!(gap >= last && gap <= BACKOFF_CAP, "{n}: {gap:?}");
+            last = gap;
+        }
+        assert_eq!(call_gap(40, 0.0), BACKOFF_CAP / 2);
     }
 }

@@ -87,15 +87,65 @@ struct TargetFamilies {
     actions: Family<ActionLabels, Counter>,
 }
 
+/// `{kind, reason}` of a failed poll: `kind` is transient or permanent (`super::errors`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+    pub reason: &'static str,
+}
+
+/// `{result}` of an escalation: delivered, failed (every attempt failed) or dropped (the queue
+/// was full, or the same escalation was already on its way).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EscalationLabels {
+    pub result: &'static str,
+}
+
 /// Every metric of the controller. Cloning shares them.
 #[derive(Debug, Clone, Default)]
 pub struct ControllerMetrics {
     /// Counters of the controller's work, exposed at scrape time.
     pub stats: Arc<ControllerStats>,
     targets: TargetFamilies,
+    errors: Family<ErrorLabels, Counter>,
+    escalations: Family<EscalationLabels, Counter>,
+    escalation_attempts: Counter,
 }
 
 impl ControllerMetrics {
+    /// Counts a failed poll.
+    pub fn reconcile_error(&self, kind: &'static str, reason: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels { kind, reason })
+            .inc();
+    }
+
+    /// Counts an escalation's outcome: delivered, failed or dropped.
+    pub fn escalation(&self, result: &'static str) {
+        self.escalations
+            .get_or_create(&EscalationLabels { result })
+            .inc();
+    }
+
+    /// Counts one call of an escalation webhook (an escalation may take several).
+    pub fn escalation_attempt(&self) {
+        self.escalation_attempts.inc();
+    }
+
+    /// The count of `ebb_escalations_total{result}` (tests).
+    pub fn escalations(&self, result: &'static str) -> u64 {
+        self.escalations
+            .get_or_create(&EscalationLabels { result })
+            .get()
+    }
+
+    /// The count of `ebb_reconcile_errors_total{kind, reason}` (tests).
+    pub fn reconcile_errors(&self, kind: &'static str, reason: &'static str) -> u64 {
+        self.errors
+            .get_or_create(&ErrorLabels { kind, reason })
+            .get()
+    }
+
     /// Registers everything in `registry` (ebb's, prefix `ebb`); `identity` and `leadership`
     /// make `ebb_leader{identity}`.
     pub fn register(&self, registry: &mut Registry, identity: &str, leadership: Leadership) {
@@ -117,7 +167,17 @@ impl ControllerMetrics {
                 "1 per ScaledTarget, with its mode and workload";
             "scaling_actions" => t.actions,
                 "Replica changes applied (Direct, paused-replicas) or reported (Shadow)";
+            "reconcile_errors" => self.errors,
+                "Polls that failed, by kind (transient: backed off; permanent: Ready=False) and reason";
+            "escalations" => self.escalations,
+                "Escalations by result: delivered, failed (every attempt failed) or dropped";
+            "escalation_attempts" => self.escalation_attempts,
+                "Calls of escalation webhooks, retries included";
         );
+        // Every result from the start: no escalation yet reads 0, not absent.
+        for result in ["delivered", "failed", "dropped"] {
+            let _ = self.escalations.get_or_create(&EscalationLabels { result });
+        }
         registry.register_collector(Box::new(StatsCollector(self.stats.clone())));
         registry.register_collector(Box::new(LeaderCollector {
             identity: identity.to_string(),

@@ -12,6 +12,7 @@
 //! and write status; requeue when the machine wants its next step.
 
 mod backfill;
+pub mod errors;
 pub mod escalation;
 pub mod hpa;
 pub mod hpa_index;
@@ -53,7 +54,7 @@ use crate::engine::target::{
     Action as StepAction, Inputs, Mode as TargetMode, Observed, Pause, Step, TargetMachine,
     TargetSpec,
 };
-use escalation::{EscalationPayload, EscalationReason, Escalator};
+use escalation::{EscalationPayload, EscalationQueue, EscalationReason};
 use leader::Leadership;
 use metrics::{ControllerMetrics, TargetSeries};
 pub use reader::{CollectReader, MetricReader, ReadError};
@@ -75,6 +76,9 @@ pub enum ControllerError {
     /// The lease was lost between the decision and a write: the new leader decides again.
     #[error("the lease was lost before the write; the leader acts")]
     LeaseLost,
+    /// The target's kind has no `/scale` subresource.
+    #[error("{0} has no /scale subresource")]
+    NoScale(String),
 }
 
 /// Checked right before each write that acts (`/scale`, the owned HPA): a replica that lost
@@ -183,7 +187,8 @@ pub struct Context {
     replicas: replicas::ReplicaCache,
     /// The HPAs in the controller's scope (mode Hpa), from a watch started by the run.
     hpas: std::sync::OnceLock<hpa_index::HpaIndex>,
-    escalator: Escalator,
+    /// Escalations, delivered by a worker of their own.
+    escalations: EscalationQueue,
     /// Counters of the controller's work.
     pub stats: Arc<ControllerStats>,
     metrics: ControllerMetrics,
@@ -195,6 +200,8 @@ pub struct Context {
     )>,
     /// Bounds the adaptive backfills running at once.
     backfills: Arc<tokio::sync::Semaphore>,
+    /// Transient failures in a row per target, for the backoff ([`errors`]).
+    failures: errors::Failures,
 }
 
 impl Context {
@@ -220,6 +227,12 @@ impl Context {
             controller: "ebb".into(),
             instance: Some(identity.into()),
         };
+        let escalations = EscalationQueue::start(
+            client.clone(),
+            Recorder::new(client.clone(), reporter.clone()),
+            leadership.clone(),
+            metrics.clone(),
+        );
         Arc::new(Self {
             writer: writer::Writer::start(
                 client.clone(),
@@ -235,13 +248,14 @@ impl Context {
             leadership,
             targets: Mutex::default(),
             kinds: Mutex::default(),
-            escalator: Escalator::default(),
+            escalations,
             stats: metrics.stats.clone(),
             metrics,
             store: std::sync::OnceLock::new(),
             backfills: Arc::new(tokio::sync::Semaphore::new(
                 backfill::MAX_CONCURRENT_BACKFILLS,
             )),
+            failures: Default::default(),
         })
     }
 
@@ -267,6 +281,7 @@ impl Context {
         let key = format!("{namespace}/{name}");
         self.targets.lock().expect("targets").remove(&key);
         self.writer.forget(&key);
+        self.failures.clear(&key);
         if let Some((store, readiness)) = self.store.get() {
             store.remove(namespace, name);
             readiness.gone(&key);
@@ -392,6 +407,7 @@ impl Context {
         } else {
             after
         };
+        self.failures.clear(&key(st));
         let mut targets = self.targets.lock().expect("targets");
         targets.entry(key(st)).or_default().scheduled = Some(Schedule {
             due: started + after,
@@ -415,11 +431,21 @@ impl Context {
                     .unwrap_or(("", &t.api_version));
                 let gvk = GroupVersionKind::gvk(group, version, &t.kind);
                 self.stats.requests(1);
-                let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
+                let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
                     .await
                     .map_err(|e| {
                         ControllerError::UnknownKind(format!("{}/{}", t.api_version, t.kind), e)
                     })?;
+                if !caps
+                    .subresources
+                    .iter()
+                    .any(|(sub, _)| sub.plural == "scale")
+                {
+                    return Err(ControllerError::NoScale(format!(
+                        "{}/{}",
+                        t.api_version, t.kind
+                    )));
+                }
                 self.kinds.lock().expect("kinds").insert(key, ar.clone());
                 ar
             }
@@ -489,10 +515,9 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
         .await;
 }
 
-/// Transient errors retry soon; the next poll would anyway.
-pub fn error_policy(st: Arc<ScaledTarget>, error: &ControllerError, _: Arc<Context>) -> Action {
-    tracing::warn!(scaledtarget = %key(&st), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+/// Transient errors back off per target; permanent ones say what to fix and wait ([`errors`]).
+pub fn error_policy(st: Arc<ScaledTarget>, error: &ControllerError, ctx: Arc<Context>) -> Action {
+    errors::error_policy(st, error, ctx)
 }
 
 /// The wait from a poll that started at `started` (since the epoch) to the next regular one:
@@ -657,7 +682,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         TargetMode::Direct | TargetMode::Shadow => act.scale(&api, counts, &mut status).await?,
     }
     for e in &step.escalations {
-        act.escalate(e).await;
+        act.escalate(e);
     }
     status.conditions = conditions.into_vec();
     ctx.report(&st, &readings, previous.as_ref(), status).await;
@@ -1136,7 +1161,11 @@ impl Act<'_> {
                         )
                         .await;
                         if let Some(e) = escalation {
-                            self.escalate(&e).await;
+                            self.escalate(&e);
+                        }
+                        // A missing workload or a forbidden write: Ready=False says what to fix.
+                        if errors::is_permanent(&e, st) {
+                            return Err(e);
                         }
                     }
                 }
@@ -1178,9 +1207,10 @@ impl Act<'_> {
         Ok(())
     }
 
-    /// Sends an escalation the machine asked for; a failed call is asked for again.
-    async fn escalate(&self, e: &crate::engine::target::Escalation) {
-        let (st, ctx) = (self.st, self.ctx);
+    /// Queues an escalation the machine asked for; the queue's worker delivers it, retries
+    /// with backoff and records the Event ([`escalation`]). Never waits.
+    fn escalate(&self, e: &crate::engine::target::Escalation) {
+        let st = self.st;
         let Some(config) = &st.spec.escalation else {
             return;
         };
@@ -1193,39 +1223,21 @@ impl Act<'_> {
             ),
             EscalationReason::ScalingFailing => format!("{}: scaling keeps failing", key(st)),
         };
-        let payload = EscalationPayload {
-            scaled_target: key(st),
-            reason: e.reason,
-            message: message.clone(),
-            current_replicas: e.current,
-            desired_replicas: e.desired,
-            demanded_replicas: e.demanded,
-            max_replicas: st.spec.max_replicas,
-            tried: e.tried.clone(),
-        };
-        let ns = st.namespace().unwrap_or_default();
-        let sent = ctx
-            .escalator
-            .escalate(&ctx.client, &ns, &config.webhook_secret_ref.name, &payload)
-            .await;
-        match sent {
-            Ok(()) => {
-                tracing::warn!(scaledtarget = %key(st), reason = ?e.reason, %message, "escalated");
-                publish(
-                    ctx,
-                    st,
-                    EventType::Warning,
-                    cond::EVENT_ESCALATED,
-                    "Escalate",
-                    message,
-                )
-                .await;
-            }
-            Err(err) => {
-                tracing::warn!(scaledtarget = %key(st), error = %err, "escalation failed");
-                self.with_machine(|m| m.escalation_failed(e.reason));
-            }
-        }
+        self.ctx.escalations.send(escalation::Job {
+            namespace: st.namespace().unwrap_or_default(),
+            secret_name: config.webhook_secret_ref.name.clone(),
+            regarding: st.object_ref(&()),
+            payload: EscalationPayload {
+                scaled_target: key(st),
+                reason: e.reason,
+                message,
+                current_replicas: e.current,
+                desired_replicas: e.desired,
+                demanded_replicas: e.demanded,
+                max_replicas: st.spec.max_replicas,
+                tried: e.tried.clone(),
+            },
+        });
     }
 }
 

@@ -34,6 +34,19 @@ pub const FOREIGN_HPA: &str = "ForeignHpa";
 pub const SOURCES_FAILING: &str = "SourcesFailing";
 /// Fallback False.
 pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
+/// Ready False: the workload `spec.targetRef` names does not exist.
+pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+/// Ready False: the workload's kind has no `/scale` subresource.
+pub const NO_SCALE_SUBRESOURCE: &str = "NoScaleSubresource";
+/// Ready False: ebb's RBAC does not allow what scaling the workload needs.
+pub const FORBIDDEN: &str = "Forbidden";
+/// Ready False: the API server does not serve `spec.targetRef`'s kind.
+pub const UNKNOWN_KIND: &str = "UnknownKind";
+/// Ready False: the API server refused ebb's request as invalid.
+pub const REJECTED: &str = "Rejected";
+/// A transient failure (timeout, 5xx, conflict, throttling): the reason counted in
+/// `ebb_reconcile_errors_total`, never a condition.
+pub const API_UNAVAILABLE: &str = "ApiUnavailable";
 
 // Event reasons (the audit trail).
 /// ebb scaled the workload.
@@ -44,5 +57,7 @@ pub const EVENT_SHADOW_DECISION: &str = "ShadowDecision";
 pub const EVENT_FAILED_RESCALE: &str = "FailedRescale";
 /// ebb called a human.
 pub const EVENT_ESCALATED: &str = "Escalated";
+/// Every call of an escalation webhook failed.
+pub const EVENT_ESCALATION_FAILED: &str = "EscalationFailed";
 /// Learned values moved materially.
 pub const EVENT_LEARNED_CHANGED: &str = "LearnedChanged";

@@ -1,0 +1,206 @@
+//! Permanent failures on the real control plane: a ScaledTarget whose workload does not exist,
+//! whose kind has no `/scale`, or that ebb's RBAC forbids to scale shows `Ready=False` with a
+//! reason and a message that says what to fix, is counted in `ebb_reconcile_errors_total`, and
+//! is not polled again every few seconds (its next poll is a minute away, or at once when its
+//! spec changes).
+
+mod controller_common;
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use controller_common::*;
+use ebb::controller::leader::Leadership;
+use ebb::controller::metrics::ControllerMetrics;
+use ebb::controller::{CollectReader, Context};
+use ebb::crd::ScaledTarget;
+use ebb::engine::conditions as cond;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::{eventually, shared_stack};
+
+/// The controller on `ns` as the only replica, with its context and metrics.
+fn start(client: kube::Client, ns: &str) -> (Arc<Context>, ControllerMetrics) {
+    let telemetry = Arc::new(ebb::telemetry::Telemetry::new());
+    let collector = ebb::collect::Collector::start(telemetry, Default::default());
+    let reader = Arc::new(CollectReader::new(client.clone(), collector));
+    let metrics = ControllerMetrics::default();
+    let ctx = Context::with_metrics(
+        client,
+        reader,
+        Leadership::fixed(true),
+        "test",
+        metrics.clone(),
+    );
+    let ns = ns.to_string();
+    tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ebb::controller::run_namespaced(ctx, &ns).await }
+    });
+    (ctx, metrics)
+}
+
+/// A Direct target on `kind`/`name` (apiVersion `api_version`), polled every second, with at
+/// least 2 replicas (so that a workload at 1 is scaled).
+fn target(api_version: &str, kind: &str, name: &str, queue: &str) -> serde_json::Value {
+    let mut st = backlog_target("t", queue, "Direct", 5, "1s");
+    st["spec"]["targetRef"] = json!({ "apiVersion": api_version, "kind": kind, "name": name });
+    st["spec"]["minReplicas"] = json!(2);
+    st
+}
+
+/// Waits for `Ready=False` with `reason`; returns its message.
+async fn not_ready(client: &kube::Client, ns: &str, reason: &str) -> String {
+    eventually(30 * SECOND, &format!("Ready=False {reason}"), || async {
+        let c = status_condition(client, ns, "t", cond::READY).await?;
+        (c.status == "False" && c.reason == reason).then_some(c.message)
+    })
+    .await
+}
+
+/// With a 1 s polling interval, a target that failed permanently is polled at most once more
+/// in 8 s (a regular schedule would poll 8 times, the old 5 s retry twice).
+async fn polls_slowly(ctx: &Context) {
+    let before = ctx.stats.polls.load(Relaxed);
+    tokio::time::sleep(8 * SECOND).await;
+    let polls = ctx.stats.polls.load(Relaxed) - before;
+    assert!(polls <= 1, "{polls} polls in 8 s after a permanent failure");
+}
+
+#[tokio::test]
+async fn a_missing_workload_is_not_ready_until_the_spec_names_one() {
+    let (client, ns) = setup("missing").await;
+    let queue = format!("{ns}-q");
+    let (_conn, channel) = channel(shared_stack().rabbitmq.as_ref().unwrap()).await;
+    publish(&channel, &queue, 0).await;
+    let (ctx, metrics) = start(client.clone(), &ns);
+    scaled_target(
+        &client,
+        &ns,
+        target("apps/v1", "Deployment", "nowhere", &queue),
+    )
+    .await;
+    let message = not_ready(&client, &ns, cond::TARGET_NOT_FOUND).await;
+    assert!(
+        message.contains(&format!("Deployment nowhere not found in namespace {ns}"))
+            && message.contains("create it, or fix spec.targetRef"),
+        "{message}"
+    );
+    assert!(metrics.reconcile_errors("permanent", cond::TARGET_NOT_FOUND) >= 1);
+    polls_slowly(&ctx).await;
+
+    // The fix: point the target at a workload that exists. A spec change polls at once.
+    deployment(&client, &ns, "web", 1).await;
+    Api::<ScaledTarget>::namespaced(client.clone(), &ns)
+        .patch(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "targetRef": { "name": "web" } } })),
+        )
+        .await
+        .unwrap();
+    eventually(10 * SECOND, "Ready=True and 2 replicas", || async {
+        let ready = condition(&client, &ns, "t", cond::READY).await?;
+        (ready.0 == "True" && replicas(&client, &ns, "web").await == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_kind_without_scale_is_not_ready_with_what_to_fix() {
+    let (client, ns) = setup("noscale").await;
+    let queue = format!("{ns}-q");
+    let (_conn, channel) = channel(shared_stack().rabbitmq.as_ref().unwrap()).await;
+    publish(&channel, &queue, 0).await;
+    let configmaps = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns);
+    configmaps
+        .create(
+            &Default::default(),
+            &from_json(json!({ "metadata": { "name": "settings" } })),
+        )
+        .await
+        .unwrap();
+    let (ctx, metrics) = start(client.clone(), &ns);
+    scaled_target(&client, &ns, target("v1", "ConfigMap", "settings", &queue)).await;
+    let message = not_ready(&client, &ns, cond::NO_SCALE_SUBRESOURCE).await;
+    assert!(
+        message.contains("v1/ConfigMap has no /scale subresource")
+            && message.contains("spec.targetRef must name a kind with /scale"),
+        "{message}"
+    );
+    assert!(metrics.reconcile_errors("permanent", cond::NO_SCALE_SUBRESOURCE) >= 1);
+    polls_slowly(&ctx).await;
+}
+
+/// The user of the next test: deploy/'s ClusterRole without its `*/scale` rule.
+const NO_SCALE_USER: &str = "ebb-no-scale";
+
+async fn grant_all_but_scale(client: &kube::Client) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use serde::Deserialize;
+    let text = include_str!("../deploy/rbac-controller.yaml");
+    let role = serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .find(|d| d["kind"] == "ClusterRole")
+        .unwrap();
+    let mut role: ClusterRole = from_json(role);
+    let rules = role.rules.as_mut().unwrap();
+    let before = rules.len();
+    rules.retain(|r| {
+        !r.resources
+            .iter()
+            .flatten()
+            .any(|res| res.ends_with("/scale"))
+    });
+    assert_eq!(rules.len(), before - 1, "deploy/ has one /scale rule");
+    role.metadata.name = Some(NO_SCALE_USER.into());
+    let binding: ClusterRoleBinding = from_json(json!({
+        "metadata": { "name": NO_SCALE_USER },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NO_SCALE_USER },
+        "subjects": [{ "kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": NO_SCALE_USER }]
+    }));
+    let pp = PatchParams::apply("ebb-test").force();
+    Api::<ClusterRole>::all(client.clone())
+        .patch(NO_SCALE_USER, &pp, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(NO_SCALE_USER, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn rbac_that_forbids_scale_is_not_ready_with_what_to_grant() {
+    let (client, ns) = setup("forbidden").await;
+    grant_all_but_scale(&client).await;
+    let queue = format!("{ns}-q");
+    let (_conn, channel) = channel(shared_stack().rabbitmq.as_ref().unwrap()).await;
+    publish(&channel, &queue, 0).await;
+    deployment(&client, &ns, "web", 1).await;
+    let kubeconfig = shared_stack()
+        .kube
+        .as_ref()
+        .unwrap()
+        .kubeconfig_for(NO_SCALE_USER, None)
+        .unwrap();
+    let restricted = ebb::localstack::kube::kube_client(&kubeconfig)
+        .await
+        .unwrap();
+    let (ctx, metrics) = start(restricted, &ns);
+    scaled_target(&client, &ns, target("apps/v1", "Deployment", "web", &queue)).await;
+    let message = not_ready(&client, &ns, cond::FORBIDDEN).await;
+    assert!(
+        message.contains("ebb may not do what scaling Deployment web needs")
+            && message.contains(NO_SCALE_USER)
+            && message.contains("deployments/scale")
+            && message.contains("grant that to ebb's ServiceAccount"),
+        "{message}"
+    );
+    assert!(metrics.reconcile_errors("permanent", cond::FORBIDDEN) >= 1);
+    assert_eq!(replicas(&client, &ns, "web").await, 1);
+    eprintln!("{message}");
+    polls_slowly(&ctx).await;
+}
