@@ -453,7 +453,8 @@ fn default_failure_threshold() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Escalation {
-    /// Secret with key `url` and optional `headers` (one `Name: value` per line).
+    /// Secret with key `url`, optional `headers` (one `Name: value` per line) and optional
+    /// `timeoutSeconds` (default 10).
     pub webhook_secret_ref: SecretRef,
     /// Least time between two calls for the same ScaledTarget (Go duration).
     #[serde(default = "default_min_escalation_interval")]
