@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// How long the Lease is valid without renewal, in seconds.
     #[arg(long, env = "EBB_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
+    /// Namespaces whose Secrets ebb may read (comma-separated): a ScaledTarget elsewhere that
+    /// names a Secret shows SourcesHealthy=False SecretRestricted. Empty (the default): every
+    /// namespace, which needs the cluster-wide grant; see docs/deploy.md.
+    #[arg(long, env = "EBB_SECRET_NAMESPACES", value_delimiter = ',')]
+    pub secret_namespaces: Vec<String>,
     /// Create or update the ScaledTarget CRD at start-up (development clusters).
     #[arg(long, env = "EBB_INSTALL_CRD")]
     pub install_crd: bool,
@@ -92,6 +97,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         lease_name,
         identity,
         lease_duration_seconds,
+        secret_namespaces,
         install_crd,
         api_listen,
         metrics_listen,
@@ -123,16 +129,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         controller_metrics.register(telemetry.registry_mut(), &identity, leadership.clone());
         let telemetry = Arc::new(telemetry);
         let collector = crate::collect::Collector::start(telemetry.clone(), Default::default());
-        let reader = Arc::new(crate::controller::CollectReader::new(
-            client.clone(),
-            collector,
-        ));
+        let secret_access = crate::source::SecretAccess::from_namespaces(&secret_namespaces);
+        let reader = Arc::new(
+            crate::controller::CollectReader::new(client.clone(), collector)
+                .with_secret_access(secret_access.clone()),
+        );
         let ctx = crate::controller::Context::with_metrics(
             client.clone(),
             reader,
             leadership,
             &identity,
             controller_metrics,
+            secret_access,
         );
 
         let metrics_text: crate::api::server::MetricsText = {

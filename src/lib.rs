@@ -17,6 +17,7 @@ pub mod demo;
 pub mod engine;
 pub mod history;
 pub mod localstack;
+pub mod soak;
 pub mod source;
 pub mod status;
 pub mod telemetry;

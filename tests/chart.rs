@@ -98,6 +98,11 @@ const MATRIX: &[Values] = &[
         ],
     },
     Values {
+        name: "Secrets of two namespaces only",
+        namespace: "ebb-system",
+        set: &["secretAccess.namespaces={team-a,team-b}"],
+    },
+    Values {
         name: "Direct and Shadow only, no APIService, names overridden",
         namespace: "ebb-system",
         set: &["apiService.create=false", "fullnameOverride=scaler"],
@@ -569,6 +574,7 @@ fn the_values_schema_refuses_wrong_values() {
         ("ports.metrics=80800", "metrics"),
         ("podDisruptionBudget.maxUnavailable=0", "maxUnavailable"),
         ("metrics.serviceMonitor.interval=often", "interval"),
+        ("secretAccess.namespaces={Team_A}", "namespaces"),
     ] {
         let err = helm_template("ebb-system", &[set]).expect_err(&format!("--set {set} rendered"));
         assert!(
@@ -577,6 +583,59 @@ fn the_values_schema_refuses_wrong_values() {
             "--set {set}: {err}"
         );
     }
+}
+
+/// `secretAccess.namespaces`: a Role and RoleBinding per listed namespace, no cluster-wide
+/// Secret grant, and ebb told the list; by default the ClusterRole grants every namespace's.
+#[test]
+fn secret_access_is_granted_where_it_is_listed_and_nowhere_else() {
+    let grants_secrets = |role: &Value| {
+        role["rules"].as_array().unwrap().iter().any(|r| {
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("secrets"))
+        })
+    };
+    let env = |docs: &[Value]| -> Option<Value> {
+        one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "EBB_SECRET_NAMESPACES")
+            .map(|e| e["value"].clone())
+    };
+    let defaults = documents(&helm_template("ebb-system", &[]).unwrap());
+    assert!(
+        of_kind(&defaults, "ClusterRole")
+            .into_iter()
+            .any(grants_secrets)
+    );
+    assert!(!defaults.iter().any(|d| d["kind"] == "Role"));
+    assert_eq!(env(&defaults), None);
+
+    let docs = documents(
+        &helm_template("ebb-system", &["secretAccess.namespaces={team-a,team-b}"]).unwrap(),
+    );
+    let cluster_roles = of_kind(&docs, "ClusterRole");
+    assert!(
+        !cluster_roles.iter().any(|r| grants_secrets(r)),
+        "{cluster_roles:?}"
+    );
+    for ns in ["team-a", "team-b"] {
+        let in_ns = |kind: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["namespace"] == ns)
+                .unwrap_or_else(|| panic!("no {kind} in {ns}"))
+        };
+        let role = in_ns("Role");
+        assert!(grants_secrets(role), "{role}");
+        let binding = in_ns("RoleBinding");
+        assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+        assert_eq!(binding["subjects"][0]["namespace"], "ebb-system");
+        assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+    }
+    assert_eq!(env(&docs), Some(json!("team-a,team-b")));
 }
 
 /// The PodDisruptionBudget lets a node drain evict a replica whatever the replica count: with

@@ -119,6 +119,65 @@ async fn a_backlog_scales_up_within_a_poll_and_drains_down_after_the_window_one_
     );
 }
 
+/// A restart (or a new leader) during a drop: the new process has no memory of the high
+/// readings, and must not scale down on the first low one. It holds the count it found for a
+/// scale-down window of its own (upstream's initial recommendation), then scales down.
+#[tokio::test]
+async fn a_restart_during_a_drop_scales_down_only_after_a_window_of_its_own() {
+    let (client, ns) = setup("restart").await;
+    let rabbit = shared_stack().rabbitmq.as_ref().unwrap();
+    let queue = format!("{ns}-orders");
+    deployment(&client, &ns, "worker", 1).await;
+    let mut st = backlog_target("worker", &queue, "Direct", 10, "1s");
+    st["spec"]["behavior"] = json!({
+        "scaleDown": {
+            "stabilizationWindowSeconds": 20,
+            "policies": [{ "type": "Percent", "value": 100, "periodSeconds": 1 }]
+        }
+    });
+    scaled_target(&client, &ns, st).await;
+    let (_conn, channel) = channel(rabbit).await;
+    publish(&channel, &queue, 40).await;
+    let first = start_controller(client.clone(), &ns);
+    eventually(30 * SECOND, "4 replicas for 40 messages", || async {
+        (replicas(&client, &ns, "worker").await == 4).then_some(())
+    })
+    .await;
+
+    // The process goes, the load drops, a new process starts.
+    first.abort();
+    let _ = first.await;
+    purge(rabbit, &queue).await;
+    eventually(
+        10 * SECOND,
+        "the empty queue in the management API",
+        || async { (backlog(rabbit, &queue).await? == 0).then_some(()) },
+    )
+    .await;
+    let restarted = Instant::now();
+    let _second = start_controller(client.clone(), &ns);
+    // Only the new process can see the empty queue; it says why it holds.
+    let held = eventually(20 * SECOND, "the new process holding in status", || async {
+        let c = status_condition(&client, &ns, "worker", "Ready").await?;
+        c.message
+            .contains("ScaleDownStabilized")
+            .then_some(c.message)
+    })
+    .await;
+    eprintln!("held {:?} after the restart: {held}", restarted.elapsed());
+    assert_eq!(replicas(&client, &ns, "worker").await, 4, "{held}");
+    eventually(60 * SECOND, "down to 1 after the window", || async {
+        (replicas(&client, &ns, "worker").await == 1).then_some(())
+    })
+    .await;
+    // The window counts from the new process's first decision, after `restarted`.
+    let down = restarted.elapsed();
+    assert!(
+        down >= Duration::from_secs(20),
+        "scaled down {down:?} after the restart"
+    );
+}
+
 #[tokio::test]
 async fn shadow_mode_reports_the_decision_and_changes_nothing() {
     let (client, ns) = setup("shadow").await;

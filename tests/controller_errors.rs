@@ -16,6 +16,7 @@ use ebb::controller::metrics::ControllerMetrics;
 use ebb::controller::{CollectReader, Context};
 use ebb::crd::ScaledTarget;
 use ebb::engine::conditions as cond;
+use ebb::source::SecretAccess;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -23,9 +24,19 @@ use support::{eventually, shared_stack};
 
 /// The controller on `ns` as the only replica, with its context and metrics.
 fn start(client: kube::Client, ns: &str) -> (Arc<Context>, ControllerMetrics) {
+    start_with(client, ns, SecretAccess::Any)
+}
+
+/// [`start`], reading Secrets within `access`.
+fn start_with(
+    client: kube::Client,
+    ns: &str,
+    access: SecretAccess,
+) -> (Arc<Context>, ControllerMetrics) {
     let telemetry = Arc::new(ebb::telemetry::Telemetry::new());
     let collector = ebb::collect::Collector::start(telemetry, Default::default());
-    let reader = Arc::new(CollectReader::new(client.clone(), collector));
+    let reader =
+        Arc::new(CollectReader::new(client.clone(), collector).with_secret_access(access.clone()));
     let metrics = ControllerMetrics::default();
     let ctx = Context::with_metrics(
         client,
@@ -33,6 +44,7 @@ fn start(client: kube::Client, ns: &str) -> (Arc<Context>, ControllerMetrics) {
         Leadership::fixed(true),
         "test",
         metrics.clone(),
+        access,
     );
     let ns = ns.to_string();
     tokio::spawn({
@@ -203,4 +215,175 @@ async fn rbac_that_forbids_scale_is_not_ready_with_what_to_grant() {
     assert_eq!(replicas(&client, &ns, "web").await, 1);
     eprintln!("{message}");
     polls_slowly(&ctx).await;
+}
+
+/// Bad input next to a good target: a PromQL syntax error, a refused RabbitMQ password, a
+/// Secret that does not exist and a Secret with the wrong keys each show as
+/// `SourcesHealthy=False` with a reason and a message naming the problem; none of them scales
+/// its workload or writes an Event, and the good target in the same namespace scales as usual.
+#[tokio::test]
+async fn bad_input_is_a_condition_naming_the_problem_and_nothing_else_changes() {
+    let (client, ns) = setup("badinput").await;
+    let stack = shared_stack();
+    let rabbit = stack.rabbitmq.as_ref().unwrap();
+    let queue = format!("{ns}-q");
+    let (_conn, channel) = channel(rabbit).await;
+    publish(&channel, &queue, 30).await;
+    secret(
+        &client,
+        &ns,
+        "wrong-password",
+        json!({ "managementUrl": rabbit.management_url().replace("http://", "http://guest:nope@") }),
+    )
+    .await;
+    secret(
+        &client,
+        &ns,
+        "wrong-keys",
+        json!({ "user": "guest", "password": "guest" }),
+    )
+    .await;
+    let with_secret = |name: &str, secret: &str| {
+        let mut st = backlog_target(name, &queue, "Direct", 10, "1s");
+        st["spec"]["metrics"][0]["rabbitmq"]["connectionSecretRef"]["name"] = json!(secret);
+        st
+    };
+    let mut bad_query = backlog_target("badquery", &queue, "Direct", 10, "1s");
+    bad_query["spec"]["metrics"][0] = json!({
+        "name": "load",
+        "prometheus": {
+            "address": stack.prometheus.as_ref().unwrap().url(),
+            "query": "sum(rate(http_requests_total[1m]) by (job"
+        },
+        "target": { "type": "AverageValue", "averageValue": "10" }
+    });
+    let targets = [
+        ("good", with_secret("good", "rabbit")),
+        ("badquery", bad_query),
+        ("badpassword", with_secret("badpassword", "wrong-password")),
+        ("nosecret", with_secret("nosecret", "absent")),
+        ("badkeys", with_secret("badkeys", "wrong-keys")),
+    ];
+    for (name, st) in targets {
+        deployment(&client, &ns, name, 2).await;
+        scaled_target(&client, &ns, st).await;
+    }
+    let _controller = start_controller(client.clone(), &ns);
+
+    let expect: [(&str, &str, Vec<String>); 4] = [
+        (
+            "badquery",
+            cond::QUERY_REJECTED,
+            vec![
+                "metric load: source failed: query rejected:".into(),
+                "parse error".into(),
+            ],
+        ),
+        (
+            "badpassword",
+            cond::AUTHENTICATION_REFUSED,
+            vec!["metric backlog: source failed: authentication refused: HTTP 401".into()],
+        ),
+        (
+            "nosecret",
+            cond::SECRET_NOT_FOUND,
+            vec![format!("metric backlog: secret {ns}/absent not found")],
+        ),
+        (
+            "badkeys",
+            cond::INVALID_CONFIGURATION,
+            vec![
+                "metric backlog: bad configuration: secret wrong-keys (keys: password, user)"
+                    .into(),
+                "needs managementUrl or amqpUrl".into(),
+            ],
+        ),
+    ];
+    for (name, reason, parts) in &expect {
+        let message = eventually(30 * SECOND, &format!("{name}: {reason}"), || async {
+            let c = status_condition(&client, &ns, name, cond::SOURCES_HEALTHY).await?;
+            (c.status == "False" && c.reason == *reason).then_some(c.message)
+        })
+        .await;
+        eprintln!("{name}: {reason}: {message}");
+        for part in parts {
+            assert!(
+                message.contains(part.as_str()),
+                "{name}: {message:?} lacks {part:?}"
+            );
+        }
+    }
+    eventually(30 * SECOND, "the good target at 3 replicas", || async {
+        (replicas(&client, &ns, "good").await == 3).then_some(())
+    })
+    .await;
+    let (healthy, reason) = condition(&client, &ns, "good", cond::SOURCES_HEALTHY)
+        .await
+        .unwrap();
+    assert_eq!(
+        (healthy.as_str(), reason.as_str()),
+        ("True", cond::ALL_METRICS_READ)
+    );
+    // Several more polls: the bad targets keep their count and their spec, and write no Event.
+    tokio::time::sleep(3 * SECOND).await;
+    for (name, reason, _) in &expect {
+        assert_eq!(replicas(&client, &ns, name).await, 2, "{name}");
+        let st = Api::<ScaledTarget>::namespaced(client.clone(), &ns)
+            .get(name)
+            .await
+            .unwrap();
+        let status = st.status.unwrap();
+        assert_eq!(status.current_replicas, Some(2), "{name}");
+        assert_eq!(
+            status.metrics[0].value, None,
+            "{name}: never read as a number"
+        );
+        assert!(status.metrics[0].error.is_some(), "{name}");
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == cond::SOURCES_HEALTHY)
+            .unwrap();
+        assert_eq!(&c.reason, reason, "{name}");
+    }
+    let scaled = events(&client, &ns, cond::EVENT_SCALED).await;
+    assert!(
+        scaled
+            .iter()
+            .all(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("good")),
+        "{scaled:?}"
+    );
+}
+
+/// `--secret-namespaces`: a Secret outside the list is refused by name, before the API server
+/// is asked, and the workload keeps its count.
+#[tokio::test]
+async fn a_secret_outside_the_listed_namespaces_is_refused_with_what_to_add() {
+    let (client, ns) = setup("restricted").await;
+    let queue = format!("{ns}-q");
+    let (_conn, channel) = channel(shared_stack().rabbitmq.as_ref().unwrap()).await;
+    publish(&channel, &queue, 30).await;
+    deployment(&client, &ns, "web", 2).await;
+    let only = SecretAccess::from_namespaces(&["team-a".into(), "team-b".into()]);
+    let _ctx = start_with(client.clone(), &ns, only);
+    let mut st = backlog_target("t", &queue, "Direct", 10, "1s");
+    st["spec"]["targetRef"]["name"] = json!("web");
+    scaled_target(&client, &ns, st).await;
+    let message = eventually(
+        30 * SECOND,
+        "SourcesHealthy=False SecretRestricted",
+        || async {
+            let c = status_condition(&client, &ns, "t", cond::SOURCES_HEALTHY).await?;
+            (c.status == "False" && c.reason == cond::SECRET_RESTRICTED).then_some(c.message)
+        },
+    )
+    .await;
+    assert!(
+        message.contains(&format!(
+            "secret {ns}/rabbit: ebb reads Secrets only in team-a, team-b"
+        )) && message.contains(&format!("add {ns} to the chart's secretAccess.namespaces")),
+        "{message}"
+    );
+    tokio::time::sleep(2 * SECOND).await;
+    assert_eq!(replicas(&client, &ns, "web").await, 2);
 }

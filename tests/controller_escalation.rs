@@ -58,6 +58,7 @@ fn start(client: kube::Client, ns: &str) -> (Arc<Context>, ControllerMetrics) {
         Leadership::fixed(true),
         "test",
         metrics.clone(),
+        Default::default(),
     );
     let ns = ns.to_string();
     tokio::spawn({

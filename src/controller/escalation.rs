@@ -23,8 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use kube::Api;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -33,6 +32,7 @@ use tokio::time::Instant;
 use super::leader::Leadership;
 use super::metrics::ControllerMetrics;
 use crate::engine::conditions as cond;
+use crate::source::Secrets;
 
 pub use crate::engine::target::EscalationReason;
 
@@ -110,7 +110,7 @@ struct TargetCalls {
 }
 
 struct Shared {
-    client: kube::Client,
+    secrets: Secrets,
     http: reqwest::Client,
     recorder: Recorder,
     leadership: Leadership,
@@ -130,14 +130,14 @@ pub struct EscalationQueue {
 impl EscalationQueue {
     /// Starts the worker on the current Tokio runtime; it stops when the queue is dropped.
     pub fn start(
-        client: kube::Client,
+        secrets: Secrets,
         recorder: Recorder,
         leadership: Leadership,
         metrics: ControllerMetrics,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let shared = Arc::new(Shared {
-            client,
+            secrets,
             http: reqwest::Client::new(),
             recorder,
             leadership,
@@ -262,11 +262,11 @@ impl Shared {
 
     /// One call: the Secret, then the webhook.
     async fn call(&self, job: &Job) -> Result<(), String> {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &job.namespace)
-            .get(&job.secret_name)
+        let data = self
+            .secrets
+            .data(&job.namespace, &job.secret_name)
             .await
-            .map_err(|e| format!("secret {}: {e}", job.secret_name))?;
-        let data = secret.data.unwrap_or_default();
+            .map_err(|e| e.to_string())?;
         let text = |k: &str| {
             data.get(k)
                 .and_then(|v| String::from_utf8(v.0.clone()).ok())

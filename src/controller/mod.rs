@@ -212,23 +212,32 @@ impl Context {
         leadership: Leadership,
         identity: &str,
     ) -> Arc<Self> {
-        Self::with_metrics(client, reader, leadership, identity, Default::default())
+        Self::with_metrics(
+            client,
+            reader,
+            leadership,
+            identity,
+            Default::default(),
+            Default::default(),
+        )
     }
 
-    /// As [`Context::new`], recording into `metrics` (registered by the caller).
+    /// As [`Context::new`], recording into `metrics` (registered by the caller), reading the
+    /// escalation webhooks' Secrets within `secret_access` (the reader has its own).
     pub fn with_metrics(
         client: kube::Client,
         reader: Arc<dyn MetricReader>,
         leadership: Leadership,
         identity: &str,
         metrics: ControllerMetrics,
+        secret_access: crate::source::SecretAccess,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "ebb".into(),
             instance: Some(identity.into()),
         };
         let escalations = EscalationQueue::start(
-            client.clone(),
+            crate::source::Secrets::new(client.clone(), secret_access),
             Recorder::new(client.clone(), reporter.clone()),
             leadership.clone(),
             metrics.clone(),
@@ -669,6 +678,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     for c in &step.conditions {
         conditions.set(condition(c.type_, c.status, &c.reason, &c.message));
     }
+    conditions.set(sources_condition(&st, &readings));
     let mut status = ScaledTargetStatus {
         metrics: metric_statuses(&st, &readings, &ctx.machine_views(&st), &now),
         observed_generation: st.metadata.generation,
@@ -722,6 +732,7 @@ impl Context {
         if let Some(t) = self.targets.lock().expect("targets").get_mut(&key(st)) {
             t.series = None;
             t.status = None;
+            t.machine.stand_by();
         }
     }
 
@@ -900,6 +911,42 @@ struct MachineView {
     throughput: Option<(f64, bool)>,
     /// The value decided on (DrainTime: the work, msg/s).
     value: Option<crate::engine::target::Reading>,
+}
+
+/// `SourcesHealthy`: True when every metric was read at this poll; else False with the first
+/// failing metric's reason and, for each failing metric, what went wrong, so that a bad query,
+/// a refused password or a missing Secret is named where the user looks.
+fn sources_condition(
+    st: &ScaledTarget,
+    readings: &[Reading],
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let failing: Vec<(&str, &ReadError)> = st
+        .spec
+        .metrics
+        .iter()
+        .zip(readings)
+        .filter_map(|(m, r)| Some((m.name.as_str(), r.value.as_ref().err()?)))
+        .collect();
+    match failing.first() {
+        None => condition(
+            cond::SOURCES_HEALTHY,
+            true,
+            cond::ALL_METRICS_READ,
+            "every metric was read at the last poll",
+        ),
+        Some((_, first)) => {
+            let each: Vec<String> = failing
+                .iter()
+                .map(|(name, e)| format!("metric {name}: {e}"))
+                .collect();
+            condition(
+                cond::SOURCES_HEALTHY,
+                false,
+                first.reason(),
+                &each.join("; "),
+            )
+        }
+    }
 }
 
 fn metric_statuses(

@@ -9,18 +9,18 @@ use std::time::{Duration, Instant};
 
 use crate::collect::{CachedValue, Collector, Subscription};
 use crate::crd::Metric;
-use crate::source::{SourceError, apply_empty_as};
+use crate::source::{SecretAccess, Secrets, SourceError, apply_empty_as};
 
 /// Why a metric has no value. Never read as zero.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ReadError {
-    /// The source failed or could not be reached.
+    /// The source failed, refused, or answered with nothing to read.
+    #[error("{}", source_message(.0))]
+    Source(SourceError),
+    /// A newly registered query has not been answered yet.
     #[error("source failed: {0}")]
-    SourceFailed(String),
-    /// The source answered with nothing to read.
-    #[error("no data: {0}")]
-    Empty(String),
-    /// The metric's configuration cannot be used (missing secret key, bad URL).
+    NoAnswer(String),
+    /// The metric's configuration cannot be used by ebb itself.
     #[error("bad configuration: {0}")]
     Config(String),
     /// The last answer is too old to stand for now: its refreshes have not landed.
@@ -28,24 +28,41 @@ pub enum ReadError {
     Stale(String),
 }
 
+fn source_message(e: &SourceError) -> String {
+    match e {
+        SourceError::NoData(_)
+        | SourceError::SecretNotFound(_)
+        | SourceError::SecretRestricted(_) => e.to_string(),
+        SourceError::Config(_) => format!("bad {e}"),
+        _ => format!("source failed: {e}"),
+    }
+}
+
 impl ReadError {
     /// The engine's reason for the missing value.
     pub fn no_data(&self) -> crate::engine::NoData {
         match self {
-            ReadError::Empty(_) => crate::engine::NoData::Empty,
+            ReadError::Source(SourceError::NoData(_)) => crate::engine::NoData::Empty,
             ReadError::Stale(_) => crate::engine::NoData::Stale,
             _ => crate::engine::NoData::SourceFailed,
+        }
+    }
+
+    /// The reason of the `SourcesHealthy=False` condition it makes.
+    pub fn reason(&self) -> &'static str {
+        use crate::engine::conditions as cond;
+        match self {
+            ReadError::Source(e) => e.reason(),
+            ReadError::NoAnswer(_) => cond::NO_ANSWER_YET,
+            ReadError::Config(_) => cond::INVALID_CONFIGURATION,
+            ReadError::Stale(_) => cond::STALE_READINGS,
         }
     }
 }
 
 impl From<SourceError> for ReadError {
     fn from(e: SourceError) -> Self {
-        match e {
-            SourceError::NoData(_) => ReadError::Empty(e.to_string()),
-            SourceError::Config(_) => ReadError::Config(e.to_string()),
-            _ => ReadError::SourceFailed(e.to_string()),
-        }
+        ReadError::Source(e)
     }
 }
 
@@ -100,7 +117,7 @@ struct Entry {
 /// queries across targets are fetched once per interval) and every poll reads the cached
 /// value from memory.
 pub struct CollectReader {
-    client: kube::Client,
+    secrets: Secrets,
     collector: Collector,
     /// Keyed by namespace and the metric's source spec (JSON): equal specs share an entry.
     entries: Mutex<HashMap<(String, String), Entry>>,
@@ -109,10 +126,16 @@ pub struct CollectReader {
 impl CollectReader {
     pub fn new(client: kube::Client, collector: Collector) -> Self {
         Self {
-            client,
+            secrets: Secrets::new(client, SecretAccess::Any),
             collector,
             entries: Mutex::default(),
         }
+    }
+
+    /// Reads Secrets only within `access`.
+    pub fn with_secret_access(mut self, access: SecretAccess) -> Self {
+        self.secrets = self.secrets.with_access(access);
+        self
     }
 
     async fn subscription(
@@ -136,8 +159,8 @@ impl CollectReader {
             }
         }
         let query = match (&metric.prometheus, &metric.rabbitmq) {
-            (Some(p), None) => p.resolve_with(&self.client, namespace).await?,
-            (None, Some(r)) => r.resolve_with(&self.client, namespace).await?,
+            (Some(p), None) => p.resolve_with(&self.secrets, namespace).await?,
+            (None, Some(r)) => r.resolve_with(&self.secrets, namespace).await?,
             _ => {
                 return Err(ReadError::Config(
                     "a metric needs exactly one source".into(),
@@ -178,7 +201,7 @@ impl MetricReader for CollectReader {
                 }
             }
             let cached = cached.ok_or_else(|| {
-                ReadError::SourceFailed(format!(
+                ReadError::NoAnswer(format!(
                     "no answer from {} yet",
                     subscription.query().describe()
                 ))
@@ -263,9 +286,6 @@ mod tests {
         ));
         // A fresh failure stays the failure it is.
         let down = Err(SourceError::Unreachable("refused".into()));
-        assert!(matches!(
-            read(down, 1, None),
-            Err(ReadError::SourceFailed(_))
-        ));
+        assert!(matches!(read(down, 1, None), Err(ReadError::Source(_))));
     }
 }

@@ -88,6 +88,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             hpa_controller: true,
             hpa_sync_period: POLL,
             hpa_downscale_stabilization: Duration::from_secs(30),
+            ..Default::default()
         }),
         prometheus: true,
         scrape: vec![

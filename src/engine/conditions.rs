@@ -12,6 +12,9 @@ pub const FALLBACK: &str = "Fallback";
 pub const PAUSED: &str = "Paused";
 /// A rule (bounds, rate limits) changed the recommendation.
 pub const SCALING_LIMITED: &str = "ScalingLimited";
+/// Every metric was read at the last poll (False: which failed and why; the reason is the
+/// first failing metric's).
+pub const SOURCES_HEALTHY: &str = "SourcesHealthy";
 
 // Condition reasons (ebb's own; ScalingLimited also carries the HPA's reasons).
 /// Active: some metric reads above zero.
@@ -44,6 +47,34 @@ pub const FORBIDDEN: &str = "Forbidden";
 pub const UNKNOWN_KIND: &str = "UnknownKind";
 /// Ready False: the API server refused ebb's request as invalid.
 pub const REJECTED: &str = "Rejected";
+/// SourcesHealthy: every metric was read.
+pub const ALL_METRICS_READ: &str = "AllMetricsRead";
+/// SourcesHealthy False: the query ran and found nothing (an empty vector, no queue, NaN).
+pub const NO_DATA: &str = "NoData";
+/// SourcesHealthy False: the upstream could not be reached.
+pub const SOURCE_UNREACHABLE: &str = "SourceUnreachable";
+/// SourcesHealthy False: the upstream did not answer in time.
+pub const SOURCE_TIMEOUT: &str = "SourceTimeout";
+/// SourcesHealthy False: the upstream answered with an error of its own.
+pub const SOURCE_ERROR: &str = "SourceError";
+/// SourcesHealthy False: a query returned several series where one number is needed.
+pub const AMBIGUOUS_QUERY: &str = "AmbiguousQuery";
+/// SourcesHealthy False: the upstream refused the credentials.
+pub const AUTHENTICATION_REFUSED: &str = "AuthenticationRefused";
+/// SourcesHealthy False: the upstream rejected the query (bad PromQL).
+pub const QUERY_REJECTED: &str = "QueryRejected";
+/// SourcesHealthy False: the queue or vhost does not exist upstream.
+pub const NOT_FOUND_UPSTREAM: &str = "NotFoundUpstream";
+/// SourcesHealthy False: the Secret a metric names does not exist.
+pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+/// SourcesHealthy False: the Secret lies outside the namespaces ebb may read Secrets in.
+pub const SECRET_RESTRICTED: &str = "SecretRestricted";
+/// SourcesHealthy False: the metric's configuration or its Secret is unusable (a missing key).
+pub const INVALID_CONFIGURATION: &str = "InvalidConfiguration";
+/// SourcesHealthy False: the last answer is older than a refresh should take.
+pub const STALE_READINGS: &str = "StaleReadings";
+/// SourcesHealthy False: a newly registered query has not been answered yet.
+pub const NO_ANSWER_YET: &str = "NoAnswerYet";
 /// A transient failure (timeout, 5xx, conflict, throttling): the reason counted in
 /// `ebb_reconcile_errors_total`, never a condition.
 pub const API_UNAVAILABLE: &str = "ApiUnavailable";

@@ -271,6 +271,11 @@ pub const MAX_RECORDS: usize = 1024;
 /// allocate nothing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScalingState {
+    /// Upstream's `recommendations[key] != nil`: a state that has decided before, or was given
+    /// a history. A new state's first decision records the current count as a recommendation
+    /// (recordInitialRecommendation), so that a restarted controller does not scale down before
+    /// it has seen a stabilization window of its own.
+    seen: bool,
     recommendations: Vec<Recommendation>,
     up_events: Vec<ScaleEvent>,
     down_events: Vec<ScaleEvent>,
@@ -284,9 +289,22 @@ impl ScalingState {
         down_events: Vec<ScaleEvent>,
     ) -> Self {
         Self {
+            seen: true,
             recommendations,
             up_events,
             down_events,
+        }
+    }
+
+    /// recordInitialRecommendation: the first decision of a new state remembers the count it
+    /// found, as if it had been recommended then.
+    pub fn record_initial(&mut self, current: i32, now: Millis) {
+        if !self.seen {
+            self.seen = true;
+            self.recommendations.push(Recommendation {
+                replicas: current,
+                at: now,
+            });
         }
     }
 
@@ -601,6 +619,7 @@ pub fn decide_proposals(
     now: Millis,
 ) -> Decision {
     let current = replicas.spec;
+    state.record_initial(current, now);
     let unchanged = |desired, reason, limited, active| Decision {
         desired,
         reason,
@@ -822,6 +841,29 @@ mod tests {
     }
 
     #[test]
+    fn a_new_state_holds_the_count_it_found_for_a_scale_down_window() {
+        // A controller that restarts during a drop: its first decision sees half the load.
+        let s = spec(Some(Behavior::default()));
+        let mut st = ScalingState::default();
+        let r = Replicas::all(10);
+        let d = decide(&s, &mut st, r, &[avg(1000, 5_000)], 1_000);
+        assert_eq!(
+            (d.desired, d.reason, d.recheck_at),
+            (10, ConditionReason::ScaleDownStabilized, Some(301_000))
+        );
+        let d = decide(&s, &mut st, r, &[avg(1000, 5_000)], 301_000);
+        assert_eq!(d.desired, 5, "a window after the first decision");
+        // The legacy path holds the same way.
+        let mut st = ScalingState::default();
+        let d = decide(&spec(None), &mut st, r, &[avg(1000, 5_000)], 1_000);
+        assert_eq!(d.desired, 10);
+        // A state restored with a history, even an empty one, decides on that history.
+        let mut st = ScalingState::with_history(vec![], vec![], vec![]);
+        let d = decide(&s, &mut st, r, &[avg(1000, 5_000)], 1_000);
+        assert_eq!(d.desired, 5);
+    }
+
+    #[test]
     fn scale_up_rate_limit_counts_stored_events() {
         let b = Behavior {
             scale_up: ScalingRules {
@@ -867,7 +909,14 @@ mod tests {
             (d.desired, d.reason),
             (10, ConditionReason::FailedGetExternalMetric)
         );
-        assert!(st.recommendations().is_empty());
+        assert_eq!(
+            st.recommendations(),
+            [Recommendation {
+                replicas: 10,
+                at: 0
+            }],
+            "only the count found at the first decision"
+        );
         let d = decide(&s, &mut st, Replicas::all(10), &[failed, failed], 0);
         assert_eq!(d.desired, 10);
         let d = decide(

@@ -302,6 +302,14 @@ impl TargetMachine {
         Self::default()
     }
 
+    /// Another replica leads: this one's own scaling decisions are not carried out, so their
+    /// memory goes. When it leads again its first decision starts a stabilization window of its
+    /// own rather than scale down on a memory with a gap in it (learning and the model of the
+    /// HPA go on: they follow the readings, not the decisions).
+    pub fn stand_by(&mut self) {
+        self.scaling = ScalingState::default();
+    }
+
     /// The learning state (the controller installs backfilled states into it).
     pub fn learning_mut(&mut self) -> &mut Learning {
         &mut self.learning
@@ -990,6 +998,56 @@ mod tests {
             .rev()
             .find(|c| c.type_ == type_)
             .unwrap()
+    }
+
+    /// The first poll at which the machine scales down from `current` on a steady `reading`.
+    fn first_scale_down(
+        m: &mut TargetMachine,
+        spec: &TargetSpec,
+        from: Millis,
+        current: i32,
+    ) -> Millis {
+        (0..100)
+            .map(|k| from + k * INTERVAL)
+            .find(|&now| poll(m, spec, now, Ok(100.0), current).desired < current)
+            .expect("a scale-down within 100 polls")
+    }
+
+    #[test]
+    fn a_restarted_or_new_leader_scales_down_only_after_a_window_of_its_own() {
+        let spec = spec(Mode::Direct);
+        // A restart during a drop: the first reading asks for 1 pod of the 9 running.
+        let mut m = TargetMachine::new();
+        let down = first_scale_down(&mut m, &spec, 0, 9);
+        assert!(
+            down > 300 * S,
+            "scaled down at {down} ms, inside the 300 s window"
+        );
+        assert!(down <= 300 * S + INTERVAL, "{down}");
+        // A replica that led (at 900 per second: 9 pods), stood by for an hour, leads again.
+        let mut m = TargetMachine::new();
+        let mut now = 0;
+        for _ in 0..40 {
+            poll(&mut m, &spec, now, Ok(900.0), 9);
+            now += INTERVAL;
+        }
+        for _ in 0..240 {
+            m.stand_by();
+            now += INTERVAL;
+        }
+        let back = now;
+        let down = first_scale_down(&mut m, &spec, back, 9);
+        assert!(
+            down - back > 300 * S,
+            "scaled down {} ms after leading again",
+            down - back
+        );
+        // Without the stand-by, the old memory (older than any window) would not hold it.
+        let mut m = TargetMachine::new();
+        for k in 0..40 {
+            poll(&mut m, &spec, k * INTERVAL, Ok(900.0), 9);
+        }
+        assert_eq!(first_scale_down(&mut m, &spec, back, 9), back);
     }
 
     #[test]

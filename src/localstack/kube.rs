@@ -30,6 +30,9 @@ pub struct ControlPlaneOptions {
     pub hpa_sync_period: Duration,
     /// `--horizontal-pod-autoscaler-downscale-stabilization` (upstream default 5 min).
     pub hpa_downscale_stabilization: Duration,
+    /// Log every write to a `/scale` subresource (who, when, the count it set) to the API
+    /// server's audit log ([`ControlPlane::audit_log`]): the soak's record of what was done.
+    pub audit_scale_writes: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -38,6 +41,7 @@ impl Default for ControlPlaneOptions {
             hpa_controller: true,
             hpa_sync_period: Duration::from_secs(15),
             hpa_downscale_stabilization: Duration::from_secs(300),
+            audit_scale_writes: false,
         }
     }
 }
@@ -51,6 +55,8 @@ pub struct ControlPlane {
     controller_manager: ManagedProcess,
     apiserver: ManagedProcess,
     etcd: ManagedProcess,
+    /// How the API server was started, to start it again ([`ControlPlane::restart_apiserver`]).
+    apiserver_command: (PathBuf, Vec<String>),
     dir: PathBuf,
     cluster_ca: Ca,
     front_proxy_ca: Ca,
@@ -124,37 +130,48 @@ impl ControlPlane {
         ]);
         let etcd = ManagedProcess::spawn("etcd", etcd, &dir.join("etcd.log"))?;
 
-        let mut apiserver = Command::new(bin.join("kube-apiserver"));
-        apiserver.args([
-            &format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            &format!("--secure-port={api_port}"),
-            &format!("--tls-cert-file={}", apiserver_crt.display()),
-            &format!("--tls-private-key-file={}", apiserver_key.display()),
-            &format!("--client-ca-file={}", ca_file.display()),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            &format!("--service-account-key-file={}", sa_pub.display()),
-            &format!("--service-account-signing-key-file={}", sa_key.display()),
-            "--service-cluster-ip-range=10.0.0.0/24",
-            "--authorization-mode=RBAC",
+        let mut apiserver_args: Vec<String> = [
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--tls-cert-file={}", apiserver_crt.display()),
+            format!("--tls-private-key-file={}", apiserver_key.display()),
+            format!("--client-ca-file={}", ca_file.display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
             // The endpoint reconciler rejects a loopback advertise address.
-            "--endpoint-reconciler-type=none",
+            "--endpoint-reconciler-type=none".into(),
             // The aggregation layer.
-            &format!(
+            format!(
                 "--requestheader-client-ca-file={}",
                 front_proxy_ca_file.display()
             ),
-            "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            &format!("--proxy-client-cert-file={}", proxy_crt.display()),
-            &format!("--proxy-client-key-file={}", proxy_key.display()),
-            "--v=1",
-        ]);
-        let apiserver =
-            ManagedProcess::spawn("kube-apiserver", apiserver, &dir.join("kube-apiserver.log"))?;
+            "--requestheader-allowed-names=front-proxy-client".into(),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            format!("--proxy-client-cert-file={}", proxy_crt.display()),
+            format!("--proxy-client-key-file={}", proxy_key.display()),
+            "--v=1".into(),
+        ]
+        .into();
+        if options.audit_scale_writes {
+            let policy = dir.join("audit-policy.yaml");
+            std::fs::write(&policy, AUDIT_SCALE_WRITES)?;
+            apiserver_args.extend([
+                format!("--audit-policy-file={}", policy.display()),
+                format!("--audit-log-path={}", dir.join(AUDIT_LOG).display()),
+                "--audit-log-format=json".into(),
+                // Each event written before the response: none is lost when the server stops.
+                "--audit-log-mode=blocking".into(),
+            ]);
+        }
+        let apiserver_command = (bin.join("kube-apiserver"), apiserver_args);
+        let apiserver = spawn_apiserver(&apiserver_command, dir)?;
 
         // Kubeconfigs: admin for us and kwok, the well-known users bootstrap RBAC binds for the
         // controller manager and the scheduler.
@@ -172,17 +189,7 @@ impl ControlPlane {
             write_kubeconfig("kube-scheduler", "system:kube-scheduler", None)?;
 
         let client = kube_client(&admin_kubeconfig).await?;
-        let ready = wait_until(Duration::from_secs(90), || async {
-            let req = http::Request::get("/readyz")
-                .body(Vec::new())
-                .expect("request");
-            client
-                .request_text(req)
-                .await
-                .is_ok_and(|body| body == "ok")
-        })
-        .await;
-        if !ready {
+        if !apiserver_ready(&client, Duration::from_secs(90)).await {
             return Err(start_error(
                 &apiserver,
                 "/readyz did not answer ok within 90 s",
@@ -274,6 +281,7 @@ impl ControlPlane {
             controller_manager,
             apiserver,
             etcd,
+            apiserver_command,
             dir: dir.to_path_buf(),
             cluster_ca,
             front_proxy_ca,
@@ -283,6 +291,28 @@ impl ControlPlane {
         plane.create_fake_node(&client).await?;
         plane.wait_for_default_service_account(&client).await?;
         Ok(plane)
+    }
+
+    /// Stops the kube-apiserver (SIGTERM, as a rolling restart does), waits `down`, and starts
+    /// it again with the same flags, port and etcd; returns once `/readyz` answers ok.
+    pub async fn restart_apiserver(&mut self, down: Duration) -> Result<(), StackError> {
+        self.apiserver.stop(Duration::from_secs(10));
+        tokio::time::sleep(down).await;
+        self.apiserver = spawn_apiserver(&self.apiserver_command, &self.dir)?;
+        let client = kube_client(&self.admin_kubeconfig).await?;
+        if apiserver_ready(&client, Duration::from_secs(90)).await {
+            Ok(())
+        } else {
+            Err(start_error(
+                &self.apiserver,
+                "/readyz did not answer ok within 90 s of a restart",
+            ))
+        }
+    }
+
+    /// The API server's audit log (JSON lines), when `audit_scale_writes` is on.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join(AUDIT_LOG)
     }
 
     async fn create_fake_node(&self, client: &kube::Client) -> Result<(), StackError> {
@@ -422,6 +452,49 @@ impl ControlPlane {
             &self.kwok,
         ]
     }
+}
+
+/// The audit log's file name in the control plane's directory.
+const AUDIT_LOG: &str = "audit.log";
+
+/// Writes to any `/scale` subresource, with the request and the answer (the count set); nothing
+/// else.
+const AUDIT_SCALE_WRITES: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: RequestResponse
+    verbs: ["patch", "update"]
+    resources:
+      - group: "*"
+        resources: ["*/scale"]
+  - level: None
+"#;
+
+fn spawn_apiserver(
+    (binary, args): &(PathBuf, Vec<String>),
+    dir: &Path,
+) -> Result<ManagedProcess, StackError> {
+    let mut cmd = Command::new(binary);
+    cmd.args(args);
+    Ok(ManagedProcess::spawn(
+        "kube-apiserver",
+        cmd,
+        &dir.join("kube-apiserver.log"),
+    )?)
+}
+
+async fn apiserver_ready(client: &kube::Client, within: Duration) -> bool {
+    wait_until(within, || async {
+        let req = http::Request::get("/readyz")
+            .body(Vec::new())
+            .expect("request");
+        client
+            .request_text(req)
+            .await
+            .is_ok_and(|body| body == "ok")
+    })
+    .await
 }
 
 fn write_kubeconfig(

@@ -132,7 +132,8 @@ impl RabbitMq {
         let broker = ManagedProcess::spawn("rabbitmq", cmd, &self.dir.join("rabbitmq.log"))?;
         let url = format!("{}/api/overview", self.management_url());
         let http = &self.http;
-        let ready = wait_until(Duration::from_secs(90), || async {
+        // An idle machine boots it in about 10 s; one busy compiling has taken over 90.
+        let ready = wait_until(Duration::from_secs(180), || async {
             http.get(&url)
                 .basic_auth("guest", Some("guest"))
                 .send()
@@ -143,7 +144,7 @@ impl RabbitMq {
         if !ready {
             return Err(start_error(
                 &broker,
-                "the management API did not answer within 90 s",
+                "the management API did not answer within 180 s",
             ));
         }
         self.broker = Some(broker);

@@ -29,7 +29,7 @@ use futures::future::BoxFuture;
 
 pub use prometheus::{PrometheusAuth, PrometheusConfig, PrometheusQuery};
 pub use rabbitmq::{Aggregate, Measure, RabbitMqConfig, RabbitMqQuery};
-pub use secret::{SecretData, SecretRef, TlsMaterial};
+pub use secret::{SecretAccess, SecretData, SecretRef, Secrets, TlsMaterial};
 
 /// Why a source gave no value. The variant name is the `kind` label of
 /// `ebb_source_errors_total` (see [`SourceError::kind`]). Cloneable, so the collector can cache
@@ -63,6 +63,12 @@ pub enum SourceError {
     /// The queue (or vhost) does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The Secret a metric names does not exist in the target's namespace.
+    #[error("{0}")]
+    SecretNotFound(String),
+    /// The Secret lies outside the namespaces ebb may read Secrets in.
+    #[error("{0}")]
+    SecretRestricted(String),
     /// The metric's configuration or its Secret is unusable (missing key, bad PEM, bad regex).
     #[error("configuration: {0}")]
     Config(String),
@@ -86,9 +92,29 @@ impl SourceError {
             Self::Auth(_) => "Auth",
             Self::Query(_) => "Query",
             Self::NotFound(_) => "NotFound",
+            Self::SecretNotFound(_) => "SecretNotFound",
+            Self::SecretRestricted(_) => "SecretRestricted",
             Self::Config(_) => "Config",
             Self::Upstream(_) => "Upstream",
             Self::Protocol(_) => "Protocol",
+        }
+    }
+
+    /// The reason of the `SourcesHealthy=False` condition it makes: what to look at.
+    pub fn reason(&self) -> &'static str {
+        use crate::engine::conditions as cond;
+        match self {
+            Self::NoData(_) => cond::NO_DATA,
+            Self::Unreachable(_) => cond::SOURCE_UNREACHABLE,
+            Self::Timeout(_) => cond::SOURCE_TIMEOUT,
+            Self::Http { .. } | Self::Upstream(_) | Self::Protocol(_) => cond::SOURCE_ERROR,
+            Self::Ambiguous { .. } => cond::AMBIGUOUS_QUERY,
+            Self::Auth(_) => cond::AUTHENTICATION_REFUSED,
+            Self::Query(_) => cond::QUERY_REJECTED,
+            Self::NotFound(_) => cond::NOT_FOUND_UPSTREAM,
+            Self::SecretNotFound(_) => cond::SECRET_NOT_FOUND,
+            Self::SecretRestricted(_) => cond::SECRET_RESTRICTED,
+            Self::Config(_) => cond::INVALID_CONFIGURATION,
         }
     }
 

@@ -18,7 +18,7 @@ use prometheus_http_query::response::Data;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::secret::{SecretData, SecretRef, TlsMaterial, optional_string, read_secret_data};
+use super::secret::{SecretData, SecretRef, TlsMaterial, optional_string};
 use super::{Query, Result, Source, SourceError};
 
 /// Per-query timeout when the metric sets none.
@@ -61,7 +61,8 @@ impl PrometheusConfig {
     pub fn resolve(&self, secret: Option<&SecretData>) -> Result<PrometheusQuery> {
         let auth = match (&self.auth_secret_ref, secret) {
             (None, _) => PrometheusAuth::default(),
-            (Some(_), Some(data)) => PrometheusAuth::from_secret_data(data)?,
+            (Some(r), Some(data)) => PrometheusAuth::from_secret_data(data)
+                .map_err(|e| super::secret::in_secret(e, &r.name, data))?,
             (Some(r), None) => {
                 return Err(SourceError::Config(format!(
                     "authSecretRef {} was not read",
@@ -93,9 +94,9 @@ impl PrometheusConfig {
     }
 
     /// Reads the `authSecretRef` Secret from `namespace` and resolves.
-    pub async fn resolve_with(&self, client: &kube::Client, namespace: &str) -> Result<Query> {
+    pub async fn resolve_with(&self, secrets: &super::Secrets, namespace: &str) -> Result<Query> {
         let data = match &self.auth_secret_ref {
-            Some(r) => Some(read_secret_data(client, namespace, &r.name).await?),
+            Some(r) => Some(secrets.data(namespace, &r.name).await?),
             None => None,
         };
         self.resolve(data.as_ref()).map(Query::Prometheus)

@@ -26,7 +26,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::secret::{SecretData, SecretRef, TlsMaterial, optional_string, read_secret_data};
+use super::secret::{SecretData, SecretRef, TlsMaterial, optional_string};
 use super::{Query, Result, Source, SourceError};
 
 /// Per-request timeout when the metric sets none.
@@ -102,7 +102,8 @@ pub struct RabbitMqConfig {
 impl RabbitMqConfig {
     /// Resolves the configuration with the data of its connection Secret.
     pub fn resolve(&self, secret: &SecretData) -> Result<RabbitMqQuery> {
-        let connection = RabbitConnection::from_secret_data(secret)?;
+        let connection = RabbitConnection::from_secret_data(secret)
+            .map_err(|e| super::secret::in_secret(e, &self.connection_secret_ref.name, secret))?;
         let target = match (&self.queue, &self.queue_regex) {
             (Some(q), None) if !q.is_empty() => QueueSelector::Name(q.clone()),
             (None, Some(r)) => {
@@ -146,8 +147,10 @@ impl RabbitMqConfig {
     }
 
     /// Reads the connection Secret from `namespace` and resolves.
-    pub async fn resolve_with(&self, client: &kube::Client, namespace: &str) -> Result<Query> {
-        let data = read_secret_data(client, namespace, &self.connection_secret_ref.name).await?;
+    pub async fn resolve_with(&self, secrets: &super::Secrets, namespace: &str) -> Result<Query> {
+        let data = secrets
+            .data(namespace, &self.connection_secret_ref.name)
+            .await?;
         self.resolve(&data).map(Query::RabbitMq)
     }
 }

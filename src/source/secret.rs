@@ -1,9 +1,9 @@
 //! Secrets a source configuration names: the reference type, the TLS material read from one,
 //! and the two steps of resolution kept apart so the parsing is testable without a cluster:
-//! [`read_secret_data`] (kube) fetches a Secret's `data` map, and each source's `resolve`
+//! [`Secrets::data`] (kube) fetches a Secret's `data` map, and each source's `resolve`
 //! turns that map into a [`super::Query`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -110,28 +110,108 @@ pub fn optional_string(data: &SecretData, key: &str) -> Result<Option<String>> {
         .transpose()
 }
 
-/// Reads the `data` of Secret `name` in `namespace`. A missing Secret is a configuration error
-/// (the user named it), a refused read an authentication error (ebb's RBAC).
-pub async fn read_secret_data(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<SecretData> {
-    let api = kube::Api::<Secret>::namespaced(client.clone(), namespace);
-    match api.get_opt(name).await {
-        Ok(Some(secret)) => Ok(secret.data.unwrap_or_default()),
-        Ok(None) => Err(SourceError::Config(format!(
-            "secret {namespace}/{name} not found"
-        ))),
-        Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => {
-            Err(SourceError::Auth(format!(
-                "reading secret {namespace}/{name}: {}",
-                status.message
-            )))
+/// The namespaces ebb may read Secrets in (`ebb serve --secret-namespaces`, the chart's
+/// `secretAccess.namespaces`): every namespace, the default, which needs a cluster-wide grant;
+/// or a listed set, granted by a Role in each, so that a compromised ebb reads no other
+/// namespace's Secrets. KEDA calls the same trade-off restrict-secret-access.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SecretAccess {
+    /// Any namespace's Secrets (a ScaledTarget still names only Secrets of its own namespace).
+    #[default]
+    Any,
+    /// Only these namespaces' Secrets.
+    Namespaces(BTreeSet<String>),
+}
+
+impl SecretAccess {
+    /// `Any` for an empty list.
+    pub fn from_namespaces(namespaces: &[String]) -> Self {
+        if namespaces.is_empty() {
+            Self::Any
+        } else {
+            Self::Namespaces(namespaces.iter().cloned().collect())
         }
-        Err(e) => Err(SourceError::Unreachable(format!(
-            "reading secret {namespace}/{name}: {e}"
-        ))),
+    }
+
+    /// Whether Secret `name` of `namespace` may be read; if not, what to change.
+    pub fn check(&self, namespace: &str, name: &str) -> Result<()> {
+        match self {
+            Self::Namespaces(allowed) if !allowed.contains(namespace) => {
+                let list: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                Err(SourceError::SecretRestricted(format!(
+                    "secret {namespace}/{name}: ebb reads Secrets only in {} \
+                     (--secret-namespaces); add {namespace} to the chart's \
+                     secretAccess.namespaces, which grants a Role there",
+                    list.join(", ")
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads Secrets for ebb: the one place that fetches them, within [`SecretAccess`].
+#[derive(Clone)]
+pub struct Secrets {
+    client: kube::Client,
+    access: SecretAccess,
+}
+
+impl Secrets {
+    pub fn new(client: kube::Client, access: SecretAccess) -> Self {
+        Self { client, access }
+    }
+
+    /// The same client within `access`.
+    pub fn with_access(self, access: SecretAccess) -> Self {
+        Self { access, ..self }
+    }
+
+    /// The namespaces it may read in.
+    pub fn access(&self) -> &SecretAccess {
+        &self.access
+    }
+
+    /// The `data` of Secret `name` in `namespace`. A missing Secret is
+    /// [`SourceError::SecretNotFound`] (the user named it), a refused read an authentication
+    /// error (ebb's RBAC), one outside [`SecretAccess`] [`SourceError::SecretRestricted`].
+    pub async fn data(&self, namespace: &str, name: &str) -> Result<SecretData> {
+        self.access.check(namespace, name)?;
+        let api = kube::Api::<Secret>::namespaced(self.client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(Some(secret)) => Ok(secret.data.unwrap_or_default()),
+            Ok(None) => Err(SourceError::SecretNotFound(format!(
+                "secret {namespace}/{name} not found: create it in the ScaledTarget's namespace"
+            ))),
+            Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => {
+                Err(SourceError::Auth(format!(
+                    "reading secret {namespace}/{name}: {}",
+                    status.message
+                )))
+            }
+            Err(e) => Err(SourceError::Unreachable(format!(
+                "reading secret {namespace}/{name}: {e}"
+            ))),
+        }
+    }
+}
+
+/// Names the Secret and the keys it holds (never their values) in a configuration error found
+/// in its data, so that the status says which object to fix and what it has instead.
+pub(crate) fn in_secret(e: SourceError, name: &str, data: &SecretData) -> SourceError {
+    match e {
+        SourceError::Config(m) => {
+            let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+            SourceError::Config(format!(
+                "secret {name} (keys: {}): {m}",
+                if keys.is_empty() {
+                    "none".to_string()
+                } else {
+                    keys.join(", ")
+                }
+            ))
+        }
+        e => e,
     }
 }
 
@@ -145,6 +225,23 @@ pub(crate) fn data(pairs: &[(&str, &str)]) -> SecretData {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_access_allows_the_listed_namespaces_only() {
+        assert!(SecretAccess::from_namespaces(&[]).check("any", "s").is_ok());
+        let only = SecretAccess::from_namespaces(&["a".into()]);
+        assert!(only.check("a", "s").is_ok());
+        let refused = only.check("b", "creds").unwrap_err();
+        assert_eq!(
+            refused.reason(),
+            crate::engine::conditions::SECRET_RESTRICTED
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("secret b/creds: ebb reads Secrets only in a")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -32,6 +32,7 @@ pub fn fast_hpa() -> ControlPlaneOptions {
         hpa_controller: true,
         hpa_sync_period: Duration::from_secs(1),
         hpa_downscale_stabilization: Duration::from_secs(5),
+        ..Default::default()
     }
 }
 
