@@ -236,6 +236,11 @@ pub struct Observed {
     pub backfills: Vec<Backfill>,
 }
 
+/// A fallback entered within this long of the last exit counts as the same flapping source.
+const FLAP_MEMORY: Millis = 600_000;
+/// Leaving fallback takes at most this many times `failureThreshold` good readings.
+const MAX_EXIT_FACTOR: u32 = 8;
+
 /// Fallback state with hysteresis.
 #[derive(Debug, Default, Clone, Copy)]
 struct FallbackState {
@@ -244,25 +249,34 @@ struct FallbackState {
     /// Readings in a row with a value since fallback began.
     ok: u32,
     active: bool,
+    /// Entries in a row each within [`FLAP_MEMORY`] of the exit before it.
+    flaps: u32,
+    exited_at: Option<Millis>,
 }
 
 impl FallbackState {
-    fn update(&mut self, threshold: u32, all_failed: bool) {
+    fn update(&mut self, now: Millis, threshold: u32, all_failed: bool) {
         if all_failed {
             self.failed += 1;
             self.ok = 0;
-            if self.failed >= threshold {
+            if self.failed >= threshold && !self.active {
                 self.active = true;
+                let again = self.exited_at.is_some_and(|t| now - t <= FLAP_MEMORY);
+                self.flaps = if again { self.flaps + 1 } else { 1 };
             }
         } else {
             self.failed = 0;
-            // Leaving fallback takes as many good readings in a row as entering it took
-            // failed ones, so a flapping source does not toggle between fallback and normal.
+            // Leaving fallback takes as many good readings in a row as entering it took failed
+            // ones, twice as many each time the source fails again soon after (up to
+            // MAX_EXIT_FACTOR times): a flapping source keeps the target in fallback instead
+            // of toggling it every time it comes up.
             if self.active {
                 self.ok += 1;
-                if self.ok >= threshold {
+                let factor = 1u32 << self.flaps.saturating_sub(1).min(MAX_EXIT_FACTOR.ilog2());
+                if self.ok >= threshold.saturating_mul(factor) {
                     self.active = false;
                     self.ok = 0;
+                    self.exited_at = Some(now);
                 }
             }
         }
@@ -374,7 +388,8 @@ impl TargetMachine {
         self.last_reading = Some(now);
         if let Some(f) = &spec.fallback {
             let all_failed = self.readings.iter().all(Result::is_err);
-            self.fallback.update(f.failure_threshold.max(1), all_failed);
+            self.fallback
+                .update(now, f.failure_threshold.max(1), all_failed);
         }
         let values: Vec<Option<f64>> = self.readings.iter().map(|r| r.ok()).collect();
         let mut changes = self
@@ -998,6 +1013,69 @@ mod tests {
             .rev()
             .find(|c| c.type_ == type_)
             .unwrap()
+    }
+
+    #[test]
+    fn a_flapping_source_keeps_the_target_in_fallback_instead_of_toggling_it() {
+        let spec = spec(Mode::Direct); // failureThreshold 3
+        let mut m = TargetMachine::new();
+        let mut now = 0;
+        let mut current = poll(&mut m, &spec, now, Ok(300.0), 1).desired;
+        // Down for 4 readings, up for 4, twenty times: 20 s down, 20 s up at 5 s polls.
+        let (mut entries, mut exits, mut was) = (0, 0, false);
+        for _ in 0..20 {
+            for reading in [Err(NoData::SourceFailed); 4]
+                .into_iter()
+                .chain([Ok(300.0); 4])
+            {
+                now += INTERVAL;
+                let s = poll(&mut m, &spec, now, reading, current);
+                current = s.desired;
+                let active = condition_of(&s, cond::FALLBACK).status;
+                entries += usize::from(active && !was);
+                exits += usize::from(!active && was);
+                was = active;
+            }
+        }
+        assert_eq!((entries, exits), (2, 1), "toggled with the source");
+        // Steady again: it leaves after 6 good readings in a row (twice the threshold; the
+        // last up phase gave 4), not after 3.
+        let mut good = 0;
+        while condition_of(
+            &poll(&mut m, &spec, now + INTERVAL, Ok(300.0), current),
+            cond::FALLBACK,
+        )
+        .status
+        {
+            now += INTERVAL;
+            good += 1;
+        }
+        assert_eq!(good, 1, "left on the 6th good reading in a row");
+        // Much later, one outage: the plain threshold again, in and out.
+        now += 3_600 * S;
+        for k in 1..=3 {
+            let s = poll(
+                &mut m,
+                &spec,
+                now + k * INTERVAL,
+                Err(NoData::SourceFailed),
+                current,
+            );
+            assert_eq!(
+                condition_of(&s, cond::FALLBACK).status,
+                k == 3,
+                "failed reading {k}"
+            );
+        }
+        now += 3 * INTERVAL;
+        for k in 1..=3 {
+            let s = poll(&mut m, &spec, now + k * INTERVAL, Ok(300.0), current);
+            assert_eq!(
+                condition_of(&s, cond::FALLBACK).status,
+                k < 3,
+                "good reading {k}"
+            );
+        }
     }
 
     /// The first poll at which the machine scales down from `current` on a steady `reading`.
