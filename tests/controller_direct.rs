@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use controller_common::*;
 use ebb::crd::ScaledTarget;
+use ebb::engine::conditions as cond;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use support::{eventually, shared_stack};
@@ -376,4 +377,45 @@ async fn a_workload_scaled_by_hand_is_seen_by_the_next_poll() {
     })
     .await;
     assert_eq!(replicas(&client, &ns, "worker").await, 3);
+}
+
+/// A `queueRegex` over queues that come and go: with none left, it is no data (held, and
+/// `SourcesHealthy` says so) unless the user says what that stands for: `emptyAs: 0` lets the
+/// target go down to its minimum.
+#[tokio::test]
+async fn no_matching_queue_holds_unless_empty_as_says_it_is_zero() {
+    let (client, ns) = setup("emptyas").await;
+    let regex = format!("{ns}-gone-.*");
+    let with = |name: &str, empty_as: Option<f64>| {
+        let mut st = backlog_target(name, "unused", "Direct", 10, "1s");
+        let rabbitmq = &mut st["spec"]["metrics"][0]["rabbitmq"];
+        rabbitmq.as_object_mut().unwrap().remove("queue");
+        rabbitmq["queueRegex"] = json!(regex);
+        if let Some(v) = empty_as {
+            rabbitmq["emptyAs"] = json!(v);
+        }
+        st["spec"]["behavior"] = json!({ "scaleDown": { "stabilizationWindowSeconds": 0 } });
+        st
+    };
+    for (name, empty_as) in [("held", None), ("zero", Some(0.0))] {
+        deployment(&client, &ns, name, 3).await;
+        scaled_target(&client, &ns, with(name, empty_as)).await;
+    }
+    let _controller = start_controller(client.clone(), &ns);
+    eventually(20 * SECOND, "emptyAs 0: down to the minimum", || async {
+        (replicas(&client, &ns, "zero").await == 1).then_some(())
+    })
+    .await;
+    let (healthy, reason) = condition(&client, &ns, "held", cond::SOURCES_HEALTHY)
+        .await
+        .unwrap();
+    assert_eq!(
+        (healthy.as_str(), reason.as_str()),
+        ("False", cond::NO_DATA)
+    );
+    assert_eq!(
+        replicas(&client, &ns, "held").await,
+        3,
+        "no data is not zero"
+    );
 }

@@ -133,6 +133,33 @@ async fn a_negative_or_tiny_polling_interval_is_rejected() {
     }
 }
 
+/// KEDA reads `timeout: "1000"` as milliseconds: copied here, a bare number is refused with
+/// the units it needs rather than read as seconds.
+#[tokio::test]
+async fn a_timeout_without_a_unit_is_rejected() {
+    let api = setup().await;
+    let mut object = valid();
+    object["spec"]["metrics"][0]["rabbitmq"]["timeout"] = json!("1000");
+    let message = rejection(&api, "bare-rabbitmq", object).await;
+    assert!(
+        message.contains("a timeout needs a unit, e.g. 1500ms or 5s"),
+        "{message}"
+    );
+    let mut object = valid();
+    object["spec"]["metrics"][0] = json!({
+        "name": "rps",
+        "prometheus": { "address": "http://prometheus:9090", "query": "sum(up)", "timeout": "2.5" },
+        "target": { "type": "AverageValue", "averageValue": "20" }
+    });
+    let message = rejection(&api, "bare-prometheus", object.clone()).await;
+    assert!(message.contains("KEDA reads"), "{message}");
+    // With units, the same objects are accepted.
+    object["spec"]["metrics"][0]["prometheus"]["timeout"] = json!("1500ms");
+    object["metadata"]["name"] = json!("with-unit");
+    let st: ScaledTarget = serde_json::from_value(object).unwrap();
+    api.create(&PostParams::default(), &st).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_target_without_its_quantity_or_of_an_unknown_type_is_rejected() {
     let api = setup().await;

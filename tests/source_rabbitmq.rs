@@ -56,6 +56,7 @@ fn config(queue: Option<&str>, regex: Option<&str>, measure: Measure) -> RabbitM
         vhost: "/".into(),
         measure,
         timeout: Some("3s".into()),
+        empty_as: None,
     }
 }
 

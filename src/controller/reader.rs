@@ -206,7 +206,7 @@ impl MetricReader for CollectReader {
                     subscription.query().describe()
                 ))
             })?;
-            let empty_as = metric.prometheus.as_ref().and_then(|p| p.empty_as);
+            let empty_as = metric.empty_as();
             let now = tokio::time::Instant::now();
             current_value(cached, now, subscription.stale_after(), empty_as)
         })

@@ -174,6 +174,14 @@ impl Mode {
 }
 
 impl Metric {
+    /// What "no data" stands for, when the user said (`emptyAs` of its source).
+    pub fn empty_as(&self) -> Option<f64> {
+        self.prometheus
+            .as_ref()
+            .and_then(|p| p.empty_as)
+            .or(self.rabbitmq.as_ref().and_then(|r| r.empty_as))
+    }
+
     /// A DrainTime metric's other reads (`None` for other targets).
     pub fn queue_signals(&self) -> Option<QueueSignalMetrics> {
         if self.target.type_ != TargetType::DrainTime {
@@ -240,6 +248,8 @@ impl Metric {
     .message("arrivalRate and servedRate are read only by target type DrainTime on a Prometheus metric (a RabbitMQ queue gives its own rates)"))]
 #[x_kube(validation = Rule::new("self.target.type != 'DrainTime' || !has(self.rabbitmq) || !has(self.rabbitmq.measure) || self.rabbitmq.measure in ['Backlog', 'Ready']")
     .message("target type DrainTime reads the queue's backlog: rabbitmq.measure must be Backlog (the default) or Ready"))]
+#[x_kube(validation = Rule::new("(!(has(self.prometheus) && has(self.prometheus.timeout)) || self.prometheus.timeout.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$')) && (!(has(self.rabbitmq) && has(self.rabbitmq.timeout)) || self.rabbitmq.timeout.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$')) && (!(has(self.arrivalRate) && has(self.arrivalRate.timeout)) || self.arrivalRate.timeout.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$')) && (!(has(self.servedRate) && has(self.servedRate.timeout)) || self.servedRate.timeout.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$')) && (!(has(self.slo) && has(self.slo.prometheus) && has(self.slo.prometheus.timeout)) || self.slo.prometheus.timeout.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$'))")
+    .message("a timeout needs a unit, e.g. 1500ms or 5s: a bare number is refused (KEDA reads timeout: \"1000\" as milliseconds)"))]
 #[serde(rename_all = "camelCase")]
 pub struct Metric {
     /// The metric's name; also its external metric name in mode Hpa.

@@ -341,6 +341,14 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
             "invalid duration {s:?}: use a number with a unit, e.g. 500ms, 5s, 2m, 1h"
         ))
     };
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        // KEDA reads a bare `timeout: "1000"` as milliseconds; a copied setting must not
+        // silently mean 1000 seconds here.
+        return Err(SourceError::Config(format!(
+            "invalid duration {s:?}: a number needs a unit, {s}ms or {s}s (KEDA reads a bare \
+             timeout as milliseconds)"
+        )));
+    }
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
@@ -348,7 +356,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     let n: f64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit {
         "ms" => n / 1000.0,
-        "" | "s" => n,
+        "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         _ => return Err(bad()),
@@ -367,7 +375,9 @@ mod tests {
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        // A bare number is refused, naming the units (KEDA's timeouts are milliseconds).
+        let bare = parse_duration("1000").unwrap_err().to_string();
+        assert!(bare.contains("1000ms or 1000s"), "{bare}");
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         for bad in ["", "5x", "-1s", "0s", "s"] {

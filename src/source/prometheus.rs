@@ -46,8 +46,9 @@ pub struct PrometheusConfig {
     /// `ca.crt`, `tls.crt`, `tls.key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_secret_ref: Option<SecretRef>,
-    /// Per-query timeout, e.g. `5s` (the default) or `800ms`.
+    /// Per-query timeout with its unit, e.g. `5s` (the default) or `800ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub timeout: Option<String>,
     /// The value an empty result stands for. Unset (the default), an empty result is "no
     /// data": a failed metric, never 0.

@@ -73,7 +73,7 @@ fn default_vhost() -> String {
 }
 
 /// A RabbitMQ metric as a ScaledTarget spells it. Exactly one of `queue` and `queueRegex`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RabbitMqConfig {
     /// Secret (same namespace) with `managementUrl` and/or `amqpUrl`, and optionally `ca.crt`,
@@ -94,9 +94,15 @@ pub struct RabbitMqConfig {
     /// What to measure (default Backlog).
     #[serde(default)]
     pub measure: Measure,
-    /// Per-request timeout, e.g. `5s` (the default).
+    /// Per-request timeout with its unit, e.g. `5s` (the default) or `800ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub timeout: Option<String>,
+    /// The value "no queue matches" (and a queue without statistics yet) stands for, e.g. `0`
+    /// for a `queueRegex` over queues that come and go. Unset (the default), it is no data: a
+    /// failed metric, never 0. A named queue that does not exist stays an error either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_as: Option<f64>,
 }
 
 impl RabbitMqConfig {
@@ -119,18 +125,24 @@ impl RabbitMqConfig {
             }
         };
         if connection.management_url.is_none() {
-            let reason = match (&target, self.measure) {
+            let what_to_do = match (&target, self.measure) {
                 (QueueSelector::Name(_), Measure::Ready) => None,
-                (QueueSelector::Regex(_), _) => Some("queueRegex"),
-                (_, Measure::Backlog) => {
-                    Some("measure Backlog (AMQP does not count unacknowledged messages)")
-                }
-                (_, _) => Some("rate measures"),
+                (QueueSelector::Regex(_), _) => Some(format!(
+                    "queueRegex lists queues through the management API: add \
+                     {KEY_MANAGEMENT_URL} to the connection secret"
+                )),
+                (_, Measure::Backlog) => Some(format!(
+                    "measure Backlog (the default) counts unacknowledged messages too, which \
+                     only the management API gives: add {KEY_MANAGEMENT_URL} to the connection \
+                     secret, or set measure: Ready to count ready messages over AMQP"
+                )),
+                (_, _) => Some(format!(
+                    "rate measures come from the management API: add {KEY_MANAGEMENT_URL} to \
+                     the connection secret"
+                )),
             };
-            if let Some(reason) = reason {
-                return Err(SourceError::Config(format!(
-                    "{reason} need(s) {KEY_MANAGEMENT_URL} in the connection secret"
-                )));
+            if let Some(what_to_do) = what_to_do {
+                return Err(SourceError::Config(what_to_do));
             }
         }
         Ok(RabbitMqQuery {
@@ -731,6 +743,13 @@ mod tests {
     #[test]
     fn defaults_are_backlog_sum_and_the_root_vhost() {
         let c = config();
+        assert_eq!((c.empty_as, c.timeout), (None, None));
+        let c: RabbitMqConfig = serde_yaml::from_str(
+            "connectionSecretRef: {name: r}\nqueueRegex: 'jobs-.*'\nemptyAs: 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.empty_as, Some(0.0));
+        let c = config();
         assert_eq!(
             (c.measure, c.aggregate, c.vhost.as_str()),
             (Measure::Backlog, Aggregate::Sum, "/")
@@ -750,7 +769,8 @@ mod tests {
         let amqp_only = data(&[("amqpUrl", "amqp://guest:guest@127.0.0.1:5672/%2f")]);
         let err = config().resolve(&amqp_only).unwrap_err();
         assert!(
-            matches!(&err, SourceError::Config(m) if m.contains("unacknowledged")),
+            matches!(&err, SourceError::Config(m) if m.contains("unacknowledged")
+                && m.contains("add managementUrl") && m.contains("or set measure: Ready")),
             "{err}"
         );
         let ready = RabbitMqConfig {
