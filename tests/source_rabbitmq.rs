@@ -53,7 +53,7 @@ fn config(queue: Option<&str>, regex: Option<&str>, measure: Measure) -> RabbitM
         queue: queue.map(Into::into),
         queue_regex: regex.map(Into::into),
         aggregate: Aggregate::Sum,
-        vhost: "/".into(),
+        vhost: None,
         measure,
         timeout: Some("3s".into()),
         empty_as: None,
@@ -176,6 +176,27 @@ async fn backlog_counts_unacknowledged_messages_and_ready_does_not() {
     assert_eq!(amqp_ready.fetch().await, Ok(32.0));
     drop(held);
     conn.close(0, "done".into()).await.unwrap();
+}
+
+/// A KEDA user's management URL names the vhost in its path (`.../%2f`): read as the vhost,
+/// not as a path prefix (which answered 404).
+#[tokio::test]
+async fn a_management_url_that_names_its_vhost_reads_the_queue() {
+    let rabbit = rabbit_stack().rabbitmq.as_ref().unwrap();
+    let (_conn, channel) = connect(rabbit).await;
+    declare_and_publish(&channel, "keda-style", 4).await;
+    let mut data = SecretData::new();
+    let url = format!(
+        "{}/%2f",
+        rabbit
+            .management_url()
+            .replace("http://", "http://guest:guest@")
+    );
+    data.insert("managementUrl".into(), ByteString(url.into_bytes()));
+    let connections = Connections::default();
+    let config = config(Some("keda-style"), None, Measure::Backlog);
+    assert_eq!(config.resolve(&data).unwrap().vhost, "/");
+    until_value(&source(&connections, &config, &data), 4.0, "the backlog").await;
 }
 
 #[tokio::test]

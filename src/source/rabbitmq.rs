@@ -8,7 +8,8 @@
 //! (sum, max, avg).
 //!
 //! The connection Secret's keys: `managementUrl` (`http(s)://user:pass@host:15672`), `amqpUrl`
-//! (or `host`, KEDA's name for it: `amqp(s)://user:pass@host:5672/vhost`), and optionally
+//! (or `host`, KEDA's name for it: `amqp(s)://user:pass@host:5672/vhost`; a URL's path names
+//! the vhost, as KEDA reads it), and optionally
 //! `ca.crt`, `tls.crt`, `tls.key`. With a management URL every measure is served from it;
 //! with only an AMQP URL, only `Ready` of one queue can be (and is).
 //!
@@ -68,10 +69,6 @@ pub enum Aggregate {
     Avg,
 }
 
-fn default_vhost() -> String {
-    "/".into()
-}
-
 /// A RabbitMQ metric as a ScaledTarget spells it. Exactly one of `queue` and `queueRegex`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -88,9 +85,11 @@ pub struct RabbitMqConfig {
     /// How to combine the queues `queueRegex` matches (default sum).
     #[serde(default)]
     pub aggregate: Aggregate,
-    /// The virtual host (default `/`).
-    #[serde(default = "default_vhost")]
-    pub vhost: String,
+    /// The virtual host. Unset: the one the connection Secret's URL names
+    /// (`amqp://u:p@host/vhost`, `http://u:p@host:15672/vhost`, as KEDA reads them), else `/`.
+    /// Set, it must agree with a URL that names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
     /// What to measure (default Backlog).
     #[serde(default)]
     pub measure: Measure,
@@ -108,8 +107,19 @@ pub struct RabbitMqConfig {
 impl RabbitMqConfig {
     /// Resolves the configuration with the data of its connection Secret.
     pub fn resolve(&self, secret: &SecretData) -> Result<RabbitMqQuery> {
-        let connection = RabbitConnection::from_secret_data(secret)
+        let (connection, url_vhost) = RabbitConnection::from_secret(secret)
             .map_err(|e| super::secret::in_secret(e, &self.connection_secret_ref.name, secret))?;
+        let vhost = match (&self.vhost, url_vhost) {
+            (Some(set), Some(url)) if *set != url => {
+                return Err(SourceError::Config(format!(
+                    "vhost {set:?} conflicts with the vhost {url:?} the connection secret's URL \
+                     names: remove one of them"
+                )));
+            }
+            (Some(set), _) => set.clone(),
+            (None, Some(url)) => url,
+            (None, None) => "/".into(),
+        };
         let target = match (&self.queue, &self.queue_regex) {
             (Some(q), None) if !q.is_empty() => QueueSelector::Name(q.clone()),
             (None, Some(r)) => {
@@ -149,7 +159,7 @@ impl RabbitMqConfig {
             connection,
             target,
             aggregate: self.aggregate,
-            vhost: self.vhost.clone(),
+            vhost,
             measure: self.measure,
             timeout: match &self.timeout {
                 Some(t) => super::parse_duration(t)?,
@@ -195,6 +205,17 @@ impl std::fmt::Debug for RabbitConnection {
     }
 }
 
+/// The vhost a URL's path names: the path without its leading `/`, percent-decoded; `None`
+/// for no path or `/` alone.
+fn path_vhost(url: &reqwest::Url) -> Option<String> {
+    let path = url.path().strip_prefix('/').unwrap_or(url.path());
+    (!path.is_empty()).then(|| {
+        percent_encoding::percent_decode_str(path)
+            .decode_utf8_lossy()
+            .into_owned()
+    })
+}
+
 /// `scheme://host:port` of a URL, credentials and path left out.
 fn without_credentials(url: &str) -> String {
     match reqwest::Url::parse(url) {
@@ -211,37 +232,62 @@ fn without_credentials(url: &str) -> String {
 impl RabbitConnection {
     /// Reads the connection from a Secret's data (keys in the module doc).
     pub fn from_secret_data(data: &SecretData) -> Result<Self> {
+        Self::from_secret(data).map(|(connection, _)| connection)
+    }
+
+    /// [`Self::from_secret_data`], and the vhost its URLs name, if any: the path of the AMQP
+    /// URL or of the management URL (percent-decoded, `%2f` is `/`), as KEDA reads them. The
+    /// management URL's path is taken off: requests go to `<scheme>://<host>/api/...`.
+    pub fn from_secret(data: &SecretData) -> Result<(Self, Option<String>)> {
         let amqp_url = match optional_string(data, KEY_AMQP_URL)? {
             Some(url) => Some(url),
             None => optional_string(data, KEY_HOST)?,
         };
-        let management_url =
-            optional_string(data, KEY_MANAGEMENT_URL)?.map(|u| u.trim_end_matches('/').to_string());
-        if amqp_url.is_none() && management_url.is_none() {
+        let management = optional_string(data, KEY_MANAGEMENT_URL)?;
+        if amqp_url.is_none() && management.is_none() {
             return Err(SourceError::Config(format!(
                 "the connection secret needs {KEY_MANAGEMENT_URL} or {KEY_AMQP_URL}"
             )));
         }
+        let mut vhosts = Vec::new();
         if let Some(url) = &amqp_url {
             url.parse::<lapin::uri::AMQPUri>().map_err(|e| {
                 SourceError::Config(format!("{KEY_AMQP_URL} is not an AMQP URL: {e}"))
             })?;
+            if let Some(v) = reqwest::Url::parse(url).ok().and_then(|u| path_vhost(&u)) {
+                vhosts.push((KEY_AMQP_URL, v));
+            }
         }
-        if let Some(url) = &management_url {
-            match reqwest::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        let management_url = match &management {
+            Some(url) => match reqwest::Url::parse(url) {
+                Ok(mut u) if matches!(u.scheme(), "http" | "https") => {
+                    if let Some(v) = path_vhost(&u) {
+                        vhosts.push((KEY_MANAGEMENT_URL, v));
+                    }
+                    u.set_path("");
+                    Some(u.as_str().trim_end_matches('/').to_string())
+                }
                 _ => {
                     return Err(SourceError::Config(format!(
                         "{KEY_MANAGEMENT_URL} is not an http(s) URL"
                     )));
                 }
-            }
+            },
+            None => None,
+        };
+        if let [(a, x), (b, y)] = vhosts.as_slice()
+            && x != y
+        {
+            return Err(SourceError::Config(format!(
+                "{a} names vhost {x:?} and {b} names vhost {y:?}: they must agree"
+            )));
         }
-        Ok(Self {
+        let connection = Self {
             amqp_url,
             management_url,
             tls: TlsMaterial::from_secret_data(data)?,
-        })
+        };
+        Ok((connection, vhosts.into_iter().next().map(|(_, v)| v)))
     }
 
     /// The address queries load (management API if any, else AMQP), without credentials.
@@ -751,9 +797,11 @@ mod tests {
         assert_eq!(c.empty_as, Some(0.0));
         let c = config();
         assert_eq!(
-            (c.measure, c.aggregate, c.vhost.as_str()),
-            (Measure::Backlog, Aggregate::Sum, "/")
+            (c.measure, c.aggregate, c.vhost.as_deref()),
+            (Measure::Backlog, Aggregate::Sum, None)
         );
+        let ok = data(&[("managementUrl", "http://guest:guest@127.0.0.1:15672")]);
+        assert_eq!(c.resolve(&ok).unwrap().vhost, "/");
         let c: RabbitMqConfig = serde_yaml::from_str(
             "connectionSecretRef: {name: r}\nqueueRegex: 'orders-.*'\naggregate: max\nmeasure: PublishRate\n",
         )
@@ -762,6 +810,54 @@ mod tests {
             (c.measure, c.aggregate),
             (Measure::PublishRate, Aggregate::Max)
         );
+    }
+
+    /// KEDA users' URLs name the vhost in their path: it is honoured, taken off the management
+    /// API's base, and a `vhost` that says otherwise is refused.
+    #[test]
+    fn the_vhost_a_url_names_is_honoured_and_a_conflict_refused() {
+        let resolve = |c: &RabbitMqConfig, pairs: &[(&str, &str)]| c.resolve(&data(pairs));
+        let q = resolve(
+            &config(),
+            &[("managementUrl", "http://u:p@rabbit:15672/orders")],
+        )
+        .unwrap();
+        assert_eq!(q.vhost, "orders");
+        assert_eq!(
+            q.connection.management_url.as_deref(),
+            Some("http://u:p@rabbit:15672")
+        );
+        // AMQP alone serves the ready count.
+        let ready = RabbitMqConfig {
+            measure: Measure::Ready,
+            ..config()
+        };
+        let q = resolve(&ready, &[("host", "amqp://u:p@rabbit:5672/billing%2Feu")]).unwrap();
+        assert_eq!(q.vhost, "billing/eu");
+        let root = resolve(&ready, &[("amqpUrl", "amqp://u:p@rabbit:5672/%2f")]).unwrap();
+        assert_eq!(root.vhost, "/");
+        // Set and named alike: fine; differently: refused, naming both.
+        let set = |v: &str| RabbitMqConfig {
+            vhost: Some(v.into()),
+            ..config()
+        };
+        let url = [("managementUrl", "http://u:p@rabbit:15672/orders")];
+        assert_eq!(resolve(&set("orders"), &url).unwrap().vhost, "orders");
+        let err = resolve(&set("billing"), &url).unwrap_err().to_string();
+        assert!(
+            err.contains(r#"vhost "billing" conflicts with the vhost "orders""#),
+            "{err}"
+        );
+        let err = resolve(
+            &config(),
+            &[
+                ("managementUrl", "http://u:p@rabbit:15672/orders"),
+                ("amqpUrl", "amqp://u:p@rabbit:5672/billing"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("they must agree"), "{err}");
     }
 
     #[test]
