@@ -678,6 +678,50 @@ async fn sample_statuses(soak: &Soak) -> Samples {
     samples
 }
 
+/// A fault as recovery sees it: when it was on (seconds since the start), whom it touched.
+struct Span<'a> {
+    started: f64,
+    ended: f64,
+    affected: &'a std::collections::HashSet<String>,
+}
+
+/// Seconds from the end of fault `i` to the first sample at which a leader had renewed the
+/// Lease and every target it affected decided normally; `None` when a fault that touched some
+/// of the same targets was on at its end or began before then (the recovery is not its own),
+/// or when that moment did not come within the run.
+fn recovery(i: usize, spans: &[Span<'_>], samples: &Samples, run_end: f64) -> Option<f64> {
+    let d = &spans[i];
+    let touching = |o: &&Span<'_>| !std::ptr::eq(*o, d) && !o.affected.is_disjoint(d.affected);
+    if spans
+        .iter()
+        .filter(touching)
+        .any(|o| o.started <= d.ended && o.ended > d.ended)
+    {
+        return None;
+    }
+    let next_start = spans
+        .iter()
+        .filter(touching)
+        .filter(|o| o.started > d.ended)
+        .map(|o| o.started)
+        .fold(run_end, f64::min);
+    let led = samples
+        .lease
+        .iter()
+        .find(|(_, renewed)| *renewed >= d.ended)
+        .map(|(at, _)| *at)?;
+    let mut back = led;
+    for name in d.affected {
+        let (at, _, _) = samples
+            .targets
+            .get(name)?
+            .iter()
+            .find(|(at, ok, _)| *at >= d.ended && *ok)?;
+        back = back.max(*at);
+    }
+    (back < next_start).then_some(back - d.ended)
+}
+
 /// Samples RSS and open fds of the live replicas every 5 s.
 async fn sample_processes(soak: &Soak) -> BTreeMap<(String, u32), ProcessSamples> {
     let mut samples: BTreeMap<(String, u32), ProcessSamples> = BTreeMap::new();
@@ -921,45 +965,29 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<SoakReport> {
     let initial: HashMap<String, i32> = setups.iter().map(|t| (t.name.clone(), 2)).collect();
     let findings = audit::check(&writes, &events, &windows, &modes, &initial, EBB_USER);
 
-    // Recovery: from a fault's end to the first sample at which every target it affected
-    // decided normally, unless another fault began first.
-    let recovery = |d: &DoneFault| -> Option<f64> {
-        let ended = d.ended.as_secs_f64();
-        let next_start = done
-            .iter()
-            .filter(|o| o.started > d.started && o.started.as_secs_f64() >= ended)
-            .map(|o| o.started.as_secs_f64())
-            .fold(end.as_secs_f64(), f64::min);
-        let overlapped = done
-            .iter()
-            .any(|o| o.started < d.ended && o.ended > d.ended && o.fault != d.fault);
-        if overlapped {
-            return None;
-        }
-        // A leader renewed the Lease after the end ...
-        let led = statuses
-            .lease
-            .iter()
-            .find(|(_, renewed)| *renewed >= ended)
-            .map(|(at, _)| *at)?;
-        // ... and every target the fault affected says its sources are read, no fallback.
-        let times: Vec<f64> = d
-            .affected
-            .iter()
-            .map(|name| {
-                statuses
-                    .targets
-                    .get(name)
-                    .and_then(|s| s.iter().find(|(at, ok, _)| *at >= ended && *ok))
-                    .map(|(at, _, _)| *at)
-            })
-            .collect::<Option<Vec<f64>>>()?;
-        let all = times.into_iter().fold(led, f64::max);
-        (all < next_start).then_some(all - ended)
-    };
+    // Recovery: from a fault's end to the first sample at which a leader acts and every
+    // target it affected decides normally, unless a fault touching the same targets was still
+    // on at its end or began before that.
+    let affected: Vec<std::collections::HashSet<String>> = done
+        .iter()
+        .map(|d| d.affected.iter().cloned().collect())
+        .collect();
+    let spans: Vec<Span<'_>> = done
+        .iter()
+        .zip(&affected)
+        .map(|(d, affected)| Span {
+            started: d.started.as_secs_f64(),
+            ended: d.ended.as_secs_f64(),
+            affected,
+        })
+        .collect();
     let faults = done
         .iter()
-        .map(|d| (d.fault.kind, d.started, d.ended, recovery(d)))
+        .enumerate()
+        .map(|(i, d)| {
+            let back = recovery(i, &spans, &statuses, end.as_secs_f64());
+            (d.fault.kind, d.started, d.ended, back)
+        })
         .collect();
 
     // Fallback transitions, from the status samples.
@@ -1046,6 +1074,50 @@ mod tests {
             assert!(queue_backlog(3, g, 4) <= 90);
         }
         assert_ne!(group_load(3, 0, 100.0), group_load(4, 0, 100.0));
+    }
+
+    #[test]
+    fn recovery_is_measured_unless_a_fault_on_the_same_targets_overlaps_it() {
+        let set = |names: &[&str]| -> std::collections::HashSet<String> {
+            names.iter().map(|n| n.to_string()).collect()
+        };
+        let (prom, rabbit) = (set(&["p1", "p2"]), set(&["r1"]));
+        let all = set(&["p1", "p2", "r1"]);
+        let mut samples = Samples::default();
+        // Every 2 s from 0 to 200 s: p1 back at 44 s, p2 at 50 s, r1 always fine; the Lease
+        // renewed every sample.
+        for k in 0..100 {
+            let at = k as f64 * 2.0;
+            samples.lease.push((at, at));
+            for (name, ok_from) in [("p1", 44.0), ("p2", 50.0), ("r1", 0.0)] {
+                let ok = !(30.0..ok_from).contains(&at);
+                samples
+                    .targets
+                    .entry(name.into())
+                    .or_default()
+                    .push((at, ok, false));
+            }
+        }
+        let span = |started, ended, affected| Span {
+            started,
+            ended,
+            affected,
+        };
+        // A Prometheus fault 30..40 s and a RabbitMQ fault 35..60 s: disjoint targets.
+        let spans = [span(30.0, 40.0, &prom), span(35.0, 60.0, &rabbit)];
+        assert_eq!(recovery(0, &spans, &samples, 200.0), Some(10.0));
+        assert_eq!(recovery(1, &spans, &samples, 200.0), Some(0.0));
+        // An ebb fault (all targets) on at the Prometheus fault's end: not its own recovery.
+        let spans = [span(30.0, 40.0, &prom), span(38.0, 45.0, &all)];
+        assert_eq!(recovery(0, &spans, &samples, 200.0), None);
+        // One that begins before the targets are back: neither.
+        let spans = [span(30.0, 40.0, &prom), span(46.0, 47.0, &all)];
+        assert_eq!(recovery(0, &spans, &samples, 200.0), None);
+        // Not back within the run.
+        assert_eq!(
+            recovery(0, &[span(30.0, 40.0, &prom)], &samples, 45.0),
+            None
+        );
     }
 
     #[test]
