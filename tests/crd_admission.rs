@@ -81,7 +81,8 @@ async fn a_valid_scaled_target_is_accepted_with_defaults_filled_in_by_the_api_se
     assert_eq!(spec["mode"], "Hpa");
     assert_eq!(spec["pollingInterval"], "15s");
     assert_eq!(spec["minReplicas"], 1);
-    assert_eq!(spec["metrics"][0]["rabbitmq"]["vhost"], "/");
+    // No vhost default: the connection Secret's URL may name it (else `/`, when resolved).
+    assert!(spec["metrics"][0]["rabbitmq"]["vhost"].is_null());
     assert_eq!(spec["metrics"][0]["rabbitmq"]["measure"], "Backlog");
     // ... and it reads back as the Rust type.
     let typed = api.get("orders").await.unwrap();
