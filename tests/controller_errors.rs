@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use controller_common::*;
-use ebb::controller::leader::Leadership;
+use ebb::controller::Context;
 use ebb::controller::metrics::ControllerMetrics;
-use ebb::controller::{CollectReader, Context};
 use ebb::crd::ScaledTarget;
 use ebb::engine::conditions as cond;
 use ebb::source::SecretAccess;
@@ -24,34 +23,8 @@ use support::{eventually, shared_stack};
 
 /// The controller on `ns` as the only replica, with its context and metrics.
 fn start(client: kube::Client, ns: &str) -> (Arc<Context>, ControllerMetrics) {
-    start_with(client, ns, SecretAccess::Any)
-}
-
-/// [`start`], reading Secrets within `access`.
-fn start_with(
-    client: kube::Client,
-    ns: &str,
-    access: SecretAccess,
-) -> (Arc<Context>, ControllerMetrics) {
-    let telemetry = Arc::new(ebb::telemetry::Telemetry::new());
-    let collector = ebb::collect::Collector::start(telemetry, Default::default());
-    let reader =
-        Arc::new(CollectReader::new(client.clone(), collector).with_secret_access(access.clone()));
-    let metrics = ControllerMetrics::default();
-    let ctx = Context::with_metrics(
-        client,
-        reader,
-        Leadership::fixed(true),
-        "test",
-        metrics.clone(),
-        access,
-    );
-    let ns = ns.to_string();
-    tokio::spawn({
-        let ctx = ctx.clone();
-        async move { ebb::controller::run_namespaced(ctx, &ns).await }
-    });
-    (ctx, metrics)
+    let c = start_controller_with(client, ns, SecretAccess::Any);
+    (c.ctx, c.metrics)
 }
 
 /// A Direct target on `kind`/`name` (apiVersion `api_version`), polled every second, with at
@@ -365,7 +338,7 @@ async fn a_secret_outside_the_listed_namespaces_is_refused_with_what_to_add() {
     publish(&channel, &queue, 30).await;
     deployment(&client, &ns, "web", 2).await;
     let only = SecretAccess::from_namespaces(&["team-a".into(), "team-b".into()]);
-    let _ctx = start_with(client.clone(), &ns, only);
+    let _controller = start_controller_with(client.clone(), &ns, only);
     let mut st = backlog_target("t", &queue, "Direct", 10, "1s");
     st["spec"]["targetRef"]["name"] = json!("web");
     scaled_target(&client, &ns, st).await;

@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use controller_common::*;
-use ebb::controller::leader::Leadership;
+use ebb::controller::Context;
 use ebb::controller::metrics::ControllerMetrics;
-use ebb::controller::{CollectReader, Context};
 use serde_json::json;
 use support::{eventually, shared_stack};
 
@@ -46,26 +45,23 @@ where
     (format!("http://{addr}/hook"), calls)
 }
 
-/// The controller on `ns` as the only replica, with its context and metrics.
-fn start(client: kube::Client, ns: &str) -> (Arc<Context>, ControllerMetrics) {
-    let telemetry = Arc::new(ebb::telemetry::Telemetry::new());
-    let collector = ebb::collect::Collector::start(telemetry, Default::default());
-    let reader = Arc::new(CollectReader::new(client.clone(), collector));
-    let metrics = ControllerMetrics::default();
-    let ctx = Context::with_metrics(
-        client,
-        reader,
-        Leadership::fixed(true),
-        "test",
-        metrics.clone(),
-        Default::default(),
-    );
-    let ns = ns.to_string();
-    tokio::spawn({
-        let ctx = ctx.clone();
-        async move { ebb::controller::run_namespaced(ctx, &ns).await }
-    });
-    (ctx, metrics)
+/// The controller on `ns` as the only replica, with its context and metrics, once it has
+/// scaled the target of [`escalating_target`] to its maximum and called the webhook once.
+async fn start_until_first_call(
+    client: &kube::Client,
+    ns: &str,
+    calls: &Calls,
+) -> (Arc<Context>, ControllerMetrics) {
+    let c = start_controller_with(client.clone(), ns, ebb::source::SecretAccess::Any);
+    eventually(20 * SECOND, "at maxReplicas 2", || async {
+        (replicas(client, ns, "worker").await == 2).then_some(())
+    })
+    .await;
+    eventually(10 * SECOND, "a first webhook call", || async {
+        (!calls.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    (c.ctx, c.metrics)
 }
 
 /// A Direct target polled every second, pinned at maxReplicas 2 by a backlog that asks for 10,
@@ -110,15 +106,7 @@ async fn a_webhook_that_answers_500_is_called_less_and_less_often_and_polls_go_o
     let (client, ns) = setup("esc500").await;
     let (url, calls) = webhook(|| async { http::StatusCode::INTERNAL_SERVER_ERROR }).await;
     escalating_target(&client, &ns, &url, "").await;
-    let (ctx, metrics) = start(client.clone(), &ns);
-    eventually(20 * SECOND, "at maxReplicas 2", || async {
-        (replicas(&client, &ns, "worker").await == 2).then_some(())
-    })
-    .await;
-    eventually(10 * SECOND, "a first webhook call", || async {
-        (!calls.lock().unwrap().is_empty()).then_some(())
-    })
-    .await;
+    let (ctx, metrics) = start_until_first_call(&client, &ns, &calls).await;
     polls_keep_their_schedule(&ctx, 12 * SECOND).await;
     // The machine asked on every poll; the calls came at 1-2 s, then 2-4 s, then 4-8 s, ...
     let gaps = gaps(&calls);
@@ -158,15 +146,7 @@ async fn a_webhook_that_hangs_holds_up_no_poll() {
     .await;
     // Each call gives up after 2 s.
     escalating_target(&client, &ns, &url, "2").await;
-    let (ctx, metrics) = start(client.clone(), &ns);
-    eventually(20 * SECOND, "at maxReplicas 2", || async {
-        (replicas(&client, &ns, "worker").await == 2).then_some(())
-    })
-    .await;
-    eventually(10 * SECOND, "a first webhook call", || async {
-        (!calls.lock().unwrap().is_empty()).then_some(())
-    })
-    .await;
+    let (ctx, metrics) = start_until_first_call(&client, &ns, &calls).await;
     polls_keep_their_schedule(&ctx, 10 * SECOND).await;
     // Each call hangs until its 2 s timeout, then waits its target's backoff: 2 s + 1-2 s,
     // then 2 s + 2-4 s, ...

@@ -27,7 +27,8 @@ async fn the_owned_hpa_has_the_metrics_and_behavior_follows_edits_and_goes_with_
         }
     });
     let created = scaled_target(&client, &ns, st).await;
-    let (_controller, store) = start_controller_publishing(client.clone(), &ns);
+    let controller = start_controller_with(client.clone(), &ns, ebb::source::SecretAccess::Any);
+    let store = controller.store.clone();
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
     let selector = Selector::parse("ebb.dev/scaledtarget=worker").unwrap();
     let served = || store.lookup(&ns, "backlog", &selector) != Lookup::UnknownMetric;

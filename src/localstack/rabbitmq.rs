@@ -132,7 +132,7 @@ impl RabbitMq {
         let broker = ManagedProcess::spawn("rabbitmq", cmd, &self.dir.join("rabbitmq.log"))?;
         let url = format!("{}/api/overview", self.management_url());
         let http = &self.http;
-        // An idle machine boots it in about 10 s; one busy compiling has taken over 90.
+        // It boots in seconds on an idle machine; one busy compiling has taken over 90.
         let ready = wait_until(Duration::from_secs(180), || async {
             http.get(&url)
                 .basic_auth("guest", Some("guest"))
@@ -197,6 +197,18 @@ impl RabbitMq {
                 _ => None,
             },
         )
+    }
+
+    /// Empties `queue` (vhost `/`) of its ready messages.
+    pub async fn purge(&self, queue: &str) -> Result<(), StackError> {
+        let url = format!("{}/api/queues/%2f/{queue}/contents", self.management_url());
+        self.http
+            .delete(url)
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
     }
 
     /// The Erlang node name, for `rabbitmqctl -n`.

@@ -568,7 +568,6 @@ impl Soak {
         let Ok(channel) = conn.create_channel().await else {
             return;
         };
-        let http = reqwest::Client::new();
         for (q, t) in self.setups.iter().enumerate() {
             let Source::RabbitMq { queue } = &t.source else {
                 continue;
@@ -589,15 +588,7 @@ impl Soak {
             let publish = if want >= have {
                 want - have
             } else {
-                let url = format!(
-                    "{}/api/queues/%2f/{queue}/contents",
-                    rabbit.management_url()
-                );
-                let _ = http
-                    .delete(url)
-                    .basic_auth("guest", Some("guest"))
-                    .send()
-                    .await;
+                let _ = rabbit.purge(queue).await;
                 want
             };
             for _ in 0..publish {

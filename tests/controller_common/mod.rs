@@ -9,6 +9,7 @@ use ebb::controller::leader::Leadership;
 use ebb::controller::{CollectReader, Context};
 use ebb::crd::ScaledTarget;
 use ebb::localstack::rabbitmq::RabbitMq;
+use ebb::source::SecretAccess;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -113,30 +114,54 @@ pub fn backlog_target(name: &str, queue: &str, mode: &str, max: i32, interval: &
     })
 }
 
-/// Runs the controller on namespace `ns` in this runtime, as the only replica (always leader).
-pub fn start_controller(client: kube::Client, ns: &str) -> tokio::task::JoinHandle<()> {
-    start_controller_publishing(client, ns).0
+/// A controller started by [`start_controller_with`]: its task, its context and metrics, and
+/// the store it publishes readings to.
+pub struct RunningController {
+    pub handle: tokio::task::JoinHandle<()>,
+    pub ctx: Arc<Context>,
+    pub metrics: ebb::controller::metrics::ControllerMetrics,
+    pub store: Arc<ebb::api::store::MetricStore>,
 }
 
-/// [`start_controller`], publishing its readings to the returned store as `ebb serve` does for
-/// the external metrics API.
-pub fn start_controller_publishing(
+/// Runs the controller on namespace `ns` in this runtime, as the only replica (always leader).
+pub fn start_controller(client: kube::Client, ns: &str) -> tokio::task::JoinHandle<()> {
+    start_controller_with(client, ns, SecretAccess::Any).handle
+}
+
+/// [`start_controller`], reading Secrets within `access` and publishing its readings to a store
+/// as `ebb serve` does for the external metrics API.
+pub fn start_controller_with(
     client: kube::Client,
     ns: &str,
-) -> (
-    tokio::task::JoinHandle<()>,
-    Arc<ebb::api::store::MetricStore>,
-) {
+    access: SecretAccess,
+) -> RunningController {
     // The production path: the collector's deduplicated cache, read through CollectReader.
     let telemetry = Arc::new(ebb::telemetry::Telemetry::new());
     let collector = ebb::collect::Collector::start(telemetry, Default::default());
-    let reader = Arc::new(CollectReader::new(client.clone(), collector));
-    let ctx = Context::new(client, reader, Leadership::fixed(true), "test");
+    let reader =
+        Arc::new(CollectReader::new(client.clone(), collector).with_secret_access(access.clone()));
+    let metrics = ebb::controller::metrics::ControllerMetrics::default();
+    let ctx = Context::with_metrics(
+        client,
+        reader,
+        Leadership::fixed(true),
+        "test",
+        metrics.clone(),
+        access,
+    );
     let store = Arc::new(ebb::api::store::MetricStore::new());
     ctx.publish_to(store.clone(), Arc::new(ebb::api::Readiness::default()));
-    let ns = ns.to_string();
-    let handle = tokio::spawn(async move { ebb::controller::run_namespaced(ctx, &ns).await });
-    (handle, store)
+    let handle = tokio::spawn({
+        let ctx = ctx.clone();
+        let ns = ns.to_string();
+        async move { ebb::controller::run_namespaced(ctx, &ns).await }
+    });
+    RunningController {
+        handle,
+        ctx,
+        metrics,
+        store,
+    }
 }
 
 /// A RabbitMQ channel to publish on.
@@ -175,17 +200,7 @@ pub async fn backlog(rabbit: &RabbitMq, queue: &str) -> Option<i64> {
 
 /// Empties the queue.
 pub async fn purge(rabbit: &RabbitMq, queue: &str) {
-    let url = format!(
-        "{}/api/queues/%2f/{queue}/contents",
-        rabbit.management_url()
-    );
-    reqwest::Client::new()
-        .delete(url)
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .expect("purge");
+    rabbit.purge(queue).await.expect("purge");
 }
 
 /// Events (events.k8s.io/v1) in `ns` with `reason`.
