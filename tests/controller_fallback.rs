@@ -10,10 +10,11 @@ use std::time::Duration;
 use controller_common::*;
 use ebb::localstack::StackOptions;
 use ebb::localstack::kube::ControlPlaneOptions;
+use ebb::localstack::prometheus::Prometheus;
 use serde_json::json;
 use support::{eventually, start_stack, unique_namespace};
 
-async fn push(prometheus: &ebb::localstack::prometheus::Prometheus) {
+async fn push(prometheus: &Prometheus) {
     let now = chrono::Utc::now().timestamp_millis();
     prometheus
         .push(
@@ -22,6 +23,43 @@ async fn push(prometheus: &ebb::localstack::prometheus::Prometheus) {
         )
         .await
         .unwrap();
+}
+
+/// A Deployment `worker` at 1 replica and its ScaledTarget in `mode`: load 30 from Prometheus
+/// at AverageValue 10 (3 replicas), polled every second, fallback to 5 after 2 failed reads.
+async fn worker_on_prometheus(
+    client: &kube::Client,
+    ns: &str,
+    prometheus: &Prometheus,
+    mode: &str,
+) {
+    deployment(client, ns, "worker", 1).await;
+    push(prometheus).await;
+    let address = prometheus.url();
+    scaled_target(
+        client,
+        ns,
+        json!({
+            "apiVersion": "ebb.dev/v1alpha1",
+            "kind": "ScaledTarget",
+            "metadata": { "name": "worker" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
+                "mode": mode,
+                "minReplicas": 1,
+                "maxReplicas": 10,
+                "pollingInterval": "1s",
+                "metrics": [{
+                    "name": "load",
+                    "prometheus": { "address": address, "query": "sum(ebb_load{service=\"worker\"})" },
+                    "target": { "type": "AverageValue", "averageValue": "10" }
+                }],
+                "behavior": { "scaleDown": { "stabilizationWindowSeconds": 0 } },
+                "fallback": { "failureThreshold": 2, "replicas": 5 }
+            }
+        }),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -46,33 +84,7 @@ async fn a_stopped_prometheus_means_fallback_and_no_scale_down_until_it_is_back(
         .create_namespace(&ns)
         .await
         .unwrap();
-    deployment(&client, &ns, "worker", 1).await;
-    push(stack.prometheus.as_ref().unwrap()).await;
-    let address = stack.prometheus.as_ref().unwrap().url();
-    scaled_target(
-        &client,
-        &ns,
-        json!({
-            "apiVersion": "ebb.dev/v1alpha1",
-            "kind": "ScaledTarget",
-            "metadata": { "name": "worker" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
-                "mode": "Direct",
-                "minReplicas": 1,
-                "maxReplicas": 10,
-                "pollingInterval": "1s",
-                "metrics": [{
-                    "name": "load",
-                    "prometheus": { "address": address, "query": "sum(ebb_load{service=\"worker\"})" },
-                    "target": { "type": "AverageValue", "averageValue": "10" }
-                }],
-                "behavior": { "scaleDown": { "stabilizationWindowSeconds": 0 } },
-                "fallback": { "failureThreshold": 2, "replicas": 5 }
-            }
-        }),
-    )
-    .await;
+    worker_on_prometheus(&client, &ns, stack.prometheus.as_ref().unwrap(), "Direct").await;
     let _controller = start_controller(client.clone(), &ns);
     eventually(20 * SECOND, "3 replicas for a load of 30", || async {
         (replicas(&client, &ns, "worker").await == 3).then_some(())
@@ -171,33 +183,7 @@ async fn in_mode_hpa_a_stopped_prometheus_holds_the_real_hpa_and_recovers_withou
     .unwrap();
     let ns = unique_namespace("fallback-hpa");
     kube.create_namespace(&ns).await.unwrap();
-    deployment(&client, &ns, "worker", 1).await;
-    push(stack.prometheus.as_ref().unwrap()).await;
-    let address = stack.prometheus.as_ref().unwrap().url();
-    scaled_target(
-        &client,
-        &ns,
-        json!({
-            "apiVersion": "ebb.dev/v1alpha1",
-            "kind": "ScaledTarget",
-            "metadata": { "name": "worker" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
-                "mode": "Hpa",
-                "minReplicas": 1,
-                "maxReplicas": 10,
-                "pollingInterval": "1s",
-                "metrics": [{
-                    "name": "load",
-                    "prometheus": { "address": address, "query": "sum(ebb_load{service=\"worker\"})" },
-                    "target": { "type": "AverageValue", "averageValue": "10" }
-                }],
-                "behavior": { "scaleDown": { "stabilizationWindowSeconds": 0 } },
-                "fallback": { "failureThreshold": 2, "replicas": 5 }
-            }
-        }),
-    )
-    .await;
+    worker_on_prometheus(&client, &ns, stack.prometheus.as_ref().unwrap(), "Hpa").await;
     eventually(
         60 * SECOND,
         "the HPA scales to 3 for a load of 30",
