@@ -246,13 +246,30 @@ async fn a_target_quantity_that_does_not_parse_is_rejected() {
 }
 
 #[tokio::test]
-async fn scale_to_zero_in_mode_hpa_is_rejected() {
+async fn scale_to_zero_is_accepted_in_every_mode_and_an_idle_count_other_than_zero_is_not() {
     let api = setup().await;
+    for mode in ["Hpa", "Direct", "Shadow"] {
+        let mut object = valid();
+        object["metadata"]["name"] = json!(format!("zero-{}", mode.to_lowercase()));
+        object["spec"]["mode"] = json!(mode);
+        object["spec"]["minReplicas"] = json!(0);
+        object["spec"]["cooldownSeconds"] = json!(120);
+        object["spec"]["initialCooldownSeconds"] = json!(60);
+        object["spec"]["metrics"][0]["activation"] = json!(2.5);
+        let st: ScaledTarget = serde_json::from_value(object).unwrap();
+        let created = api.create(&PostParams::default(), &st).await.unwrap();
+        assert_eq!(created.spec.cooldown_seconds, Some(120));
+        assert_eq!(created.spec.metrics[0].activation, Some(2.5));
+    }
     let mut object = valid();
-    object["spec"]["mode"] = json!("Hpa");
-    object["spec"]["minReplicas"] = json!(0);
-    let message = rejection(&api, "hpa-zero", object).await;
-    assert!(message.contains("needs mode Direct or Shadow"), "{message}");
+    object["spec"]["minReplicas"] = json!(2);
+    object["spec"]["idleReplicas"] = json!(1);
+    let message = rejection(&api, "idle-one", object).await;
+    assert!(message.contains("idleReplicas"), "{message}");
+    let mut object = valid();
+    object["spec"]["cooldownSeconds"] = json!(-1);
+    let message = rejection(&api, "cooldown-negative", object).await;
+    assert!(message.contains("cooldownSeconds"), "{message}");
 }
 
 #[tokio::test]

@@ -157,10 +157,12 @@ pub fn protocol_spec(
                 fingerprint: "replay".into(),
             }),
             drain: None,
+            activation: 0.0,
         }],
         adaptive: Some(adaptive),
         fallback: None,
         escalation: None,
+        idle: None,
         pause: None,
         revision: Some(("replay".into(), 1)),
     }

@@ -217,10 +217,12 @@ fn queue_spec(policy: &str, cfg: &ReplayConfig, drain_seconds: f64) -> Option<Ta
             target: Ok(crate::engine::Target::AverageValue(target)),
             learn: None,
             drain,
+            activation: 0.0,
         }],
         adaptive: None,
         fallback: None,
         escalation: None,
+        idle: None,
         pause: None,
         revision: Some(("replay".into(), 1)),
     })

@@ -89,7 +89,7 @@ pub fn desired_hpa_with(
                 kind: spec.target_ref.kind.clone(),
                 name: spec.target_ref.name.clone(),
             },
-            min_replicas: Some(spec.min_replicas),
+            min_replicas: Some(spec.active_min_replicas()),
             max_replicas: spec.max_replicas,
             metrics: Some(metrics),
             behavior: behavior_with(spec.behavior.clone(), scale_down),

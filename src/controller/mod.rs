@@ -688,7 +688,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         ..Default::default()
     };
     match spec.mode {
-        TargetMode::Hpa => act.hpa(&mut conditions, &mut status).await?,
+        TargetMode::Hpa => act.hpa(&api, counts, &mut conditions, &mut status).await?,
         TargetMode::Direct | TargetMode::Shadow => act.scale(&api, counts, &mut status).await?,
     }
     for e in &step.escalations {
@@ -1037,6 +1037,8 @@ impl Act<'_> {
     /// fight a foreign one.
     async fn hpa(
         &self,
+        api: &ScaleApi,
+        counts: replicas::Counts,
         conditions: &mut Conditions,
         status: &mut ScaledTargetStatus,
     ) -> Result<()> {
@@ -1137,6 +1139,14 @@ impl Act<'_> {
             cond::HPA_SYNCED,
             &format!("HPA {name} is in sync"),
         ));
+        let to_or_from_zero = matches!(self.step.action, StepAction::Scale { .. });
+        if to_or_from_zero {
+            // The HPA cannot hold 0 and leaves a workload at 0 alone: ebb writes these moves.
+            self.carry_out(api, counts, status).await?;
+        }
+        if to_or_from_zero || counts.spec == 0 {
+            status.desired_replicas = Some(self.step.desired);
+        }
         Ok(())
     }
 
@@ -1165,13 +1175,25 @@ impl Act<'_> {
         counts: replicas::Counts,
         status: &mut ScaledTargetStatus,
     ) -> Result<()> {
-        let (st, ctx, step) = (self.st, self.ctx, self.step);
+        let (st, ctx) = (self.st, self.ctx);
         let ns = st.namespace().unwrap_or_default();
         let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
         if self.hpa_view(&hpas).await?.ours.is_some() {
             delete_hpa(ctx, &hpas, &hpa::hpa_name(st)).await?;
             state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied = None;
         }
+        self.carry_out(api, counts, status).await
+    }
+
+    /// The step's action on `/scale` (every mode: in mode Hpa, ebb's own writes are the
+    /// moves to and from zero, which the HPA cannot make), or its report in mode Shadow.
+    async fn carry_out(
+        &self,
+        api: &ScaleApi,
+        counts: replicas::Counts,
+        status: &mut ScaledTargetStatus,
+    ) -> Result<()> {
+        let (st, ctx, step) = (self.st, self.ctx, self.step);
         let metric = step
             .metric
             .and_then(|i| st.spec.metrics.get(i))

@@ -72,8 +72,8 @@ pub const SCALED_TARGET_LABEL: &str = "ebb.dev/scaledtarget";
 )]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
     .message("minReplicas must not exceed maxReplicas"))]
-#[x_kube(validation = Rule::new("self.minReplicas > 0 || self.mode != 'Hpa'")
-    .message("minReplicas 0 (scale to zero) needs mode Direct or Shadow: the HPA cannot scale from zero"))]
+#[x_kube(validation = Rule::new("!has(self.idleReplicas) || self.idleReplicas == 0")
+    .message("idleReplicas: only 0 is supported (the HPA would scale any other idle count back up to minReplicas)"))]
 #[x_kube(validation = Rule::new("self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))")
     .message("metric names must be unique"))]
 #[x_kube(validation = Rule::new("!has(self.fallback) || self.fallback.replicas <= self.maxReplicas")
@@ -85,10 +85,26 @@ pub struct ScaledTargetSpec {
     /// How ebb acts on the workload.
     #[serde(default)]
     pub mode: Mode,
-    /// Lower bound; 0 allows scale to zero (mode Direct).
+    /// Lower bound while the target is active; 0 allows scale to zero (every mode: ebb owns
+    /// 0 <-> 1, the HPA or ebb's own decisions the rest).
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 0))]
     pub min_replicas: i32,
+    /// Replicas while idle, below minReplicas: only 0 (scale to zero with a floor of
+    /// minReplicas while active), as KEDA's idleReplicaCount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 0))]
+    pub idle_replicas: Option<i32>,
+    /// Scale to zero: seconds every metric must stay at or below its activation after the
+    /// last activity before the workload goes to zero (default 300, as KEDA's cooldownPeriod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub cooldown_seconds: Option<i32>,
+    /// Scale to zero: no scale to zero within this many seconds of the target's creation
+    /// (default 0, as KEDA's initialCooldownPeriod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub initial_cooldown_seconds: Option<i32>,
     /// Upper bound.
     #[schemars(range(min = 1))]
     pub max_replicas: i32,
@@ -132,6 +148,9 @@ pub struct ScaledTargetSpec {
 fn default_min_replicas() -> i32 {
     1
 }
+
+/// Seconds of quiet before scale to zero when `cooldownSeconds` is not set.
+pub const DEFAULT_COOLDOWN_SECONDS: i32 = 300;
 
 fn default_polling_interval() -> kube::core::Duration {
     std::time::Duration::from_secs(15).into()
@@ -229,6 +248,7 @@ impl Metric {
             prometheus: Some(slo.prometheus.clone()),
             rabbitmq: None,
             target: self.target.clone(),
+            activation: None,
             slo: None,
             arrival_rate: None,
             served_rate: None,
@@ -266,6 +286,13 @@ pub struct Metric {
     pub rabbitmq: Option<RabbitMqConfig>,
     /// What the value is compared against.
     pub target: MetricTarget,
+    /// The value at or below which this metric counts as idle (default 0: any value above
+    /// zero is activity). A target may scale to zero only while every metric is idle; one
+    /// above its activation wakes it. Distinct from the scaling target: activation 50 with
+    /// an AverageValue of 10 leaves a queue of 40 at zero replicas, and a queue of 60 starts
+    /// one pod and then the HPA takes over. A DrainTime metric compares its backlog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<f64>,
     /// Learn the per-pod target from an SLO signal (with `spec.adaptive` on): the highest load
     /// per pod at which the SLO held, with a margin (`docs/adaptive.md`, "SLO target").
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -656,12 +683,27 @@ pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
 }
 
 impl ScaledTargetSpec {
+    /// Whether the workload may go to zero while idle (`minReplicas: 0`, or `idleReplicas:
+    /// 0`).
+    pub fn scales_to_zero(&self) -> bool {
+        self.min_replicas == 0 || self.idle_replicas == Some(0)
+    }
+
+    /// The lower bound while active: the owned HPA's minReplicas (the HPA cannot hold 0).
+    pub fn active_min_replicas(&self) -> i32 {
+        if self.scales_to_zero() {
+            self.min_replicas.max(1)
+        } else {
+            self.min_replicas
+        }
+    }
+
     /// The engine's view of the bounds and behavior. Behavior fields the engine cannot read
     /// (an unknown policy type, a tolerance that is not a quantity) are left at their defaults;
     /// the API server's schema for `behavior` is upstream's, so that is rare.
     pub fn engine_spec(&self) -> crate::engine::hpa::HpaSpec {
         crate::engine::hpa::HpaSpec {
-            min_replicas: self.min_replicas,
+            min_replicas: self.active_min_replicas(),
             max_replicas: self.max_replicas,
             behavior: self.behavior.as_ref().map(engine_behavior),
             config: Default::default(),
@@ -738,7 +780,7 @@ impl ScaledTarget {
     /// Kubernetes types.
     pub fn machine_spec(&self) -> crate::engine::target::TargetSpec {
         use crate::engine::target::{
-            EscalationSpec, FallbackSpec, MetricSpec, Mode as M, TargetSpec,
+            EscalationSpec, FallbackSpec, IdleSpec, MetricSpec, Mode as M, TargetSpec,
         };
         let spec = &self.spec;
         let adaptive = spec.adaptive.clone().filter(|c| c.enabled);
@@ -762,6 +804,7 @@ impl ScaledTarget {
                         .and_then(|t| m.target.drain_spec().map(|_| t))
                         .map_err(|e| e.to_string()),
                     drain: m.target.drain_spec().ok().flatten(),
+                    activation: m.activation.unwrap_or(0.0),
                     learn: adaptive
                         .as_ref()
                         .and_then(|config| self.learn_spec(m, config, &uid)),
@@ -775,6 +818,16 @@ impl ScaledTarget {
             escalation: spec.escalation.as_ref().map(|e| EscalationSpec {
                 failure_threshold: e.failure_threshold.max(1) as u32,
                 min_interval: std::time::Duration::from(e.min_interval).as_millis() as i64,
+            }),
+            idle: spec.scales_to_zero().then(|| IdleSpec {
+                cooldown: i64::from(spec.cooldown_seconds.unwrap_or(DEFAULT_COOLDOWN_SECONDS))
+                    * 1000,
+                initial_cooldown: i64::from(spec.initial_cooldown_seconds.unwrap_or(0)) * 1000,
+                created: self
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.as_millisecond()),
             }),
             pause: self.pause(),
             revision: self.metadata.generation.map(|g| (uid.clone(), g)),

@@ -4,7 +4,7 @@
 // Condition types.
 /// ebb decides for the target (False: why it cannot).
 pub const READY: &str = "Ready";
-/// Some metric reads above zero.
+/// Some metric reads above its activation (zero unless set): the target has work.
 pub const ACTIVE: &str = "Active";
 /// Every source failed on several readings in a row: ebb holds, never scales down.
 pub const FALLBACK: &str = "Fallback";
@@ -17,10 +17,13 @@ pub const SCALING_LIMITED: &str = "ScalingLimited";
 pub const SOURCES_HEALTHY: &str = "SourcesHealthy";
 
 // Condition reasons (ebb's own; ScalingLimited also carries the HPA's reasons).
-/// Active: some metric reads above zero.
-pub const METRICS_ABOVE_ZERO: &str = "MetricsAboveZero";
-/// Active False: no metric reads above zero.
-pub const NO_LOAD: &str = "NoLoad";
+/// Active: a metric reads above its activation (the message names it).
+pub const ABOVE_ACTIVATION: &str = "AboveActivation";
+/// Active False: every metric was read at or below its activation.
+pub const BELOW_ACTIVATION: &str = "BelowActivation";
+/// Active False: no metric reads above its activation and some were not read: activity is
+/// unknown, so a target is not scaled to zero on it.
+pub const ACTIVITY_UNKNOWN: &str = "ActivityUnknown";
 /// Paused: at a count.
 pub const PAUSED_AT_REPLICAS: &str = "PausedAtReplicas";
 /// Paused False.
@@ -29,6 +32,13 @@ pub const NOT_PAUSED: &str = "NotPaused";
 pub const INVALID_TARGET: &str = "InvalidTarget";
 /// Ready: decided (Direct, Shadow).
 pub const DECIDED: &str = "Decided";
+/// Rule: a target at 0 replicas had a metric above its activation and was woken.
+pub const ACTIVATED: &str = "Activated";
+/// Rule: every metric stayed at or below its activation for the cooldown: scaled to zero.
+pub const IDLE_AFTER_COOLDOWN: &str = "IdleAfterCooldown";
+/// Rule: at 0 replicas with no metric above its activation (a failing source does not wake
+/// a target either).
+pub const IDLE: &str = "Idle";
 /// Ready: the owned HPA is in sync (Hpa).
 pub const HPA_SYNCED: &str = "HpaSynced";
 /// Ready False: another HPA scales the workload.

@@ -67,6 +67,23 @@ pub struct MetricSpec {
     /// A queue scaled on its work (`DrainTime`): the reading is its backlog, the value the
     /// machine decides on is the work, and `target` is the set per-pod throughput.
     pub drain: Option<DrainSpec>,
+    /// The reading at or below which this metric counts as idle (0 unless set). A DrainTime
+    /// metric compares its backlog, not its work.
+    pub activation: f64,
+}
+
+/// Scale to and from zero: ebb owns 0 <-> `hpa.min_replicas` (at least 1; the HPA, or ebb's
+/// own decisions in mode Direct, own the rest). Zero only after every metric was read at or
+/// below its activation for `cooldown` since the last reading above it, never on a failing
+/// source, and never within `initial_cooldown` of the target's creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleSpec {
+    /// Quiet time after the last activity before scaling to zero.
+    pub cooldown: Millis,
+    /// No scale to zero this long after `created`.
+    pub initial_cooldown: Millis,
+    /// When the target was created (`None`: when the machine first stepped).
+    pub created: Option<Millis>,
 }
 
 /// What one poll read, index-aligned with `spec.metrics` (a slice shorter than the metrics
@@ -121,6 +138,8 @@ pub struct TargetSpec {
     pub fallback: Option<FallbackSpec>,
     /// Escalation, when configured.
     pub escalation: Option<EscalationSpec>,
+    /// Scale to zero, when the target may go there.
+    pub idle: Option<IdleSpec>,
     /// Pause, when paused.
     pub pause: Option<Pause>,
     /// The object's (uid, generation): learning is matched to the spec again only when it
@@ -308,6 +327,25 @@ pub struct TargetMachine {
     reported: Option<i32>,
     /// The paused count applied.
     paused_applied: Option<i32>,
+    /// Whether the last readings had a metric above its activation.
+    activity: Activity,
+    /// When a reading was last above its activation (a fresh machine counts its first step:
+    /// a restarted ebb waits a whole cooldown before scaling to zero).
+    last_active: Option<Millis>,
+    /// The first step (stands in for the creation time when the spec has none).
+    first_step: Option<Millis>,
+}
+
+/// What the last readings say of the target's work.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+enum Activity {
+    /// This metric reads this value, above its activation (the first such).
+    Active(usize, f64),
+    /// Every metric was read at or below its activation.
+    Idle,
+    /// None above its activation, and some not read: no evidence either way.
+    #[default]
+    Unknown,
 }
 
 impl TargetMachine {
@@ -375,6 +413,7 @@ impl TargetMachine {
                     None => finite,
                 }
             }));
+        self.activity = activity(spec, inputs.readings);
         let reading = self
             .last_reading
             .is_none_or(|last| now - last >= spec.interval / 2);
@@ -431,23 +470,11 @@ impl TargetMachine {
 
     /// What to do at `now` with the workload at `replicas`, on the last readings.
     pub fn step(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas) -> Step {
-        let mut conditions = Vec::new();
-        let active = self.readings.iter().any(|r| r.is_ok_and(|v| v > 0.0));
-        conditions.push(if active {
-            condition(
-                cond::ACTIVE,
-                true,
-                cond::METRICS_ABOVE_ZERO,
-                "at least one metric reads above zero",
-            )
-        } else {
-            condition(
-                cond::ACTIVE,
-                false,
-                cond::NO_LOAD,
-                "no metric reads above zero",
-            )
-        });
+        let conditions = vec![self.active_condition(spec)];
+        if matches!(self.activity, Activity::Active(..)) || self.last_active.is_none() {
+            self.last_active = Some(now);
+        }
+        self.first_step.get_or_insert(now);
         let learned_targets = (0..spec.metrics.len())
             .map(|i| self.learning.status(i).map(|l| l.target))
             .collect();
@@ -493,6 +520,9 @@ impl TargetMachine {
             Mode::Direct | Mode::Shadow => self.step_scale(now, spec, replicas, &mut step),
             Mode::Hpa => self.step_hpa(now, spec, replicas, &mut step),
         }
+        if let Some(idle) = spec.idle {
+            self.step_idle(now, spec, idle, replicas, &mut step);
+        }
         // Demand above maxReplicas while already there: automation cannot cope, tell a human.
         let max = spec.hpa.max_replicas;
         if step.desired >= max && step.proposal.is_some_and(|p| p > max) {
@@ -507,6 +537,92 @@ impl TargetMachine {
             );
         }
         step
+    }
+
+    /// The Active condition, naming the metric that keeps the target active.
+    fn active_condition(&self, spec: &TargetSpec) -> Condition {
+        let name = |i: usize| spec.metrics.get(i).map_or("-", |m| m.name.as_str());
+        match self.activity {
+            Activity::Active(i, value) => {
+                let activation = spec.metrics.get(i).map_or(0.0, |m| m.activation);
+                condition(
+                    cond::ACTIVE,
+                    true,
+                    cond::ABOVE_ACTIVATION,
+                    &format!("metric {} reads {value} (activation {activation})", name(i)),
+                )
+            }
+            Activity::Idle => condition(
+                cond::ACTIVE,
+                false,
+                cond::BELOW_ACTIVATION,
+                "every metric reads at or below its activation",
+            ),
+            Activity::Unknown => condition(
+                cond::ACTIVE,
+                false,
+                cond::ACTIVITY_UNKNOWN,
+                "no metric reads above its activation and some were not read",
+            ),
+        }
+    }
+
+    /// Scale to and from zero over the mode's own decision: at 0, wake to the lower bound when
+    /// a metric reads above its activation and stay otherwise (a failing source wakes
+    /// nothing: no wake-up storm when a shared Prometheus goes down); above 0, go to 0 once
+    /// every metric has read at or below its activation for the cooldown (never in fallback,
+    /// never on readings that failed).
+    fn step_idle(
+        &mut self,
+        now: Millis,
+        spec: &TargetSpec,
+        idle: IdleSpec,
+        replicas: Replicas,
+        step: &mut Step,
+    ) {
+        let mut set = |machine: &mut Self, to: i32, rule: &str| {
+            step.desired = to;
+            step.rule = rule.to_string();
+            step.action = match spec.mode {
+                _ if to == replicas.spec => Action::None,
+                Mode::Direct | Mode::Hpa => Action::Scale {
+                    from: replicas.spec,
+                    to,
+                },
+                Mode::Shadow if machine.reported.replace(to) != Some(to) => Action::Report {
+                    from: replicas.spec,
+                    to,
+                },
+                Mode::Shadow => Action::None,
+            };
+        };
+        if replicas.spec == 0 {
+            match self.activity {
+                Activity::Active(i, _) => {
+                    set(self, spec.hpa.min_replicas.max(1), cond::ACTIVATED);
+                    step.metric = Some(i);
+                }
+                Activity::Idle | Activity::Unknown => {
+                    set(self, 0, cond::IDLE);
+                    step.metric = None;
+                    step.next_wake = None;
+                }
+            }
+            return;
+        }
+        if self.activity != Activity::Idle || self.fallback.active {
+            return;
+        }
+        let last_active = self.last_active.unwrap_or(now);
+        let created = idle.created.or(self.first_step).unwrap_or(now);
+        let due = (last_active + idle.cooldown).max(created + idle.initial_cooldown);
+        if now >= due {
+            set(self, 0, cond::IDLE_AFTER_COOLDOWN);
+            step.metric = None;
+            step.next_wake = None;
+        } else if due < now + spec.interval {
+            step.next_wake = Some(step.next_wake.map_or(due, |w| w.min(due)));
+        }
     }
 
     /// Mode Hpa between two steps: one more sync of the modelled HPA on the values last
@@ -873,6 +989,23 @@ impl TargetMachine {
     }
 }
 
+/// What `readings` (as read: a DrainTime metric's backlog) say of the target's work.
+fn activity(spec: &TargetSpec, readings: &[Reading]) -> Activity {
+    let mut unread = false;
+    for (i, m) in spec.metrics.iter().enumerate() {
+        match readings.get(i) {
+            Some(Ok(v)) if v.is_finite() && *v > m.activation => return Activity::Active(i, *v),
+            Some(Ok(v)) if v.is_finite() => {}
+            _ => unread = true,
+        }
+    }
+    if unread || spec.metrics.is_empty() {
+        Activity::Unknown
+    } else {
+        Activity::Idle
+    }
+}
+
 fn reason_key(reason: EscalationReason) -> &'static str {
     match reason {
         EscalationReason::AtMaxReplicas => "AtMaxReplicas",
@@ -975,6 +1108,7 @@ mod tests {
                 target: Ok(Target::AverageValue(100_000)),
                 learn: None,
                 drain: None,
+                activation: 0.0,
             }],
             adaptive: None,
             fallback: Some(FallbackSpec {
@@ -985,6 +1119,7 @@ mod tests {
                 failure_threshold: 2,
                 min_interval: 600 * S,
             }),
+            idle: None,
             pause: None,
             revision: None,
         }
@@ -1013,6 +1148,147 @@ mod tests {
             .rev()
             .find(|c| c.type_ == type_)
             .unwrap()
+    }
+
+    /// `spec(mode)` scaling to zero: activation 5, a 60 s cooldown, 30 s after creation at 0.
+    fn idle_spec(mode: Mode) -> TargetSpec {
+        let mut spec = spec(mode);
+        spec.metrics[0].activation = 5.0;
+        spec.idle = Some(IdleSpec {
+            cooldown: 60 * S,
+            initial_cooldown: 30 * S,
+            created: Some(0),
+        });
+        spec
+    }
+
+    #[test]
+    fn every_mode_goes_to_zero_only_after_the_cooldown_and_wakes_on_activity() {
+        for mode in [Mode::Direct, Mode::Hpa] {
+            let spec = idle_spec(mode);
+            let mut m = TargetMachine::new();
+            // Busy at 3 replicas, then the load falls to 4: below the activation of 5.
+            let mut current = 3;
+            let s = poll(&mut m, &spec, 0, Ok(250.0), current);
+            assert_eq!(
+                condition_of(&s, cond::ACTIVE).reason,
+                cond::ABOVE_ACTIVATION
+            );
+            assert!(
+                condition_of(&s, cond::ACTIVE)
+                    .message
+                    .contains("rps reads 250")
+            );
+            let mut now = 0;
+            let mut zero_at = None;
+            while now < 120 * S {
+                now += INTERVAL;
+                let s = poll(&mut m, &spec, now, Ok(4.0), current);
+                assert_eq!(
+                    condition_of(&s, cond::ACTIVE).reason,
+                    cond::BELOW_ACTIVATION
+                );
+                if s.desired == 0 && zero_at.is_none() {
+                    assert_eq!(
+                        s.action,
+                        Action::Scale {
+                            from: current,
+                            to: 0
+                        },
+                        "{mode:?}"
+                    );
+                    assert_eq!(s.rule, cond::IDLE_AFTER_COOLDOWN);
+                    zero_at = Some(now);
+                }
+                current = s.desired;
+            }
+            // The last activity was at 0: zero at the first poll at or after 60 s, not before.
+            assert_eq!(zero_at, Some(60 * S), "{mode:?}");
+            // At zero, a reading at the activation wakes nothing; one above it wakes to 1.
+            let s = poll(&mut m, &spec, now + INTERVAL, Ok(5.0), 0);
+            assert_eq!(
+                (s.desired, s.action, s.rule.as_str()),
+                (0, Action::None, cond::IDLE)
+            );
+            let s = poll(&mut m, &spec, now + 2 * INTERVAL, Ok(6.0), 0);
+            assert_eq!(s.action, Action::Scale { from: 0, to: 1 }, "{mode:?}");
+            assert_eq!(s.rule, cond::ACTIVATED);
+        }
+    }
+
+    #[test]
+    fn a_failing_source_never_takes_a_target_to_zero_nor_wakes_one_there() {
+        for mode in [Mode::Direct, Mode::Hpa] {
+            let spec = idle_spec(mode);
+            let mut m = TargetMachine::new();
+            poll(&mut m, &spec, 0, Ok(250.0), 3);
+            // Failing for ten minutes, well past the cooldown, with fallback on after 3.
+            for k in 1..=40 {
+                let s = poll(&mut m, &spec, k * INTERVAL, Err(NoData::SourceFailed), 3);
+                assert_eq!(
+                    condition_of(&s, cond::ACTIVE).reason,
+                    cond::ACTIVITY_UNKNOWN
+                );
+                assert!(s.desired >= 3, "{mode:?} at {k}: {}", s.desired);
+            }
+            // Back and idle: fallback holds until it is left, then the cooldown counts from
+            // the last activity (long ago): zero follows, but not while in fallback.
+            let mut now = 40 * INTERVAL;
+            let mut fallback_seen_at_zero = false;
+            loop {
+                now += INTERVAL;
+                let s = poll(&mut m, &spec, now, Ok(0.0), 3);
+                if s.desired == 0 {
+                    fallback_seen_at_zero |= condition_of(&s, cond::FALLBACK).status;
+                    break;
+                }
+                assert!(now < 40 * INTERVAL + 600 * S, "{mode:?} never went to zero");
+            }
+            assert!(!fallback_seen_at_zero, "{mode:?} went to zero in fallback");
+
+            // At zero with the source down: no wake-up to the fallback count, no write.
+            let mut m = TargetMachine::new();
+            poll(&mut m, &spec, 0, Ok(0.0), 0);
+            for k in 1..=10 {
+                let s = poll(&mut m, &spec, k * INTERVAL, Err(NoData::SourceFailed), 0);
+                assert_eq!((s.desired, s.action), (0, Action::None), "{mode:?} at {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_or_restarted_machine_waits_the_initial_and_a_whole_cooldown() {
+        let mut spec = idle_spec(Mode::Direct);
+        // Created 10 s ago with a 30 s initial cooldown and a shorter 5 s cooldown.
+        spec.idle = Some(IdleSpec {
+            cooldown: 5 * S,
+            initial_cooldown: 30 * S,
+            created: Some(-10 * S),
+        });
+        let mut m = TargetMachine::new();
+        let first_zero = (0..10)
+            .map(|k| k * 5 * S)
+            .find(|&now| poll(&mut m, &spec, now, Ok(0.0), 2).desired == 0);
+        assert_eq!(first_zero, Some(20 * S), "creation + 30 s");
+        // A fresh machine long after creation: its first step counts as the last activity.
+        let mut m = TargetMachine::new();
+        let start = 3_600 * S;
+        let first_zero = (0..10)
+            .map(|k| start + k * 5 * S)
+            .find(|&now| poll(&mut m, &spec, now, Ok(0.0), 2).desired == 0);
+        assert_eq!(first_zero, Some(start + 5 * S));
+    }
+
+    #[test]
+    fn shadow_reports_the_move_to_zero_once_and_changes_nothing() {
+        let spec = idle_spec(Mode::Shadow);
+        let mut m = TargetMachine::new();
+        poll(&mut m, &spec, 0, Ok(0.0), 2);
+        let reports: Vec<Action> = (1..=12)
+            .map(|k| poll(&mut m, &spec, k * INTERVAL, Ok(0.0), 2).action)
+            .filter(|a| *a != Action::None)
+            .collect();
+        assert_eq!(reports, vec![Action::Report { from: 2, to: 0 }]);
     }
 
     #[test]
@@ -1312,6 +1588,7 @@ mod tests {
             target: Ok(Target::Value(1_000_000)),
             learn: None,
             drain: None,
+            activation: 0.0,
         });
         let mut m = TargetMachine::new();
         let s = poll(&mut m, &spec, 0, Ok(300.0), 1);
@@ -1420,10 +1697,12 @@ mod drain_tests {
                     throughput: 10.0,
                     learn: learn.then_some((2.0, 40.0)),
                 }),
+                activation: 0.0,
             }],
             adaptive: None,
             fallback: None,
             escalation: None,
+            idle: None,
             pause: None,
             revision: None,
         }
