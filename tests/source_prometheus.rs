@@ -28,6 +28,7 @@ fn source(address: &str, query: &str, timeout: &str) -> Arc<dyn Source> {
         auth_secret_ref: None,
         timeout: Some(timeout.into()),
         empty_as: None,
+        ..Default::default()
     };
     let query = Query::Prometheus(config.resolve(None).unwrap());
     Connections::new().source_for(&query).unwrap()
@@ -250,6 +251,7 @@ async fn bearer_token_and_a_custom_ca_come_from_the_secret() {
         }),
         timeout: Some("5s".into()),
         empty_as: None,
+        ..Default::default()
     };
     let fetch = |pairs: Vec<(&str, String)>| {
         let data: ebb::source::SecretData = pairs
