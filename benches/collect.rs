@@ -127,6 +127,7 @@ async fn main() {
                 auth_secret_ref: None,
                 timeout: Some("5s".into()),
                 empty_as: None,
+                ..Default::default()
             };
             Query::Prometheus(config.resolve(None).expect("a valid query"))
         })

@@ -196,6 +196,7 @@ async fn a_range_over_eleven_thousand_steps_comes_back_whole() {
         auth_secret_ref: None,
         timeout: None,
         empty_as: None,
+        ..Default::default()
     };
     let source = Connections::new()
         .source_for(&Query::Prometheus(config.resolve(None).unwrap()))

@@ -21,6 +21,7 @@ fn query(address: &str, promql: &str) -> Query {
         auth_secret_ref: None,
         timeout: Some("2s".into()),
         empty_as: None,
+        ..Default::default()
     };
     Query::Prometheus(config.resolve(None).unwrap())
 }
@@ -235,6 +236,7 @@ async fn a_stalled_upstream_gets_bounded_concurrency_and_no_pile_up() {
                 auth_secret_ref: None,
                 timeout: Some("6s".into()),
                 empty_as: None,
+                ..Default::default()
             };
             let q = Query::Prometheus(config.resolve(None).unwrap());
             collector.register(q, Duration::from_millis(500)).unwrap()

@@ -477,3 +477,82 @@ async fn a_drain_time_target_needs_its_fields_and_a_backlog_with_rates() {
         "{message}"
     );
 }
+
+/// Headers, tenant and queryParameters of a Prometheus metric: a valid set is accepted, and
+/// each refusal names the header or parameter at fault.
+#[tokio::test]
+async fn prometheus_headers_tenant_and_parameters_are_checked_by_name() {
+    let api = setup().await;
+    let with = |extra: Value| {
+        let mut prometheus =
+            json!({ "address": "http://mimir:8080/prometheus", "query": "sum(up)" });
+        prometheus
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let mut object = valid();
+        object["spec"]["metrics"][0] = json!({
+            "name": "rps", "prometheus": prometheus,
+            "target": { "type": "AverageValue", "averageValue": "20" }
+        });
+        object
+    };
+    let mut ok = with(json!({
+        "authSecretRef": { "name": "prom-auth" },
+        "tenant": "team-a",
+        "headers": [
+            { "name": "X-Team", "value": "orders" },
+            { "name": "X-Tenant-Token", "valueFrom": { "secretKeyRef": { "key": "tenantToken" } } }
+        ],
+        "queryParameters": { "partial_response": "false", "dedup": "true" }
+    }));
+    ok["metadata"]["name"] = json!("headers-ok");
+    api.create(&PostParams::default(), &serde_json::from_value(ok).unwrap())
+        .await
+        .expect("headers, a tenant and query parameters are valid");
+
+    let cases = [
+        (
+            "header-name",
+            json!({ "headers": [{ "name": "X Team", "value": "orders" }] }),
+            "headers[0].name in body should match",
+        ),
+        (
+            "reserved-header",
+            json!({ "headers": [{ "name": "Host", "value": "mimir" }] }),
+            "headers: Host is set by ebb's HTTP client: remove it",
+        ),
+        (
+            "duplicate-header",
+            json!({ "headers": [{ "name": "X-Team", "value": "a" }, { "name": "x-team", "value": "b" }] }),
+            "headers: a header name is given more than once (names are case-insensitive)",
+        ),
+        (
+            "value-and-value-from",
+            json!({ "authSecretRef": { "name": "prom-auth" }, "headers": [{
+                "name": "X-Token", "value": "t",
+                "valueFrom": { "secretKeyRef": { "key": "token" } } }] }),
+            "headers: X-Token needs exactly one of value and valueFrom",
+        ),
+        (
+            "value-from-without-secret",
+            json!({ "headers": [{ "name": "X-Token",
+                "valueFrom": { "secretKeyRef": { "key": "token" } } }] }),
+            "headers: valueFrom reads a key of the authSecretRef Secret: set authSecretRef",
+        ),
+        (
+            "tenant-and-header",
+            json!({ "tenant": "team-a", "headers": [{ "name": "X-Scope-OrgID", "value": "team-b" }] }),
+            "tenant sets the X-Scope-OrgID header: set it with tenant or in headers, not both",
+        ),
+        (
+            "reserved-parameter",
+            json!({ "queryParameters": { "dedup": "true", "step": "60" } }),
+            "queryParameters: step is set by ebb on every query (query, time, timeout, start, end, step): remove it",
+        ),
+    ];
+    for (name, extra, expected) in cases {
+        let message = rejection(&api, name, with(extra)).await;
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+}

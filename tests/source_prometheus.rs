@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ebb::localstack::{Stack, StackOptions};
@@ -28,6 +28,7 @@ fn source(address: &str, query: &str, timeout: &str) -> Arc<dyn Source> {
         auth_secret_ref: None,
         timeout: Some(timeout.into()),
         empty_as: None,
+        ..Default::default()
     };
     let query = Query::Prometheus(config.resolve(None).unwrap());
     Connections::new().source_for(&query).unwrap()
@@ -250,6 +251,7 @@ async fn bearer_token_and_a_custom_ca_come_from_the_secret() {
         }),
         timeout: Some("5s".into()),
         empty_as: None,
+        ..Default::default()
     };
     let fetch = |pairs: Vec<(&str, String)>| {
         let data: ebb::source::SecretData = pairs
@@ -282,4 +284,205 @@ async fn bearer_token_and_a_custom_ca_come_from_the_secret() {
         matches!(untrusted, Err(SourceError::Unreachable(_))),
         "{untrusted:?}"
     );
+}
+
+/// One request as the recording proxy saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: http::HeaderMap,
+    parameters: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Prometheus behind a plain-HTTP proxy that records each request's path, headers and query
+/// parameters and forwards it to the real one (which ignores what it does not know, as
+/// Prometheus does with Thanos' parameters and Mimir's tenant header).
+async fn prometheus_behind_a_recording_proxy(upstream: String) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    use axum::extract::Request;
+    use axum::response::IntoResponse;
+    use std::future::IntoFuture as _;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let http = reqwest::Client::new();
+    let router = axum::Router::new().fallback(move |request: Request| {
+        let (http, upstream, record) = (http.clone(), upstream.clone(), record.clone());
+        async move {
+            let uri = request.uri().clone();
+            record.lock().unwrap().push(Seen {
+                path: uri.path().to_string(),
+                headers: request.headers().clone(),
+                parameters: form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                    .into_owned()
+                    .collect(),
+            });
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let answer = http.get(format!("{upstream}{path}")).send().await.unwrap();
+            let status = answer.status();
+            let body = answer.text().await.unwrap();
+            (status, [("content-type", "application/json")], body).into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, router).into_future());
+    (address, seen)
+}
+
+fn secret_data(pairs: &[(&str, &str)]) -> ebb::source::SecretData {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                k8s_openapi::ByteString(v.as_bytes().to_vec()),
+            )
+        })
+        .collect()
+}
+
+/// A Mimir tenant, a Thanos-style parameter pair and a header read from the Secret arrive on
+/// the live instant query and on the history's range queries alike, beside the bearer token.
+#[tokio::test]
+async fn headers_tenant_and_query_parameters_reach_prometheus_on_instant_and_range_queries() {
+    use ebb::source::{HeaderValueFrom, PrometheusHeader, SecretKeyRef, SecretRef};
+    let prometheus = prometheus_stack().prometheus.as_ref().unwrap();
+    let end = chrono::Utc::now().timestamp() / 60 * 60 - 60;
+    let samples: Vec<(i64, f64)> = (0..5)
+        .map(|i| ((end - (4 - i) * 60) * 1000, i as f64))
+        .collect();
+    prometheus
+        .push(&[("__name__", "tenant_probe")], &samples)
+        .await
+        .unwrap();
+    let (address, seen) = prometheus_behind_a_recording_proxy(prometheus.url()).await;
+    let config = PrometheusConfig {
+        address,
+        query: "tenant_probe".into(),
+        auth_secret_ref: Some(SecretRef {
+            name: "prom-auth".into(),
+        }),
+        headers: Some(vec![
+            PrometheusHeader {
+                name: "X-Team".into(),
+                value: Some("orders".into()),
+                value_from: None,
+            },
+            PrometheusHeader {
+                name: "X-Tenant-Token".into(),
+                value: None,
+                value_from: Some(HeaderValueFrom {
+                    secret_key_ref: SecretKeyRef {
+                        key: "tenantToken".into(),
+                    },
+                }),
+            },
+        ]),
+        tenant: Some("team-a".into()),
+        query_parameters: Some(
+            [("partial_response", "false"), ("dedup", "true")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let secret = secret_data(&[("bearerToken", "t0k"), ("tenantToken", "tt-s3cret\n")]);
+    let query = Query::Prometheus(config.resolve(Some(&secret)).unwrap());
+    let source = Connections::new().source_for(&query).unwrap();
+    eventually(Duration::from_secs(15), "the instant value", || async {
+        (source.fetch().await == Ok(4.0)).then_some(())
+    })
+    .await;
+    let points = eventually(Duration::from_secs(15), "5 points", || async {
+        let fetch = source.history(end - 4 * 60, end, Duration::from_secs(60))?;
+        fetch.await.ok().filter(|p| p.len() == 5)
+    })
+    .await;
+    assert_eq!(points.last(), Some(&(end, 4.0)));
+
+    let seen = seen.lock().unwrap().clone();
+    for path in ["/api/v1/query", "/api/v1/query_range"] {
+        let request = seen
+            .iter()
+            .find(|s| s.path == path)
+            .unwrap_or_else(|| panic!("no request to {path}: {seen:?}"));
+        assert_eq!(request.header("x-scope-orgid"), Some("team-a"), "{path}");
+        assert_eq!(request.header("x-team"), Some("orders"), "{path}");
+        assert_eq!(
+            request.header("x-tenant-token"),
+            Some("tt-s3cret"),
+            "{path}"
+        );
+        assert_eq!(
+            request.header("authorization"),
+            Some("Bearer t0k"),
+            "{path}"
+        );
+        assert_eq!(
+            request.parameter("partial_response"),
+            Some("false"),
+            "{path}"
+        );
+        assert_eq!(request.parameter("dedup"), Some("true"), "{path}");
+        // ebb's own parameters are still its own.
+        assert_eq!(request.parameter("query"), Some("tenant_probe"), "{path}");
+    }
+    // The Secret's value is not in the query's Debug (which logs may show).
+    assert!(!format!("{query:?}").contains("tt-s3cret"));
+}
+
+/// Two targets that differ only in their tenant ask Prometheus twice: the tenant is part of
+/// the collector's dedupe key, so neither reads the other tenant's value.
+#[tokio::test]
+async fn metrics_that_differ_only_in_tenant_are_fetched_apart() {
+    use ebb::collect::{Collector, CollectorOptions};
+    let prometheus = prometheus_stack().prometheus.as_ref().unwrap();
+    let (address, seen) = prometheus_behind_a_recording_proxy(prometheus.url()).await;
+    let for_tenant = |tenant: &str| {
+        let config = PrometheusConfig {
+            address: address.clone(),
+            query: "vector(1)".into(),
+            tenant: Some(tenant.into()),
+            ..Default::default()
+        };
+        Query::Prometheus(config.resolve(None).unwrap())
+    };
+    let collector = Collector::start(
+        Arc::new(ebb::telemetry::Telemetry::new()),
+        CollectorOptions::default(),
+    );
+    let interval = Duration::from_secs(1);
+    let subscriptions = [
+        collector.register(for_tenant("team-a"), interval).unwrap(),
+        collector.register(for_tenant("team-a"), interval).unwrap(),
+        collector.register(for_tenant("team-b"), interval).unwrap(),
+    ];
+    assert_eq!(collector.distinct_queries(), 2);
+    eventually(Duration::from_secs(15), "a value for each", || async {
+        subscriptions
+            .iter()
+            .all(|s| s.get().is_some_and(|v| v.result == Ok(1.0)))
+            .then_some(())
+    })
+    .await;
+    let tenants: std::collections::BTreeSet<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.header("x-scope-orgid").map(str::to_string))
+        .collect();
+    assert_eq!(tenants, ["team-a".to_string(), "team-b".to_string()].into());
 }

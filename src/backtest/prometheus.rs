@@ -48,6 +48,7 @@ pub async fn fetch(q: &RangeQuery) -> Result<Vec<(i64, f64)>> {
         auth_secret_ref: None,
         timeout: None,
         empty_as: None,
+        ..Default::default()
     };
     let source = config
         .resolve(None)

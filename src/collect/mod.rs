@@ -451,6 +451,7 @@ mod tests {
             auth_secret_ref: None,
             timeout: Some("2s".into()),
             empty_as: None,
+            ..Default::default()
         };
         let query = Query::Prometheus(config.resolve(None).unwrap());
         let slow = collector

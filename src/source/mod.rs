@@ -27,7 +27,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-pub use prometheus::{PrometheusAuth, PrometheusConfig, PrometheusQuery};
+pub use prometheus::{
+    HeaderValueFrom, PrometheusAuth, PrometheusConfig, PrometheusHeader, PrometheusQuery,
+    SecretKeyRef,
+};
 pub use rabbitmq::{Aggregate, Measure, RabbitMqConfig, RabbitMqQuery};
 pub use secret::{SecretAccess, SecretData, SecretRef, Secrets, TlsMaterial};
 

@@ -9,11 +9,22 @@
 //! Credentials come from the Secret named by `authSecretRef`, keys: `bearerToken`, or
 //! `username` and `password` (basic); `ca.crt` (a CA to trust), `tls.crt` and `tls.key` (a
 //! client certificate).
+//!
+//! Multi-tenant backends need more on every request, instant and range alike: extra `headers`
+//! (a literal value or a key of the same Secret), `tenant` (Mimir's, Cortex's and Loki's
+//! `X-Scope-OrgID`) and `queryParameters` (Thanos' `partial_response`, `dedup`, ...). They are
+//! part of the resolved query, so two metrics that differ only there are never deduplicated
+//! into one upstream query.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
+use http::{HeaderName, HeaderValue};
+use kube::KubeSchema;
+use kube::core::{Message, Rule};
 use prometheus_http_query::response::Data;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,9 +43,25 @@ pub const KEY_BEARER_TOKEN: &str = "bearerToken";
 pub const KEY_USERNAME: &str = "username";
 /// Secret key of the basic-auth password.
 pub const KEY_PASSWORD: &str = "password";
+/// The header `tenant` sets: the tenant of Mimir, Cortex and Loki.
+pub const TENANT_HEADER: &str = "X-Scope-OrgID";
+/// Headers ebb's HTTP client sets itself (lower case): a metric may not set them.
+/// `Authorization` is refused only when the Secret gives a bearer token or basic auth.
+pub const RESERVED_HEADERS: [&str; 5] = [
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+/// Query parameters ebb sets itself on instant and range queries: a metric may not set them.
+pub const RESERVED_PARAMETERS: [&str; 6] = ["query", "time", "timeout", "start", "end", "step"];
 
 /// A Prometheus metric as a ScaledTarget spells it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.headers) || has(self.authSecretRef) || self.headers.all(h, !has(h.valueFrom))")
+    .message("headers: valueFrom reads a key of the authSecretRef Secret: set authSecretRef"))]
+#[x_kube(validation = tenant_conflict_rule())]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusConfig {
     /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
@@ -54,6 +81,119 @@ pub struct PrometheusConfig {
     /// data": a failed metric, never 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_as: Option<f64>,
+    /// Extra headers on every request (instant and range queries), e.g. a tenant's token:
+    /// each a literal `value` or `valueFrom.secretKeyRef.key`, a key of the `authSecretRef`
+    /// Secret. `Authorization` only when that Secret holds no `bearerToken` or
+    /// `username`/`password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(h, self.exists_one(g, g.name.lowerAscii() == h.name.lowerAscii()))")
+        .message("headers: a header name is given more than once (names are case-insensitive)"))]
+    pub headers: Option<Vec<PrometheusHeader>>,
+    /// Extra query parameters on every request (instant and range queries), e.g. Thanos'
+    /// `partial_response: "false"` or `dedup: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend(
+        "maxProperties" = 16,
+        "additionalProperties" = { "type": "string", "maxLength": 1024 }
+    ))]
+    #[x_kube(validation = reserved_parameters_rule())]
+    pub query_parameters: Option<BTreeMap<String, String>>,
+    /// The tenant of a multi-tenant backend (Mimir, Cortex, Loki): sent as the `X-Scope-OrgID`
+    /// header, e.g. `team-a` or, to query several, `team-a|team-b`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub tenant: Option<String>,
+}
+
+/// An extra request header: exactly one of `value` and `valueFrom`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)")
+    .message(Message::Expression("'headers: ' + self.name + ' needs exactly one of value and valueFrom'".into())))]
+#[x_kube(validation = reserved_header_rule())]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusHeader {
+    /// The header's name, e.g. `X-Scope-OrgID` (case does not matter).
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    )]
+    pub name: String,
+    /// A literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    /// Where the value is read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<HeaderValueFrom>,
+}
+
+/// Where a header's value is read from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderValueFrom {
+    /// A key of the metric's `authSecretRef` Secret.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of the metric's `authSecretRef` Secret (one Secret per metric: it names no other).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The key, e.g. `tenantToken`.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The CEL list of `names`, e.g. `['query', 'time']`.
+fn cel_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// Admission: not a header that ebb's HTTP client sets ([`RESERVED_HEADERS`]). A rule on
+/// each header, not on the list: the API server estimates a message built from a filtered
+/// list beyond its CEL cost budget.
+fn reserved_header_rule() -> Rule {
+    Rule::new(format!(
+        "!(self.name.lowerAscii() in {})",
+        cel_list(&RESERVED_HEADERS)
+    ))
+    .message(Message::Expression(format!(
+        "'headers: ' + self.name + \"{RESERVED_HEADER_WHY}\""
+    )))
+}
+
+/// Admission: no query parameter that ebb sets ([`RESERVED_PARAMETERS`]).
+fn reserved_parameters_rule() -> Rule {
+    let reserved = cel_list(&RESERVED_PARAMETERS);
+    Rule::new(format!("self.all(k, !(k in {reserved}))")).message(Message::Expression(format!(
+        "'queryParameters: ' + self.filter(k, k in {reserved})[0] + \"{}\"",
+        reserved_parameter_why()
+    )))
+}
+
+/// Admission: `tenant` and an explicit `X-Scope-OrgID` header are not both set.
+fn tenant_conflict_rule() -> Rule {
+    Rule::new(format!(
+        "!has(self.tenant) || !has(self.headers) || self.headers.all(h, h.name.lowerAscii() != '{}')",
+        TENANT_HEADER.to_ascii_lowercase()
+    ))
+    .message(TENANT_CONFLICT)
+}
+
+/// Why a reserved header is refused (after its name), at admission and when resolved.
+const RESERVED_HEADER_WHY: &str = " is set by ebb's HTTP client: remove it";
+/// Why `tenant` and an `X-Scope-OrgID` header conflict.
+const TENANT_CONFLICT: &str =
+    "tenant sets the X-Scope-OrgID header: set it with tenant or in headers, not both";
+
+/// Why a reserved query parameter is refused (after its name), at admission and when resolved.
+fn reserved_parameter_why() -> String {
+    format!(
+        " is set by ebb on every query ({}): remove it",
+        RESERVED_PARAMETERS.join(", ")
+    )
 }
 
 impl PrometheusConfig {
@@ -83,15 +223,132 @@ impl PrometheusConfig {
         if self.query.trim().is_empty() {
             return Err(SourceError::Config("query is empty".into()));
         }
+        let secret = self.auth_secret_ref.as_ref().zip(secret);
         Ok(PrometheusQuery {
             address,
             query: self.query.clone(),
+            headers: self.request_headers(secret, &auth)?,
+            parameters: self.request_parameters()?,
             auth,
             timeout: match &self.timeout {
                 Some(t) => super::parse_duration(t)?,
                 None => DEFAULT_TIMEOUT,
             },
         })
+    }
+
+    /// `headers` and `tenant` as request headers, sorted by name. A value read from the
+    /// Secret is marked sensitive: `Debug` prints it as `Sensitive`.
+    fn request_headers(
+        &self,
+        secret: Option<(&SecretRef, &SecretData)>,
+        auth: &PrometheusAuth,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>> {
+        let invalid_value = |name: &str| {
+            SourceError::Config(format!(
+                "headers: the value of {name} holds characters an HTTP header cannot carry \
+                 (control characters or line breaks)"
+            ))
+        };
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        for header in self.headers.iter().flatten() {
+            let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| {
+                SourceError::Config(format!(
+                    "headers: {:?} is not an HTTP header name",
+                    header.name
+                ))
+            })?;
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(SourceError::Config(format!(
+                    "headers: {}{RESERVED_HEADER_WHY}",
+                    header.name
+                )));
+            }
+            if name == http::header::AUTHORIZATION && auth.authorization().is_some() {
+                return Err(SourceError::Config(format!(
+                    "headers: {} conflicts with the {KEY_BEARER_TOKEN} or \
+                     {KEY_USERNAME}/{KEY_PASSWORD} of the authSecretRef Secret: keep one",
+                    header.name
+                )));
+            }
+            if self.tenant.is_some() && name.as_str().eq_ignore_ascii_case(TENANT_HEADER) {
+                return Err(SourceError::Config(TENANT_CONFLICT.into()));
+            }
+            let value = match (&header.value, &header.value_from) {
+                (Some(literal), None) => {
+                    HeaderValue::from_str(literal).map_err(|_| invalid_value(&header.name))?
+                }
+                (None, Some(from)) => {
+                    let key = &from.secret_key_ref.key;
+                    let Some((secret_ref, data)) = secret else {
+                        return Err(SourceError::Config(format!(
+                            "headers: {} reads secret key {key:?}, but authSecretRef names no \
+                             Secret",
+                            header.name
+                        )));
+                    };
+                    let in_secret = |e| super::secret::in_secret(e, &secret_ref.name, data);
+                    let text = optional_string(data, key)
+                        .map_err(in_secret)?
+                        .ok_or_else(|| {
+                            in_secret(SourceError::Config(format!(
+                                "headers: {} reads key {key:?}, which the secret does not hold",
+                                header.name
+                            )))
+                        })?;
+                    let mut value = HeaderValue::from_str(&text)
+                        .map_err(|_| in_secret(invalid_value(&header.name)))?;
+                    value.set_sensitive(true);
+                    value
+                }
+                _ => {
+                    return Err(SourceError::Config(format!(
+                        "headers: {} needs exactly one of value and valueFrom",
+                        header.name
+                    )));
+                }
+            };
+            if headers.iter().any(|(known, _)| *known == name) {
+                return Err(SourceError::Config(format!(
+                    "headers: {} is given more than once (names are case-insensitive)",
+                    header.name
+                )));
+            }
+            headers.push((name, value));
+        }
+        if let Some(tenant) = &self.tenant {
+            let value = HeaderValue::from_str(tenant).map_err(|_| {
+                SourceError::Config(format!(
+                    "tenant {tenant:?} holds characters an HTTP header cannot carry"
+                ))
+            })?;
+            headers.push((HeaderName::from_static("x-scope-orgid"), value));
+        }
+        // Sorted by name: equal sets of headers are one dedupe key whatever their order.
+        headers.sort_by(|(a, _), (b, _)| a.as_str().cmp(b.as_str()));
+        Ok(headers)
+    }
+
+    /// `queryParameters` as request parameters, sorted by name.
+    fn request_parameters(&self) -> Result<Vec<(&'static str, String)>> {
+        self.query_parameters
+            .iter()
+            .flatten()
+            .map(|(name, value)| {
+                if name.is_empty() {
+                    return Err(SourceError::Config(
+                        "queryParameters: a parameter has an empty name".into(),
+                    ));
+                }
+                if RESERVED_PARAMETERS.contains(&name.as_str()) {
+                    return Err(SourceError::Config(format!(
+                        "queryParameters: {name}{}",
+                        reserved_parameter_why()
+                    )));
+                }
+                Ok((parameter_name(name), value.clone()))
+            })
+            .collect()
     }
 
     /// Reads the `authSecretRef` Secret from `namespace` and resolves.
@@ -181,8 +438,27 @@ pub struct PrometheusQuery {
     pub query: String,
     /// Credentials.
     pub auth: PrometheusAuth,
+    /// Extra headers (`headers` and `tenant`), sorted by name; values from a Secret are
+    /// sensitive (`Debug` prints `Sensitive`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Extra query parameters, sorted by name.
+    pub parameters: Vec<(&'static str, String)>,
     /// Per-query timeout.
     pub timeout: Duration,
+}
+
+/// `name` as the `&'static str` prometheus-http-query takes for a parameter name. Each
+/// distinct name is allocated once for the life of the process and never freed: names are few
+/// (`dedup`, `partial_response`, ...), and re-resolving a metric allocates nothing new.
+fn parameter_name(name: &str) -> &'static str {
+    static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut names = NAMES.lock().expect("parameter names lock");
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let name: &'static str = Box::leak(name.into());
+    names.insert(name);
+    name
 }
 
 /// A client for one Prometheus with one set of credentials (shared by all its queries).
@@ -216,7 +492,33 @@ pub(crate) fn client(
 pub struct PrometheusSource {
     client: prometheus_http_query::Client,
     query: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    parameters: Vec<(&'static str, String)>,
     timeout: Duration,
+}
+
+/// The two request builders of prometheus-http-query, which take the same extras.
+trait WithExtras: Sized {
+    fn with_header(self, name: HeaderName, value: HeaderValue) -> Self;
+    fn with_parameter(self, name: &'static str, value: &str) -> Self;
+}
+
+impl WithExtras for prometheus_http_query::InstantQueryBuilder {
+    fn with_header(self, name: HeaderName, value: HeaderValue) -> Self {
+        self.header(name, value)
+    }
+    fn with_parameter(self, name: &'static str, value: &str) -> Self {
+        self.query(name, value)
+    }
+}
+
+impl WithExtras for prometheus_http_query::RangeQueryBuilder {
+    fn with_header(self, name: HeaderName, value: HeaderValue) -> Self {
+        self.header(name, value)
+    }
+    fn with_parameter(self, name: &'static str, value: &str) -> Self {
+        self.query(name, value)
+    }
 }
 
 impl PrometheusSource {
@@ -225,8 +527,21 @@ impl PrometheusSource {
         Self {
             client,
             query: query.query.clone(),
+            headers: query.headers.clone(),
+            parameters: query.parameters.clone(),
             timeout: query.timeout,
         }
+    }
+
+    /// The metric's headers and query parameters on a request, instant or range: one place,
+    /// so the history backfill asks as the live value does.
+    fn with_extras<B: WithExtras>(&self, request: B) -> B {
+        let request = self.headers.iter().fold(request, |r, (name, value)| {
+            r.with_header(name.clone(), value.clone())
+        });
+        self.parameters
+            .iter()
+            .fold(request, |r, (name, value)| r.with_parameter(name, value))
     }
 
     /// A source for `query` with a client of its own, for one-off use (`ebb backtest
@@ -238,8 +553,7 @@ impl PrometheusSource {
     /// Runs the instant query once.
     pub async fn instant(&self) -> Result<f64> {
         let request = self
-            .client
-            .query(&self.query)
+            .with_extras(self.client.query(&self.query))
             .timeout(self.timeout.as_millis() as i64)
             .get();
         match tokio::time::timeout(self.timeout, request).await {
@@ -260,8 +574,12 @@ impl PrometheusSource {
         let mut points = Vec::new();
         for (chunk_start, chunk_end) in range_chunks(start, end, step_s) {
             let request = self
-                .client
-                .query_range(&self.query, chunk_start, chunk_end, step_s as f64)
+                .with_extras(self.client.query_range(
+                    &self.query,
+                    chunk_start,
+                    chunk_end,
+                    step_s as f64,
+                ))
                 .timeout(timeout.as_millis() as i64)
                 .get();
             let result = match tokio::time::timeout(timeout, request).await {
@@ -369,6 +687,7 @@ mod tests {
             }),
             timeout: Some("800ms".into()),
             empty_as: None,
+            ..Default::default()
         }
     }
 
@@ -412,6 +731,217 @@ mod tests {
             bad_address.resolve(None),
             Err(SourceError::Config(_))
         ));
+    }
+
+    fn literal(name: &str, value: &str) -> PrometheusHeader {
+        PrometheusHeader {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        }
+    }
+
+    fn from_secret(name: &str, key: &str) -> PrometheusHeader {
+        PrometheusHeader {
+            name: name.into(),
+            value: None,
+            value_from: Some(HeaderValueFrom {
+                secret_key_ref: SecretKeyRef { key: key.into() },
+            }),
+        }
+    }
+
+    fn parameters(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn headers_tenant_and_parameters_resolve_with_secret_values_hidden() {
+        let config = PrometheusConfig {
+            headers: Some(vec![
+                literal("X-Team", "orders"),
+                from_secret("X-Tenant-Token", "tenantToken"),
+            ]),
+            tenant: Some("team-a|team-b".into()),
+            query_parameters: parameters(&[("partial_response", "false"), ("dedup", "true")]),
+            ..config()
+        };
+        let secret = data(&[("bearerToken", "t0k"), ("tenantToken", "tt-s3cret\n")]);
+        let q = config.resolve(Some(&secret)).unwrap();
+        let headers: Vec<(&str, &[u8], bool)> = q
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes(), v.is_sensitive()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-scope-orgid", &b"team-a|team-b"[..], false),
+                ("x-team", b"orders", false),
+                ("x-tenant-token", b"tt-s3cret", true),
+            ]
+        );
+        assert_eq!(
+            q.parameters,
+            [
+                ("dedup", "true".to_string()),
+                ("partial_response", "false".to_string())
+            ]
+        );
+        // The Secret's value is in neither Debug of the query nor its description.
+        let shown = format!("{q:?} {}", Query::Prometheus(q.clone()).describe());
+        assert!(!shown.contains("tt-s3cret"), "{shown}");
+        assert!(
+            shown.contains("Sensitive") && shown.contains("orders"),
+            "{shown}"
+        );
+        // Authorization is the metric's own when the Secret gives no bearer or basic auth.
+        let custom = PrometheusConfig {
+            headers: Some(vec![from_secret("Authorization", "apiKey")]),
+            ..self::config()
+        };
+        let q = custom
+            .resolve(Some(&data(&[("apiKey", "ApiKey k3y")])))
+            .unwrap();
+        assert_eq!(q.headers[0].0, http::header::AUTHORIZATION);
+    }
+
+    #[test]
+    fn each_unusable_header_or_parameter_is_refused_by_name() {
+        let bearer = data(&[("bearerToken", "t0k"), ("tenantToken", "bad\u{7f}value")]);
+        let headers = |list: Vec<PrometheusHeader>| PrometheusConfig {
+            headers: Some(list),
+            ..config()
+        };
+        let neither = PrometheusHeader {
+            value: None,
+            ..literal("X-Empty", "")
+        };
+        let both = PrometheusHeader {
+            value: Some("v".into()),
+            ..from_secret("X-Both", "tenantToken")
+        };
+        let mut cases = vec![
+            (headers(vec![literal("X Bad", "v")]), "headers: \"X Bad\" is not an HTTP header name".to_string()),
+            (headers(vec![literal("Host", "v")]), format!("headers: Host{RESERVED_HEADER_WHY}")),
+            (headers(vec![literal("content-type", "v")]), format!("headers: content-type{RESERVED_HEADER_WHY}")),
+            (
+                headers(vec![literal("Authorization", "Bearer x")]),
+                "headers: Authorization conflicts with the bearerToken or username/password of the authSecretRef Secret: keep one".into(),
+            ),
+            (headers(vec![literal("X-A", "1"), literal("x-a", "2")]), "headers: x-a is given more than once (names are case-insensitive)".into()),
+            (
+                PrometheusConfig {
+                    tenant: Some("team-a".into()),
+                    ..headers(vec![literal("x-scope-orgid", "team-b")])
+                },
+                TENANT_CONFLICT.into(),
+            ),
+            (headers(vec![neither]), "headers: X-Empty needs exactly one of value and valueFrom".into()),
+            (headers(vec![both]), "headers: X-Both needs exactly one of value and valueFrom".into()),
+            (
+                headers(vec![from_secret("X-Token", "nope")]),
+                "secret auth (keys: bearerToken, tenantToken): headers: X-Token reads key \"nope\", which the secret does not hold".into(),
+            ),
+            (
+                headers(vec![from_secret("X-Token", "tenantToken")]),
+                "secret auth (keys: bearerToken, tenantToken): headers: the value of X-Token holds characters an HTTP header cannot carry (control characters or line breaks)".into(),
+            ),
+            (headers(vec![literal("X-Line", "a\nb")]), "headers: the value of X-Line holds characters an HTTP header cannot carry (control characters or line breaks)".into()),
+            (
+                PrometheusConfig {
+                    tenant: Some("a\nb".into()),
+                    ..config()
+                },
+                "tenant \"a\\nb\" holds characters an HTTP header cannot carry".into(),
+            ),
+        ];
+        for reserved in RESERVED_PARAMETERS {
+            cases.push((
+                PrometheusConfig {
+                    query_parameters: parameters(&[("dedup", "true"), (reserved, "x")]),
+                    ..config()
+                },
+                format!(
+                    "queryParameters: {reserved} is set by ebb on every query (query, time, timeout, start, end, step): remove it"
+                ),
+            ));
+        }
+        for (config, message) in cases {
+            let err = config.resolve(Some(&bearer)).unwrap_err();
+            assert_eq!(err, SourceError::Config(message));
+            assert_eq!(
+                err.reason(),
+                crate::engine::conditions::INVALID_CONFIGURATION
+            );
+            assert!(!err.to_string().contains("t0k"), "{err}");
+        }
+        // A key read from no Secret at all.
+        let no_secret = PrometheusConfig {
+            auth_secret_ref: None,
+            ..headers(vec![from_secret("X-Token", "tenantToken")])
+        };
+        assert_eq!(
+            no_secret.resolve(None),
+            Err(SourceError::Config(
+                "headers: X-Token reads secret key \"tenantToken\", but authSecretRef names no Secret".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn metrics_that_differ_only_in_tenant_headers_or_parameters_are_distinct_queries() {
+        use std::hash::{BuildHasher, RandomState};
+        let hasher = RandomState::new();
+        let key = |c: PrometheusConfig| {
+            let q = Query::Prometheus(c.resolve(None).unwrap());
+            let hash = hasher.hash_one(&q);
+            (q, hash)
+        };
+        let base = PrometheusConfig {
+            auth_secret_ref: None,
+            ..config()
+        };
+        let tenant = |t: &str| PrometheusConfig {
+            tenant: Some(t.into()),
+            ..base.clone()
+        };
+        assert_eq!(key(tenant("a")), key(tenant("a")));
+        assert_ne!(key(tenant("a")).0, key(tenant("b")).0);
+        assert_ne!(key(tenant("a")).0, key(base.clone()).0);
+        let with_headers = |list: Vec<PrometheusHeader>| PrometheusConfig {
+            headers: Some(list),
+            ..base.clone()
+        };
+        // The order headers are written in does not make another query; their values do.
+        assert_eq!(
+            key(with_headers(vec![literal("X-A", "1"), literal("X-B", "2")])),
+            key(with_headers(vec![literal("x-b", "2"), literal("X-A", "1")])),
+        );
+        assert_ne!(
+            key(with_headers(vec![literal("X-A", "1")])).0,
+            key(with_headers(vec![literal("X-A", "2")])).0
+        );
+        let with_parameters = |pairs: &[(&str, &str)]| PrometheusConfig {
+            query_parameters: parameters(pairs),
+            ..base.clone()
+        };
+        assert_ne!(
+            key(with_parameters(&[("dedup", "true")])).0,
+            key(with_parameters(&[("dedup", "false")])).0
+        );
+    }
+
+    #[test]
+    fn a_parameter_name_is_kept_once() {
+        let first = parameter_name(&String::from("max_source_resolution"));
+        let again = parameter_name(&String::from("max_source_resolution"));
+        assert!(std::ptr::eq(first, again));
     }
 
     #[test]
