@@ -36,7 +36,7 @@ pub struct Row {
     pub desired: Option<i32>,
     pub min: i32,
     pub max: i32,
-    /// Paused, Fallback, or the Ready condition's reason.
+    /// Paused, Fallback, Idle (at zero), or the Ready condition's reason.
     pub state: String,
     /// The newest scaling Event (ebb's `Scaled` on the ScaledTarget, the HPA's
     /// `SuccessfulRescale` on the owned HPA) and when it happened.
@@ -51,6 +51,9 @@ pub struct MetricCell {
     pub target: Option<String>,
     pub learned: Option<String>,
     pub error: Option<String>,
+    /// On a target that scales to zero: whether this metric reads above its activation
+    /// (what keeps the target awake).
+    pub keeps_active: bool,
 }
 
 /// Reads every ScaledTarget (of `namespace`, or all) and its newest scaling Event.
@@ -121,6 +124,8 @@ fn row(
         cond::PAUSED.to_string()
     } else if condition(cond::FALLBACK).is_some_and(|c| c.status == "True") {
         cond::FALLBACK.to_string()
+    } else if st.spec.scales_to_zero() && status.current_replicas == Some(0) {
+        cond::IDLE.to_string()
     } else {
         match condition(cond::READY) {
             Some(c) if c.status == "True" => cond::READY.to_string(),
@@ -157,6 +162,11 @@ fn row(
                     .and_then(|r| r.learned_target.as_ref())
                     .map(|q| decimal(&q.0)),
                 error: reading.and_then(|r| r.error.clone()),
+                keeps_active: st.spec.scales_to_zero()
+                    && reading
+                        .and_then(|r| r.value.as_ref())
+                        .and_then(|q| crate::crd::milli_value(&q.0).ok())
+                        .is_some_and(|v| v as f64 / 1000.0 > m.activation.unwrap_or(0.0)),
             }
         })
         .collect();
@@ -228,7 +238,11 @@ pub fn render(rows: &[Row], now: Timestamp) -> String {
                 keep(r.name.clone()),
                 keep(r.mode.clone()),
                 keep(r.target.clone()),
-                m.name.clone(),
+                if m.keeps_active {
+                    format!("{} (active)", m.name)
+                } else {
+                    m.name.clone()
+                },
                 format!("{value}/{}", m.target.clone().unwrap_or_else(dash)),
                 m.learned.clone().unwrap_or_else(dash),
                 keep(replicas),
@@ -337,6 +351,7 @@ mod tests {
                 target: Some(decimal("40")),
                 learned: Some(decimal("33333m")),
                 error: None,
+                keeps_active: true,
             },
             MetricCell {
                 name: "rate".into(),
@@ -344,6 +359,7 @@ mod tests {
                 target: Some("10".into()),
                 learned: None,
                 error: Some("no data".into()),
+                keeps_active: false,
             },
         ];
         let table = render(
@@ -360,7 +376,9 @@ mod tests {
             lines[1].contains("90s ago: scaled Deployment worker from 3 to 4"),
             "{table}"
         );
+        assert!(lines[1].contains("backlog (active)"), "{table}");
         assert!(lines[2].contains("error/10"), "{table}");
+        assert!(!lines[2].contains("(active)"), "{table}");
         assert!(
             !lines[2].contains("worker"),
             "the second metric repeats no target columns"
