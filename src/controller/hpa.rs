@@ -19,7 +19,20 @@ use crate::engine::learning::LearnedScaleDown;
 
 /// The owned HPA's name for a ScaledTarget.
 pub fn hpa_name(st: &ScaledTarget) -> String {
-    format!("ebb-{}", st.metadata.name.as_deref().unwrap_or_default())
+    match adopted_hpa(st) {
+        Some(name) => name.to_string(),
+        None => format!("ebb-{}", st.metadata.name.as_deref().unwrap_or_default()),
+    }
+}
+
+/// The HPA `ebb.dev/adopt-hpa` names, if any: ebb's HPA for `st` then has its name.
+pub fn adopted_hpa(st: &ScaledTarget) -> Option<&str> {
+    st.metadata
+        .annotations
+        .as_ref()?
+        .get(crate::crd::ADOPT_HPA_ANNOTATION)
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
 }
 
 /// The HPA ebb wants for `st`, owned by it (garbage-collected with it).

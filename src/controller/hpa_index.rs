@@ -73,8 +73,12 @@ impl Index<HorizontalPodAutoscaler> for State {
 pub struct HpaView {
     /// ebb's HPA for the target, if it exists and is owned by it.
     pub ours: Option<Arc<HorizontalPodAutoscaler>>,
-    /// An HPA ebb does not own that scales the same workload.
+    /// An HPA ebb does not own that scales the same workload (or that `ebb.dev/adopt-hpa`
+    /// names while it scales another one).
     pub foreign: Option<Arc<HorizontalPodAutoscaler>>,
+    /// The HPA `ebb.dev/adopt-hpa` names, on the same workload, not owned yet: ebb takes it
+    /// over (it is `ours` too).
+    pub adopting: bool,
 }
 
 impl HpaView {
@@ -85,16 +89,24 @@ impl HpaView {
         hpas: impl IntoIterator<Item = &'a Arc<HorizontalPodAutoscaler>>,
     ) -> Self {
         let name = hpa::hpa_name(st);
+        let adopt = hpa::adopted_hpa(st);
         let mut view = Self {
             ours: None,
             foreign: None,
+            adopting: false,
         };
         for h in hpas {
+            let same_workload = hpa::targets_same_workload(h, st);
             if hpa::owned_by(h, st) {
                 if h.name_any() == name {
                     view.ours = Some(h.clone());
                 }
-            } else if view.foreign.is_none() && hpa::targets_same_workload(h, st) {
+            } else if adopt == Some(h.name_any().as_str()) && same_workload {
+                view.ours = Some(h.clone());
+                view.adopting = true;
+            } else if view.foreign.is_none()
+                && (same_workload || adopt == Some(h.name_any().as_str()))
+            {
                 view.foreign = Some(h.clone());
             }
         }

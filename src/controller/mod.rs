@@ -35,7 +35,9 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -1046,14 +1048,32 @@ impl Act<'_> {
         let ns = st.namespace().unwrap_or_default();
         let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
         let name = hpa::hpa_name(st);
-        let hpa_index::HpaView { ours, foreign } = self.hpa_view(&hpas).await?;
+        let hpa_index::HpaView {
+            ours,
+            foreign,
+            adopting,
+        } = self.hpa_view(&hpas).await?;
         if let Some(foreign) = foreign {
-            let message = format!(
-                "HPA {} already scales {} {}; ebb does not fight an HPA it does not own",
-                foreign.name_any(),
-                st.spec.target_ref.kind,
-                st.spec.target_ref.name
-            );
+            let message = if hpa::targets_same_workload(&foreign, st) {
+                format!(
+                    "HPA {} already scales {} {}; ebb does not fight an HPA it does not own (annotate the ScaledTarget with {}: {} to take it over)",
+                    foreign.name_any(),
+                    st.spec.target_ref.kind,
+                    st.spec.target_ref.name,
+                    crate::crd::ADOPT_HPA_ANNOTATION,
+                    foreign.name_any()
+                )
+            } else {
+                format!(
+                    "{} names HPA {}, which scales {} {}, not {} {}: ebb adopts only an HPA of its own workload",
+                    crate::crd::ADOPT_HPA_ANNOTATION,
+                    foreign.name_any(),
+                    foreign.spec.scale_target_ref.kind,
+                    foreign.spec.scale_target_ref.name,
+                    st.spec.target_ref.kind,
+                    st.spec.target_ref.name
+                )
+            };
             conditions.set(condition(cond::READY, false, cond::FOREIGN_HPA, &message));
             publish(
                 ctx,
@@ -1089,6 +1109,9 @@ impl Act<'_> {
             learned_targets.extend(hpa::kept_targets(ours, &intent.pending));
         }
         let desired = hpa::desired_hpa_with(st, &learned_targets, intent.scale_down);
+        if let (true, Some(existing)) = (adopting, &ours) {
+            self.adopt(&hpas, existing, &desired).await?;
+        }
         let fingerprint = json_hash(&desired);
         let last = state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied;
         let in_sync = match (&ours, last) {
@@ -1150,6 +1173,47 @@ impl Act<'_> {
         Ok(())
     }
 
+    /// Takes over `existing` (named by `ebb.dev/adopt-hpa`): its spec replaced by ebb's in one
+    /// write, owned by the ScaledTarget from then on, its labels and annotations kept. The
+    /// object stays, and with it the HPA controller's memory of recent recommendations, so
+    /// the count does not jump; the server-side apply that follows takes the fields over.
+    async fn adopt(
+        &self,
+        hpas: &Api<HorizontalPodAutoscaler>,
+        existing: &HorizontalPodAutoscaler,
+        desired: &HorizontalPodAutoscaler,
+    ) -> Result<()> {
+        let (st, ctx) = (self.st, self.ctx);
+        let mut adopted = desired.clone();
+        let meta = &mut adopted.metadata;
+        meta.resource_version = existing.metadata.resource_version.clone();
+        meta.annotations = existing.metadata.annotations.clone();
+        let mut labels = existing.metadata.labels.clone().unwrap_or_default();
+        labels.extend(meta.labels.take().unwrap_or_default());
+        meta.labels = Some(labels);
+        let mut owners = existing
+            .metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default();
+        owners.extend(meta.owner_references.take().unwrap_or_default());
+        meta.owner_references = Some(owners);
+        lease_held(ctx)?;
+        ctx.stats.requests(1);
+        let name = existing.name_any();
+        hpas.replace(&name, &PostParams::default(), &adopted)
+            .await?;
+        let message = format!(
+            "adopted HPA {name} (scaling {} {} at {} replicas): its spec is ebb's from now on",
+            st.spec.target_ref.kind,
+            st.spec.target_ref.name,
+            existing.status.as_ref().map_or(0, |s| s.desired_replicas)
+        );
+        tracing::info!(scaledtarget = %key(st), hpa = %name, "adopted HPA");
+        record_action(ctx, st, cond::EVENT_ADOPTED_HPA, "Adopt", message).await;
+        Ok(())
+    }
+
     /// The HPAs that scale the target's workload: from the watch, else listed.
     async fn hpa_view(&self, hpas: &Api<HorizontalPodAutoscaler>) -> Result<hpa_index::HpaView> {
         if let Some(view) = self.ctx.hpas.get().and_then(|index| index.view(self.st)) {
@@ -1178,7 +1242,9 @@ impl Act<'_> {
         let (st, ctx) = (self.st, self.ctx);
         let ns = st.namespace().unwrap_or_default();
         let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), &ns);
-        if self.hpa_view(&hpas).await?.ours.is_some() {
+        let view = self.hpa_view(&hpas).await?;
+        // An HPA named by ebb.dev/adopt-hpa is adopted in mode Hpa only, never deleted.
+        if view.ours.is_some() && !view.adopting {
             delete_hpa(ctx, &hpas, &hpa::hpa_name(st)).await?;
             state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied = None;
         }

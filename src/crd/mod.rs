@@ -24,6 +24,10 @@ pub const PAUSED_ANNOTATION: &str = "ebb.dev/paused";
 /// Annotation that pauses a ScaledTarget at a fixed replica count (ebb scales there once, then
 /// holds).
 pub const PAUSED_REPLICAS_ANNOTATION: &str = "ebb.dev/paused-replicas";
+/// Mode Hpa: take over this existing HPA of the same workload instead of refusing it
+/// (KEDA's transfer-hpa-ownership): the HPA object stays, so its controller's memory of recent
+/// recommendations does too and the replica count does not jump.
+pub const ADOPT_HPA_ANNOTATION: &str = "ebb.dev/adopt-hpa";
 /// Label on objects ebb owns and on the external metrics it serves: the ScaledTarget's name.
 pub const SCALED_TARGET_LABEL: &str = "ebb.dev/scaledtarget";
 

@@ -102,3 +102,5 @@ pub const EVENT_ESCALATED: &str = "Escalated";
 pub const EVENT_ESCALATION_FAILED: &str = "EscalationFailed";
 /// Learned values moved materially.
 pub const EVENT_LEARNED_CHANGED: &str = "LearnedChanged";
+/// ebb took over an existing HPA (`ebb.dev/adopt-hpa`).
+pub const EVENT_ADOPTED_HPA: &str = "AdoptedHpa";
