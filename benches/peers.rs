@@ -224,7 +224,7 @@ async fn run(args: Args) {
     let dir = stack.dir().join("peers");
     std::fs::create_dir_all(&dir).unwrap();
     let client = kube.client().await.unwrap();
-    let workloads = setup_cluster(&kube, &client).await;
+    let workloads = setup_cluster(&client).await;
     let load = load_client(&kube);
     let bench = Arc::new(Bench {
         kube,
@@ -237,7 +237,13 @@ async fn run(args: Args) {
         args,
     });
 
-    let distinct_max = bench.args.sizes.iter().map(|n| distinct(*n)).max().unwrap_or(1);
+    let distinct_max = bench
+        .args
+        .sizes
+        .iter()
+        .map(|n| distinct(*n))
+        .max()
+        .unwrap_or(1);
     push_series(&bench.prometheus, distinct_max).await;
     let pusher = tokio::spawn({
         let bench = bench.clone();
@@ -292,7 +298,7 @@ async fn push_series(prometheus: &Prometheus, distinct: usize) {
 
 /// The bench CRD (workloads with `/scale`, no pods), the load user's RBAC, the floor's
 /// Deployment, ebb's namespace (for the APIService's Service).
-async fn setup_cluster(kube: &ControlPlane, client: &kube::Client) -> ApiResource {
+async fn setup_cluster(client: &kube::Client) -> ApiResource {
     let manifest = format!(
         r#"
 apiVersion: apiextensions.k8s.io/v1
@@ -359,7 +365,6 @@ spec:
         .await
         .unwrap();
     apply_yaml(client, &manifest, "peers").await.unwrap();
-    let _ = kube;
     tokio::time::sleep(Duration::from_secs(2)).await; // the CRD established
     ApiResource {
         group: "bench.ebb.dev".into(),
@@ -377,8 +382,7 @@ fn load_client(kube: &ControlPlane) -> reqwest::Client {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let path = kube.kubeconfig_for(LOAD_USER, None).unwrap();
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let user = &config["users"][0]["user"];
     let b64 = |v: &serde_json::Value| {
         base64::engine::general_purpose::STANDARD
@@ -428,15 +432,24 @@ async fn floor(bench: &Bench) -> Row {
         "{}/apis/apps/v1/namespaces/default/deployments/floor",
         bench.kube.server_url
     );
+    // A warm connection, as every system's run has after its readiness check.
+    for _ in 0..100 {
+        let _ = bench.load.get(&url).send().await;
+    }
     let mut loads = Vec::new();
     for &rate in &bench.args.rates {
-        let (load, _) = open_loop(bench, rate, |_| url.clone()).await;
+        let (mut load, _) = open_loop(bench, rate, |_| url.clone()).await;
+        load.upstream_per_s = f64::NAN;
         loads.push(load);
     }
     Row {
         system: "floor (GET Deployment)".into(),
         settings: "kube-apiserver alone".into(),
         loads,
+        upstream_per_min: f64::NAN,
+        rss_mib: f64::NAN,
+        cpu_s_per_min: f64::NAN,
+        cpu_s_per_min_loaded: f64::NAN,
         ..Default::default()
     }
 }
@@ -450,7 +463,8 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
     let ns = format!("peers-{}-{n}", system.name());
     bench.kube.create_namespace(&ns).await.unwrap();
     let d = distinct(n);
-    let workloads = Api::<DynamicObject>::namespaced_with(bench.client.clone(), &ns, &bench.workloads);
+    let workloads =
+        Api::<DynamicObject>::namespaced_with(bench.client.clone(), &ns, &bench.workloads);
     for_all(n, |i| {
         let workloads = workloads.clone();
         async move {
@@ -465,7 +479,9 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
                 .patch_status(
                     &name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": { "replicas": 1, "selector": format!("app={name}") } })),
+                    &Patch::Merge(
+                        json!({ "status": { "replicas": 1, "selector": format!("app={name}") } }),
+                    ),
                 )
                 .await
                 .unwrap();
@@ -497,7 +513,11 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
 
     // No load but the HPA controller's.
     let pids: Vec<u32> = running.processes.iter().map(|p| p.pid()).collect();
-    let (q0, c0, t0) = (upstream_queries(bench).await, cpu_seconds(&pids), Instant::now());
+    let (q0, c0, t0) = (
+        upstream_queries(bench).await,
+        cpu_seconds(&pids),
+        Instant::now(),
+    );
     tokio::time::sleep(bench.args.window).await;
     let (q1, c1) = (upstream_queries(bench).await, cpu_seconds(&pids));
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
@@ -564,7 +584,10 @@ async fn ready_targets(bench: &Bench, system: System, ns: &str, n: usize) -> usi
             let url = format!(
                 "{}/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?labelSelector={}",
                 bench.kube.server_url,
-                percent_encoding::utf8_percent_encode(&selector, percent_encoding::NON_ALPHANUMERIC)
+                percent_encoding::utf8_percent_encode(
+                    &selector,
+                    percent_encoding::NON_ALPHANUMERIC
+                )
             );
             async move {
                 let Ok(r) = bench.load.get(url).send().await else {
@@ -663,9 +686,13 @@ async fn start_keda(bench: &Bench, dir: &Path) -> Running {
     let crds = bin.parent().unwrap().join("crds");
     for entry in std::fs::read_dir(&crds).unwrap() {
         let path = entry.unwrap().path();
-        apply_yaml(&bench.client, &std::fs::read_to_string(&path).unwrap(), "peers")
-            .await
-            .unwrap();
+        apply_yaml(
+            &bench.client,
+            &std::fs::read_to_string(&path).unwrap(),
+            "peers",
+        )
+        .await
+        .unwrap();
     }
     if Api::<Namespace>::all(bench.client.clone())
         .get_opt("keda")
@@ -725,7 +752,10 @@ async fn start_keda(bench: &Bench, dir: &Path) -> Running {
         .arg("--enable-cert-rotation=false")
         .arg(format!("--metrics-service-bind-address=127.0.0.1:{grpc}"))
         .arg(format!("--metrics-bind-address=127.0.0.1:{}", free_port()))
-        .arg(format!("--health-probe-bind-address=127.0.0.1:{}", free_port()));
+        .arg(format!(
+            "--health-probe-bind-address=127.0.0.1:{}",
+            free_port()
+        ));
     let operator = ManagedProcess::spawn("keda-operator", op, &dir.join("operator.log")).unwrap();
 
     let port = free_port();
@@ -999,14 +1029,20 @@ fn report(args: &Args, rows: &[Row]) {
         let is_floor = r.targets == 0;
         let mut cells = vec![
             r.system.clone(),
-            if is_floor { "-".into() } else { r.targets.to_string() },
+            if is_floor {
+                "-".into()
+            } else {
+                r.targets.to_string()
+            },
             if is_floor {
                 "-".into()
             } else {
                 format!("{}/{}", r.ready_targets, r.targets)
             },
         ];
-        let base = ebb_rows.get(&r.targets).filter(|_| r.system != "ebb" && !is_floor);
+        let base = ebb_rows
+            .get(&r.targets)
+            .filter(|_| r.system != "ebb" && !is_floor);
         for (k, &x) in vals.iter().enumerate() {
             let ratio = base
                 .and_then(|b| b.get(k))
