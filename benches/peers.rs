@@ -255,6 +255,7 @@ async fn run(args: Args) {
         }
     });
 
+    let load_before = loadavg();
     let mut rows = vec![floor(&bench).await];
     for &n in &bench.args.sizes {
         for &system in &bench.args.systems {
@@ -266,6 +267,11 @@ async fn run(args: Args) {
     }
     pusher.abort();
     report(&bench.args, &rows);
+    println!(
+        "machine: {} cores; load average (1, 5, 15 min) at the start {load_before}, at the end {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg()
+    );
     drop(bench);
     drop(stack);
 }
@@ -935,6 +941,16 @@ async fn upstream_queries(bench: &Bench) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The first three fields of /proc/loadavg: other work on the machine shows here.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// utime + stime of the processes, in seconds.
