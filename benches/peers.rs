@@ -30,6 +30,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ebb::localstack::certs::{Ca, Usage};
@@ -48,6 +49,12 @@ const APISERVICE: &str = include_str!("../deploy/apiservice.yaml");
 const SERVING_SANS: &[&str] = &["ebb.ebb-system.svc", "localhost", "127.0.0.1"];
 const LOAD_USER: &str = "peers-load";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Every series' value: with the HPAs' AverageValue 10, two replicas.
+const BASE_VALUE: f64 = 20.0;
+/// The value of the load step: four replicas.
+const STEP_VALUE: f64 = 40.0;
+/// How long the HPAs get to see the step.
+const STEP_WAIT: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum System {
@@ -191,10 +198,26 @@ struct Row {
     cpu_s_per_min: f64,
     /// CPU seconds per minute under the highest rate.
     cpu_s_per_min_loaded: f64,
+    /// The HPA controller's view of a load step (every series 20 -> 40): seconds until each
+    /// HPA's desired replicas went from 2 to 4.
+    step: Step,
+}
+
+/// Seconds from a load step to the HPAs' desired replicas changing.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Step {
+    /// HPAs at 2 desired replicas before the step.
+    settled: usize,
+    /// HPAs that reached 4 within [`STEP_WAIT`].
+    changed: usize,
+    p50_s: f64,
+    max_s: f64,
 }
 
 struct Bench {
     kube: ControlPlane,
+    /// The value every pushed series has now (f64 bits): 20, or 40 during the load step.
+    series_value: AtomicU64,
     prometheus: Prometheus,
     client: kube::Client,
     load: reqwest::Client,
@@ -232,6 +255,7 @@ async fn run(args: Args) {
     let load = load_client(&kube);
     let bench = Arc::new(Bench {
         kube,
+        series_value: AtomicU64::new(BASE_VALUE.to_bits()),
         prometheus,
         client,
         load,
@@ -248,13 +272,13 @@ async fn run(args: Args) {
         .map(|n| distinct(*n))
         .max()
         .unwrap_or(1);
-    push_series(&bench.prometheus, distinct_max).await;
+    push_series(&bench, distinct_max).await;
     let pusher = tokio::spawn({
         let bench = bench.clone();
         async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                push_series(&bench.prometheus, distinct_max).await;
+                push_series(&bench, distinct_max).await;
             }
         }
     });
@@ -288,14 +312,17 @@ fn query(k: usize) -> String {
     format!("sum(peers_load{{q=\"q{k}\"}})")
 }
 
-/// One sample now for each of `distinct` series `peers_load{q="q<k>"}` (value 20).
-async fn push_series(prometheus: &Prometheus, distinct: usize) {
+/// One sample now for each of `distinct` series `peers_load{q="q<k>"}`, of the bench's
+/// current value.
+async fn push_series(bench: &Bench, distinct: usize) {
+    let prometheus = &bench.prometheus;
+    let value = f64::from_bits(bench.series_value.load(Ordering::Relaxed));
     let now = chrono::Utc::now().timestamp_millis();
     futures::stream::iter(0..distinct)
         .map(|k| async move {
             let q = format!("q{k}");
             if let Err(e) = prometheus
-                .push(&[("__name__", "peers_load"), ("q", &q)], &[(now, 20.0)])
+                .push(&[("__name__", "peers_load"), ("q", &q)], &[(now, value)])
                 .await
             {
                 eprintln!("[peers] push failed: {e}");
@@ -460,6 +487,11 @@ async fn floor(bench: &Bench) -> Row {
         rss_mib: f64::NAN,
         cpu_s_per_min: f64::NAN,
         cpu_s_per_min_loaded: f64::NAN,
+        step: Step {
+            p50_s: f64::NAN,
+            max_s: f64::NAN,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -559,6 +591,8 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
         loads.push(load);
     }
     let rss = rss_mib(&pids).max(rss_idle);
+    let step = load_step(bench, &ns, d).await;
+    eprintln!("[peers] {}: load step {step:?}", system.name());
 
     let row = Row {
         system: system.name().into(),
@@ -571,6 +605,7 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
         rss_mib: rss,
         cpu_s_per_min: (c1 - c0) / minutes,
         cpu_s_per_min_loaded: cpu_loaded,
+        step,
     };
 
     // The namespace goes while the system still runs (its finalizers, its HPAs), so that no
@@ -590,6 +625,62 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await;
     row
+}
+
+/// The HPA controller's view: every series steps from 20 to 40 (2 to 4 replicas at
+/// AverageValue 10) once the HPAs of `ns` desire 2; seconds from the step's push until each
+/// HPA's `status.desiredReplicas` is 4, polled every 500 ms. The series go back to 20 after.
+async fn load_step(bench: &Bench, ns: &str, distinct: usize) -> Step {
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(bench.client.clone(), ns);
+    let desired = |h: &HorizontalPodAutoscaler| h.status.as_ref().map_or(0, |s| s.desired_replicas);
+    let list = || async {
+        hpas.list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    };
+    let mut settled = 0;
+    let waited = Instant::now();
+    while waited.elapsed() < STEP_WAIT {
+        let items = list().await;
+        settled = items.iter().filter(|h| desired(h) == 2).count();
+        if settled == items.len() && settled > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bench
+        .series_value
+        .store(STEP_VALUE.to_bits(), Ordering::Relaxed);
+    push_series(bench, distinct).await;
+    let stepped = Instant::now();
+    let mut seen: BTreeMap<String, f64> = BTreeMap::new();
+    while stepped.elapsed() < STEP_WAIT {
+        let items = list().await;
+        let at = stepped.elapsed().as_secs_f64();
+        for h in &items {
+            if desired(h) >= 4 {
+                seen.entry(h.metadata.name.clone().unwrap_or_default())
+                    .or_insert(at);
+            }
+        }
+        if !items.is_empty() && seen.len() == items.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bench
+        .series_value
+        .store(BASE_VALUE.to_bits(), Ordering::Relaxed);
+    push_series(bench, distinct).await;
+    let mut times: Vec<f64> = seen.into_values().collect();
+    times.sort_by(f64::total_cmp);
+    Step {
+        settled,
+        changed: times.len(),
+        p50_s: times.get(times.len() / 2).copied().unwrap_or(f64::NAN),
+        max_s: times.last().copied().unwrap_or(f64::NAN),
+    }
 }
 
 /// How many of the `n` targets answer 200 with one item.
@@ -1023,6 +1114,9 @@ fn report(args: &Args, rows: &[Row]) {
                 "CPU s/min @{}/s",
                 args.rates.iter().max().copied().unwrap_or(0)
             ),
+            "step: HPAs changed",
+            "step p50 s",
+            "step max s",
         ]
         .map(String::from),
     );
@@ -1038,6 +1132,13 @@ fn report(args: &Args, rows: &[Row]) {
             r.rss_mib,
             r.cpu_s_per_min,
             r.cpu_s_per_min_loaded,
+            if r.targets == 0 {
+                f64::NAN
+            } else {
+                r.step.changed as f64
+            },
+            r.step.p50_s,
+            r.step.max_s,
         ]);
         v
     };
