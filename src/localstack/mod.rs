@@ -194,11 +194,29 @@ pub async fn chart_tools_dir() -> Result<PathBuf, StackError> {
     script_dir("EBB_CHART_TOOLS", "scripts/build-chart-tools.sh").await
 }
 
+/// The directories with the peers `cargo bench --bench peers` compares ebb with, built once
+/// per version by `scripts/build-peers.sh`: (KEDA's bin, with `../crds`; prometheus-adapter's bin).
+pub async fn peers_dirs() -> Result<(PathBuf, PathBuf), StackError> {
+    let lines = script_lines("scripts/build-peers.sh").await?;
+    match lines.as_slice() {
+        [.., keda, adapter] => Ok((PathBuf::from(keda), PathBuf::from(adapter))),
+        _ => Err(StackError::Missing(
+            "scripts/build-peers.sh printed no directories".into(),
+        )),
+    }
+}
+
 /// `$env` if set, else the last line that `script` (in this checkout) prints.
 async fn script_dir(env: &str, script: &str) -> Result<PathBuf, StackError> {
     if let Some(dir) = std::env::var_os(env) {
         return Ok(PathBuf::from(dir));
     }
+    let lines = script_lines(script).await?;
+    Ok(PathBuf::from(lines.last().cloned().unwrap_or_default()))
+}
+
+/// What `script` (in this checkout) prints, line by line, trimmed.
+async fn script_lines(script: &str) -> Result<Vec<String>, StackError> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
     let output = tokio::process::Command::new(&script)
         .stderr(std::process::Stdio::inherit())
@@ -212,8 +230,7 @@ async fn script_dir(env: &str, script: &str) -> Result<PathBuf, StackError> {
         )));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let dir = stdout.lines().last().unwrap_or_default().trim();
-    Ok(PathBuf::from(dir))
+    Ok(stdout.lines().map(|l| l.trim().to_string()).collect())
 }
 
 /// An HTTP client for readiness checks and admin calls. No idle pool: a stack shared by tests
