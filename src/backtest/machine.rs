@@ -100,20 +100,20 @@ impl ReplayPolicy for MachinePolicy {
         }
         let step = self.machine.step(now, &self.spec, replicas(previous));
         let mut count = step.desired;
-        match (self.spec.mode, step.action) {
-            (Mode::Direct, Action::Scale { from, to }) => {
-                self.machine.applied(now, &self.spec, from, to)
+        // ebb's own writes, as the controller carries them out: every change in mode Direct,
+        // the moves to and from zero in mode Hpa.
+        if let Action::Scale { from, to } = step.action {
+            self.machine.applied(now, &self.spec, from, to);
+        }
+        if self.spec.mode == Mode::Hpa {
+            // The HPA syncs again on the values served until ebb's next poll (at 0 it does
+            // nothing: only ebb wakes the workload).
+            let sync = HPA_SYNC_SECONDS * 1000;
+            let mut at = now + sync;
+            while at < now + interval {
+                count = self.machine.hpa_sync(at, &self.spec, replicas(count));
+                at += sync;
             }
-            (Mode::Hpa, _) => {
-                // The HPA syncs again on the values served until ebb's next poll.
-                let sync = HPA_SYNC_SECONDS * 1000;
-                let mut at = now + sync;
-                while at < now + interval {
-                    count = self.machine.hpa_sync(at, &self.spec, replicas(count));
-                    at += sync;
-                }
-            }
-            _ => {}
         }
         count.max(0) as u32
     }
@@ -197,4 +197,67 @@ pub fn scaled_target_spec(
         m.backfill = false;
     }
     Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backtest::replay::replay;
+
+    /// A ScaledTarget that scales to zero after a 10-minute cooldown, on one AverageValue
+    /// metric of 10 per pod.
+    fn zero_target(mode: &str) -> crate::crd::ScaledTarget {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
+            "metadata": { "name": "w", "namespace": "n", "uid": "u", "generation": 1 },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "w" },
+                "mode": mode, "minReplicas": 0, "maxReplicas": 20, "cooldownSeconds": 600,
+                "metrics": [{
+                    "name": "load",
+                    "prometheus": { "address": "http://p:9090", "query": "q" },
+                    "target": { "type": "AverageValue", "averageValue": "10" }
+                }]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_replay_goes_to_zero_after_the_cooldown_and_wakes_in_both_modes() {
+        // An hour of 50, an hour of nothing, an hour of 50 again, one-minute steps.
+        let load: Vec<Option<f64>> = (0..180)
+            .map(|t| Some(if (60..120).contains(&t) { 0.0 } else { 50.0 }))
+            .collect();
+        for (mode, machine_mode) in [("Direct", Mode::Direct), ("Hpa", Mode::Hpa)] {
+            let st = zero_target(mode);
+            let spec = scaled_target_spec(&st, None, machine_mode).unwrap();
+            assert!(spec.idle.is_some() && spec.hpa.min_replicas == 1);
+            let cfg = ReplayConfig {
+                capacity: 10.0,
+                target_per_pod: 10.0,
+                startup_delay: 1,
+                min_replicas: 0,
+                max_replicas: 20,
+                step_seconds: 60.0,
+                start_unix: 0,
+            };
+            let mut policy = MachinePolicy::new(spec, &cfg);
+            let out = replay(&load, &cfg, &mut policy);
+            let d = |t: usize| out.decisions[t];
+            assert!(d(59) >= 5, "{mode}: busy at {}", d(59));
+            // The last reading of 50 is observed at step 60 (a step reads the one before):
+            // zero ten minutes later, not before.
+            assert!(d(69) > 0, "{mode}: zero within the cooldown");
+            let zero_at = (60..120).find(|&t| d(t) == 0).expect("never at zero");
+            assert!(
+                (70..=72).contains(&zero_at),
+                "{mode}: zero at step {zero_at}"
+            );
+            assert!((zero_at..120).all(|t| d(t) == 0), "{mode}: woke on no load");
+            // Load again: woken at the next step, then up to the load.
+            assert!(d(121) >= 1, "{mode}: not woken at {}", d(121));
+            assert!(d(130) >= 5, "{mode}: not back up: {}", d(130));
+        }
+    }
 }

@@ -382,7 +382,12 @@ pub fn run_backtest_with_progress(
                 message,
             },
         )?;
-        cfg.min_replicas = spec.hpa.min_replicas.max(0) as u32;
+        // A target that scales to zero may be replayed at zero (the machine owns 0 <-> 1).
+        cfg.min_replicas = if spec.idle.is_some() {
+            0
+        } else {
+            spec.hpa.min_replicas.max(0) as u32
+        };
         cfg.max_replicas = spec.hpa.max_replicas.max(1) as u32;
         if let (Ok(crate::engine::Target::AverageValue(t)), None) =
             (&spec.metrics[0].target, opts.target_per_pod)
