@@ -48,8 +48,7 @@ fn run_keda(args: &KedaArgs) -> anyhow::Result<i32> {
         std::io::stdin().read_to_string(&mut text)?;
         text
     } else {
-        std::fs::read_to_string(&args.file)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", args.file))?
+        std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file))?
     };
     let outcome = keda::import(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file))?;
     {
@@ -64,7 +63,11 @@ fn run_keda(args: &KedaArgs) -> anyhow::Result<i32> {
     for refusal in &outcome.refusals {
         eprintln!("{refusal}");
     }
-    let lossy = outcome.findings.iter().filter(|f| f.loss.fails_check()).count();
+    let lossy = outcome
+        .findings
+        .iter()
+        .filter(|f| f.loss.fails_check())
+        .count();
     eprintln!(
         "ebb import keda: {} ScaledTarget(s) written, {} ScaledObject(s) refused, {lossy} field(s) not carried over as they were",
         outcome.targets.len(),

@@ -147,7 +147,11 @@ pub struct Auths {
 }
 
 impl Auths {
-    fn find(&self, so: &model::Meta, r: &model::AuthenticationRef) -> Option<(&TriggerAuthentication, bool)> {
+    fn find(
+        &self,
+        so: &model::Meta,
+        r: &model::AuthenticationRef,
+    ) -> Option<(&TriggerAuthentication, bool)> {
         let cluster = r.kind.as_deref() == Some("ClusterTriggerAuthentication");
         if cluster {
             return self
@@ -336,7 +340,9 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
         }
     };
 
-    let polling = spec.polling_interval.unwrap_or(KEDA_DEFAULT_POLLING_SECONDS);
+    let polling = spec
+        .polling_interval
+        .unwrap_or(KEDA_DEFAULT_POLLING_SECONDS);
     let polling = if polling < 1 {
         cx.refuse(
             "spec.pollingInterval",
@@ -356,7 +362,10 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
     let cooldown = |cx: &mut Cx, field: &str, value: Option<i64>| -> Option<i32> {
         let v = value?;
         if v < 0 {
-            cx.refuse(field, format!("{v}: must not be negative (KEDA refuses it too)"));
+            cx.refuse(
+                field,
+                format!("{v}: must not be negative (KEDA refuses it too)"),
+            );
             return None;
         }
         if v > MAX_COOLDOWN_SECONDS {
@@ -369,8 +378,11 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
         Some(v.min(MAX_COOLDOWN_SECONDS) as i32)
     };
     let cooldown_seconds = cooldown(cx, "spec.cooldownPeriod", spec.cooldown_period);
-    let initial_cooldown_seconds =
-        cooldown(cx, "spec.initialCooldownPeriod", spec.initial_cooldown_period);
+    let initial_cooldown_seconds = cooldown(
+        cx,
+        "spec.initialCooldownPeriod",
+        spec.initial_cooldown_period,
+    );
 
     let fallback = spec
         .fallback
@@ -431,7 +443,10 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
     if metrics.len() > MAX_METRICS {
         cx.refuse(
             "spec.triggers",
-            format!("{} metrics; a ScaledTarget holds at most {MAX_METRICS}", metrics.len()),
+            format!(
+                "{} metrics; a ScaledTarget holds at most {MAX_METRICS}",
+                metrics.len()
+            ),
         );
     }
 
@@ -463,7 +478,10 @@ fn fallback(cx: &mut Cx, f: &model::KedaFallback, max: i32) -> Option<Fallback> 
     let mut threshold = f.failure_threshold.unwrap_or(0);
     let mut replicas = f.replicas.unwrap_or(0);
     if threshold < 0 || replicas < 0 {
-        cx.refuse(field, "failureThreshold and replicas must not be negative (KEDA refuses them too)");
+        cx.refuse(
+            field,
+            "failureThreshold and replicas must not be negative (KEDA refuses them too)",
+        );
         return None;
     }
     if threshold == 0 {
@@ -714,7 +732,10 @@ impl TriggerCx<'_> {
         match text.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => Some(v),
             _ => {
-                cx.refuse(self.at(key), format!("{text:?} is not a number (KEDA refuses it too)"));
+                cx.refuse(
+                    self.at(key),
+                    format!("{text:?} is not a number (KEDA refuses it too)"),
+                );
                 None
             }
         }
@@ -725,7 +746,10 @@ impl TriggerCx<'_> {
         let text = self.take(key)?;
         let parsed = parse_go_bool(text.trim());
         if parsed.is_none() {
-            cx.refuse(self.at(key), format!("{text:?} is not a boolean (KEDA refuses it too)"));
+            cx.refuse(
+                self.at(key),
+                format!("{text:?} is not a boolean (KEDA refuses it too)"),
+            );
         }
         parsed
     }
@@ -737,7 +761,10 @@ impl TriggerCx<'_> {
         let text = text.trim().to_string();
         if let Ok(ms) = text.parse::<i64>() {
             if ms < 0 {
-                cx.refuse(self.at("timeout"), format!("{ms}: must not be negative (KEDA refuses it too)"));
+                cx.refuse(
+                    self.at("timeout"),
+                    format!("{ms}: must not be negative (KEDA refuses it too)"),
+                );
                 return None;
             }
             if ms == 0 {
@@ -759,10 +786,20 @@ impl TriggerCx<'_> {
     /// The HPA target: KEDA's metricType (AverageValue by default) of `value`.
     fn target(&self, cx: &mut Cx, value: f64, key: &str) -> Option<MetricTarget> {
         let Some(quantity) = quantity(value) else {
-            cx.refuse(self.at(key), format!("{value} is not a quantity ebb can hold (at most three decimals, not negative)"));
+            cx.refuse(
+                self.at(key),
+                format!(
+                    "{value} is not a quantity ebb can hold (at most three decimals, not negative)"
+                ),
+            );
             return None;
         };
-        let type_ = match self.trigger.metric_type.as_deref().unwrap_or("AverageValue") {
+        let type_ = match self
+            .trigger
+            .metric_type
+            .as_deref()
+            .unwrap_or("AverageValue")
+        {
             "" | "AverageValue" => TargetType::AverageValue,
             "Value" => TargetType::Value,
             other => {
@@ -834,7 +871,7 @@ fn go_duration_ms(s: &str) -> Option<f64> {
 /// Milliseconds as ebb writes a timeout: whole seconds as `Ns`, else `Nms` (at least 1ms).
 fn format_ms(ms: f64) -> String {
     let ms = ms.round().max(1.0) as u64;
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -846,6 +883,8 @@ pub(crate) struct AuthParams<'a> {
     /// TriggerAuthentication name, for the report.
     name: String,
     cluster: bool,
+    /// A pod identity (Azure, AWS, GCP) other than `none`.
+    pod_identity: bool,
     secret_refs: BTreeMap<String, &'a model::SecretTargetRef>,
     env: BTreeMap<String, String>,
 }
@@ -877,9 +916,13 @@ impl<'a> AuthParams<'a> {
                 );
             }
         }
+        let pod_identity = ta.spec.other.get("podIdentity").is_some_and(|p| {
+            !p.is_null() && p.get("provider").and_then(Value::as_str) != Some("none")
+        });
         Some(Self {
             name: ta.metadata.name.clone(),
             cluster,
+            pod_identity,
             secret_refs: ta
                 .spec
                 .secret_target_ref

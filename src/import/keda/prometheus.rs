@@ -24,7 +24,11 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
     let threshold = match threshold {
         Some(v) => Some(v),
         None => {
-            if cx.refusals.iter().all(|r| !r.field.ends_with("metadata.threshold")) {
+            if cx
+                .refusals
+                .iter()
+                .all(|r| !r.field.ends_with("metadata.threshold"))
+            {
                 cx.refuse(t.at("threshold"), "missing (KEDA refuses it too)");
             }
             None
@@ -43,7 +47,10 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
                 cx.report(
                     t.at("queryParameters"),
                     Loss::Dropped,
-                    format!("{key} is set by ebb on every query ({}); not carried", RESERVED_PARAMETERS.join(", ")),
+                    format!(
+                        "{key} is set by ebb on every query ({}); not carried",
+                        RESERVED_PARAMETERS.join(", ")
+                    ),
                 );
             } else {
                 parameters.insert(key, value);
@@ -151,12 +158,7 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
 
 /// KEDA's `k=v,k2=v2` (scalersconfig's map parsing: split on `,`, each entry exactly one `=`,
 /// both sides trimmed). A malformed entry refuses the ScaledObject, as KEDA does.
-fn key_values(
-    cx: &mut Cx,
-    t: &TriggerCx,
-    key: &str,
-    text: &str,
-) -> Option<Vec<(String, String)>> {
+fn key_values(cx: &mut Cx, t: &TriggerCx, key: &str, text: &str) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
     for entry in text.split(',') {
         let parts: Vec<&str> = entry.trim().split('=').collect();
@@ -184,9 +186,17 @@ fn auth_secret(
 ) -> Option<String> {
     let field = format!("{} authenticationRef", t.field);
     let Some(modes) = modes else {
-        if ["bearerToken", "token", "username", "password", "cert", "key", "ca"]
-            .iter()
-            .any(|p| auth.has(p))
+        if [
+            "bearerToken",
+            "token",
+            "username",
+            "password",
+            "cert",
+            "key",
+            "ca",
+        ]
+        .iter()
+        .any(|p| auth.has(p))
         {
             cx.report(
                 t.at("authModes"),
@@ -196,6 +206,13 @@ fn auth_secret(
         }
         return None;
     };
+    if auth.pod_identity {
+        cx.refuse(
+            &field,
+            format!("TriggerAuthentication {}: a pod identity cannot be combined with authModes (KEDA refuses it too)", auth.name),
+        );
+        return None;
+    }
     let mut wanted: Vec<(&[&str], &str)> = Vec::new();
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         match mode {
@@ -220,6 +237,10 @@ fn auth_secret(
                 wanted.push((&[KEY_TLS_CERT], "cert"));
                 wanted.push((&[KEY_TLS_KEY], "key"));
             }
+            "custom" if !auth.has("customAuthHeader") || !auth.has("customAuthValue") => cx.refuse(
+                &field,
+                "authModes custom needs the parameters customAuthHeader and customAuthValue (KEDA refuses it too)",
+            ),
             "custom" => cx.report(
                 t.at("authModes"),
                 Loss::Dropped,

@@ -53,7 +53,11 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
     let activation = t.float(cx, "activationValue");
     let (mode, value) = match (queue_length, mode, value) {
         (None, None, None) => {
-            cx.report(t.at("value"), Loss::Note, "unset: KEDA's default, mode QueueLength with value 20, is written out");
+            cx.report(
+                t.at("value"),
+                Loss::Note,
+                "unset: KEDA's default, mode QueueLength with value 20, is written out",
+            );
             ("QueueLength".to_string(), KEDA_DEFAULT_QUEUE_LENGTH)
         }
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
@@ -83,7 +87,10 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
         Some("http") => Some(Protocol::Http),
         Some("auto") | None => None,
         Some(other) => {
-            cx.refuse(t.at("protocol"), format!("{other:?}: must be amqp, http or auto (KEDA refuses it too)"));
+            cx.refuse(
+                t.at("protocol"),
+                format!("{other:?}: must be amqp, http or auto (KEDA refuses it too)"),
+            );
             return None;
         }
     };
@@ -118,7 +125,10 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
             (timeout.is_some(), "timeout"),
         ] {
             if on {
-                cx.refuse(t.at("protocol"), format!("{what} needs the HTTP protocol (KEDA refuses it too)"));
+                cx.refuse(
+                    t.at("protocol"),
+                    format!("{what} needs the HTTP protocol (KEDA refuses it too)"),
+                );
                 return None;
             }
         }
@@ -160,7 +170,10 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
         Some("max") => Aggregate::Max,
         Some("avg") => Aggregate::Avg,
         Some(other) => {
-            cx.refuse(t.at("operation"), format!("{other:?}: must be sum, max or avg (KEDA refuses it too)"));
+            cx.refuse(
+                t.at("operation"),
+                format!("{other:?}: must be sum, max or avg (KEDA refuses it too)"),
+            );
             return None;
         }
     };
@@ -183,7 +196,10 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
         // whole name, so the expression is wrapped to keep KEDA's matches.
         let wrapped = format!(".*({queue}).*");
         if let Err(e) = regex::Regex::new(&format!("^(?:{wrapped})$")) {
-            cx.refuse(t.at("queueName"), format!("{queue:?} is not a regular expression ebb can read: {e}"));
+            cx.refuse(
+                t.at("queueName"),
+                format!("{queue:?} is not a regular expression ebb can read: {e}"),
+            );
             return None;
         }
         cx.report(
@@ -218,7 +234,15 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
     }
 
     let secret = connection_secret(cx, t, auth.as_ref(), &host, protocol);
-    let target = t.target(cx, value, if queue_length.is_some() { "queueLength" } else { "value" })?;
+    let target = t.target(
+        cx,
+        value,
+        if queue_length.is_some() {
+            "queueLength"
+        } else {
+            "value"
+        },
+    )?;
     Some(Metric {
         name: t.name.clone(),
         prometheus: None,
@@ -294,7 +318,12 @@ fn connection_secret(
                 format!("ebb reads an unencrypted client key: decrypt it into {KEY_TLS_KEY}"),
             );
         }
-        for parameter in ["workloadIdentityResource", "oauthTokenURI", "clientID", "clientSecret"] {
+        for parameter in [
+            "workloadIdentityResource",
+            "oauthTokenURI",
+            "clientID",
+            "clientSecret",
+        ] {
             if a.has(parameter) {
                 cx.report(
                     format!("{field} ({} parameter {parameter})", a.name),
