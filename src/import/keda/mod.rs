@@ -33,6 +33,7 @@ pub const KEDA_DEFAULT_POLLING_SECONDS: i64 = 30;
 const MAX_POLLING_SECONDS: i64 = 3600;
 const MAX_COOLDOWN_SECONDS: i64 = 604_800;
 const MAX_METRICS: usize = 16;
+const MAX_FALLBACK_THRESHOLD: i64 = 100;
 
 const KEDA_PAUSED: &str = "autoscaling.keda.sh/paused";
 const KEDA_PAUSED_REPLICAS: &str = "autoscaling.keda.sh/paused-replicas";
@@ -450,6 +451,13 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
         );
     }
 
+    if fallback.is_some() && metrics.len() > 1 {
+        cx.report(
+            "spec.fallback",
+            Loss::Changed,
+            "KEDA puts the fallback in place of each trigger that fails; ebb enters fallback when every metric fails",
+        );
+    }
     let spec = ScaledTargetSpec {
         target_ref,
         mode: Mode::Hpa,
@@ -484,13 +492,16 @@ fn fallback(cx: &mut Cx, f: &model::KedaFallback, max: i32) -> Option<Fallback> 
         );
         return None;
     }
-    if threshold == 0 {
+    // KEDA falls back once the failures exceed the threshold (pkg/fallback: failures >
+    // failureThreshold), ebb once they reach it.
+    threshold += 1;
+    if threshold > MAX_FALLBACK_THRESHOLD {
         cx.report(
             "spec.fallback.failureThreshold",
             Loss::Changed,
-            "0 becomes 1: ebb enters fallback after at least one failed poll",
+            format!("ebb counts at most {MAX_FALLBACK_THRESHOLD} failed polls: {MAX_FALLBACK_THRESHOLD} is written"),
         );
-        threshold = 1;
+        threshold = MAX_FALLBACK_THRESHOLD;
     }
     match f.behavior.as_deref().unwrap_or("static") {
         "static" => cx.report(
@@ -525,7 +536,7 @@ fn fallback(cx: &mut Cx, f: &model::KedaFallback, max: i32) -> Option<Fallback> 
         replicas = i64::from(max);
     }
     Some(Fallback {
-        failure_threshold: threshold.min(100) as i32,
+        failure_threshold: threshold as i32,
         replicas: replicas as i32,
     })
 }

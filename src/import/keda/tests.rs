@@ -1455,8 +1455,9 @@ fn what_ebb_has_no_counterpart_for_is_reported_by_field() {
     }
 }
 
-/// KEDA's fallback behaviours (scaledobject_types.go: static by default) against ebb's, which
-/// runs max(current, replicas).
+/// KEDA's fallback behaviours (scaledobject_types.go: static by default; pkg/fallback: after
+/// more than failureThreshold failures) against ebb's, which runs max(current, replicas) once
+/// the failures reach failureThreshold.
 #[test]
 fn fallback_behaviours() {
     let fallback = |behavior: Option<&str>, threshold: i64| {
@@ -1470,7 +1471,7 @@ fn fallback_behaviours() {
     assert_eq!(
         st.unwrap().spec.fallback,
         Some(Fallback {
-            failure_threshold: 3,
+            failure_threshold: 4,
             replicas: 5
         })
     );
@@ -1480,7 +1481,7 @@ fn fallback_behaviours() {
     assert_eq!(
         st.unwrap().spec.fallback,
         Some(Fallback {
-            failure_threshold: 3,
+            failure_threshold: 4,
             replicas: 5
         })
     );
@@ -1501,8 +1502,17 @@ fn fallback_behaviours() {
     assert_eq!(st.unwrap().spec.fallback, None);
     assert!(has_line(&outcome, Loss::Dropped, "spec.fallback"));
 
+    // KEDA's 0 falls back at the first failure: ebb's 1.
     let (outcome, st) = fallback(Some("currentReplicasIfHigher"), 0);
     assert_eq!(st.unwrap().spec.fallback.unwrap().failure_threshold, 1);
+    assert!(
+        outcome.findings.iter().all(|f| !f.loss.fails_check()),
+        "{:#?}",
+        outcome.findings
+    );
+
+    let (outcome, st) = fallback(Some("currentReplicasIfHigher"), 500);
+    assert_eq!(st.unwrap().spec.fallback.unwrap().failure_threshold, 100);
     assert!(has_line(
         &outcome,
         Loss::Changed,
