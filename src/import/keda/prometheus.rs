@@ -14,26 +14,18 @@ use crate::source::secret::{KEY_CA, KEY_TLS_CERT, KEY_TLS_KEY};
 pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> {
     let address = t.take("serverAddress");
     let query = t.take("query");
+    let threshold_set = t.metadata.get("threshold").is_some_and(|v| !v.is_empty());
     let threshold = t.float(cx, "threshold");
     let activation = t.float(cx, "activationThreshold");
-    for (key, value) in [("serverAddress", &address), ("query", &query)] {
-        if value.is_none() {
+    for (key, missing) in [
+        ("serverAddress", address.is_none()),
+        ("query", query.is_none()),
+        ("threshold", !threshold_set),
+    ] {
+        if missing {
             cx.refuse(t.at(key), "missing (KEDA refuses it too)");
         }
     }
-    let threshold = match threshold {
-        Some(v) => Some(v),
-        None => {
-            if cx
-                .refusals
-                .iter()
-                .all(|r| !r.field.ends_with("metadata.threshold"))
-            {
-                cx.refuse(t.at("threshold"), "missing (KEDA refuses it too)");
-            }
-            None
-        }
-    };
     let mut config = PrometheusConfig {
         address: address.unwrap_or_default(),
         query: query.unwrap_or_default(),

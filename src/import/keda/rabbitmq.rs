@@ -267,7 +267,7 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
 /// The connection Secret's name, with a line for every key it must hold under ebb's name.
 fn connection_secret(
     cx: &mut Cx,
-    t: &TriggerCx,
+    t: &mut TriggerCx,
     auth: Option<&AuthParams>,
     host: &Host,
     protocol: Protocol,
@@ -334,8 +334,7 @@ fn connection_secret(
         }
     }
     for key in ["usernameFromEnv", "passwordFromEnv"] {
-        if t.metadata.contains_key(key) {
-            // Reported with the other *FromEnv leftovers; the advice is the URL.
+        if t.take(key).is_some() {
             cx.report(
                 t.at(key),
                 Loss::Action,

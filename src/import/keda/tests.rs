@@ -1294,6 +1294,29 @@ fn rabbitmq_auth_cases_of_keda() {
                 ],
             },
         },
+        Case {
+            source: "user and password from the environment (rabbitmq_queue_amqp_auth scaledObjectAuthFromEnvTemplate)",
+            metadata: &[
+                ("queueName", "sample"),
+                ("hostFromEnv", "RabbitApiHost"),
+                ("usernameFromEnv", "RabbitUsername"),
+                ("passwordFromEnv", "RabbitPassword"),
+                ("mode", "QueueLength"),
+                ("value", "10"),
+                ("activationValue", "5"),
+            ],
+            auth: None,
+            expect: Converted {
+                check: |m| assert_eq!(rabbit(m).connection_secret_ref.name, "so-rabbitmq"),
+                // One line each, saying where the value must go (the URL in the Secret).
+                losses: &[
+                    (Loss::Action, "hostFromEnv"),
+                    (Loss::Action, "protocol"),
+                    (Loss::Action, "usernameFromEnv"),
+                    (Loss::Action, "passwordFromEnv"),
+                ],
+            },
+        },
     ];
     for case in &cases {
         println!("{F}: {}", case.source);
