@@ -25,6 +25,8 @@ pub enum Command {
     Status(crate::status::StatusArgs),
     /// Print the ScaledTarget CustomResourceDefinition (YAML), as `deploy/crd.yaml` holds it.
     Crd,
+    /// Convert another autoscaler's objects to ScaledTargets (`ebb import keda FILE|-`).
+    Import(crate::import::ImportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,6 +38,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Crd => {
             print!("{}", crate::crd::crd_yaml());
+            Ok(())
+        }
+        Command::Import(args) => {
+            let code = crate::import::run(&args)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
             Ok(())
         }
     }

@@ -4,7 +4,7 @@
 //!
 //! Layers, from the bottom up (nothing below imports from above); see `docs/architecture.md`:
 //! `engine` (pure decisions) <- `backtest`; `source` <- `collect` <- `api`, `controller`;
-//! `cli` wires the parts. `localstack` starts the real services ebb talks to, for the demo and
+//! `cli` wires the parts; `import` converts other autoscalers' objects to ScaledTargets. `localstack` starts the real services ebb talks to, for the demo and
 //! the tests; `demo` runs ebb on them; `status` is the terminal view of ScaledTargets.
 
 pub mod api;
@@ -16,6 +16,7 @@ pub mod crd;
 pub mod demo;
 pub mod engine;
 pub mod history;
+pub mod import;
 pub mod localstack;
 pub mod soak;
 pub mod source;

@@ -556,3 +556,34 @@ async fn prometheus_headers_tenant_and_parameters_are_checked_by_name() {
         assert!(message.contains(expected), "{name}: {message}");
     }
 }
+
+/// `ebb import keda` writes what the API server accepts: every ScaledTarget converted from
+/// tests/data/keda/orders.yaml is created (schema and CEL rules).
+#[tokio::test]
+async fn scaled_targets_imported_from_keda_are_accepted() {
+    let api = setup().await;
+    let input = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/keda/orders.yaml"
+    ))
+    .unwrap();
+    let outcome = ebb::import::keda::import(&input).unwrap();
+    assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals);
+    assert_eq!(outcome.targets.len(), 2);
+    for mut target in outcome.targets {
+        // The namespace of the Api (the API server fills it in), not the input's.
+        target.metadata.namespace = None;
+        let name = target.metadata.name.clone().unwrap();
+        let created = api
+            .create(&PostParams::default(), &target)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{name}: the API server refused an imported ScaledTarget: {e}")
+            });
+        assert_eq!(
+            created.spec.metrics.len(),
+            target.spec.metrics.len(),
+            "{name}"
+        );
+    }
+}
