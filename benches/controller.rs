@@ -14,6 +14,8 @@
 //! `EBB_BENCH_STAGGER=1`. `EBB_BENCH_MODES` (default
 //! `Shadow,Direct,Hpa`) picks the rows.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -24,9 +26,7 @@ use ebb::controller::{Context, run_namespaced};
 use ebb::crd::{Metric, ScaledTarget};
 use ebb::localstack::kube::ControlPlaneOptions;
 use ebb::localstack::{Stack, StackOptions};
-use futures::StreamExt;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// Values from memory: 20 or 40, flipping every `flip` seconds; all targets at once, or each
@@ -116,20 +116,8 @@ async fn measure(ctx: &Context, mode: &'static str, interval: Duration, window: 
     }
 }
 
-async fn for_all<F, Fut>(n: usize, f: F)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    futures::stream::iter(0..n)
-        .map(f)
-        .buffer_unordered(64)
-        .collect::<Vec<()>>()
-        .await;
-}
-
 async fn set_mode(sts: &Api<ScaledTarget>, n: usize, mode: &str) {
-    for_all(n, |i| {
+    support::for_all(n, |i| {
         let sts = sts.clone();
         async move {
             sts.patch(
@@ -170,44 +158,12 @@ async fn main() {
     let kube = stack.kube.as_ref().unwrap();
     let client = kube.client().await.unwrap();
     ebb::crd::install(&client).await.unwrap();
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": { "name": "workloads.bench.ebb.dev" },
-        "spec": {
-            "group": "bench.ebb.dev",
-            "names": { "kind": "Workload", "plural": "workloads", "singular": "workload" },
-            "scope": "Namespaced",
-            "versions": [{
-                "name": "v1", "served": true, "storage": true,
-                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
-                "subresources": {
-                    "status": {},
-                    "scale": { "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas" }
-                }
-            }]
-        }
-    }))
-    .unwrap();
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    crds.patch(
-        "workloads.bench.ebb.dev",
-        &PatchParams::apply("bench").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
+    let ar = support::install_workloads(&client).await;
     kube.create_namespace("bench").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await; // the CRD established
-    let ar = ApiResource {
-        group: "bench.ebb.dev".into(),
-        version: "v1".into(),
-        api_version: "bench.ebb.dev/v1".into(),
-        kind: "Workload".into(),
-        plural: "workloads".into(),
-    };
     let workloads = Api::<DynamicObject>::namespaced_with(client.clone(), "bench", &ar);
     let sts = Api::<ScaledTarget>::namespaced(client.clone(), "bench");
     let created = Instant::now();
-    for_all(n, |i| {
+    support::for_all(n, |i| {
         let (workloads, sts) = (workloads.clone(), sts.clone());
         async move {
             let name = format!("w{i}");

@@ -27,6 +27,8 @@
 //! Options: `--sizes`, `--rates`, `--systems`, `--load-seconds` (default 15), `--window-seconds`
 //! (idle window for queries and CPU, default 60).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -338,22 +340,6 @@ async fn push_series(bench: &Bench, distinct: usize) {
 async fn setup_cluster(client: &kube::Client) -> ApiResource {
     let manifest = format!(
         r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{ name: workloads.bench.ebb.dev }}
-spec:
-  group: bench.ebb.dev
-  names: {{ kind: Workload, plural: workloads, singular: workload }}
-  scope: Namespaced
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}
-      subresources:
-        status: {{}}
-        scale: {{ specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas, labelSelectorPath: .status.selector }}
----
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {{ name: peers-load }}
@@ -402,14 +388,7 @@ spec:
         .await
         .unwrap();
     apply_yaml(client, &manifest, "peers").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await; // the CRD established
-    ApiResource {
-        group: "bench.ebb.dev".into(),
-        version: "v1".into(),
-        api_version: "bench.ebb.dev/v1".into(),
-        kind: "Workload".into(),
-        plural: "workloads".into(),
-    }
+    support::install_workloads(client).await
 }
 
 /// An HTTP/2 client to the kube-apiserver as [`LOAD_USER`] (a client certificate; RBAC, as the
@@ -448,19 +427,6 @@ fn load_client(kube: &ControlPlane) -> reqwest::Client {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap()
-}
-
-/// Runs `f` for 0..n, 64 at a time.
-async fn for_all<F, Fut>(n: usize, f: F)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    futures::stream::iter(0..n)
-        .map(f)
-        .buffer_unordered(64)
-        .collect::<Vec<()>>()
-        .await;
 }
 
 /// The floor: the same load against a plain GET of a Deployment.
@@ -507,7 +473,7 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
     let d = distinct(n);
     let workloads =
         Api::<DynamicObject>::namespaced_with(bench.client.clone(), &ns, &bench.workloads);
-    for_all(n, |i| {
+    support::for_all(n, |i| {
         let workloads = workloads.clone();
         async move {
             let name = format!("w{i}");
@@ -899,13 +865,7 @@ async fn create_targets(bench: &Bench, system: System, ns: &str, n: usize) {
     let prometheus = bench.prometheus.url();
     let (api, body): (ApiResource, Box<dyn Fn(usize) -> serde_json::Value + Sync>) = match system {
         System::Ebb => (
-            ApiResource {
-                group: "ebb.dev".into(),
-                version: "v1alpha1".into(),
-                api_version: "ebb.dev/v1alpha1".into(),
-                kind: "ScaledTarget".into(),
-                plural: "scaledtargets".into(),
-            },
+            ApiResource::erase::<ebb::crd::ScaledTarget>(&()),
             Box::new(move |i| {
                 json!({
                     "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
@@ -923,13 +883,7 @@ async fn create_targets(bench: &Bench, system: System, ns: &str, n: usize) {
             }),
         ),
         System::PrometheusAdapter => (
-            ApiResource {
-                group: "autoscaling".into(),
-                version: "v2".into(),
-                api_version: "autoscaling/v2".into(),
-                kind: "HorizontalPodAutoscaler".into(),
-                plural: "horizontalpodautoscalers".into(),
-            },
+            ApiResource::erase::<HorizontalPodAutoscaler>(&()),
             Box::new(move |i| {
                 json!({
                     "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
@@ -978,7 +932,7 @@ async fn create_targets(bench: &Bench, system: System, ns: &str, n: usize) {
     };
     let objects = Api::<DynamicObject>::namespaced_with(bench.client.clone(), ns, &api);
     let body = &body;
-    for_all(n, |i| {
+    support::for_all(n, |i| {
         let objects = objects.clone();
         async move {
             let object: DynamicObject = serde_json::from_value(body(i)).unwrap();
