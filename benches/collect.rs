@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ebb::collect::{Collector, CollectorOptions, Subscription};
-use ebb::localstack::prometheus::Prometheus;
 use ebb::localstack::{Stack, StackOptions};
 use ebb::source::{PrometheusConfig, Query};
 use ebb::telemetry::Telemetry;
@@ -34,25 +33,6 @@ fn proc_status_kib(field: &str) -> u64 {
         .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
-}
-
-/// Instant queries Prometheus has served, from its own `/metrics`.
-async fn instant_queries_served(http: &reqwest::Client, prometheus: &Prometheus) -> u64 {
-    let text = http
-        .get(format!("{}/metrics", prometheus.url()))
-        .send()
-        .await
-        .expect("Prometheus /metrics")
-        .text()
-        .await
-        .expect("Prometheus /metrics body");
-    text.lines()
-        .filter(|l| {
-            l.starts_with("prometheus_http_requests_total{")
-                && l.contains(r#"handler="/api/v1/query""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// Waits until each of `subs` holds a result fetched after `after`; returns (earliest due
@@ -90,7 +70,6 @@ async fn main() {
     .await
     .expect("a local Prometheus");
     let prometheus = stack.prometheus.as_ref().expect("Prometheus");
-    let http = reqwest::Client::new();
 
     // 24 h of 1-minute samples per series, pushed in through remote write.
     let started = Instant::now();
@@ -166,11 +145,17 @@ async fn main() {
         tokio::time::Instant::now() - Duration::from_secs(3600),
     )
     .await;
-    let mut before = instant_queries_served(&http, prometheus).await;
+    let mut before = prometheus
+        .requests_served(&["/api/v1/query"])
+        .await
+        .unwrap();
     let mut cycles = Vec::new();
     for round in 1..=rounds {
         let (due, done) = next_round(watched, last).await;
-        let after = instant_queries_served(&http, prometheus).await;
+        let after = prometheus
+            .requests_served(&["/api/v1/query"])
+            .await
+            .unwrap();
         let cycle = done - due;
         println!("| {round} | {} | {:.1?} |", after - before, cycle);
         cycles.push(cycle);

@@ -335,6 +335,13 @@ async fn push_series(bench: &Bench, distinct: usize) {
         .await;
 }
 
+/// Sets the value the bench's series carry from now on (the refresher pushes it too), and
+/// pushes it at once.
+async fn set_series(bench: &Bench, distinct: usize, value: f64) {
+    bench.series_value.store(value.to_bits(), Ordering::Relaxed);
+    push_series(bench, distinct).await;
+}
+
 /// The bench CRD (workloads with `/scale`, no pods), the load user's RBAC, the floor's
 /// Deployment, ebb's namespace (for the APIService's Service).
 async fn setup_cluster(client: &kube::Client) -> ApiResource {
@@ -615,10 +622,7 @@ async fn load_step(bench: &Bench, ns: &str, distinct: usize) -> Step {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    bench
-        .series_value
-        .store(STEP_VALUE.to_bits(), Ordering::Relaxed);
-    push_series(bench, distinct).await;
+    set_series(bench, distinct, STEP_VALUE).await;
     let stepped = Instant::now();
     let mut seen: BTreeMap<String, f64> = BTreeMap::new();
     while stepped.elapsed() < STEP_WAIT {
@@ -635,10 +639,7 @@ async fn load_step(bench: &Bench, ns: &str, distinct: usize) -> Step {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    bench
-        .series_value
-        .store(BASE_VALUE.to_bits(), Ordering::Relaxed);
-    push_series(bench, distinct).await;
+    set_series(bench, distinct, BASE_VALUE).await;
     let mut times: Vec<f64> = seen.into_values().collect();
     times.sort_by(f64::total_cmp);
     Step {
@@ -988,22 +989,12 @@ async fn open_loop(
     (load, elapsed)
 }
 
-/// Prometheus's own count of query and query_range requests it has served.
 async fn upstream_queries(bench: &Bench) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", bench.prometheus.url()))
+    bench
+        .prometheus
+        .requests_served(&["/api/v1/query", "/api/v1/query_range"])
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("prometheus_http_requests_total{")
-                && (l.contains("handler=\"/api/v1/query\"")
-                    || l.contains("handler=\"/api/v1/query_range\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .expect("Prometheus /metrics") as f64
 }
 
 /// The first three fields of /proc/loadavg: other work on the machine shows here.

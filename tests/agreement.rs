@@ -19,7 +19,7 @@ use controller_common::*;
 use ebb::localstack::StackOptions;
 use ebb::localstack::kube::ControlPlaneOptions;
 use serde_json::json;
-use support::{eventually, start_stack, unique_namespace};
+use support::{ebb_serve, eventually, start_stack, unique_namespace};
 
 /// Seconds each level of the series is held.
 const HOLD: usize = 3;
@@ -62,16 +62,7 @@ async fn ebb_serve_and_ebb_backtest_take_the_same_decisions_on_the_same_series()
     let kube = stack.kube.as_ref().unwrap();
     let prometheus = stack.prometheus.as_ref().unwrap();
     let client = kube.client().await.unwrap();
-    let _ebb = ebb::localstack::ebb::serve(
-        kube,
-        stack.dir(),
-        std::path::Path::new(env!("CARGO_BIN_EXE_ebb")),
-        "ebb-agreement",
-        ebb::localstack::process::free_port(),
-        ebb::localstack::process::free_port(),
-    )
-    .await
-    .unwrap();
+    let _ebb = ebb_serve(kube, stack.dir(), "ebb-agreement").await;
     let ns = unique_namespace("agreement");
     kube.create_namespace(&ns).await.unwrap();
     deployment(&client, &ns, "worker", 1).await;

@@ -33,21 +33,11 @@ fn prometheus_only() -> ebb::localstack::Stack {
     })
 }
 
-/// Instant queries Prometheus has served, from its own `/metrics`.
 async fn instant_queries_served(prometheus: &Prometheus) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", prometheus.url()))
+    prometheus
+        .requests_served(&["/api/v1/query"])
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("prometheus_http_requests_total{")
-                && l.contains(r#"handler="/api/v1/query""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+        .expect("Prometheus /metrics")
 }
 
 /// Waits until every subscription holds a result fetched after `after`; returns the latest

@@ -12,7 +12,7 @@ use ebb::localstack::StackOptions;
 use ebb::localstack::kube::ControlPlaneOptions;
 use ebb::localstack::prometheus::Prometheus;
 use serde_json::json;
-use support::{eventually, start_stack, unique_namespace};
+use support::{ebb_serve, eventually, stack_with_own_prometheus, start_stack, unique_namespace};
 
 async fn push(prometheus: &Prometheus) {
     let now = chrono::Utc::now().timestamp_millis();
@@ -163,24 +163,10 @@ async fn a_stopped_prometheus_means_fallback_and_no_scale_down_until_it_is_back(
 /// without flapping.
 #[tokio::test]
 async fn in_mode_hpa_a_stopped_prometheus_holds_the_real_hpa_and_recovers_without_flapping() {
-    let mut stack = start_stack(StackOptions {
-        kube: Some(support::fast_hpa()),
-        prometheus: true,
-        scrape: Vec::new(),
-        rabbitmq: false,
-    });
+    let mut stack = stack_with_own_prometheus();
     let kube = stack.kube.as_ref().unwrap();
     let client = kube.client().await.unwrap();
-    let _ebb = ebb::localstack::ebb::serve(
-        kube,
-        stack.dir(),
-        std::path::Path::new(env!("CARGO_BIN_EXE_ebb")),
-        "ebb-fallback-hpa",
-        ebb::localstack::process::free_port(),
-        ebb::localstack::process::free_port(),
-    )
-    .await
-    .unwrap();
+    let _ebb = ebb_serve(kube, stack.dir(), "ebb-fallback-hpa").await;
     let ns = unique_namespace("fallback-hpa");
     kube.create_namespace(&ns).await.unwrap();
     worker_on_prometheus(&client, &ns, stack.prometheus.as_ref().unwrap(), "Hpa").await;

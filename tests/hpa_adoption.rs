@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 
 use controller_common::*;
 use ebb::crd::ScaledTarget;
-use ebb::localstack::process::free_port;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use serde_json::{Value, json};
-use support::{eventually, shared_stack};
+use support::{ebb_serve, eventually, shared_stack};
 
 /// The user's own HPA: at least 7 replicas, on CPU (no metrics server here: it holds).
 fn hand_made_hpa(name: &str) -> Value {
@@ -50,16 +49,7 @@ async fn sampled(client: &kube::Client, ns: &str, window: Duration) -> Vec<i32> 
 #[tokio::test]
 async fn an_adopted_hpa_keeps_its_count_and_the_way_back_leaves_it() {
     let stack = shared_stack();
-    let _ebb = ebb::localstack::ebb::serve(
-        stack.kube.as_ref().unwrap(),
-        stack.dir(),
-        std::path::Path::new(env!("CARGO_BIN_EXE_ebb")),
-        "ebb-adoption",
-        free_port(),
-        free_port(),
-    )
-    .await
-    .expect("ebb serve");
+    let _ebb = ebb_serve(stack.kube.as_ref().unwrap(), stack.dir(), "ebb-adoption").await;
     let (client, ns) = setup("adopt").await;
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
     deployment(&client, &ns, "worker", 7).await;

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use support::{https_client, kubeconfig_identity, start_stack};
+use support::{ebb_serve_on, https_client, kubeconfig_identity, start_stack};
 
 /// What a target's first reading is, and so what the API answers for it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -182,16 +182,7 @@ async fn readyz_waits_for_a_first_reading_of_every_scaled_target() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let ebb = ebb::localstack::ebb::serve(
-        kube,
-        dir.path(),
-        std::path::Path::new(env!("CARGO_BIN_EXE_ebb")),
-        "ebb-readiness-0",
-        api_port,
-        free_port(),
-    )
-    .await
-    .expect("ebb serve starts");
+    let ebb = ebb_serve_on(kube, dir.path(), "ebb-readiness-0", api_port).await;
     let (unready, after, answers) = match watch.await {
         Ok(r) => r,
         Err(e) => panic!("{e}\n--- ebb's log ---\n{}", ebb.log_tail(40)),

@@ -10,30 +10,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use controller_common::*;
-use ebb::localstack::StackOptions;
-use ebb::localstack::process::free_port;
 use serde_json::{Value, json};
-use support::{eventually, shared_stack, start_stack, unique_namespace};
+use support::{ebb_serve, eventually, shared_stack, stack_with_own_prometheus, unique_namespace};
 
 const COOLDOWN_SECONDS: u64 = 5;
-
-/// `ebb serve` on `kube`, as the cluster runs it (the HPA reads its external metrics API).
-async fn serve(
-    kube: &ebb::localstack::kube::ControlPlane,
-    dir: &std::path::Path,
-    identity: &str,
-) -> ebb::localstack::process::ManagedProcess {
-    ebb::localstack::ebb::serve(
-        kube,
-        dir,
-        std::path::Path::new(env!("CARGO_BIN_EXE_ebb")),
-        identity,
-        free_port(),
-        free_port(),
-    )
-    .await
-    .expect("ebb serve")
-}
 
 /// `object` (a ScaledTarget) allowed to scale to zero after a short cooldown.
 fn to_zero(mut object: Value) -> Value {
@@ -150,7 +130,7 @@ async fn queue_to_zero_and_back(mode: &'static str) {
 #[tokio::test]
 async fn a_queue_goes_to_zero_after_its_cooldown_and_a_message_wakes_it_in_both_modes() {
     let stack = shared_stack();
-    let _ebb = serve(stack.kube.as_ref().unwrap(), stack.dir(), "ebb-zero").await;
+    let _ebb = ebb_serve(stack.kube.as_ref().unwrap(), stack.dir(), "ebb-zero").await;
     tokio::join!(
         queue_to_zero_and_back("Hpa"),
         queue_to_zero_and_back("Direct")
@@ -159,15 +139,10 @@ async fn a_queue_goes_to_zero_after_its_cooldown_and_a_message_wakes_it_in_both_
 
 #[tokio::test]
 async fn a_prometheus_that_stops_wakes_no_target_at_zero_and_scales_no_busy_one_down() {
-    let mut stack = start_stack(StackOptions {
-        kube: Some(support::fast_hpa()),
-        prometheus: true,
-        scrape: Vec::new(),
-        rabbitmq: false,
-    });
+    let mut stack = stack_with_own_prometheus();
     let kube = stack.kube.as_ref().unwrap();
     let client = kube.client().await.unwrap();
-    let _ebb = serve(kube, stack.dir(), "ebb-zero-prometheus").await;
+    let _ebb = ebb_serve(kube, stack.dir(), "ebb-zero-prometheus").await;
     let ns = unique_namespace("zero-prometheus");
     kube.create_namespace(&ns).await.unwrap();
     let prometheus = stack.prometheus.as_ref().unwrap();

@@ -244,6 +244,15 @@ pub struct Step {
     pub next_wake: Option<Millis>,
 }
 
+impl Step {
+    /// Sets `new` in place of the condition of its type, if the step has one.
+    fn replace_condition(&mut self, new: Condition) {
+        if let Some(c) = self.conditions.iter_mut().find(|c| c.type_ == new.type_) {
+            *c = new;
+        }
+    }
+}
+
 /// What an observation gave.
 #[derive(Debug, Default)]
 pub struct Observed {
@@ -580,9 +589,24 @@ impl TargetMachine {
         replicas: Replicas,
         step: &mut Step,
     ) {
-        let mut set = |machine: &mut Self, to: i32, rule: &str| {
+        let mut set = |machine: &mut Self, to: i32, rule: &'static str| {
             step.desired = to;
             step.rule = rule.to_string();
+            // The mode's decision at 0 reads as the HPA's ScalingDisabled; the idle rule is what
+            // decided, and no bound or rate limited it.
+            step.replace_condition(condition(
+                cond::SCALING_LIMITED,
+                false,
+                rule,
+                &format!("idle rule: {rule} (scale to zero, not a limit)"),
+            ));
+            if let Some(ready) = step
+                .conditions
+                .iter_mut()
+                .find(|c| c.type_ == cond::READY && c.reason == cond::DECIDED)
+            {
+                ready.message = rule.to_string();
+            }
             step.action = match spec.mode {
                 _ if to == replicas.spec => Action::None,
                 Mode::Direct | Mode::Hpa => Action::Scale {
@@ -1198,6 +1222,13 @@ mod tests {
                         "{mode:?}"
                     );
                     assert_eq!(s.rule, cond::IDLE_AFTER_COOLDOWN);
+                    if mode == Mode::Direct {
+                        let limited = condition_of(&s, cond::SCALING_LIMITED);
+                        assert_eq!(
+                            (limited.status, limited.reason.as_str()),
+                            (false, cond::IDLE_AFTER_COOLDOWN)
+                        );
+                    }
                     zero_at = Some(now);
                 }
                 current = s.desired;
@@ -1210,6 +1241,11 @@ mod tests {
                 (s.desired, s.action, s.rule.as_str()),
                 (0, Action::None, cond::IDLE)
             );
+            if mode == Mode::Direct {
+                // Not the HPA's ScalingDisabled: the idle rule holds it at zero.
+                assert_eq!(condition_of(&s, cond::READY).message, cond::IDLE);
+                assert_eq!(condition_of(&s, cond::SCALING_LIMITED).reason, cond::IDLE);
+            }
             let s = poll(&mut m, &spec, now + 2 * INTERVAL, Ok(6.0), 0);
             assert_eq!(s.action, Action::Scale { from: 0, to: 1 }, "{mode:?}");
             assert_eq!(s.rule, cond::ACTIVATED);

@@ -101,6 +101,20 @@ impl Prometheus {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Requests this Prometheus has answered on the API `handlers` (e.g. `/api/v1/query`), summed
+    /// over status codes, from its own `prometheus_http_requests_total`: what a caller cost it.
+    pub async fn requests_served(&self, handlers: &[&str]) -> Result<u64, StackError> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(requests_served_in(&text, handlers))
+    }
+
     /// Pushes samples through the remote-write receiver. `labels` must include `__name__`;
     /// samples are `(unix milliseconds, value)`.
     pub async fn push(
@@ -128,6 +142,21 @@ impl Prometheus {
             )))
         }
     }
+}
+
+/// The sum of `prometheus_http_requests_total` over the series whose `handler` is one of
+/// `handlers`, in Prometheus's text exposition.
+fn requests_served_in(exposition: &str, handlers: &[&str]) -> u64 {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("prometheus_http_requests_total{"))
+        .filter(|series| {
+            handlers
+                .iter()
+                .any(|h| series.contains(&format!("handler=\"{h}\"")))
+        })
+        .filter_map(|series| series.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// The remote-write 1.0 wire format: a snappy-compressed protobuf `WriteRequest`
@@ -183,5 +212,30 @@ mod remote_write {
         snap::raw::Encoder::new()
             .compress_vec(&request.encode_to_vec())
             .expect("snappy compression of an in-memory buffer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requests_served_in;
+
+    #[test]
+    fn requests_served_sums_the_named_handlers_over_status_codes() {
+        // A cut of Prometheus 2.x's own /metrics.
+        let exposition = r#"# HELP prometheus_http_requests_total Counter of HTTP requests.
+# TYPE prometheus_http_requests_total counter
+prometheus_http_requests_total{code="200",handler="/api/v1/query"} 12
+prometheus_http_requests_total{code="400",handler="/api/v1/query"} 3
+prometheus_http_requests_total{code="200",handler="/api/v1/query_range"} 5
+prometheus_http_requests_total{code="200",handler="/api/v1/query_exemplars"} 100
+prometheus_http_requests_total{code="200",handler="/-/ready"} 7
+prometheus_http_request_duration_seconds_count{handler="/api/v1/query"} 15
+"#;
+        assert_eq!(requests_served_in(exposition, &["/api/v1/query"]), 15);
+        assert_eq!(
+            requests_served_in(exposition, &["/api/v1/query", "/api/v1/query_range"]),
+            20
+        );
+        assert_eq!(requests_served_in(exposition, &["/api/v1/series"]), 0);
     }
 }

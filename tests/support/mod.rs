@@ -48,6 +48,45 @@ pub fn shared_stack() -> &'static Stack {
     })
 }
 
+/// A stack of its own (control plane with a fast HPA controller, and Prometheus) for a test
+/// that stops Prometheus and must not take the shared one down with it.
+pub fn stack_with_own_prometheus() -> Stack {
+    start_stack(StackOptions {
+        kube: Some(fast_hpa()),
+        prometheus: true,
+        ..Default::default()
+    })
+}
+
+/// `ebb serve` on `kube` as the cluster runs it (deploy/'s RBAC, its APIService registered, so
+/// the HPA controller reads its external metrics API), logging under `dir`.
+pub async fn ebb_serve(
+    kube: &ebb::localstack::kube::ControlPlane,
+    dir: &std::path::Path,
+    identity: &str,
+) -> ebb::localstack::process::ManagedProcess {
+    ebb_serve_on(kube, dir, identity, ebb::localstack::process::free_port()).await
+}
+
+/// [`ebb_serve`] with its API on `api_port`.
+pub async fn ebb_serve_on(
+    kube: &ebb::localstack::kube::ControlPlane,
+    dir: &std::path::Path,
+    identity: &str,
+    api_port: u16,
+) -> ebb::localstack::process::ManagedProcess {
+    ebb::localstack::ebb::serve(
+        kube,
+        dir,
+        std::path::Path::new(env!("CARGO_BIN_EXE_ebb")),
+        identity,
+        api_port,
+        ebb::localstack::process::free_port(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("ebb serve ({identity}) did not start: {e}"))
+}
+
 /// A kube client (admin) for the shared stack, bound to the calling runtime.
 pub async fn kube_client() -> kube::Client {
     shared_stack()
