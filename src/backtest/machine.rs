@@ -136,6 +136,7 @@ pub fn protocol_spec(
     let per_pod = cfg.target_per_pod;
     let clamp = |v: u32| v.min(i32::MAX as u32) as i32;
     TargetSpec {
+        formula: None,
         mode,
         hpa: HpaSpec {
             min_replicas: clamp(cfg.min_replicas),

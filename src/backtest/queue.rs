@@ -205,6 +205,7 @@ fn queue_spec(policy: &str, cfg: &ReplayConfig, drain_seconds: f64) -> Option<Ta
     };
     let clamp = |v: u32| v.min(i32::MAX as u32) as i32;
     Some(TargetSpec {
+        formula: None,
         mode: Mode::Direct,
         hpa: HpaSpec {
             min_replicas: clamp(cfg.min_replicas),

@@ -53,7 +53,7 @@ pub fn desired_hpa_with(
     let name = st.metadata.name.clone().unwrap_or_default();
     let spec = &st.spec;
     let metrics = spec
-        .metrics
+        .decided_metrics()
         .iter()
         .map(|m| MetricSpec {
             type_: "External".into(),

@@ -317,7 +317,7 @@ impl TargetSeries {
         self.generation = Some(st.metadata.generation);
         self.remove_spec_series();
         let f = &self.families;
-        for m in &st.spec.metrics {
+        for (m, _) in st.spec.shown_metrics() {
             let labels = TargetTypeLabels {
                 metric: MetricLabels {
                     target: self.target.clone(),

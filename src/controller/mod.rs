@@ -572,6 +572,34 @@ impl Reading {
     }
 }
 
+/// A formula's value over the poll's readings, or why it has none (naming the input).
+fn formula_reading(
+    st: &ScaledTarget,
+    formula: &std::result::Result<crate::engine::formula::Formula, String>,
+    readings: &[Reading],
+    values: &[crate::engine::target::Reading],
+) -> Reading {
+    use crate::engine::formula::NoValue;
+    let value = match formula {
+        Err(e) => Err(ReadError::Config(format!("formula: {e}"))),
+        Ok(f) => f.evaluate(values).map_err(|e| {
+            ReadError::Formula(match e {
+                NoValue::Input(i, _) => {
+                    let name = st.spec.metrics.get(i).map_or("-", |m| m.name.as_str());
+                    match readings.get(i).map(|r| &r.value) {
+                        Some(Err(e)) => format!("input {name} has none: {e}"),
+                        _ => format!("input {name} is not a number"),
+                    }
+                }
+                NoValue::NotFinite => {
+                    "the result is not a finite number (a division by zero?)".into()
+                }
+            })
+        }),
+    };
+    Reading { value }
+}
+
 /// Publishes one poll's values for the external metrics API, stamped with the poll's time. A
 /// failed reading is published as a failure, which the API answers with an error: never as 0.
 /// `served` holds, where the machine stepped in mode Hpa, the values to serve instead of the
@@ -592,8 +620,8 @@ fn publish_readings(
     let name = st.name_any();
     let timestamp = chrono::DateTime::from_timestamp_millis(at.as_millisecond())
         .unwrap_or_else(chrono::Utc::now);
-    for (i, (metric, reading)) in st.spec.metrics.iter().zip(readings).enumerate() {
-        let value = match (served.get(i), &reading.value) {
+    for ((metric, decided), reading) in st.spec.shown_metrics().zip(readings) {
+        let value = match (decided.and_then(|i| served.get(i)), &reading.value) {
             (Some(Ok(v)), _) => MetricValue::Milli(to_milli(*v)),
             (_, Ok(v)) if v.is_finite() => MetricValue::Milli(to_milli(*v)),
             (_, Ok(v)) => MetricValue::Failed(format!("value {v} is not a number")),
@@ -636,7 +664,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     let steps = leader || spec.mode == TargetMode::Hpa;
 
     let Polled {
-        readings,
+        mut readings,
         slo,
         queues,
         scale,
@@ -646,6 +674,10 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         .and_then(|s| s.as_ref().ok())
         .map(|(_, c)| *c);
     let values: Vec<_> = readings.iter().map(Reading::engine).collect();
+    if let Some(formula) = &spec.formula {
+        // Shown and served after its inputs; the machine computes it again from `values`.
+        readings.push(formula_reading(&st, formula, &readings, &values));
+    }
     let inputs = Inputs {
         readings: &values,
         slo: slo.as_deref().unwrap_or_default(),
@@ -752,7 +784,7 @@ impl Context {
     fn machine_views(&self, st: &ScaledTarget) -> Vec<MachineView> {
         let targets = self.targets.lock().expect("targets");
         let t = targets.get(&key(st));
-        (0..st.spec.metrics.len())
+        (0..st.spec.decided_metrics().len())
             .map(|i| MachineView {
                 learned: t.and_then(|t| t.machine.learned(i)),
                 throughput: t.and_then(|t| t.machine.throughput(i)),
@@ -958,12 +990,16 @@ fn metric_statuses(
     at: &Timestamp,
 ) -> Vec<MetricStatus> {
     let quantity_of = |v: f64| Quantity(from_milli(to_milli(v)));
+    let unknown = MachineView {
+        learned: None,
+        throughput: None,
+        value: None,
+    };
     st.spec
-        .metrics
-        .iter()
+        .shown_metrics()
         .zip(readings)
-        .zip(views)
-        .map(|((m, r), view)| {
+        .map(|((m, decided), r)| {
+            let view = decided.and_then(|i| views.get(i)).unwrap_or(&unknown);
             let drain = m.target.type_ == TargetType::DrainTime;
             // A DrainTime metric shows its work (msg/s) against the throughput per pod.
             let value = match (drain, view.value) {
@@ -1262,8 +1298,8 @@ impl Act<'_> {
         let (st, ctx, step) = (self.st, self.ctx, self.step);
         let metric = step
             .metric
-            .and_then(|i| st.spec.metrics.get(i))
-            .map_or("-", |m| m.name.as_str());
+            .and_then(|i| st.spec.decided_metrics().get(i).map(|m| m.name.clone()))
+            .unwrap_or_else(|| "-".into());
         match step.action {
             StepAction::None => {}
             StepAction::PauseAt(n) => self.pause_at(n, status).await?,
@@ -1273,7 +1309,7 @@ impl Act<'_> {
                 match patch_scale(ctx, api, st, to, counts.status).await {
                     Ok(()) => {
                         self.with_machine(|m| m.applied(now_ms, self.spec, from, to));
-                        audit(ctx, st, from, to, metric, &step.rule).await;
+                        audit(ctx, st, from, to, &metric, &step.rule).await;
                         status.last_scale_time = Some(Time(self.now));
                         status.current_replicas = Some(to);
                     }

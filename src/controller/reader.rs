@@ -26,6 +26,9 @@ pub enum ReadError {
     /// The last answer is too old to stand for now: its refreshes have not landed.
     #[error("stale: {0}")]
     Stale(String),
+    /// A formula with no value: an input without one, or a division by zero.
+    #[error("no value: {0}")]
+    Formula(String),
 }
 
 fn source_message(e: &SourceError) -> String {
@@ -56,6 +59,7 @@ impl ReadError {
             ReadError::NoAnswer(_) => cond::NO_ANSWER_YET,
             ReadError::Config(_) => cond::INVALID_CONFIGURATION,
             ReadError::Stale(_) => cond::STALE_READINGS,
+            ReadError::Formula(_) => cond::FORMULA_NO_VALUE,
         }
     }
 }

@@ -82,6 +82,10 @@ pub const SCALED_TARGET_LABEL: &str = "ebb.dev/scaledtarget";
     .message("metric names must be unique"))]
 #[x_kube(validation = Rule::new("!has(self.fallback) || self.fallback.replicas <= self.maxReplicas")
     .message("fallback.replicas must not exceed maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.formula) || self.metrics.all(m, m.name != self.formula.name)")
+    .message("formula.name must differ from every metric's name"))]
+#[x_kube(validation = Rule::new("!has(self.formula) || self.metrics.all(m, m.target.type != 'DrainTime' && !has(m.slo))")
+    .message("with a formula the metrics are its inputs: target type DrainTime and slo belong to a metric that scales on its own"))]
 #[serde(rename_all = "camelCase")]
 pub struct ScaledTargetSpec {
     /// The workload to scale: anything with a `/scale` subresource.
@@ -117,9 +121,14 @@ pub struct ScaledTargetSpec {
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')")
         .message("pollingInterval must be a duration between 1s and 1h, e.g. 15s"))]
     pub polling_interval: kube::core::Duration,
-    /// The load signals; the one asking for the most replicas wins.
+    /// The load signals; the one asking for the most replicas wins. With a `formula`, they are
+    /// its inputs and only the formula scales.
     #[schemars(length(min = 1, max = 16))]
     pub metrics: Vec<Metric>,
+    /// A composite metric computed from the metrics (KEDA's scalingModifiers): the only one
+    /// that scales when set. Learning, activation and the backtest treat it as any metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formula: Option<FormulaMetric>,
     /// Thresholds learned from history (`docs/adaptive.md`), for AverageValue metrics. Absent:
     /// off (the plain HPA algorithm); `{}`: on with the defaults. The seasonal forecast is part
     /// of it (`forecast`, on by default), looking `startupDelaySeconds` plus one polling
@@ -309,6 +318,64 @@ pub struct Metric {
     /// from which the per-pod throughput is learned. Without it the set throughput holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_rate: Option<PrometheusConfig>,
+}
+
+/// A composite metric: an expression over the ScaledTarget's metrics, with its own target and
+/// activation (`docs/controller.md`, "Formula").
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("self.target.type in ['Value', 'AverageValue']")
+    .message("formula.target: type Value or AverageValue"))]
+#[serde(rename_all = "camelCase")]
+pub struct FormulaMetric {
+    /// Its name: its external metric name in mode Hpa and its entry in status.
+    #[serde(default = "default_formula_name")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// CEL syntax over the metrics' names, a `-` in a name written `_`: numbers, `+ - * /`,
+    /// comparisons, `&& || !`, `c ? a : b`, `min(..)`, `max(..)`. E.g. `orders / max(workers, 1)`,
+    /// `backlog > 100 && lag_seconds > 30 ? backlog : 0`. It has no value when an input has
+    /// none or it divides by zero (then fallback applies, as for any metric).
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('^[-+*/()<>=!?:&|,._ \\t\\n0-9a-zA-Z]+$')")
+        .message("formula.expression: only numbers, metric names (a - written _), + - * / ( ) comparisons && || ! ?: min() max()"))]
+    pub expression: String,
+    /// What the formula's value is compared against.
+    pub target: MetricTarget,
+    /// The formula's value at or below which the target counts as idle (scale to zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<f64>,
+}
+
+fn default_formula_name() -> String {
+    "formula".into()
+}
+
+impl FormulaMetric {
+    /// The formula as a metric with no source of its own: what the decision sees.
+    pub fn as_metric(&self) -> Metric {
+        Metric {
+            name: self.name.clone(),
+            prometheus: None,
+            rabbitmq: None,
+            target: self.target.clone(),
+            activation: self.activation,
+            slo: None,
+            arrival_rate: None,
+            served_rate: None,
+        }
+    }
+
+    /// The formula parsed over `metrics` (its inputs).
+    pub fn parse(
+        &self,
+        metrics: &[Metric],
+    ) -> Result<crate::engine::formula::Formula, crate::engine::formula::FormulaError> {
+        let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+        crate::engine::formula::Formula::parse(&self.expression, &names)
+    }
 }
 
 /// The reads a DrainTime metric needs besides its backlog, as metrics of their own (read
@@ -687,6 +754,32 @@ pub async fn install(client: &kube::Client) -> Result<(), kube::Error> {
 }
 
 impl ScaledTargetSpec {
+    /// Every metric shown in status and served by the external metrics API, with its index
+    /// among [`Self::decided_metrics`]: the metrics (a formula's inputs decide nothing), then
+    /// the formula.
+    pub fn shown_metrics(
+        &self,
+    ) -> impl Iterator<Item = (std::borrow::Cow<'_, Metric>, Option<usize>)> {
+        let formula = self.formula.is_some();
+        self.metrics
+            .iter()
+            .enumerate()
+            .map(move |(i, m)| (std::borrow::Cow::Borrowed(m), (!formula).then_some(i)))
+            .chain(
+                self.formula
+                    .iter()
+                    .map(|f| (std::borrow::Cow::Owned(f.as_metric()), Some(0))),
+            )
+    }
+
+    /// The metrics that decide, in order: the formula alone when set, else every metric.
+    pub fn decided_metrics(&self) -> std::borrow::Cow<'_, [Metric]> {
+        match &self.formula {
+            Some(f) => std::borrow::Cow::Owned(vec![f.as_metric()]),
+            None => std::borrow::Cow::Borrowed(&self.metrics),
+        }
+    }
+
     /// Whether the workload may go to zero while idle (`minReplicas: 0`, or `idleReplicas:
     /// 0`).
     pub fn scales_to_zero(&self) -> bool {
@@ -798,7 +891,7 @@ impl ScaledTarget {
             hpa: spec.engine_spec(),
             interval: (spec.polling_interval().as_millis() as i64).max(1),
             metrics: spec
-                .metrics
+                .decided_metrics()
                 .iter()
                 .map(|m| MetricSpec {
                     name: m.name.clone(),
@@ -814,6 +907,10 @@ impl ScaledTarget {
                         .and_then(|config| self.learn_spec(m, config, &uid)),
                 })
                 .collect(),
+            formula: spec
+                .formula
+                .as_ref()
+                .map(|f| f.parse(&spec.metrics).map_err(|e| e.to_string())),
             adaptive,
             fallback: spec.fallback.as_ref().map(|f| FallbackSpec {
                 failure_threshold: f.failure_threshold.max(1) as u32,

@@ -30,6 +30,10 @@ pub const PAUSED_AT_REPLICAS: &str = "PausedAtReplicas";
 pub const NOT_PAUSED: &str = "NotPaused";
 /// Ready False: a metric's target cannot be read.
 pub const INVALID_TARGET: &str = "InvalidTarget";
+/// Ready False: the formula does not parse.
+pub const INVALID_FORMULA: &str = "InvalidFormula";
+/// A formula has no value (an input without one, or a division by zero).
+pub const FORMULA_NO_VALUE: &str = "FormulaNoValue";
 /// Ready: decided (Direct, Shadow).
 pub const DECIDED: &str = "Decided";
 /// Rule: a target at 0 replicas had a metric above its activation and was woken.

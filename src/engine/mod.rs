@@ -18,6 +18,7 @@ pub mod baseline;
 pub mod conditions;
 pub mod drain;
 pub mod forecast;
+pub mod formula;
 pub mod hpa;
 pub mod learning;
 pub mod policy;

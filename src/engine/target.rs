@@ -130,8 +130,12 @@ pub struct TargetSpec {
     pub hpa: HpaSpec,
     /// The polling interval.
     pub interval: Millis,
-    /// The metrics, in `spec.metrics` order.
+    /// The metrics that decide, in `spec.metrics` order; with a formula, the formula alone.
     pub metrics: Vec<MetricSpec>,
+    /// A composite metric: the readings fed in are its inputs, and its value is the one
+    /// reading of `metrics[0]`. `Err`: it does not parse (the step says why, and decides
+    /// nothing).
+    pub formula: Option<Result<super::formula::Formula, String>>,
     /// Learning from history, when on.
     pub adaptive: Option<AdaptiveConfig>,
     /// Fallback, when configured.
@@ -409,9 +413,18 @@ impl TargetMachine {
             spec.interval,
         );
         self.sync_throughput(spec);
+        let combined: [Reading; 1];
+        let readings = match &spec.formula {
+            Some(Ok(f)) => {
+                combined = [f.reading(inputs.readings)];
+                &combined[..]
+            }
+            Some(Err(_)) => &[],
+            None => inputs.readings,
+        };
         self.readings.clear();
         self.readings
-            .extend(inputs.readings.iter().enumerate().map(|(i, r)| {
+            .extend(readings.iter().enumerate().map(|(i, r)| {
                 let finite = match r {
                     Ok(v) if v.is_finite() => Ok(*v),
                     Ok(_) => Err(NoData::SourceFailed),
@@ -422,7 +435,7 @@ impl TargetMachine {
                     None => finite,
                 }
             }));
-        self.activity = activity(spec, inputs.readings);
+        self.activity = activity(spec, readings);
         let reading = self
             .last_reading
             .is_none_or(|last| now - last >= spec.interval / 2);
@@ -511,6 +524,15 @@ impl TargetMachine {
             cond::NOT_PAUSED,
             "scaling is automatic",
         ));
+        if let Some(Err(e)) = &spec.formula {
+            step.conditions.push(condition(
+                cond::READY,
+                false,
+                cond::INVALID_FORMULA,
+                &format!("formula: {e}"),
+            ));
+            return step;
+        }
         if let Some((name, e)) = spec
             .metrics
             .iter()
@@ -1120,6 +1142,7 @@ mod tests {
     /// One AverageValue metric of 100 per pod (and a Value metric of 1000 when `value`).
     fn spec(mode: Mode) -> TargetSpec {
         TargetSpec {
+            formula: None,
             mode,
             hpa: HpaSpec {
                 min_replicas: 1,
@@ -1184,6 +1207,68 @@ mod tests {
             created: Some(0),
         });
         spec
+    }
+
+    /// `spec(mode)` deciding on `orders + 2 * refunds` (its one metric is the formula), with
+    /// the formula's activation at 5 and scale to zero.
+    fn formula_spec(mode: Mode, expression: &str) -> TargetSpec {
+        let mut spec = idle_spec(mode);
+        spec.metrics[0].name = "work".into();
+        spec.formula = Some(
+            super::super::formula::Formula::parse(expression, &["orders", "refunds"])
+                .map_err(|e| e.to_string()),
+        );
+        spec
+    }
+
+    #[test]
+    fn a_formula_decides_on_its_value_and_has_none_when_an_input_has_none() {
+        for mode in [Mode::Direct, Mode::Hpa] {
+            let spec = formula_spec(mode, "orders + 2 * refunds");
+            let mut m = TargetMachine::new();
+            // 200 + 2 * 50 = 300 at 100 per pod: 3 (the inputs alone: 2 and 1).
+            m.observe(0, &spec, reads(&[Ok(200.0), Ok(50.0)]));
+            let s = m.step(0, &spec, Replicas::all(1));
+            assert_eq!(s.desired, 3, "{mode:?}");
+            assert!(
+                condition_of(&s, cond::ACTIVE)
+                    .message
+                    .contains("work reads 300"),
+                "{mode:?}"
+            );
+            if mode == Mode::Hpa {
+                assert_eq!(s.served, [Ok(300.0)]);
+            }
+            // An input without data: the formula has none, and nothing scales down on it.
+            for k in 1..=2 {
+                m.observe(k * INTERVAL, &spec, reads(&[Ok(200.0), Err(NoData::Empty)]));
+                let s = m.step(k * INTERVAL, &spec, Replicas::all(3));
+                assert!(s.desired >= 3, "{mode:?}: {}", s.desired);
+                assert_eq!(
+                    condition_of(&s, cond::ACTIVE).reason,
+                    cond::ACTIVITY_UNKNOWN
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_formula_that_does_not_parse_decides_nothing_and_says_where() {
+        let spec = formula_spec(Mode::Direct, "orders + (refunds");
+        let mut m = TargetMachine::new();
+        m.observe(0, &spec, reads(&[Ok(200.0), Ok(50.0)]));
+        let s = m.step(0, &spec, Replicas::all(2));
+        assert_eq!((s.desired, s.action), (2, Action::None));
+        let ready = condition_of(&s, cond::READY);
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (false, cond::INVALID_FORMULA)
+        );
+        assert!(
+            ready.message.contains("line 1, column 18"),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
@@ -1717,6 +1802,7 @@ mod drain_tests {
     /// A queue scaled in mode `mode` on its work: drain within 60 s, 10 msg/s per pod set.
     fn queue_spec(mode: Mode, learn: bool) -> TargetSpec {
         TargetSpec {
+            formula: None,
             mode,
             hpa: HpaSpec {
                 min_replicas: 1,
