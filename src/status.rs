@@ -54,6 +54,8 @@ pub struct MetricCell {
     /// On a target that scales to zero: whether this metric reads above its activation
     /// (what keeps the target awake).
     pub keeps_active: bool,
+    /// An input of the formula: it decides nothing on its own.
+    pub input: bool,
 }
 
 /// Reads every ScaledTarget (of `namespace`, or all) and its newest scaling Event.
@@ -148,9 +150,8 @@ fn row(
     .cloned();
     let metrics = st
         .spec
-        .metrics
-        .iter()
-        .map(|m| {
+        .shown_metrics()
+        .map(|(m, decided)| {
             let reading = status.metrics.iter().find(|s| s.name == m.name);
             MetricCell {
                 name: m.name.clone(),
@@ -162,7 +163,9 @@ fn row(
                     .and_then(|r| r.learned_target.as_ref())
                     .map(|q| decimal(&q.0)),
                 error: reading.and_then(|r| r.error.clone()),
+                input: decided.is_none(),
                 keeps_active: st.spec.scales_to_zero()
+                    && decided.is_some()
                     && reading
                         .and_then(|r| r.value.as_ref())
                         .and_then(|q| crate::crd::milli_value(&q.0).ok())
@@ -243,7 +246,11 @@ pub fn render(rows: &[Row], now: Timestamp) -> String {
                 } else {
                     m.name.clone()
                 },
-                format!("{value}/{}", m.target.clone().unwrap_or_else(dash)),
+                if m.input {
+                    format!("{value} (input)")
+                } else {
+                    format!("{value}/{}", m.target.clone().unwrap_or_else(dash))
+                },
                 m.learned.clone().unwrap_or_else(dash),
                 keep(replicas),
                 keep(r.state.clone()),
@@ -352,6 +359,7 @@ mod tests {
                 learned: Some(decimal("33333m")),
                 error: None,
                 keeps_active: true,
+                input: false,
             },
             MetricCell {
                 name: "rate".into(),
@@ -360,6 +368,7 @@ mod tests {
                 learned: None,
                 error: Some("no data".into()),
                 keeps_active: false,
+                input: false,
             },
         ];
         let table = render(
@@ -383,6 +392,42 @@ mod tests {
             !lines[2].contains("worker"),
             "the second metric repeats no target columns"
         );
+    }
+
+    #[test]
+    fn a_formula_shows_its_inputs_as_inputs_and_itself_against_its_target() {
+        let st: ScaledTarget = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
+            "metadata": { "name": "w", "namespace": "n" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "w" },
+                "maxReplicas": 10,
+                "metrics": [{
+                    "name": "orders",
+                    "prometheus": { "address": "http://p:9090", "query": "q" },
+                    "target": { "type": "AverageValue", "averageValue": "10" }
+                }],
+                "formula": {
+                    "name": "work", "expression": "orders * 2",
+                    "target": { "type": "AverageValue", "averageValue": "5" }
+                }
+            },
+            "status": { "metrics": [
+                { "name": "orders", "value": "20" },
+                { "name": "work", "value": "40" }
+            ] }
+        }))
+        .unwrap();
+        let r = row(&st, &HashMap::new());
+        let cells: Vec<(&str, bool)> = r
+            .metrics
+            .iter()
+            .map(|m| (m.name.as_str(), m.input))
+            .collect();
+        assert_eq!(cells, [("orders", true), ("work", false)]);
+        let table = render(&[r], Timestamp::now());
+        assert!(table.contains("20 (input)"), "{table}");
+        assert!(table.contains("40/5"), "{table}");
     }
 
     #[test]

@@ -587,3 +587,62 @@ async fn scaled_targets_imported_from_keda_are_accepted() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_formula_is_checked_where_cel_can_and_accepted_with_its_default_name() {
+    let api = setup().await;
+    let with_formula = |expression: &str| {
+        let mut object = valid();
+        object["spec"]["metrics"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({
+                "name": "card-refunds",
+                "prometheus": { "address": "http://prometheus:9090", "query": "sum(refunds)" },
+                "target": { "type": "Value", "value": "100" }
+            }));
+        object["spec"]["formula"] = json!({
+            "expression": expression,
+            "target": { "type": "AverageValue", "averageValue": "10" }
+        });
+        object
+    };
+    let message = rejection(&api, "formula-string", with_formula("backlog + size('x')")).await;
+    assert!(
+        message.contains("formula.expression: only numbers, metric names"),
+        "{message}"
+    );
+    let mut object = with_formula("backlog");
+    object["spec"]["formula"]["name"] = json!("backlog");
+    let message = rejection(&api, "formula-name", object).await;
+    assert!(
+        message.contains("formula.name must differ from every metric's name"),
+        "{message}"
+    );
+    let mut object = with_formula("backlog");
+    object["spec"]["formula"]["target"] =
+        json!({ "type": "DrainTime", "drainSeconds": 60, "throughputPerPod": "5" });
+    let message = rejection(&api, "formula-drain", object).await;
+    assert!(
+        message.contains("formula.target: type Value or AverageValue"),
+        "{message}"
+    );
+    let mut object = with_formula("backlog");
+    object["spec"]["metrics"][0]["target"] =
+        json!({ "type": "DrainTime", "drainSeconds": 60, "throughputPerPod": "5" });
+    let message = rejection(&api, "formula-drain-input", object).await;
+    assert!(
+        message.contains("with a formula the metrics are its inputs"),
+        "{message}"
+    );
+
+    let mut object =
+        with_formula("backlog > 100 && card_refunds > 3 ? backlog : max(card_refunds, 1)");
+    object["metadata"]["name"] = json!("formula-ok");
+    let st: ScaledTarget = serde_json::from_value(object).unwrap();
+    let created = api.create(&PostParams::default(), &st).await.unwrap();
+    let formula = created.spec.formula.unwrap();
+    assert_eq!(formula.name, "formula");
+    // What CEL cannot check (the grammar, the names) the controller reports with where.
+    assert!(formula.parse(&created.spec.metrics).is_ok());
+}

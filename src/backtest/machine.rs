@@ -171,13 +171,27 @@ pub fn protocol_spec(
 
 /// The machine's spec of a ScaledTarget for a replay of one metric's series: `metric` (by
 /// name, else the first), in `mode`. The other metrics are left out (the trace is one series;
-/// a metric with no reading would hold every scale-down, as it does in a cluster).
+/// a metric with no reading would hold every scale-down, as it does in a cluster). With a
+/// formula, the trace is the formula's value: it decides alone, as in a cluster.
 pub fn scaled_target_spec(
     st: &crate::crd::ScaledTarget,
     metric: Option<&str>,
     mode: Mode,
 ) -> Result<TargetSpec, String> {
     let mut spec = st.machine_spec();
+    if let Some(formula) = &st.spec.formula {
+        if let Some(Err(e)) = &spec.formula {
+            return Err(format!("formula: {e}"));
+        }
+        if metric.is_some_and(|m| m != formula.name) {
+            return Err(format!(
+                "with a formula only the formula {:?} scales: the trace is its value (with \
+                 --prometheus, a query that computes it from the inputs' queries)",
+                formula.name
+            ));
+        }
+        spec.formula = None;
+    }
     let index = match metric {
         Some(name) => spec
             .metrics
@@ -222,6 +236,46 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_formula_target_replays_the_formula_s_value_and_an_input_is_refused() {
+        let mut st = zero_target("Direct");
+        st.spec.min_replicas = 1;
+        let mut input = st.spec.metrics[0].clone();
+        input.name = "refunds".into();
+        st.spec.metrics.push(input);
+        st.spec.formula = Some(crate::crd::FormulaMetric {
+            name: "work".into(),
+            expression: "load + 2 * refunds".into(),
+            target: st.spec.metrics[0].target.clone(),
+            activation: None,
+        });
+        let spec = scaled_target_spec(&st, Some("work"), Mode::Direct).unwrap();
+        assert!(spec.formula.is_none(), "the trace is the formula's value");
+        assert_eq!(spec.metrics.len(), 1);
+        assert_eq!(spec.metrics[0].name, "work");
+        let e = scaled_target_spec(&st, Some("refunds"), Mode::Direct).unwrap_err();
+        assert!(e.contains("only the formula \"work\" scales"), "{e}");
+        // A trace of 40 at 10 per pod: 4 replicas, as for any metric.
+        let cfg = ReplayConfig {
+            capacity: 10.0,
+            target_per_pod: 10.0,
+            startup_delay: 1,
+            min_replicas: 1,
+            max_replicas: 20,
+            step_seconds: 60.0,
+            start_unix: 0,
+        };
+        let mut policy = MachinePolicy::new(spec, &cfg);
+        let out = replay(&[Some(40.0); 10], &cfg, &mut policy);
+        assert_eq!(out.decisions[5], 4);
+        st.spec.formula.as_mut().unwrap().expression = "load +".into();
+        let e = scaled_target_spec(&st, None, Mode::Direct).unwrap_err();
+        assert!(
+            e.starts_with("formula: syntax error at line 1, column 7"),
+            "{e}"
+        );
     }
 
     #[test]
