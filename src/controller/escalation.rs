@@ -69,6 +69,50 @@ pub struct EscalationPayload {
     pub max_replicas: i32,
     /// What ebb did before escalating.
     pub tried: Vec<String>,
+    /// A stalled scale-up: what the pods say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall: Option<StallReport>,
+}
+
+/// The diagnosis of a stalled scale-up, in a webhook's body.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StallReport {
+    /// `Unschedulable`, `CrashLoopBackOff`, `ImagePullBackOff`, `OOMKilled`,
+    /// `CreateContainerConfigError`, `ReadinessProbeFailing` or `Unknown`.
+    pub pattern: &'static str,
+    /// One affected pod's own words (the scheduler's message, the container's reason).
+    pub message: String,
+    /// Pods showing the pattern (at most five).
+    pub pods: Vec<String>,
+    /// Replicas asked for, Ready, not Ready.
+    pub wanted: i32,
+    pub ready: i32,
+    pub not_ready: i32,
+    /// When the scale-up that stalled was seen, and when it was found stalled (RFC 3339).
+    pub scaled_at: String,
+    pub since: String,
+}
+
+impl StallReport {
+    /// From the machine's diagnosis (times in Unix milliseconds).
+    pub fn new(s: &crate::engine::stall::Stall) -> Self {
+        let time = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default()
+        };
+        Self {
+            pattern: s.pattern.as_str(),
+            message: s.message.clone(),
+            pods: s.pods.clone(),
+            wanted: s.wanted,
+            ready: s.ready,
+            not_ready: s.not_ready,
+            scaled_at: time(s.scaled_at),
+            since: time(s.since),
+        }
+    }
 }
 
 /// One escalation to deliver.
@@ -88,7 +132,7 @@ impl Job {
     fn pending_key(&self) -> (String, String) {
         (
             self.payload.scaled_target.clone(),
-            format!("{:?}", self.payload.reason),
+            self.payload.reason.as_str().to_string(),
         )
     }
 }

@@ -683,6 +683,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         slo: slo.as_deref().unwrap_or_default(),
         queues: &queues,
         pods: counts.map(|c| c.status),
+        workload_pods: None,
     };
     let (observed, step) = ctx.step(&st, &spec, now, inputs, counts, steps);
     for job in observed.backfills {
@@ -1393,6 +1394,12 @@ impl Act<'_> {
                 e.demanded.unwrap_or(e.desired)
             ),
             EscalationReason::ScalingFailing => format!("{}: scaling keeps failing", key(st)),
+            EscalationReason::ScalingStalled(p) => format!(
+                "{}: the pods of a scale-up are not Ready ({}); ebb adds no replicas and keeps {}",
+                key(st),
+                p.as_str(),
+                e.current
+            ),
         };
         self.ctx.escalations.send(escalation::Job {
             namespace: st.namespace().unwrap_or_default(),
@@ -1407,6 +1414,7 @@ impl Act<'_> {
                 demanded_replicas: e.demanded,
                 max_replicas: st.spec.max_replicas,
                 tried: e.tried.clone(),
+                stall: e.stall.as_ref().map(escalation::StallReport::new),
             },
         });
     }

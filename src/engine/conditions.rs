@@ -34,6 +34,11 @@ pub const INVALID_TARGET: &str = "InvalidTarget";
 pub const INVALID_FORMULA: &str = "InvalidFormula";
 /// A formula has no value (an input without one, or a division by zero).
 pub const FORMULA_NO_VALUE: &str = "FormulaNoValue";
+/// The pods of a scale-up do not become Ready (True, with the pattern as reason); also the
+/// rule while replicas are held back for it.
+pub const SCALING_STALLED: &str = "ScalingStalled";
+/// ScalingStalled False.
+pub const SCALE_UPS_READY: &str = "ScaleUpsReady";
 /// Ready: decided (Direct, Shadow).
 pub const DECIDED: &str = "Decided";
 /// Rule: a target at 0 replicas had a metric above its activation and was woken.

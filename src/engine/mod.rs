@@ -23,6 +23,7 @@ pub mod hpa;
 pub mod learning;
 pub mod policy;
 pub mod slo;
+pub mod stall;
 pub mod target;
 
 /// Time as the engine sees it: milliseconds since an epoch the caller chooses (Unix time in

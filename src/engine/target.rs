@@ -32,6 +32,7 @@ use super::conditions as cond;
 use super::drain::{DrainSpec, QueueSignals, Throughput};
 use super::hpa::{self, HpaSpec, Replicas, ScalingState, propose};
 use super::learning::{self, Backfill, Change, LearnSpec, LearnedScaleDown, Learning};
+use super::stall::{StallWatch, StartupDelay};
 use super::{Decision, MetricSample, Millis, NoData, Target};
 
 /// How ebb acts on the workload.
@@ -99,6 +100,9 @@ pub struct Inputs<'a> {
     pub queues: &'a [Option<QueueSignals>],
     /// The workload's pods (the SLO rule, the learned throughput).
     pub pods: Option<i32>,
+    /// What each pod of the workload says, when the caller watches them: stalled scale-ups
+    /// and the learned startup delay (`engine::stall`). `None`: neither is judged.
+    pub workload_pods: Option<&'a [super::stall::PodState]>,
 }
 
 /// What to do when every source fails.
@@ -154,13 +158,32 @@ pub struct TargetSpec {
 /// One metric's reading: a finite value, or why there is none (never zero).
 pub type Reading = Result<f64, NoData>;
 
-/// Why ebb asks a human for help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+/// Why ebb asks a human for help (serialized as its name; a stall's pattern goes with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EscalationReason {
     /// At maxReplicas and the metrics ask for more.
     AtMaxReplicas,
     /// Scaling the workload failed on several attempts in a row.
     ScalingFailing,
+    /// The pods of a scale-up do not become Ready, for this reason.
+    ScalingStalled(super::stall::Pattern),
+}
+
+impl EscalationReason {
+    /// Its name, as webhooks receive it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscalationReason::AtMaxReplicas => "AtMaxReplicas",
+            EscalationReason::ScalingFailing => "ScalingFailing",
+            EscalationReason::ScalingStalled(_) => "ScalingStalled",
+        }
+    }
+}
+
+impl serde::Serialize for EscalationReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// An escalation the caller should send (already rate-limited by the machine).
@@ -176,6 +199,8 @@ pub struct Escalation {
     pub demanded: Option<i32>,
     /// What ebb did before escalating.
     pub tried: Vec<String>,
+    /// A stalled scale-up: the diagnosis.
+    pub stall: Option<super::stall::Stall>,
 }
 
 /// What the caller should do on the workload.
@@ -347,6 +372,16 @@ pub struct TargetMachine {
     last_active: Option<Millis>,
     /// The first step (stands in for the creation time when the spec has none).
     first_step: Option<Millis>,
+    /// The latest scale-up, until its pods are Ready (`engine::stall`).
+    stall: StallWatch,
+    /// The startup delay learned from the workload's pods.
+    startup: StartupDelay,
+    /// Whether the caller watches the pods (the ScalingStalled condition is set only then).
+    pods_watched: bool,
+    /// A stall found at the last observation, to escalate at the next step.
+    stall_found: bool,
+    /// The workload's count at the last step: a rise is a scale-up to watch, whoever made it.
+    last_spec: Option<i32>,
 }
 
 /// What the last readings say of the target's work.
@@ -436,6 +471,12 @@ impl TargetMachine {
                 }
             }));
         self.activity = activity(spec, readings);
+        if let Some(pods) = inputs.workload_pods {
+            self.pods_watched = true;
+            self.startup.observe(pods);
+            let budget = self.startup.budget(static_startup_delay(spec));
+            self.stall_found |= self.stall.observe(now, pods, budget).is_some();
+        }
         let reading = self
             .last_reading
             .is_none_or(|last| now - last >= spec.interval / 2);
@@ -554,6 +595,7 @@ impl TargetMachine {
         if let Some(idle) = spec.idle {
             self.step_idle(now, spec, idle, replicas, &mut step);
         }
+        self.step_stall(now, spec, replicas, &mut step);
         // Demand above maxReplicas while already there: automation cannot cope, tell a human.
         let max = spec.hpa.max_replicas;
         if step.desired >= max && step.proposal.is_some_and(|p| p > max) {
@@ -671,6 +713,92 @@ impl TargetMachine {
         }
     }
 
+    /// A scale-up whose pods do not become Ready: watch each rise of the count, and while one
+    /// is stalled add nothing (mode Hpa: the served values already hold the HPA), keep what
+    /// there is, say why, and escalate once per pattern.
+    fn step_stall(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas, step: &mut Step) {
+        if let Some(last) = self.last_spec.replace(replicas.spec)
+            && last != replicas.spec
+        {
+            self.stall.scaled(now, last, replicas.spec);
+        }
+        if !self.pods_watched {
+            return;
+        }
+        let holds = self.stall.holds_scale_up(now);
+        if holds && step.desired > replicas.spec {
+            step.desired = replicas.spec;
+            step.action = Action::None;
+            step.rule = cond::SCALING_STALLED.to_string();
+        }
+        if let Some(retry) = self.stall.retry_at().filter(|_| holds) {
+            step.next_wake = Some(step.next_wake.map_or(retry, |w| w.min(retry)));
+        }
+        let Some(stall) = self.stall.stall().cloned() else {
+            step.conditions.push(condition(
+                cond::SCALING_STALLED,
+                false,
+                cond::SCALE_UPS_READY,
+                "every scale-up's pods became Ready",
+            ));
+            return;
+        };
+        let what = if holds {
+            match self.stall.retry_at() {
+                Some(t) => format!(
+                    "adding no replicas, holding {}; one more try in {} s",
+                    replicas.spec,
+                    (t - now).max(0) / 1000
+                ),
+                None => format!("holding {} while one more try starts", replicas.spec),
+            }
+        } else {
+            "the backoff is over: one more try when the metrics ask for it".to_string()
+        };
+        step.conditions.push(condition(
+            cond::SCALING_STALLED,
+            true,
+            stall.pattern.as_str(),
+            &format!(
+                "{} of {} pods not Ready {} s after the scale-up ({} Ready): {}: {} (pods {}); {what}",
+                stall.not_ready,
+                stall.wanted,
+                (stall.since - stall.scaled_at) / 1000,
+                stall.ready,
+                stall.pattern.as_str(),
+                stall.message,
+                stall.pods.join(", "),
+            ),
+        ));
+        if std::mem::take(&mut self.stall_found) {
+            let tried = vec![
+                format!(
+                    "stopped adding replicas at {} (pods of the last scale-up not Ready)",
+                    replicas.spec
+                ),
+                "kept the replicas there are (a crash is no reason to scale down)".to_string(),
+            ];
+            self.escalate(
+                now,
+                spec,
+                EscalationReason::ScalingStalled(stall.pattern),
+                replicas.spec,
+                step,
+                tried,
+            );
+            if let Some(e) = step.escalations.last_mut()
+                && matches!(e.reason, EscalationReason::ScalingStalled(_))
+            {
+                e.stall = Some(stall);
+            }
+        }
+    }
+
+    /// The learned startup delay (pod created -> Ready) and the starts it rests on.
+    pub fn learned_startup_delay(&self) -> Option<(Millis, usize)> {
+        self.startup.learned()
+    }
+
     /// Mode Hpa between two steps: one more sync of the modelled HPA on the values last
     /// served (the HPA syncs every 15 s whatever ebb's interval). Returns its count.
     pub fn hpa_sync(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas) -> i32 {
@@ -770,6 +898,7 @@ impl TargetMachine {
             desired: step.desired,
             demanded: step.proposal,
             tried,
+            stall: None,
         });
     }
 
@@ -923,6 +1052,16 @@ impl TargetMachine {
                 });
             }
         }
+        if self.stall.holds_scale_up(now) {
+            // No replicas the cluster cannot start: values for which the HPA asks for no more
+            // than the current count.
+            let targets = self.hpa_targets(spec);
+            for (value, target) in served.iter_mut().zip(&targets) {
+                if let Ok(v) = value {
+                    *v = v.min(hold_value(*target, replicas.spec, replicas, &spec.hpa));
+                }
+            }
+        }
         step.conditions.push(fallback_condition(floor));
         self.served = served.clone();
         step.served = served;
@@ -1052,11 +1191,29 @@ fn activity(spec: &TargetSpec, readings: &[Reading]) -> Activity {
     }
 }
 
+/// The escalation's rate-limit key: one per reason, and per pattern for a stall.
 fn reason_key(reason: EscalationReason) -> &'static str {
+    use super::stall::Pattern;
     match reason {
         EscalationReason::AtMaxReplicas => "AtMaxReplicas",
         EscalationReason::ScalingFailing => "ScalingFailing",
+        EscalationReason::ScalingStalled(p) => match p {
+            Pattern::Unschedulable => "ScalingStalled/Unschedulable",
+            Pattern::CrashLoopBackOff => "ScalingStalled/CrashLoopBackOff",
+            Pattern::ImagePull => "ScalingStalled/ImagePull",
+            Pattern::OomKilled => "ScalingStalled/OOMKilled",
+            Pattern::CreateContainerConfigError => "ScalingStalled/CreateContainerConfigError",
+            Pattern::ReadinessProbe => "ScalingStalled/ReadinessProbe",
+            Pattern::Unknown => "ScalingStalled/Unknown",
+        },
     }
+}
+
+/// The startup delay to use before one is learned: the adaptive section's, else a minute.
+fn static_startup_delay(spec: &TargetSpec) -> Millis {
+    spec.adaptive
+        .as_ref()
+        .map_or(60_000, |a| a.startup_delay_seconds as Millis * 1000)
 }
 
 /// A value in milli-units, saturating.
@@ -1126,6 +1283,7 @@ fn condition(type_: &'static str, status: bool, reason: &str, message: &str) -> 
 #[cfg(test)]
 mod tests {
     //! The machine stepped on a simulated clock: no sleeps, no cluster.
+    use super::super::stall::{Pattern, PodState};
     use super::*;
 
     const S: Millis = 1000;
@@ -1207,6 +1365,124 @@ mod tests {
             created: Some(0),
         });
         spec
+    }
+
+    /// `n` pods: the first `ready` Ready since long ago, the rest created at `created` and
+    /// stuck on `pattern`.
+    fn pods(n: usize, ready: usize, created: Millis, pattern: Pattern) -> Vec<PodState> {
+        (0..n)
+            .map(|i| PodState {
+                name: format!("w-{i}"),
+                uid: format!("u-{i}"),
+                created: if i < ready { -600 * S } else { created },
+                ready_since: (i < ready).then_some(-590 * S),
+                problem: (i >= ready).then(|| (pattern, "0/3 nodes are available".to_string())),
+                terminating: false,
+            })
+            .collect()
+    }
+
+    /// Observes load `rps` and the pods, steps at `current`, applies a Direct scale.
+    fn poll_with_pods(
+        m: &mut TargetMachine,
+        spec: &TargetSpec,
+        now: Millis,
+        rps: f64,
+        current: i32,
+        pods: &[PodState],
+    ) -> Step {
+        let readings = [Ok(rps)];
+        m.observe(
+            now,
+            spec,
+            Inputs {
+                readings: &readings,
+                workload_pods: Some(pods),
+                ..Inputs::default()
+            },
+        );
+        let step = m.step(now, spec, Replicas::all(current));
+        if let Action::Scale { from, to } = step.action {
+            m.applied(now, spec, from, to);
+        }
+        step
+    }
+
+    #[test]
+    fn a_stalled_scale_up_adds_nothing_is_named_and_escalated_once_and_resumes_when_pods_start() {
+        for mode in [Mode::Direct, Mode::Hpa] {
+            let spec = spec(mode);
+            let mut m = TargetMachine::new();
+            // 2 pods Ready at 2 replicas; the load asks for 4.
+            let s = poll_with_pods(&mut m, &spec, 0, 200.0, 2, &pods(2, 2, 0, Pattern::Unknown));
+            assert_eq!(
+                condition_of(&s, cond::SCALING_STALLED).reason,
+                cond::SCALE_UPS_READY
+            );
+            let s = poll_with_pods(
+                &mut m,
+                &spec,
+                INTERVAL,
+                400.0,
+                2,
+                &pods(2, 2, 0, Pattern::Unknown),
+            );
+            assert_eq!(s.desired, 4, "{mode:?}");
+            // Scaled to 4 (by ebb or the HPA); two pods stay Pending: no room on any node.
+            let stuck = pods(4, 2, 2 * INTERVAL, Pattern::Unschedulable);
+            let mut now = 2 * INTERVAL;
+            let mut found = None;
+            // The budget before a startup delay is learned: 2 x 60 s.
+            while now <= 2 * INTERVAL + 150 * S {
+                let s = poll_with_pods(&mut m, &spec, now, 800.0, 4, &stuck);
+                let c = condition_of(&s, cond::SCALING_STALLED);
+                if c.status {
+                    found.get_or_insert((now, s.clone()));
+                    // The load asks for 8: nothing is added, nothing taken away.
+                    assert_eq!(
+                        (s.desired, s.action),
+                        (4, Action::None),
+                        "{mode:?} at {now}"
+                    );
+                    if mode == Mode::Hpa {
+                        // Served so that the HPA asks for no more than 4.
+                        assert!(s.served[0].unwrap() < 800.0, "{mode:?}: {:?}", s.served);
+                    }
+                } else {
+                    assert_eq!(
+                        s.desired, 8,
+                        "{mode:?}: before the stall the decision stands"
+                    );
+                }
+                now += INTERVAL;
+            }
+            let (at, first) = found.expect("stalled");
+            // The rise to 4 is seen at 30 s; stalled at the first poll 120 s after.
+            assert_eq!(at, 2 * INTERVAL + 120 * S, "{mode:?}");
+            let c = condition_of(&first, cond::SCALING_STALLED);
+            assert_eq!(c.reason, "Unschedulable");
+            assert!(c.message.contains("2 of 4 pods not Ready"), "{}", c.message);
+            assert!(
+                c.message.contains("0/3 nodes are available"),
+                "{}",
+                c.message
+            );
+            let e = &first.escalations;
+            assert_eq!(e.len(), 1, "{mode:?}: {e:?}");
+            assert_eq!(
+                e[0].reason,
+                EscalationReason::ScalingStalled(Pattern::Unschedulable)
+            );
+            assert_eq!(e[0].stall.as_ref().unwrap().pods, ["w-2", "w-3"]);
+            // The pods start: the stall clears and the decision stands again.
+            let ready = pods(4, 4, 0, Pattern::Unknown);
+            let s = poll_with_pods(&mut m, &spec, now, 800.0, 4, &ready);
+            assert_eq!(
+                condition_of(&s, cond::SCALING_STALLED).reason,
+                cond::SCALE_UPS_READY
+            );
+            assert_eq!(s.desired, 8, "{mode:?}");
+        }
     }
 
     /// `spec(mode)` deciding on `orders + 2 * refunds` (its one metric is the formula), with
