@@ -56,7 +56,25 @@ fn scaled_objects_become_scaled_targets_and_every_loss_is_listed() {
 
     let api = &targets[0].spec;
     assert_eq!((api.min_replicas, api.max_replicas), (2, 20));
-    assert_eq!(api.metrics.len(), 1, "the cpu trigger is dropped");
+    let names: Vec<&str> = api.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["http-rate", "inflight"],
+        "the cpu trigger is dropped"
+    );
+    // scalingModifiers: the formula over the trigger names, in ebb's syntax over the metrics'.
+    let formula = api
+        .formula
+        .as_ref()
+        .expect("scalingModifiers as spec.formula");
+    assert_eq!(formula.name, "composite");
+    assert_eq!(
+        formula.expression,
+        "inflight > 50 && http_rate > 5 ? max(http_rate, inflight / 2) : http_rate"
+    );
+    assert_eq!(formula.target.average_value.as_ref().unwrap().0, "20");
+    assert_eq!(formula.activation, Some(5.0));
+    formula.parse(&api.metrics).expect("a formula ebb takes");
     let prometheus = api.metrics[0].prometheus.as_ref().unwrap();
     assert_eq!(prometheus.tenant.as_deref(), Some("team-a"));
     assert_eq!(prometheus.timeout.as_deref(), Some("1500ms"));
@@ -75,6 +93,7 @@ fn scaled_objects_become_scaled_targets_and_every_loss_is_listed() {
         "orders/worker: triggers[1] (type kafka): no kafka source in ebb; dropped",
         "orders/worker: spec.fallback.behavior: KEDA's static fallback sets exactly 6 replicas",
         "orders/api: triggers[0] (type prometheus) authenticationRef (prometheus-auth parameter bearerToken): ebb reads fixed keys: Secret prometheus-credentials needs key bearerToken (KEDA reads key token)",
+        "orders/api: spec.advanced.scalingModifiers.formula: \"inflight > 50 and http_rate > 5 ? max(http_rate, inflight / 2) : http_rate\" is written in ebb's syntax as \"inflight > 50 && http_rate > 5 ? max(http_rate, inflight / 2) : http_rate\"; note",
     ] {
         assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
     }
@@ -135,6 +154,30 @@ spec:
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("error: orders/api: triggers[0] (type prometheus) metadata.threshold: \"one\" is not a number (KEDA refuses it too); not imported"),
+        "{stderr}"
+    );
+}
+
+/// A formula ebb cannot write as KEDA computes it (KEDA's docs' `count` example) refuses the
+/// ScaledObject: without it the workload would scale on other numbers.
+#[test]
+fn a_formula_with_no_counterpart_refuses_its_object() {
+    let refused = "kind: ScaledObject
+metadata: {name: api, namespace: orders}
+spec:
+  scaleTargetRef: {name: api}
+  advanced:
+    scalingModifiers: {formula: 'count([trig_one,trig_two],{#>1}) > 1 ? 5 : 0', target: '2'}
+  triggers:
+    - {type: prometheus, name: trig_one, metadata: {serverAddress: 'http://prometheus:9090', query: up, threshold: '10'}}
+    - {type: prometheus, name: trig_two, metadata: {serverAddress: 'http://prometheus:9090', query: up, threshold: '10'}}
+";
+    let out = ebb(&["import", "keda", "--check", "-"], Some(refused));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: orders/api: spec.advanced.scalingModifiers.formula: the function count() has no counterpart: ebb's formula has numbers, trigger names, + - * /, comparisons, and/or/not, ?:, min() and max(); not imported"),
         "{stderr}"
     );
 }

@@ -7,6 +7,7 @@
 //! a value) are KEDA's, from kedacore/keda; the mapping table is docs/keda.md.
 
 mod model;
+mod modifiers;
 mod prometheus;
 mod rabbitmq;
 #[cfg(test)]
@@ -385,10 +386,19 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
         spec.initial_cooldown_period,
     );
 
-    let fallback = spec
-        .fallback
+    let modifiers = spec
+        .advanced
         .as_ref()
-        .and_then(|f| fallback(cx, f, max.clamp(1, i32::MAX as i64) as i32));
+        .and_then(|a| a.scaling_modifiers.as_ref())
+        .filter(|m| m.in_use());
+    let fallback = spec.fallback.as_ref().and_then(|f| {
+        fallback(
+            cx,
+            f,
+            max.clamp(1, i32::MAX as i64) as i32,
+            modifiers.is_some_and(|m| m.formula.is_some()),
+        )
+    });
 
     let mut behavior = None;
     let mut adopt_hpa = format!("keda-hpa-{}", so.metadata.name);
@@ -406,15 +416,15 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
                 "ebb leaves the replica count where it is when a ScaledTarget is deleted; scale the workload back yourself after deleting it",
             );
         }
-        if advanced
+        for key in advanced
             .scaling_modifiers
-            .as_ref()
-            .is_some_and(|m| !m.is_null() && m.as_mapping().is_none_or(|m| !m.is_empty()))
+            .iter()
+            .flat_map(|m| m.other.keys())
         {
             cx.report(
-                "spec.advanced.scalingModifiers",
+                format!("spec.advanced.scalingModifiers.{key}"),
                 Loss::Dropped,
-                "ebb has no formula over metrics: each metric is its own HPA metric and the one asking for the most replicas wins (KEDA's behaviour without scalingModifiers)",
+                "not a field the import knows",
             );
         }
         for key in advanced.other.keys() {
@@ -434,7 +444,7 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
     }
 
     let annotations = annotations(cx, &so.metadata, &adopt_hpa);
-    let metrics = triggers(cx, so);
+    let (metrics, carried) = triggers(cx, so);
     if metrics.is_empty() && cx.refusals.is_empty() {
         cx.refuse(
             "spec.triggers",
@@ -451,7 +461,16 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
         );
     }
 
-    if fallback.is_some() && metrics.len() > 1 {
+    // With scalingModifiers, the formula over the triggers alone scales: spec.formula.
+    let formula =
+        modifiers.and_then(|m| modifiers::convert(cx, m, &so.spec.triggers, &carried, &metrics));
+    if fallback.is_some() && formula.is_some() {
+        cx.report(
+            "spec.fallback",
+            Loss::Note,
+            "with a formula KEDA puts the fallback in place of the formula's value when a trigger fails, and ebb when the formula has no value (an input it reads failed)",
+        );
+    } else if fallback.is_some() && metrics.len() > 1 {
         cx.report(
             "spec.fallback",
             Loss::Changed,
@@ -468,7 +487,7 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
         max_replicas: max.clamp(1, i32::MAX as i64) as i32,
         polling_interval: std::time::Duration::from_secs(polling as u64).into(),
         metrics,
-        formula: None,
+        formula,
         adaptive: None,
         behavior,
         fallback,
@@ -482,7 +501,8 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
 }
 
 /// KEDA's fallback behaviours against ebb's (fallback runs max(current, replicas): never fewer).
-fn fallback(cx: &mut Cx, f: &model::KedaFallback, max: i32) -> Option<Fallback> {
+/// `formula`: whether the ScaledObject has a scalingModifiers formula.
+fn fallback(cx: &mut Cx, f: &model::KedaFallback, max: i32, formula: bool) -> Option<Fallback> {
     let field = "spec.fallback";
     let mut threshold = f.failure_threshold.unwrap_or(0);
     let mut replicas = f.replicas.unwrap_or(0);
@@ -519,11 +539,26 @@ fn fallback(cx: &mut Cx, f: &model::KedaFallback, max: i32) -> Option<Fallback> 
             );
             replicas = 0;
         }
+        "scalingModifiers" if !formula => {
+            cx.refuse(
+                "spec.fallback.behavior",
+                "scalingModifiers needs spec.advanced.scalingModifiers.formula (KEDA refuses it too)",
+            );
+            return None;
+        }
+        "scalingModifiers" => {
+            cx.report(
+                "spec.fallback",
+                Loss::Dropped,
+                "behavior scalingModifiers: KEDA gives a failing trigger no value in the formula, for its ?? to replace; ebb's formula has no ?? and no value when an input has none, and the count is held; no fallback is written",
+            );
+            return None;
+        }
         other => {
             cx.report(
                 "spec.fallback",
                 Loss::Dropped,
-                format!("behavior {other}: ebb's fallback never scales down (it runs max(current, replicas)) and has no formula; no fallback is written"),
+                format!("behavior {other}: ebb's fallback never scales down (it runs max(current, replicas)); no fallback is written"),
             );
             return None;
         }
@@ -600,8 +635,10 @@ pub(crate) fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
-fn triggers(cx: &mut Cx, so: &ScaledObject) -> Vec<crate::crd::Metric> {
+/// The metrics, and for each trigger the name of the metric it became (`None`: not carried).
+fn triggers(cx: &mut Cx, so: &ScaledObject) -> (Vec<crate::crd::Metric>, Vec<Option<String>>) {
     let mut metrics: Vec<crate::crd::Metric> = Vec::new();
+    let mut carried = vec![None; so.spec.triggers.len()];
     let mut names = BTreeSet::new();
     for (index, trigger) in so.spec.triggers.iter().enumerate() {
         let field = format!("triggers[{index}] (type {})", trigger.type_);
@@ -631,10 +668,11 @@ fn triggers(cx: &mut Cx, so: &ScaledObject) -> Vec<crate::crd::Metric> {
         let Some(metric) = metric else { continue };
         t.leftovers(cx);
         trigger_fields(cx, &field, trigger);
+        carried[index] = Some(name.clone());
         names.insert(name);
         metrics.push(metric);
     }
-    metrics
+    (metrics, carried)
 }
 
 /// The trigger fields outside `metadata` that are not source-specific.
@@ -822,16 +860,22 @@ impl TriggerCx<'_> {
                 return None;
             }
         };
-        Some(MetricTarget {
-            type_,
-            value: (type_ == TargetType::Value).then(|| quantity.clone()),
-            average_value: (type_ == TargetType::AverageValue).then_some(quantity),
-            drain_seconds: None,
-            throughput_per_pod: None,
-            learn_throughput: None,
-            min_throughput_per_pod: None,
-            max_throughput_per_pod: None,
-        })
+        Some(external_target(type_, quantity))
+    }
+}
+
+/// An HPA external metric's target: `quantity` as the total (Value) or per replica
+/// (AverageValue).
+fn external_target(type_: TargetType, quantity: Quantity) -> MetricTarget {
+    MetricTarget {
+        type_,
+        value: (type_ == TargetType::Value).then(|| quantity.clone()),
+        average_value: (type_ == TargetType::AverageValue).then_some(quantity),
+        drain_seconds: None,
+        throughput_per_pod: None,
+        learn_throughput: None,
+        min_throughput_per_pod: None,
+        max_throughput_per_pod: None,
     }
 }
 

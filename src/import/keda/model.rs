@@ -70,9 +70,45 @@ pub struct ScaleTarget {
 pub struct Advanced {
     pub horizontal_pod_autoscaler_config: Option<HpaConfig>,
     pub restore_to_original_replica_count: Option<bool>,
-    pub scaling_modifiers: Option<Value>,
+    pub scaling_modifiers: Option<ScalingModifiers>,
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// `spec.advanced.scalingModifiers`: a formula over the triggers, by `name`, that alone scales.
+/// KEDA's fields are strings; a hand-written file may hold `target: 2`, so any scalar is read as
+/// its text.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ScalingModifiers {
+    /// expr-lang/expr syntax over the trigger names.
+    #[serde(deserialize_with = "scalar")]
+    pub formula: Option<String>,
+    /// The composite metric's target (a number).
+    #[serde(deserialize_with = "scalar")]
+    pub target: Option<String>,
+    /// The composite metric's activation (a number; default 0).
+    #[serde(deserialize_with = "scalar")]
+    pub activation_target: Option<String>,
+    /// AverageValue (the default) or Value.
+    #[serde(deserialize_with = "scalar")]
+    pub metric_type: Option<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+impl ScalingModifiers {
+    /// KEDA's `IsUsingModifiers`: any of its own fields set (its CRD prunes unknown ones).
+    pub fn in_use(&self) -> bool {
+        [
+            &self.formula,
+            &self.target,
+            &self.activation_target,
+            &self.metric_type,
+        ]
+        .iter()
+        .any(|f| f.is_some())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -152,6 +188,22 @@ pub struct SecretTargetRef {
 pub struct AuthEnvironment {
     pub parameter: String,
     pub name: String,
+}
+
+/// A scalar as its text; null or empty as unset.
+fn scalar<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let text = match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(_) => return Err(D::Error::custom("expected a string, found a list or a map")),
+    };
+    Ok(Some(text).filter(|t| !t.is_empty()))
 }
 
 fn scalar_map<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>

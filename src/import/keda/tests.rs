@@ -1,8 +1,10 @@
 //! The mapping, case by case. The inputs (and whether KEDA accepts them) are KEDA's own, cited
 //! per case from kedacore/keda: `pkg/scalers/prometheus_scaler_test.go` (`testPromMetadata`,
 //! `testPrometheusAuthMetadata`), `pkg/scalers/rabbitmq_scaler_test.go`
-//! (`testRabbitMQMetadata`, `testRabbitMQAuthParamData`) and `config/samples/`. The expected
-//! outcome is ebb's: converted (to what), converted with report lines, or refused.
+//! (`testRabbitMQMetadata`, `testRabbitMQAuthParamData`) and `config/samples/`; the
+//! scalingModifiers formulas from KEDA's docs, `scaledobject_webhook_test.go` and e2e tests
+//! (cited at [`scaling_modifiers_cases_of_keda`]). The expected outcome is ebb's: converted (to
+//! what), converted with report lines, or refused.
 
 use serde_json::{Value as Json, json};
 
@@ -1455,7 +1457,7 @@ fn what_ebb_has_no_counterpart_for_is_reported_by_field() {
     let (outcome, st) = one(
         json!({
             "idleReplicaCount": 1, "minReplicaCount": 3,
-            "advanced": {"restoreToOriginalReplicaCount": true, "scalingModifiers": {"formula": "a + b", "target": "2"}},
+            "advanced": {"restoreToOriginalReplicaCount": true},
         }),
         json!({"autoscaling.keda.sh/paused-scale-in": "true"}),
     );
@@ -1467,7 +1469,6 @@ fn what_ebb_has_no_counterpart_for_is_reported_by_field() {
     for field in [
         "spec.idleReplicaCount",
         "spec.advanced.restoreToOriginalReplicaCount",
-        "spec.advanced.scalingModifiers",
         "paused-scale-in",
     ] {
         assert!(
@@ -1628,4 +1629,615 @@ fn lists_are_flattened_and_other_kinds_noted() {
     let outcome = import(&yaml(&[list])).unwrap();
     assert_eq!(outcome.targets.len(), 1);
     assert!(has_line(&outcome, Loss::Note, "kind \"Secret\""));
+}
+
+// ---- spec.advanced.scalingModifiers -> spec.formula ----
+
+/// A trigger of the ScaledObjects below: prometheus (carried whole), or a type ebb drops.
+fn named_trigger(type_: &str, name: Option<&str>) -> Json {
+    let mut t = match type_ {
+        "prometheus" => {
+            json!({"type": "prometheus", "metadata": {"serverAddress": "http://p:9090", "query": "up", "threshold": "5", "activationThreshold": "1"}})
+        }
+        "cpu" => json!({"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}),
+        other => json!({"type": other, "metadata": {"topic": "orders"}}),
+    };
+    if let Some(n) = name {
+        t["name"] = json!(n);
+    }
+    t
+}
+
+/// A ScaledObject with `triggers` (type, name) and `spec` merged in.
+fn with_triggers(triggers: &[(&str, Option<&str>)], spec: Json) -> Json {
+    let mut so = scaled_object(json!({}));
+    so["spec"]["triggers"] = triggers
+        .iter()
+        .map(|(type_, name)| named_trigger(type_, *name))
+        .collect();
+    for (k, v) in spec.as_object().unwrap() {
+        so["spec"][k] = v.clone();
+    }
+    so
+}
+
+/// What a scalingModifiers case should come to.
+enum Composite {
+    /// Written: spec.formula's expression, target type and quantity, activation.
+    Formula(&'static str, TargetType, &'static str, Option<f64>),
+    /// Refused: a refusal's field and message contain this.
+    Refused(&'static str),
+}
+
+struct ModifiersCase {
+    /// Upstream file and case.
+    source: &'static str,
+    /// (type, name) of each trigger.
+    triggers: &'static [(&'static str, Option<&'static str>)],
+    /// `spec.advanced.scalingModifiers`.
+    modifiers: Json,
+    expect: Composite,
+}
+
+/// The CRD's rule on formula.expression (`^[-+*/()<>=!?:&|,._ \t\n0-9a-zA-Z]+$`).
+fn admissible(expression: &str) -> bool {
+    !expression.is_empty()
+        && expression
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-+*/()<>=!?:&|,._ \t\n".contains(c))
+}
+
+fn run_modifiers_case(case: &ModifiersCase) {
+    let so = with_triggers(
+        case.triggers,
+        json!({"advanced": {"scalingModifiers": case.modifiers}}),
+    );
+    let outcome = import(&yaml(&[so])).unwrap();
+    let what = case.source;
+    match case.expect {
+        Composite::Refused(expected) => {
+            assert!(outcome.targets.is_empty(), "{what}: {:?}", outcome.targets);
+            assert!(
+                outcome
+                    .refusals
+                    .iter()
+                    .any(|r| format!("{}: {}", r.field, r.message).contains(expected)),
+                "{what}: no refusal mentions {expected:?}: {:#?}",
+                outcome.refusals
+            );
+        }
+        Composite::Formula(expression, type_, quantity, activation) => {
+            assert!(
+                outcome.refusals.is_empty(),
+                "{what}: refused: {:#?}",
+                outcome.refusals
+            );
+            let spec = &outcome.targets[0].spec;
+            let formula = spec.formula.as_ref().expect("a formula");
+            assert_eq!(formula.expression, expression, "{what}");
+            assert_eq!(formula.name, "composite", "{what}");
+            assert_eq!(formula.target.type_, type_, "{what}");
+            let q = match type_ {
+                TargetType::Value => &formula.target.value,
+                _ => &formula.target.average_value,
+            };
+            assert_eq!(q.as_ref().map(|q| q.0.as_str()), Some(quantity), "{what}");
+            assert_eq!(formula.activation, activation, "{what}");
+            // What the API server and the controller check.
+            assert!(admissible(&formula.expression), "{what}: {expression}");
+            formula
+                .parse(&spec.metrics)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                spec.metrics.iter().all(|m| m.slo.is_none()
+                    && matches!(m.target.type_, TargetType::Value | TargetType::AverageValue)),
+                "{what}: a formula's inputs are Value or AverageValue without slo"
+            );
+            let lossy: Vec<&Finding> = outcome
+                .findings
+                .iter()
+                .filter(|f| f.loss.fails_check())
+                .collect();
+            assert!(lossy.is_empty(), "{what}: {lossy:#?}");
+        }
+    }
+}
+
+const TRIG_ONE_TWO: &[(&str, Option<&str>)] = &[
+    ("prometheus", Some("trig_one")),
+    ("prometheus", Some("trig_two")),
+];
+const WORKLOAD_CRON: &[(&str, Option<&str>)] = &[
+    ("prometheus", Some("cron_trig")),
+    ("prometheus", Some("workload_trig")),
+];
+
+/// KEDA's own formulas, each with its trigger names, from kedacore/keda-docs
+/// `content/docs/2.18/concepts/scaling-deployments.md` ("Scaling Modifiers"; where a snippet
+/// has no target, the first example's "2" is added), kedacore/keda
+/// `apis/keda/v1alpha1/scaledobject_webhook_test.go` ("SCALING MODIFIERS" cases, whether KEDA
+/// admits them noted) and `tests/internals/scaling_modifiers/scaling_modifiers_test.go`,
+/// `tests/internals/fallback/fallback_scaling_modifiers_test.go`. Their triggers
+/// (kubernetes-workload, cron, metrics-api, kubernetes-resource) are not sources ebb imports: here
+/// they are Prometheus triggers of the same names.
+#[test]
+fn scaling_modifiers_cases_of_keda() {
+    use Composite::*;
+    use TargetType::{AverageValue, Value};
+    let cases = [
+        ModifiersCase {
+            source: "docs: compose average value",
+            triggers: TRIG_ONE_TWO,
+            modifiers: json!({"formula": "(trig_one + trig_two)/2", "target": "2", "activationTarget": "2", "metricType": "AverageValue"}),
+            expect: Formula("(trig_one + trig_two)/2", AverageValue, "2", Some(2.0)),
+        },
+        ModifiersCase {
+            source: "docs: ternary operator",
+            triggers: TRIG_ONE_TWO,
+            modifiers: json!({"formula": "trig_one > 2 ? trig_one + trig_two : 1", "target": "2"}),
+            expect: Formula(
+                "trig_one > 2 ? trig_one + trig_two : 1",
+                AverageValue,
+                "2",
+                None,
+            ),
+        },
+        ModifiersCase {
+            source: "docs: count function",
+            triggers: &[
+                ("prometheus", Some("trig_one")),
+                ("prometheus", Some("trig_two")),
+                ("prometheus", Some("trig_three")),
+            ],
+            modifiers: json!({"formula": "count([trig_one,trig_two,trig_three],{#>1}) > 1 ? 5 : 0", "target": "2"}),
+            expect: Refused("the function count() has no counterpart"),
+        },
+        ModifiersCase {
+            source: "docs: nested conditions and operators",
+            triggers: TRIG_ONE_TWO,
+            modifiers: json!({"formula": "trig_one < 2 ? trig_one+trig_two >= 2 ? 5 : 10 : 0", "target": "2"}),
+            // CEL takes a ?: in the middle of another only in parentheses.
+            expect: Formula(
+                "trig_one < 2 ? (trig_one+trig_two >= 2 ? 5 : 10) : 0",
+                AverageValue,
+                "2",
+                None,
+            ),
+        },
+        ModifiersCase {
+            source: "webhook: with ScalingModifiers.Formula (admitted)",
+            triggers: WORKLOAD_CRON,
+            modifiers: json!({"formula": "workload_trig + cron_trig", "target": "2"}),
+            expect: Formula("workload_trig + cron_trig", AverageValue, "2", None),
+        },
+        ModifiersCase {
+            source: "webhook: Formula but no target (refused)",
+            triggers: WORKLOAD_CRON,
+            modifiers: json!({"formula": "workload_trig + cron_trig"}),
+            expect: Refused("scalingModifiers.target: missing"),
+        },
+        ModifiersCase {
+            source: "webhook: triggers dont have names (refused)",
+            triggers: &[("prometheus", None), ("prometheus", None)],
+            modifiers: json!({"formula": "workload_trig + cron_trig"}),
+            expect: Refused("no trigger is named \"workload_trig\""),
+        },
+        ModifiersCase {
+            source: "webhook: formula triggers have names but not all triggers (admitted)",
+            triggers: &[("prometheus", None), ("prometheus", Some("workload_trig"))],
+            modifiers: json!({"formula": "workload_trig + 1", "target": "2"}),
+            expect: Formula("workload_trig + 1", AverageValue, "2", None),
+        },
+        ModifiersCase {
+            source: "webhook: formula casts to float already (admitted)",
+            triggers: &[("prometheus", Some("workload_trig"))],
+            modifiers: json!({"formula": "float(workload_trig + 1)", "target": "2"}),
+            expect: Formula("(workload_trig + 1)", AverageValue, "2", None),
+        },
+        ModifiersCase {
+            source: "webhook: casting float from ternary operator (admitted)",
+            triggers: WORKLOAD_CRON,
+            modifiers: json!({"formula": "float(workload_trig < 5 ? cron_trig + workload_trig : 5)", "target": "2"}),
+            expect: Formula(
+                "(workload_trig < 5 ? cron_trig + workload_trig : 5)",
+                AverageValue,
+                "2",
+                None,
+            ),
+        },
+        ModifiersCase {
+            source: "webhook: ternary operator without casting float (admitted)",
+            triggers: WORKLOAD_CRON,
+            modifiers: json!({"formula": "workload_trig < 5 ? cron_trig + workload_trig : 5", "target": "2"}),
+            expect: Formula(
+                "workload_trig < 5 ? cron_trig + workload_trig : 5",
+                AverageValue,
+                "2",
+                None,
+            ),
+        },
+        ModifiersCase {
+            source: "webhook: count operator (admitted)",
+            triggers: TRIG_ONE_TWO,
+            modifiers: json!({"formula": "count([trig_one,trig_two],{#>1}) > 1 ? 5 : 0", "target": "2"}),
+            expect: Refused("the function count()"),
+        },
+        ModifiersCase {
+            source: "webhook: complex ternary (admitted)",
+            triggers: TRIG_ONE_TWO,
+            modifiers: json!({"formula": "float(trig_one < 2 ? trig_one+trig_two >= 2 ? 5 : 10 : 0)", "target": "2"}),
+            expect: Formula(
+                "(trig_one < 2 ? (trig_one+trig_two >= 2 ? 5 : 10) : 0)",
+                AverageValue,
+                "2",
+                None,
+            ),
+        },
+        ModifiersCase {
+            source: "webhook: double float cast (admitted)",
+            triggers: TRIG_ONE_TWO,
+            modifiers: json!({"formula": "float(float(trig_two < 5 ? trig_one + trig_two : 5))", "target": "2"}),
+            expect: Formula(
+                "((trig_two < 5 ? trig_one + trig_two : 5))",
+                AverageValue,
+                "2",
+                None,
+            ),
+        },
+        ModifiersCase {
+            source: "webhook: fallback is configured, and so uses ScalingModifiers (its formula and metricType Value)",
+            triggers: &[
+                ("prometheus", Some("workload_trig_1")),
+                ("prometheus", Some("workload_trig_2")),
+            ],
+            modifiers: json!({"formula": "workload_trig_1 + workload_trig_2", "target": "2", "metricType": "Value"}),
+            expect: Formula("workload_trig_1 + workload_trig_2", Value, "2", None),
+        },
+        ModifiersCase {
+            source: "webhook: scalingModifiers fallback behavior (admitted)",
+            triggers: TRIG_ONE_TWO,
+            modifiers: json!({"formula": "trig_one ?? trig_two ?? 5", "target": "2"}),
+            expect: Refused("?? (nil coalescing) has no counterpart"),
+        },
+        ModifiersCase {
+            source: "scaling_modifiers_test.go: scaledObjectTemplate",
+            triggers: &[
+                ("prometheus", Some("metrics_api")),
+                ("prometheus", Some("kw_trig")),
+            ],
+            modifiers: json!({"formula": "metrics_api + kw_trig", "target": "2", "activationTarget": "2"}),
+            expect: Formula("metrics_api + kw_trig", AverageValue, "2", Some(2.0)),
+        },
+        ModifiersCase {
+            source: "scaling_modifiers_test.go: scaledObjectTemplateFormula (count)",
+            triggers: &[
+                ("prometheus", Some("metrics_api")),
+                ("prometheus", Some("kw_trig")),
+            ],
+            modifiers: json!({"formula": "count([kw_trig,metrics_api],{#>1}) > 1 ? 5 : 0", "target": "2", "activationTarget": "2"}),
+            expect: Refused("the function count()"),
+        },
+        ModifiersCase {
+            source: "fallback_scaling_modifiers_test.go: scaledObjectTemplate",
+            triggers: &[
+                ("prometheus", Some("primary")),
+                ("prometheus", Some("secondary")),
+            ],
+            modifiers: json!({"target": "2", "formula": "primary ?? secondary ?? 8"}),
+            expect: Refused("??"),
+        },
+    ];
+    for case in &cases {
+        run_modifiers_case(case);
+    }
+}
+
+/// The translation, construct by construct (expr-lang's lexer and operators,
+/// expr-lang/expr `parser/lexer/state.go` and `parser/operator/operator.go`, against ebb's
+/// formula language).
+#[test]
+fn expr_lang_is_translated_token_by_token_or_refused_by_name() {
+    let translate = |formula: &str| {
+        modifiers::translate(formula, &mut |name| match name {
+            "trig_one" => Ok("trig_one".into()),
+            "HTTP_Rate" => Ok("http_rate".into()),
+            other => Err(format!("unknown {other}")),
+        })
+    };
+    for (formula, expected) in [
+        (
+            "trig_one > 1 and not (trig_one > 5) or trig_one == 0 ? 1 : 0",
+            "trig_one > 1 && ! (trig_one > 5) || trig_one == 0 ? 1 : 0",
+        ),
+        ("HTTP_Rate * 2", "http_rate * 2"),
+        ("+trig_one - -1 * +2", "trig_one - -1 * 2"),
+        (
+            "1_000 + 0x1F + 0o17 + 0b11 + .5 + 1. + 2e3 + 1.5E-2 + 007",
+            "1000 + 31 + 15 + 3 + 0.5 + 1.0 + 2e3 + 1.5E-2 + 7",
+        ),
+        ("trig_one /* rps */ + 1 // one more", "trig_one   + 1  "),
+        (
+            "max(trig_one, 2) / min(trig_one, 1)",
+            "max(trig_one, 2) / min(trig_one, 1)",
+        ),
+        (
+            "float (trig_one) != 1 ? true : false",
+            " (trig_one) != 1 ? true : false",
+        ),
+        ("trig_one\r\n\t<= 2 ? 1 : 2", "trig_one \n\t<= 2 ? 1 : 2"),
+        // A ?: in the middle of another is parenthesized (CEL's grammar), at any depth; in the
+        // last branch or in parentheses it is left as it is.
+        (
+            "trig_one ? trig_one ? trig_one ? 1 : 2 : 3 : 4",
+            "trig_one ? (trig_one ? (trig_one ? 1 : 2) : 3) : 4",
+        ),
+        (
+            "trig_one ? max(trig_one ? 1 : 2, 3) : trig_one ? 4 : 5",
+            "trig_one ? max(trig_one ? 1 : 2, 3) : trig_one ? 4 : 5",
+        ),
+        ("(trig_one ? 1 : 2) ? 3 : 4", "(trig_one ? 1 : 2) ? 3 : 4"),
+    ] {
+        assert_eq!(translate(formula).as_deref(), Ok(expected), "{formula}");
+    }
+    for (formula, expected) in [
+        ("trig_one % 2", "% (modulo) has no counterpart"),
+        ("trig_one ** 2", "** (a power)"),
+        ("trig_one ^ 2", "^ (a power)"),
+        ("abs(trig_one)", "the function abs()"),
+        ("ceil(trig_one)", "the function ceil()"),
+        ("floor(trig_one)", "the function floor()"),
+        ("round(trig_one)", "the function round()"),
+        ("int(trig_one)", "the function int()"),
+        ("len(\"abc\")", "the function len()"),
+        ("trig_one ?? 1", "?? (nil coalescing)"),
+        ("trig_one?.x", "?. (optional chaining)"),
+        ("trig_one.x", ". (a field or a method)"),
+        ("1..3", ".. (a range)"),
+        ("[trig_one][0]", "[ ] (an array or an index)"),
+        ("{\"a\": 1}.a", "{ } (a map or a predicate)"),
+        ("trig_one in [1, 2]", "the operator in"),
+        ("trig_one not in [1]", "the operator in"),
+        ("'a' == 'a' ? 1 : 0", "a string"),
+        ("`raw` == 'x' ? 1 : 0", "a string"),
+        ("trig_one == nil ? 1 : 0", "nil"),
+        ("let x = trig_one; x", "let (a variable)"),
+        ("trig_one | max()", "| (a pipe)"),
+        ("if trig_one > 1 { 1 } else { 0 }", "if/else"),
+        ("trig_one # 1", "# (a predicate's element)"),
+        ("(trig_one; 1)", "; (a sequence)"),
+        ("trig_one = 1", "= (an assignment)"),
+        ("trig_one @ 1", "the character '@'"),
+        ("trig_one § 1", "the character '§'"),
+        ("trig_oné", "unknown trig_oné"),
+        ("1x + trig_one", "\"1x\" is not a number"),
+        ("1.5.3", "is not a number"),
+        ("2e + 1", "is not a number"),
+        ("0x", "is not a number"),
+        ("99999999999999999999", "is not a number"),
+        ("trig_one /* open", "not closed"),
+        ("trig_two + 1", "unknown trig_two"),
+    ] {
+        let e = translate(formula).unwrap_err();
+        assert!(e.contains(expected), "{formula}: {e}");
+    }
+}
+
+/// ebb's side of the mapping: names, the formula's own name, what a formula may read, the
+/// target and activation, and KEDA's checks mirrored (`ValidateAndCompileScalingModifiers`,
+/// `validateScalingModifiersTarget` and the scalingModifiers fallback rule of
+/// `scaledobject_webhook.go`).
+#[test]
+fn scaling_modifiers_map_to_spec_formula() {
+    use Composite::*;
+    use TargetType::AverageValue;
+    let cases = [
+        ModifiersCase {
+            source: "a trigger name that is no DNS label: the metric's identifier",
+            triggers: &[
+                ("prometheus", Some("HTTP_Rate")),
+                ("prometheus", Some("queue")),
+            ],
+            modifiers: json!({"formula": "HTTP_Rate / max(queue, 1)", "target": 2}),
+            expect: Formula("http_rate / max(queue, 1)", AverageValue, "2", None),
+        },
+        ModifiersCase {
+            source: "not carried but not read: kafka trigger beside",
+            triggers: &[("prometheus", Some("a")), ("prometheus", Some("b"))],
+            modifiers: json!({"formula": "a - b", "target": "0.5", "activationTarget": "-1"}),
+            expect: Formula("a - b", AverageValue, "0.5", Some(-1.0)),
+        },
+        ModifiersCase {
+            source: "reads a trigger ebb drops",
+            triggers: &[("prometheus", Some("a")), ("kafka", Some("lag"))],
+            modifiers: json!({"formula": "a + lag", "target": "2"}),
+            expect: Refused(
+                "reads trigger \"lag\" (triggers[1], type kafka), which is not carried over",
+            ),
+        },
+        ModifiersCase {
+            source: "reads a cpu trigger",
+            triggers: &[("prometheus", Some("a")), ("cpu", Some("cpu"))],
+            modifiers: json!({"formula": "a + cpu", "target": "2"}),
+            expect: Refused("\"cpu\" is a cpu trigger, which a formula cannot read"),
+        },
+        ModifiersCase {
+            source: "a name two triggers have",
+            triggers: &[("prometheus", Some("a")), ("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a * 2", "target": "2"}),
+            expect: Refused("2 triggers are named \"a\""),
+        },
+        ModifiersCase {
+            source: "a chained comparison (expr-lang's 1 < a && a < 3)",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "1 < a < 3 ? 1 : 0", "target": "2"}),
+            expect: Refused(
+                "written as \"1 < a < 3 ? 1 : 0\", it is not a formula ebb takes: < takes a number",
+            ),
+        },
+        ModifiersCase {
+            source: "true or false (KEDA's float() refuses it too)",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a > 1", "target": "2"}),
+            expect: Refused("gives true or false"),
+        },
+        ModifiersCase {
+            source: "not expr-lang",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a +", "target": "2"}),
+            expect: Refused("syntax error at line 1"),
+        },
+        ModifiersCase {
+            source: "longer than the CRD takes",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": format!("a{}", " + a".repeat(300)), "target": "2"}),
+            expect: Refused("longer than 1024 characters"),
+        },
+        ModifiersCase {
+            source: "no formula",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"target": "2"}),
+            expect: Refused("scalingModifiers.formula: missing"),
+        },
+        ModifiersCase {
+            source: "target 0",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a", "target": "0"}),
+            expect: Refused("\"0\": must be a number above 0"),
+        },
+        ModifiersCase {
+            source: "target not a number",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a", "target": "two"}),
+            expect: Refused("\"two\": must be a number above 0"),
+        },
+        ModifiersCase {
+            source: "target finer than a thousandth",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a", "target": "0.0001"}),
+            expect: Refused("not a quantity ebb can hold"),
+        },
+        ModifiersCase {
+            source: "metricType Utilization",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a", "target": "2", "metricType": "Utilization"}),
+            expect: Refused("Utilization: the composite metric is an external metric"),
+        },
+        ModifiersCase {
+            source: "activationTarget not a number",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a", "target": "2", "activationTarget": "high"}),
+            expect: Refused("\"high\" is not a number: KEDA fails on it at every poll"),
+        },
+    ];
+    for case in &cases {
+        run_modifiers_case(case);
+    }
+
+    let run = |triggers: &[(&str, Option<&str>)], spec: Json| {
+        let outcome = import(&yaml(&[with_triggers(triggers, spec)])).unwrap();
+        let target = outcome.targets.first().cloned();
+        (outcome, target)
+    };
+
+    // A metric named like the formula: the formula takes the next name.
+    let (_, st) = run(
+        &[("prometheus", Some("composite"))],
+        json!({"advanced": {"scalingModifiers": {"formula": "composite + 1", "target": "2"}}}),
+    );
+    let formula = st.unwrap().spec.formula.unwrap();
+    assert_eq!(
+        (formula.name.as_str(), formula.expression.as_str()),
+        ("composite-2", "composite + 1")
+    );
+
+    // A trigger not read and not carried: its own line, the formula written.
+    let (outcome, st) = run(
+        &[("prometheus", Some("a")), ("kafka", Some("lag"))],
+        json!({"advanced": {"scalingModifiers": {"formula": "a * 2", "target": "2", "extra": 1}}}),
+    );
+    assert_eq!(st.unwrap().spec.formula.unwrap().expression, "a * 2");
+    assert!(has_line(
+        &outcome,
+        Loss::Dropped,
+        "triggers[1] (type kafka)"
+    ));
+    assert!(has_line(
+        &outcome,
+        Loss::Dropped,
+        "spec.advanced.scalingModifiers.extra"
+    ));
+
+    // A rewritten formula says so, in a note.
+    let (outcome, _) = run(
+        &[("prometheus", Some("a")), ("prometheus", Some("b"))],
+        json!({"advanced": {"scalingModifiers": {"formula": "a > 1 and b > 1 ? a : 0", "target": "2"}}}),
+    );
+    assert!(
+        outcome.findings.iter().any(|f| f.loss == Loss::Note
+            && f.to_string().contains(
+                "\"a > 1 and b > 1 ? a : 0\" is written in ebb's syntax as \"a > 1 && b > 1 ? a : 0\""
+            )),
+        "{:#?}",
+        outcome.findings
+    );
+
+    // Empty: not in use (KEDA's IsUsingModifiers), nothing written or said.
+    let (outcome, st) = run(
+        &[("prometheus", Some("a"))],
+        json!({"advanced": {"scalingModifiers": {}}}),
+    );
+    assert_eq!(st.unwrap().spec.formula, None);
+    assert!(
+        !outcome
+            .findings
+            .iter()
+            .any(|f| f.field.contains("scalingModifiers"))
+    );
+    // Only a field KEDA does not have: not in use either, and the field named.
+    let (outcome, st) = run(
+        &[("prometheus", Some("a"))],
+        json!({"advanced": {"scalingModifiers": {"formulas": "a"}}}),
+    );
+    assert_eq!(st.unwrap().spec.formula, None);
+    assert!(has_line(
+        &outcome,
+        Loss::Dropped,
+        "spec.advanced.scalingModifiers.formulas"
+    ));
+
+    // Fallback: KEDA refuses behavior scalingModifiers without a formula; with one, ebb has no
+    // ?? for it; a static fallback with a formula falls back on the formula's value in both.
+    let fallback = |behavior: &str, modifiers: Json| {
+        run(
+            &[("prometheus", Some("a")), ("prometheus", Some("b"))],
+            json!({"fallback": {"failureThreshold": 3, "replicas": 5, "behavior": behavior}, "advanced": {"scalingModifiers": modifiers}}),
+        )
+    };
+    let (outcome, st) = fallback("scalingModifiers", json!({}));
+    assert!(st.is_none());
+    assert!(
+        outcome.refusals[0].to_string().contains(
+            "spec.fallback.behavior: scalingModifiers needs spec.advanced.scalingModifiers.formula"
+        ),
+        "{:?}",
+        outcome.refusals
+    );
+    let (outcome, st) = fallback(
+        "scalingModifiers",
+        json!({"formula": "a + b", "target": "2"}),
+    );
+    let spec = st.unwrap().spec;
+    assert_eq!(spec.fallback, None);
+    assert!(spec.formula.is_some());
+    assert!(has_line(&outcome, Loss::Dropped, "spec.fallback"));
+    let (outcome, st) = fallback("static", json!({"formula": "a + b", "target": "2"}));
+    assert!(st.unwrap().spec.fallback.is_some());
+    let on_fallback = |loss| {
+        outcome
+            .findings
+            .iter()
+            .any(|f| f.loss == loss && f.field == "spec.fallback")
+    };
+    assert!(on_fallback(Loss::Note) && !on_fallback(Loss::Changed));
+    assert!(has_line(&outcome, Loss::Changed, "spec.fallback.behavior"));
 }
