@@ -18,6 +18,7 @@ pub mod hpa;
 pub mod hpa_index;
 pub mod leader;
 pub mod metrics;
+pub mod pods;
 pub mod reader;
 pub mod replicas;
 pub mod stats;
@@ -189,6 +190,8 @@ pub struct Context {
     replicas: replicas::ReplicaCache,
     /// The HPAs in the controller's scope (mode Hpa), from a watch started by the run.
     hpas: std::sync::OnceLock<hpa_index::HpaIndex>,
+    /// The workloads' pods (stalled scale-ups, the learned startup delay).
+    pods: std::sync::OnceLock<pods::PodCache>,
     /// Escalations, delivered by a worker of their own.
     escalations: EscalationQueue,
     /// Counters of the controller's work.
@@ -254,6 +257,7 @@ impl Context {
             reporter,
             replicas: replicas::ReplicaCache::new(client.clone()),
             hpas: std::sync::OnceLock::new(),
+            pods: std::sync::OnceLock::new(),
             client,
             reader,
             leadership,
@@ -429,6 +433,19 @@ impl Context {
         Action::requeue(after.saturating_sub(started.elapsed()))
     }
 
+    /// The pods of `st`'s workload, when the pod watch and the workload's selector say.
+    fn workload_pods(
+        &self,
+        st: &ScaledTarget,
+        api: &ScaleApi,
+    ) -> Option<Vec<crate::engine::stall::PodState>> {
+        let ns = st.namespace().unwrap_or_default();
+        let selector = self
+            .replicas
+            .selector(&api.kind, &ns, &st.spec.target_ref.name)?;
+        self.pods.get()?.pods_of(&ns, &selector)
+    }
+
     async fn scale_api(&self, st: &ScaledTarget) -> Result<ScaleApi> {
         let t = &st.spec.target_ref;
         let key = (t.api_version.clone(), t.kind.clone());
@@ -493,6 +510,9 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
     let _ = ctx
         .hpas
         .set(hpa_index::HpaIndex::start(ctx.client.clone(), namespace));
+    let _ = ctx
+        .pods
+        .set(pods::PodCache::start(ctx.client.clone(), namespace));
     // The ScaledTargets are kept without their managed fields (about a third of a stored object
     // once ebb has written status), the largest share of the controller's memory at scale.
     // `for_stream` is kube-runtime's `unstable-runtime` API.
@@ -674,6 +694,10 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         .and_then(|s| s.as_ref().ok())
         .map(|(_, c)| *c);
     let values: Vec<_> = readings.iter().map(Reading::engine).collect();
+    let workload_pods = scale
+        .as_ref()
+        .and_then(|s| s.as_ref().ok())
+        .and_then(|(api, _)| ctx.workload_pods(&st, api));
     if let Some(formula) = &spec.formula {
         // Shown and served after its inputs; the machine computes it again from `values`.
         readings.push(formula_reading(&st, formula, &readings, &values));
@@ -683,7 +707,7 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         slo: slo.as_deref().unwrap_or_default(),
         queues: &queues,
         pods: counts.map(|c| c.status),
-        workload_pods: None,
+        workload_pods: workload_pods.as_deref(),
     };
     let (observed, step) = ctx.step(&st, &spec, now, inputs, counts, steps);
     for job in observed.backfills {
@@ -725,6 +749,9 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     match spec.mode {
         TargetMode::Hpa => act.hpa(&api, counts, &mut conditions, &mut status).await?,
         TargetMode::Direct | TargetMode::Shadow => act.scale(&api, counts, &mut status).await?,
+    }
+    if let Some(stall) = &step.stalled {
+        act.stalled(stall).await;
     }
     for e in &step.escalations {
         act.escalate(e);
@@ -1377,6 +1404,28 @@ impl Act<'_> {
         }
         self.with_machine(|m| m.paused_at(n));
         Ok(())
+    }
+
+    /// A Warning Event for a scale-up found stalled, with the diagnosis.
+    async fn stalled(&self, stall: &crate::engine::stall::Stall) {
+        let note = format!(
+            "{} of {} pods not Ready after the scale-up: {}: {} (pods {}); adding no replicas",
+            stall.not_ready,
+            stall.wanted,
+            stall.pattern.as_str(),
+            stall.message,
+            stall.pods.join(", ")
+        );
+        tracing::warn!(scaledtarget = %key(self.st), pattern = stall.pattern.as_str(), "scale-up stalled: {note}");
+        publish(
+            self.ctx,
+            self.st,
+            EventType::Warning,
+            cond::SCALING_STALLED,
+            "Hold",
+            note,
+        )
+        .await;
     }
 
     /// Queues an escalation the machine asked for; the queue's worker delivers it, retries

@@ -20,6 +20,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher;
 
 use super::watched::{Index, Watched};
+use crate::api::selector::Selector;
 
 /// The counts of one target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +50,9 @@ impl Counts {
 struct ScalePaths {
     spec: String,
     status: String,
+    /// The label selector of the workload's pods: a LabelSelector object (built-in kinds'
+    /// `.spec.selector`) or a selector string (a CRD's `labelSelectorPath`).
+    selector: Option<String>,
 }
 
 impl ScalePaths {
@@ -63,7 +67,18 @@ impl ScalePaths {
         Self {
             spec: "/spec/replicas".into(),
             status: "/status/replicas".into(),
+            selector: Some("/spec/selector".into()),
         }
+    }
+
+    /// The workload's pod selector, where it can be read and parsed.
+    fn selector(&self, obj: &DynamicObject) -> Option<Selector> {
+        let value = obj.data.pointer(self.selector.as_deref()?)?;
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            object => label_selector_string(object)?,
+        };
+        Selector::parse(&text).ok()
     }
 
     fn counts(&self, obj: &DynamicObject) -> Option<((String, String), Counts)> {
@@ -78,10 +93,49 @@ impl ScalePaths {
     }
 }
 
-/// (namespace, name) -> counts, read at one kind's scale paths.
+/// A LabelSelector object (`matchLabels`, `matchExpressions`) in the string form.
+fn label_selector_string(v: &serde_json::Value) -> Option<String> {
+    let mut terms: Vec<String> = Vec::new();
+    for (k, v) in v
+        .get("matchLabels")
+        .and_then(|m| m.as_object())
+        .into_iter()
+        .flatten()
+    {
+        terms.push(format!("{k}={}", v.as_str()?));
+    }
+    for e in v
+        .get("matchExpressions")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let key = e.get("key")?.as_str()?;
+        let values = || -> Option<String> {
+            let vs: Option<Vec<&str>> = e
+                .get("values")?
+                .as_array()?
+                .iter()
+                .map(|v| v.as_str())
+                .collect();
+            Some(vs?.join(","))
+        };
+        terms.push(match e.get("operator")?.as_str()? {
+            "In" => format!("{key} in ({})", values()?),
+            "NotIn" => format!("{key} notin ({})", values()?),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        });
+    }
+    Some(terms.join(","))
+}
+
+/// (namespace, name) -> counts (and pod selector), read at one kind's scale paths.
 struct CountsIndex {
     paths: ScalePaths,
     objects: HashMap<(String, String), Counts>,
+    selectors: HashMap<(String, String), Arc<Selector>>,
 }
 
 impl CountsIndex {
@@ -89,6 +143,7 @@ impl CountsIndex {
         Self {
             paths,
             objects: HashMap::new(),
+            selectors: HashMap::new(),
         }
     }
 
@@ -106,6 +161,15 @@ impl CountsIndex {
 impl Index<DynamicObject> for CountsIndex {
     fn apply(&mut self, obj: DynamicObject) {
         if let Some((k, c)) = self.paths.counts(&obj) {
+            match self.paths.selector(&obj) {
+                Some(sel) if self.selectors.get(&k).is_none_or(|old| **old != sel) => {
+                    self.selectors.insert(k.clone(), Arc::new(sel));
+                }
+                Some(_) => {}
+                None => {
+                    self.selectors.remove(&k);
+                }
+            }
             self.insert_newer(k, c);
         }
     }
@@ -113,6 +177,7 @@ impl Index<DynamicObject> for CountsIndex {
     fn delete(&mut self, obj: &DynamicObject) {
         if let Some((k, _)) = self.paths.counts(obj) {
             self.objects.remove(&k);
+            self.selectors.remove(&k);
         }
     }
 }
@@ -177,6 +242,21 @@ impl ReplicaCache {
             .objects
             .get(&(namespace.to_owned(), name.to_owned()))
             .copied()
+    }
+
+    /// The pod selector of `namespace/name` of kind `ar`, when its watch has it.
+    pub fn selector(&self, ar: &ApiResource, namespace: &str, name: &str) -> Option<Arc<Selector>> {
+        let watched = self
+            .kinds
+            .lock()
+            .expect("kinds")
+            .get(&ar.api_version_kind())?
+            .clone();
+        let index = watched.read()?;
+        index
+            .selectors
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Records the answer of ebb's own write, so that a poll soon after sees it even if the
@@ -251,6 +331,10 @@ async fn scale_paths(client: &kube::Client, ar: &ApiResource) -> Option<ScalePat
     Some(ScalePaths {
         spec: ScalePaths::pointer(&scale.spec_replicas_path),
         status: ScalePaths::pointer(&scale.status_replicas_path),
+        selector: scale
+            .label_selector_path
+            .as_deref()
+            .map(ScalePaths::pointer),
     })
 }
 
@@ -278,10 +362,54 @@ mod tests {
         let paths = ScalePaths {
             spec: "/spec/size".into(),
             status: "/status/replicas".into(),
+            selector: None,
         };
         let (key, c) = paths.counts(&obj).unwrap();
         assert_eq!(key, ("n".into(), "w".into()));
         assert_eq!((c.spec, c.status, c.revision), (3, 0, Some(42)));
+    }
+
+    #[test]
+    fn a_workload_s_pod_selector_is_read_from_its_label_selector_or_selector_string() {
+        let deployment: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "w", "namespace": "n" },
+            "spec": { "replicas": 2, "selector": {
+                "matchLabels": { "app": "worker" },
+                "matchExpressions": [
+                    { "key": "tier", "operator": "In", "values": ["a", "b"] },
+                    { "key": "canary", "operator": "DoesNotExist" }
+                ]
+            } }
+        }))
+        .unwrap();
+        let sel = ScalePaths::standard().selector(&deployment).unwrap();
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert!(sel.matches(&labels(&[("app", "worker"), ("tier", "b")])));
+        assert!(!sel.matches(&labels(&[("app", "worker"), ("tier", "c")])));
+        assert!(!sel.matches(&labels(&[
+            ("app", "worker"),
+            ("tier", "a"),
+            ("canary", "1")
+        ])));
+        let custom: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "x/v1", "kind": "W",
+            "metadata": { "name": "w", "namespace": "n" },
+            "status": { "selector": "app=queue-worker" }
+        }))
+        .unwrap();
+        let paths = ScalePaths {
+            spec: "/spec/size".into(),
+            status: "/status/replicas".into(),
+            selector: Some(ScalePaths::pointer(".status.selector")),
+        };
+        let sel = paths.selector(&custom).unwrap();
+        assert!(sel.matches(&labels(&[("app", "queue-worker")])));
     }
 
     #[test]

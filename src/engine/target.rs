@@ -271,6 +271,8 @@ pub struct Step {
     /// When the machine wants its next step before the next regular reading (a window or a
     /// rate limit that held this decision back expires then).
     pub next_wake: Option<Millis>,
+    /// A scale-up found stalled at this step (a `ScalingStalled` Event; once per stall).
+    pub stalled: Option<super::stall::Stall>,
 }
 
 impl Step {
@@ -553,6 +555,7 @@ impl TargetMachine {
             escalations: Vec::new(),
             learned_targets,
             next_wake: None,
+            stalled: None,
         };
         if let Some(pause) = spec.pause {
             self.step_paused(spec, pause, replicas, &mut step);
@@ -771,6 +774,7 @@ impl TargetMachine {
             ),
         ));
         if std::mem::take(&mut self.stall_found) {
+            step.stalled = Some(stall.clone());
             let tried = vec![
                 format!(
                     "stopped adding replicas at {} (pods of the last scale-up not Ready)",
@@ -853,6 +857,7 @@ impl TargetMachine {
             escalations: Vec::new(),
             learned_targets: Vec::new(),
             next_wake: None,
+            stalled: None,
         };
         let tried = vec![format!(
             "scaling {from} -> {to} failed ({failures} in a row): {error}"
