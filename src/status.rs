@@ -126,6 +126,8 @@ fn row(
         cond::PAUSED.to_string()
     } else if condition(cond::FALLBACK).is_some_and(|c| c.status == "True") {
         cond::FALLBACK.to_string()
+    } else if let Some(c) = condition(cond::SCALING_STALLED).filter(|c| c.status == "True") {
+        format!("{}: {}", cond::SCALING_STALLED, c.reason)
     } else if st.spec.scales_to_zero() && status.current_replicas == Some(0) {
         cond::IDLE.to_string()
     } else {
@@ -428,6 +430,34 @@ mod tests {
         let table = render(&[r], Timestamp::now());
         assert!(table.contains("20 (input)"), "{table}");
         assert!(table.contains("40/5"), "{table}");
+    }
+
+    #[test]
+    fn a_stalled_scale_up_shows_in_the_state_with_its_pattern() {
+        let st: ScaledTarget = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
+            "metadata": { "name": "w", "namespace": "n" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "w" },
+                "maxReplicas": 10,
+                "metrics": [{
+                    "name": "orders",
+                    "prometheus": { "address": "http://p:9090", "query": "q" },
+                    "target": { "type": "AverageValue", "averageValue": "10" }
+                }]
+            },
+            "status": { "conditions": [
+                { "type": "Ready", "status": "True", "reason": "Decided", "message": "",
+                  "lastTransitionTime": "2026-12-03T10:00:00Z" },
+                { "type": "ScalingStalled", "status": "True", "reason": "Unschedulable",
+                  "message": "5 of 10 pods not Ready", "lastTransitionTime": "2026-12-03T10:00:00Z" }
+            ] }
+        }))
+        .unwrap();
+        assert_eq!(
+            row(&st, &HashMap::new()).state,
+            "ScalingStalled: Unschedulable"
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ struct TargetFamilies {
     replicas: Family<ReplicaLabels, Gauge>,
     fallback: Family<TargetLabels, Gauge>,
     paused: Family<TargetLabels, Gauge>,
+    stalled: Family<TargetLabels, Gauge>,
     info: Family<InfoLabels, Gauge>,
     actions: Family<ActionLabels, Counter>,
 }
@@ -163,6 +164,8 @@ impl ControllerMetrics {
                 "1 while a ScaledTarget holds its fallback replica count";
             "scaledtarget_paused" => t.paused,
                 "1 while a ScaledTarget is paused by annotation";
+            "scaledtarget_stalled" => t.stalled,
+                "1 while the pods of a ScaledTarget's last scale-up are not Ready past the budget (ScalingStalled)";
             "scaledtarget_info" => t.info,
                 "1 per ScaledTarget, with its mode and workload";
             "scaling_actions" => t.actions,
@@ -265,6 +268,7 @@ pub(crate) struct TargetSeries {
     max: Gauge,
     fallback: Gauge,
     paused: Gauge,
+    stalled: Gauge,
     up: Counter,
     down: Counter,
 }
@@ -296,6 +300,7 @@ impl TargetSeries {
             max: replicas("max"),
             fallback: f.fallback.get_or_create_owned(&target),
             paused: f.paused.get_or_create_owned(&target),
+            stalled: f.stalled.get_or_create_owned(&target),
             up: actions("up"),
             down: actions("down"),
             generation: None,
@@ -389,6 +394,8 @@ impl TargetSeries {
         self.fallback
             .set(holds(crate::engine::conditions::FALLBACK));
         self.paused.set(holds(crate::engine::conditions::PAUSED));
+        self.stalled
+            .set(holds(crate::engine::conditions::SCALING_STALLED));
     }
 
     /// Counts a replica change from `from` to `to`.
@@ -431,6 +438,7 @@ impl Drop for TargetSeries {
         }
         f.fallback.remove(&self.target);
         f.paused.remove(&self.target);
+        f.stalled.remove(&self.target);
     }
 }
 

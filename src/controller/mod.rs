@@ -741,6 +741,15 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
     let mut status = ScaledTargetStatus {
         metrics: metric_statuses(&st, &readings, &ctx.machine_views(&st), &now),
         observed_generation: st.metadata.generation,
+        learned: ctx
+            .learned_startup(&st)
+            .map(|(delay, starts)| crate::crd::WorkloadLearned {
+                startup_delay_seconds: delay as f64 / 1000.0,
+                basis: format!(
+                    "{} quantile of the last {starts} pod starts (created -> Ready)",
+                    crate::engine::stall::STARTUP_QUANTILE
+                ),
+            }),
         last_scale_time: previous.as_ref().and_then(|s| s.last_scale_time.clone()),
         current_replicas: Some(counts.spec),
         desired_replicas: Some(step.desired),
@@ -806,6 +815,12 @@ impl Context {
             .filter(|t| Some(&t.uid) == st.metadata.uid.as_ref())
             .and_then(|t| t.status.clone())
             .or_else(|| st.status.clone())
+    }
+
+    /// The startup delay the machine learned from the workload's pods, and on how many starts.
+    fn learned_startup(&self, st: &ScaledTarget) -> Option<(i64, usize)> {
+        let targets = self.targets.lock().expect("targets");
+        targets.get(&key(st))?.machine.learned_startup_delay()
     }
 
     /// What the machine knows of each metric, in the spec's order.

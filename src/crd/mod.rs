@@ -604,6 +604,20 @@ pub struct ScaledTargetStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What ebb learned of the workload itself (not of one metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned: Option<WorkloadLearned>,
+}
+
+/// What ebb learned of a workload from its pods.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadLearned {
+    /// Pod created -> Ready, learned from the workload's own pods: the stall budget is twice
+    /// this (at least 30 s).
+    pub startup_delay_seconds: f64,
+    /// What it rests on, e.g. "0.9 quantile of the last 12 pod starts".
+    pub basis: String,
 }
 
 /// One metric's last reading.
