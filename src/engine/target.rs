@@ -1214,12 +1214,18 @@ fn reason_key(reason: EscalationReason) -> &'static str {
     }
 }
 
-/// The startup delay to use before one is learned: the adaptive section's, else a minute.
+/// The startup delay to use before one is learned from the pods: the adaptive section's, but
+/// at least [`UNLEARNED_STARTUP_DELAY`], so that a slow-starting workload ebb has not yet seen
+/// start is not held back as stalled on a guess.
 fn static_startup_delay(spec: &TargetSpec) -> Millis {
     spec.adaptive
         .as_ref()
-        .map_or(60_000, |a| a.startup_delay_seconds as Millis * 1000)
+        .map_or(0, |a| a.startup_delay_seconds as Millis * 1000)
+        .max(UNLEARNED_STARTUP_DELAY)
 }
+
+/// The startup delay assumed until one is learned: a stall budget of 5 minutes.
+pub const UNLEARNED_STARTUP_DELAY: Millis = 150_000;
 
 /// A value in milli-units, saturating.
 fn to_milli(v: f64) -> i64 {
@@ -1437,8 +1443,8 @@ mod tests {
             let stuck = pods(4, 2, 2 * INTERVAL, Pattern::Unschedulable);
             let mut now = 2 * INTERVAL;
             let mut found = None;
-            // The budget before a startup delay is learned: 2 x 60 s.
-            while now <= 2 * INTERVAL + 150 * S {
+            // The budget before a startup delay is learned: 2 x 150 s.
+            while now <= 2 * INTERVAL + 330 * S {
                 let s = poll_with_pods(&mut m, &spec, now, 800.0, 4, &stuck);
                 let c = condition_of(&s, cond::SCALING_STALLED);
                 if c.status {
@@ -1462,8 +1468,8 @@ mod tests {
                 now += INTERVAL;
             }
             let (at, first) = found.expect("stalled");
-            // The rise to 4 is seen at 30 s; stalled at the first poll 120 s after.
-            assert_eq!(at, 2 * INTERVAL + 120 * S, "{mode:?}");
+            // The rise to 4 is seen at 30 s; stalled at the first poll 300 s after.
+            assert_eq!(at, 2 * INTERVAL + 300 * S, "{mode:?}");
             let c = condition_of(&first, cond::SCALING_STALLED);
             assert_eq!(c.reason, "Unschedulable");
             assert!(c.message.contains("2 of 4 pods not Ready"), "{}", c.message);
