@@ -42,7 +42,8 @@ pub struct Learning {
     pub(crate) metrics: Vec<Option<MetricLearning>>,
     /// The object revision and interval the states were matched to: a step of the same
     /// revision skips matching.
-    synced: Option<(Option<(String, i64)>, Millis)>,
+    /// What the states were last matched to.
+    synced: Option<SyncedTo>,
 }
 
 pub(crate) struct MetricLearning {
@@ -109,6 +110,9 @@ pub struct Change {
     pub message: String,
 }
 
+/// (revision, interval, startup delay in force) of the last match.
+type SyncedTo = (Option<(String, i64)>, Millis, u64);
+
 /// How much history a backfill asks for: what the rules use, at most [`MAX_BACKFILL_POINTS`].
 pub fn backfill_window(config: &AdaptiveConfig, interval: Duration) -> Duration {
     let ms = (interval.as_millis() as Millis).max(1);
@@ -133,7 +137,8 @@ impl Learning {
         metrics: &[Option<&LearnSpec>],
         interval: Millis,
     ) -> Vec<Backfill> {
-        let object = (revision, interval);
+        let startup = config.map_or(0, |c| c.startup_delay_seconds);
+        let object = (revision, interval, startup);
         if object.0.is_some() && self.synced.as_ref() == Some(&object) {
             return Vec::new();
         }
@@ -149,7 +154,14 @@ impl Learning {
                 self.metrics.push(None);
                 continue;
             };
-            let fingerprint = format!("{interval_ms}|{}", m.fingerprint);
+            // The startup delay in force (the spec's, or the one learned from the pods) sizes
+            // the horizon: a new one starts learning afresh from the backfill. A metric with no
+            // history to backfill keeps the horizon it has rather than lose what it learned.
+            let fingerprint = if m.backfill {
+                format!("{interval_ms}|{startup}|{}", m.fingerprint)
+            } else {
+                format!("{interval_ms}|{}", m.fingerprint)
+            };
             if let Some(i) = old
                 .iter()
                 .position(|o| o.as_ref().is_some_and(|o| o.fingerprint == fingerprint))

@@ -384,7 +384,14 @@ pub struct TargetMachine {
     stall_found: bool,
     /// The workload's count at the last step: a rise is a scale-up to watch, whoever made it.
     last_spec: Option<i32>,
+    /// The learned startup delay in force as the learning horizon (seconds).
+    startup_in_force: Option<u64>,
 }
+
+/// The learned startup delay stays within this factor of `adaptive.startupDelaySeconds`.
+pub const STARTUP_BOUND: u64 = 4;
+/// The CRD's bound on `startupDelaySeconds`.
+const MAX_STARTUP_SECONDS: u64 = 3600;
 
 /// What the last readings say of the target's work.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -441,11 +448,15 @@ impl TargetMachine {
 
     /// Feeds one poll's inputs.
     pub fn observe(&mut self, now: Millis, spec: &TargetSpec, inputs: Inputs<'_>) -> Observed {
+        if let Some(pods) = inputs.workload_pods {
+            self.startup.observe(pods);
+        }
         let learn: Vec<Option<&LearnSpec>> =
             spec.metrics.iter().map(|m| m.learn.as_ref()).collect();
+        let adaptive = self.adaptive_in_force(spec);
         let backfills = self.learning.sync(
             spec.revision.clone(),
-            spec.adaptive.as_ref(),
+            adaptive.as_ref(),
             &learn,
             spec.interval,
         );
@@ -475,7 +486,6 @@ impl TargetMachine {
         self.activity = activity(spec, readings);
         if let Some(pods) = inputs.workload_pods {
             self.pods_watched = true;
-            self.startup.observe(pods);
             let budget = self.startup.budget(static_startup_delay(spec));
             self.stall_found |= self.stall.observe(now, pods, budget).is_some();
         }
@@ -796,6 +806,35 @@ impl TargetMachine {
                 e.stall = Some(stall);
             }
         }
+    }
+
+    /// The adaptive configuration in force: the spec's, with the startup delay learned from
+    /// the workload's pods once there is one as the horizon of the learned headroom and the
+    /// forecast. It stays within a factor [`STARTUP_BOUND`] of the spec's (the fallback and the
+    /// bound: a pod that waited long for room does not stretch the horizon without limit), and
+    /// moves only by a quarter or more, since a new horizon starts learning afresh.
+    fn adaptive_in_force(&mut self, spec: &TargetSpec) -> Option<AdaptiveConfig> {
+        let mut config = spec.adaptive.clone()?;
+        let Some((learned, _)) = self.startup.learned() else {
+            return Some(config);
+        };
+        let set = config.startup_delay_seconds.max(1);
+        let learned = (learned.max(0) as u64).div_ceil(1000).clamp(
+            (set / STARTUP_BOUND).max(1),
+            (set * STARTUP_BOUND).min(MAX_STARTUP_SECONDS),
+        );
+        let in_force = match self.startup_in_force {
+            Some(s) if learned.abs_diff(s) * 4 < s => s,
+            _ => learned,
+        };
+        self.startup_in_force = Some(in_force);
+        config.startup_delay_seconds = in_force;
+        Some(config)
+    }
+
+    /// The startup delay used as the learning horizon, when learned from the pods.
+    pub fn startup_in_force(&self) -> Option<u64> {
+        self.startup_in_force
     }
 
     /// The learned startup delay (pod created -> Ready) and the starts it rests on.
@@ -1494,6 +1533,69 @@ mod tests {
             );
             assert_eq!(s.desired, 8, "{mode:?}");
         }
+    }
+
+    #[test]
+    fn the_startup_delay_learned_from_pods_becomes_the_learning_horizon_within_bounds() {
+        let mut spec = spec(Mode::Direct);
+        spec.adaptive = Some(AdaptiveConfig {
+            enabled: true,
+            startup_delay_seconds: 60,
+            ..AdaptiveConfig::default()
+        });
+        spec.revision = Some(("u".into(), 1));
+        spec.metrics[0].learn = Some(LearnSpec {
+            name: "rps".into(),
+            static_target: 100.0,
+            slo: None,
+            resume_slo: None,
+            backfill: true,
+            fingerprint: "f".into(),
+        });
+        let started = |n: usize, seconds: i64| -> Vec<PodState> {
+            (0..n)
+                .map(|i| PodState {
+                    name: format!("w-{i}"),
+                    uid: format!("u-{seconds}-{i}"),
+                    created: 0,
+                    ready_since: Some(seconds * S),
+                    problem: None,
+                    terminating: false,
+                })
+                .collect()
+        };
+        let observe = |m: &mut TargetMachine, now: Millis, pods: &[PodState]| {
+            let readings = [Ok(100.0)];
+            m.observe(
+                now,
+                &spec,
+                Inputs {
+                    readings: &readings,
+                    workload_pods: Some(pods),
+                    ..Inputs::default()
+                },
+            )
+            .backfills
+        };
+        let mut m = TargetMachine::new();
+        // Fewer than five starts: the spec's 60 s.
+        let jobs = observe(&mut m, 0, &started(3, 120));
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].config.startup_delay_seconds, 60);
+        // Pods take 120 s: a new horizon, learned afresh from a backfill with it.
+        let jobs = observe(&mut m, INTERVAL, &started(6, 120));
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].config.startup_delay_seconds, 120);
+        assert_eq!(m.startup_in_force(), Some(120));
+        // 130 s is within a quarter of 120 s: no restart on noise.
+        let mut pods = started(6, 120);
+        pods.extend(started(60, 130));
+        assert!(observe(&mut m, 2 * INTERVAL, &pods).is_empty());
+        assert_eq!(m.startup_in_force(), Some(120));
+        // A pod that waited an hour for room: bounded at 4 x 60 s.
+        let mut slow = TargetMachine::new();
+        let jobs = observe(&mut slow, 0, &started(5, 3600));
+        assert_eq!(jobs[0].config.startup_delay_seconds, 240);
     }
 
     /// `spec(mode)` deciding on `orders + 2 * refunds` (its one metric is the formula), with
