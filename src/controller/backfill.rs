@@ -17,7 +17,8 @@ pub const BACKFILL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Starts the backfill a step asked for, on its own task.
 pub(super) fn spawn(ctx: &Arc<Context>, st: &ScaledTarget, job: Backfill) {
-    if let Some(metric) = st.spec.metrics.get(job.index) {
+    // `job.index` counts the decided metrics (a formula alone, which has no history of its own).
+    if let Some(metric) = st.spec.decided_metrics().get(job.index) {
         let namespace = kube::ResourceExt::namespace(st).unwrap_or_default();
         let run = run_backfill(ctx.clone(), super::key(st), namespace, metric.clone(), job);
         tokio::spawn(run);
