@@ -329,6 +329,26 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
             format!("minReplicaCount {min} and maxReplicaCount {max}: need 0 <= min <= max and max >= 1 (KEDA refuses them too)"),
         );
     }
+    // KEDA's CheckReplicaCountBoundsAreValid (apis/keda/v1alpha1/scaledobject_types.go): the
+    // idle count must be below the minimum, read as 0 when minReplicaCount is unset and as its
+    // GetHPAMinReplicas (at least 1) when it is set; both the webhook and the controller refuse
+    // the ScaledObject otherwise, and KEDA makes no HPA for it.
+    if let Some(idle) = spec.idle_replica_count {
+        let keda_min = spec.min_replica_count.map_or(0, |m| m.max(1));
+        if idle >= keda_min {
+            cx.refuse(
+                "spec.idleReplicaCount",
+                format!(
+                    "{idle} must be below minReplicaCount ({}; KEDA refuses it too)",
+                    match spec.min_replica_count {
+                        None => "unset, read as 0".to_string(),
+                        Some(m) if m < 1 => format!("{m}, read as 1"),
+                        Some(m) => m.to_string(),
+                    }
+                ),
+            );
+        }
+    }
     let idle_replicas = match spec.idle_replica_count {
         None => None,
         Some(0) => Some(0),

@@ -10,8 +10,10 @@
 //! `ValidateAndCompileScalingModifiers`, `pkg/scaling/modifiers/formula.go`, `controllers/keda/
 //! hpa.go`) and expr-lang's (`parser/lexer/state.go`, `parser/operator/operator.go`).
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
 use super::{Cx, Loss, external_target, model, quantity};
-use crate::crd::{FormulaMetric, Metric, TargetType};
+use crate::crd::{FormulaMetric, Metric, TargetType, from_milli, milli_value};
 use crate::engine::formula::{Formula, identifier};
 
 const FIELD: &str = "spec.advanced.scalingModifiers";
@@ -115,12 +117,37 @@ fn target(cx: &mut Cx, sm: &model::ScalingModifiers) -> Option<crate::crd::Metri
             return None;
         }
     };
-    let Some(quantity) = quantity(value) else {
+    // KEDA's HPA holds `resource.NewMilliQuantity(int64(target*1000), resource.DecimalSI)`
+    // (controllers/keda/hpa.go, getScaledObjectMetricSpecs): the float product truncated, so
+    // "32.3" is 32299m there (32.3 * 1000 is 32299.999...). ebb's HPA is given the same.
+    let product = value * 1000.0;
+    if product >= i64::MAX as f64 {
         cx.refuse(
             field,
-            format!("{value} is not a quantity ebb can hold (at most three decimals)"),
+            format!("{value} is not a quantity ebb can hold (too large)"),
         );
         return None;
+    }
+    // `as` truncates toward zero, as Go's int64() does.
+    let milli = product as i64;
+    if milli < 1 {
+        cx.refuse(
+            field,
+            format!("{text:?}: KEDA's HPA target is int64({value} * 1000) = 0 milli-units, which the API server refuses (an HPA target must be positive)"),
+        );
+        return None;
+    }
+    let quantity = match quantity(value) {
+        Some(q) if milli_value(&q.0) == Ok(milli) => q,
+        _ => {
+            let written = Quantity(from_milli(milli));
+            cx.report(
+                field,
+                Loss::Note,
+                format!("{text:?}: KEDA's HPA target is int64({value} * 1000) = {milli} milli-units (the float product truncated): written as {}, so that ebb's HPA has the same target", written.0),
+            );
+            written
+        }
     };
     Some(external_target(type_?, quantity))
 }

@@ -1452,6 +1452,33 @@ fn scaled_object_fields_map_to_their_counterparts() {
     );
 }
 
+/// KEDA's CheckReplicaCountBoundsAreValid (`scaledobject_types.go`): idleReplicaCount below
+/// minReplicaCount, an unset one read as 0 and a set one as at least 1.
+#[test]
+fn an_idle_count_keda_refuses_is_refused() {
+    for (spec, refused) in [
+        (json!({"idleReplicaCount": 0}), true),
+        (json!({"idleReplicaCount": 0, "minReplicaCount": 0}), false),
+        (json!({"idleReplicaCount": 1, "minReplicaCount": 1}), true),
+        (json!({"idleReplicaCount": 0, "minReplicaCount": 1}), false),
+    ] {
+        let (outcome, st) = one(spec.clone(), json!({}));
+        assert_eq!(st.is_none(), refused, "{spec}: {:#?}", outcome.refusals);
+        if refused {
+            assert!(
+                outcome.refusals[0]
+                    .to_string()
+                    .contains("spec.idleReplicaCount: ")
+                    && outcome.refusals[0]
+                        .to_string()
+                        .contains("must be below minReplicaCount"),
+                "{:#?}",
+                outcome.refusals
+            );
+        }
+    }
+}
+
 #[test]
 fn what_ebb_has_no_counterpart_for_is_reported_by_field() {
     let (outcome, st) = one(
@@ -2111,10 +2138,22 @@ fn scaling_modifiers_map_to_spec_formula() {
             expect: Refused("\"two\": must be a number above 0"),
         },
         ModifiersCase {
-            source: "target finer than a thousandth",
+            source: "target below a thousandth: KEDA's HPA would have 0 (controllers/keda/hpa.go)",
             triggers: &[("prometheus", Some("a"))],
             modifiers: json!({"formula": "a", "target": "0.0001"}),
-            expect: Refused("not a quantity ebb can hold"),
+            expect: Refused("int64(0.0001 * 1000) = 0 milli-units, which the API server refuses"),
+        },
+        ModifiersCase {
+            source: "target finer than a thousandth: KEDA's HPA truncates it to 1m",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a", "target": "0.0015"}),
+            expect: Formula("a", AverageValue, "1m", None),
+        },
+        ModifiersCase {
+            source: "32.3 * 1000 is 32299.999... in floats: KEDA's HPA has 32299m",
+            triggers: &[("prometheus", Some("a"))],
+            modifiers: json!({"formula": "a", "target": "32.3", "metricType": "Value"}),
+            expect: Formula("a", TargetType::Value, "32299m", None),
         },
         ModifiersCase {
             source: "metricType Utilization",
