@@ -4,6 +4,7 @@
 mod support;
 
 use ebb::crd::ScaledTarget;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::{kube_client, shared_stack, unique_namespace};
@@ -560,32 +561,55 @@ async fn prometheus_headers_tenant_and_parameters_are_checked_by_name() {
 /// `ebb import keda` writes what the API server accepts: every ScaledTarget converted from
 /// tests/data/keda/orders.yaml is created (schema and CEL rules).
 #[tokio::test]
-async fn scaled_targets_imported_from_keda_are_accepted() {
+async fn scaled_targets_imported_from_keda_are_accepted_and_so_are_their_hpas() {
     let api = setup().await;
-    let input = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/keda/orders.yaml"
-    ))
-    .unwrap();
-    let outcome = ebb::import::keda::import(&input).unwrap();
-    assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals);
-    assert_eq!(outcome.targets.len(), 2);
-    for mut target in outcome.targets {
-        // The namespace of the Api (the API server fills it in), not the input's.
-        target.metadata.namespace = None;
-        let name = target.metadata.name.clone().unwrap();
-        let created = api
-            .create(&PostParams::default(), &target)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("{name}: the API server refused an imported ScaledTarget: {e}")
-            });
-        assert_eq!(
-            created.spec.metrics.len(),
-            target.spec.metrics.len(),
-            "{name}"
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keda");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut imported = 0;
+    for file in files {
+        let input = std::fs::read_to_string(&file).unwrap();
+        let outcome = ebb::import::keda::import(&input).unwrap();
+        assert!(
+            outcome.refusals.is_empty(),
+            "{file:?}: {:?}",
+            outcome.refusals
         );
+        for mut target in outcome.targets {
+            // The namespace of the Api (the API server fills it in), not the input's.
+            target.metadata.namespace = None;
+            let name = target.metadata.name.clone().unwrap();
+            let created = api
+                .create(&PostParams::default(), &target)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{name}: the API server refused an imported ScaledTarget: {e}")
+                });
+            assert_eq!(created.spec, target.spec, "{name}: changed on the way in");
+            // In mode Hpa ebb owns this HPA for it: the API server takes it too.
+            let hpa = ebb::controller::hpa::desired_hpa(&created);
+            let hpas = Api::<HorizontalPodAutoscaler>::namespaced(
+                api.clone().into_client(),
+                created.metadata.namespace.as_deref().unwrap(),
+            );
+            let dry_run = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            hpas.create(&dry_run, &hpa)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: the API server refused its HPA: {e}"));
+            imported += 1;
+        }
     }
+    assert!(
+        imported >= 6,
+        "{imported} ScaledTargets from tests/data/keda"
+    );
 }
 
 #[tokio::test]
