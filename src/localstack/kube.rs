@@ -2,6 +2,11 @@
 //! layer, kube-controller-manager (whose HPA controller is the real consumer of ebb's metrics
 //! API), kube-scheduler, and kwok, which makes pods on its fake node Running and Ready.
 //! Recipe and flags: `shared/reference/local-control-plane.md`.
+//!
+//! Besides kwok's default fast stages, kwok plays the fault stages of `kwok-fault-stages.yaml`
+//! on pods that ask for them by label ([`FAULT_LABEL`], [`READY_AFTER_LABEL`]): crash loops,
+//! image pulls that fail, slow starts, in the shapes kubelet writes. Pods without those labels
+//! are Running and Ready at once, as before.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +24,22 @@ use super::{StackError, start_error};
 pub const NODE_NAME: &str = "kwok-node-0";
 /// The annotation that tells kwok to manage a node.
 const KWOK_NODE_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
+
+/// A pod label that makes kwok fail the pod as kubelet reports it: [`FAULT_CRASHLOOP`] or
+/// [`FAULT_IMAGEPULL`].
+pub const FAULT_LABEL: &str = "ebb.dev/fault";
+/// [`FAULT_LABEL`]'s value for a container that keeps crashing: phase Running, Ready False,
+/// waiting `CrashLoopBackOff` with the last termination (`Error`, exit 1), one more restart
+/// every 10 s.
+pub const FAULT_CRASHLOOP: &str = "crashloop";
+/// [`FAULT_LABEL`]'s value for an image that cannot be pulled: Pending, waiting
+/// `ImagePullBackOff`.
+pub const FAULT_IMAGEPULL: &str = "imagepull";
+/// A pod label whose value is a Go duration (`"20s"`): the pod starts at once (Running, its
+/// containers running but not ready) and becomes Ready that long after.
+pub const READY_AFTER_LABEL: &str = "ebb.dev/ready-after";
+/// The fault stages (kwok Stage objects), given to kwok after its default stages.
+const FAULT_STAGES: &str = include_str!("kwok-fault-stages.yaml");
 
 /// What to run in the control plane.
 #[derive(Debug, Clone)]
@@ -260,6 +281,10 @@ impl ControlPlane {
         let scheduler =
             ManagedProcess::spawn("kube-scheduler", scheduler, &dir.join("kube-scheduler.log"))?;
 
+        // kwok's --config is a list: the default stages from the build, then the fault stages,
+        // written here so that the cached build stays as built.
+        let fault_stages = dir.join("kwok-fault-stages.yaml");
+        std::fs::write(&fault_stages, FAULT_STAGES)?;
         let mut kwok = Command::new(bin.join("kwok"));
         kwok.args([
             &format!("--kubeconfig={}", admin_kubeconfig.display()),
@@ -269,6 +294,7 @@ impl ControlPlane {
                 KWOK_NODE_ANNOTATION.0, KWOK_NODE_ANNOTATION.1
             ),
             &format!("--config={}", bin.join("kwok-stages.yaml").display()),
+            &format!("--config={}", fault_stages.display()),
             "--node-ip=10.0.1.1",
             "--cidr=10.1.0.0/16",
             &format!("--server-address=127.0.0.1:{}", free_port()),
@@ -316,25 +342,57 @@ impl ControlPlane {
     }
 
     async fn create_fake_node(&self, client: &kube::Client) -> Result<(), StackError> {
+        self.create_node(client, NODE_NAME, &[], &[]).await
+    }
+
+    /// Adds a node kwok manages: `name`, with `labels` and `taints` (key, value, effect) of its
+    /// own, and waits until it is Ready. A test that taints a node, or fills it, takes one of
+    /// its own so that the tests beside it keep theirs.
+    pub async fn add_node(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        taints: &[(&str, &str, &str)],
+    ) -> Result<(), StackError> {
+        self.create_node(&self.client().await?, name, labels, taints)
+            .await
+    }
+
+    async fn create_node(
+        &self,
+        client: &kube::Client,
+        name: &str,
+        labels: &[(&str, &str)],
+        taints: &[(&str, &str, &str)],
+    ) -> Result<(), StackError> {
+        let mut node_labels = serde_json::json!({ "type": "kwok", "kubernetes.io/hostname": name });
+        for (k, v) in labels {
+            node_labels[*k] = (*v).into();
+        }
+        let taints: Vec<serde_json::Value> = taints
+            .iter()
+            .map(|(key, value, effect)| {
+                serde_json::json!({ "key": key, "value": value, "effect": effect })
+            })
+            .collect();
         let node: Node = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {
-                "name": NODE_NAME,
+                "name": name,
                 "annotations": { KWOK_NODE_ANNOTATION.0: KWOK_NODE_ANNOTATION.1 },
-                "labels": { "type": "kwok", "kubernetes.io/hostname": NODE_NAME },
+                "labels": node_labels,
             },
+            "spec": { "taints": taints },
             "status": {
                 "allocatable": { "cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "10000" },
                 "capacity": { "cpu": "1000", "memory": "4Ti", "ephemeral-storage": "1Ti", "pods": "10000" },
             },
         }))?;
-        Api::<Node>::all(client.clone())
-            .create(&PostParams::default(), &node)
-            .await?;
         let nodes = Api::<Node>::all(client.clone());
+        nodes.create(&PostParams::default(), &node).await?;
         let ready = wait_until(Duration::from_secs(60), || async {
-            nodes.get(NODE_NAME).await.is_ok_and(|n| {
+            nodes.get(name).await.is_ok_and(|n| {
                 n.status
                     .and_then(|s| s.conditions)
                     .unwrap_or_default()
@@ -348,7 +406,7 @@ impl ControlPlane {
         } else {
             Err(start_error(
                 &self.kwok,
-                "the kwok node did not become Ready within 60 s",
+                &format!("kwok node {name} did not become Ready within 60 s"),
             ))
         }
     }
