@@ -29,6 +29,10 @@ const TARGET: f64 = 100.0;
 const CALM: f64 = 400.0;
 const BURST: f64 = 600.0;
 
+/// How long the tests' pods take to become Ready: within the 4 s `startupDelaySeconds` (the
+/// same two 2 s polls), so that the delay ebb learns from them leaves the horizon as set.
+const STARTUP: &str = "3s";
+
 /// The adaptive section the tests use: a 2 s interval, 4 s startup, 10 % risk (so that a few
 /// hundred readings are a tail's worth), no daily pattern to look for.
 fn adaptive(min_history_seconds: u64) -> Value {
@@ -157,7 +161,7 @@ async fn direct_mode_learns_from_prometheus_history_scales_with_headroom_and_a_r
         want > plain,
         "headroom asks for more than the plain HPA formula: {want} vs {plain}"
     );
-    deployment(&client, &ns, "worker", 1).await;
+    deployment_starting_in(&client, &ns, "worker", 1, STARTUP).await;
     scaled_target(
         &client,
         &ns,
@@ -267,7 +271,7 @@ async fn hpa_mode_puts_the_learned_target_on_the_owned_hpa() {
     let (client, ns) = setup("adaptive-hpa").await;
     let (readings, live) = history(&ns).await;
     let (headroom, _) = expected(&readings, config(300));
-    deployment(&client, &ns, "worker", 1).await;
+    deployment_starting_in(&client, &ns, "worker", 1, STARTUP).await;
     scaled_target(&client, &ns, prometheus_target(&ns, "Hpa", adaptive(300))).await;
     let controller = start_controller(client.clone(), &ns);
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
@@ -331,7 +335,7 @@ async fn with_a_short_history_the_static_target_stays() {
     let (client, ns) = setup("adaptive-short").await;
     let rabbit = shared_stack().rabbitmq.as_ref().unwrap();
     let queue = format!("{ns}-orders");
-    deployment(&client, &ns, "worker", 1).await;
+    deployment_starting_in(&client, &ns, "worker", 1, STARTUP).await;
     let (_conn, channel) = channel(rabbit).await;
     publish(&channel, &queue, 30).await;
     // RabbitMQ keeps no history: learning starts live, and an hour is far away.
@@ -366,7 +370,7 @@ async fn with_a_short_history_the_static_target_stays() {
 #[tokio::test]
 async fn the_per_pod_target_is_learned_from_the_slo_signal() {
     let (client, ns) = setup("adaptive-slo").await;
-    deployment(&client, &ns, "worker", 10).await;
+    deployment_starting_in(&client, &ns, "worker", 10, STARTUP).await;
     let load = "400 + 300 * sin(vector(time() / 7))";
     let mut object = prometheus_target(
         &ns,

@@ -812,7 +812,8 @@ impl TargetMachine {
     /// the workload's pods once there is one as the horizon of the learned headroom and the
     /// forecast. It stays within a factor [`STARTUP_BOUND`] of the spec's (the fallback and the
     /// bound: a pod that waited long for room does not stretch the horizon without limit), and
-    /// moves only by a quarter or more, since a new horizon starts learning afresh.
+    /// moves only when the horizon in polls changes and by more than a quarter, since a new
+    /// horizon starts learning afresh.
     fn adaptive_in_force(&mut self, spec: &TargetSpec) -> Option<AdaptiveConfig> {
         let mut config = spec.adaptive.clone()?;
         let Some((learned, _)) = self.startup.learned() else {
@@ -823,12 +824,16 @@ impl TargetMachine {
             (set / STARTUP_BOUND).max(1),
             (set * STARTUP_BOUND).min(MAX_STARTUP_SECONDS),
         );
-        let in_force = match self.startup_in_force {
-            Some(s) if learned.abs_diff(s) * 4 < s => s,
-            _ => learned,
-        };
-        self.startup_in_force = Some(in_force);
-        config.startup_delay_seconds = in_force;
+        // What is in force now: the learned delay taken before, else the spec's. A delay that
+        // gives the same horizon in polls, or lies within a quarter of it, changes nothing.
+        let current = self.startup_in_force.unwrap_or(set);
+        let steps = |seconds: u64| (seconds * 1000).div_ceil(spec.interval.max(1) as u64);
+        if steps(learned) != steps(current) && learned.abs_diff(current) * 4 > current {
+            self.startup_in_force = Some(learned);
+        }
+        if let Some(s) = self.startup_in_force {
+            config.startup_delay_seconds = s;
+        }
         Some(config)
     }
 
@@ -1592,6 +1597,11 @@ mod tests {
         pods.extend(started(60, 130));
         assert!(observe(&mut m, 2 * INTERVAL, &pods).is_empty());
         assert_eq!(m.startup_in_force(), Some(120));
+        // Starts close to the spec's 60 s (the same four 15 s polls): nothing changes.
+        let mut close = TargetMachine::new();
+        let jobs = observe(&mut close, 0, &started(5, 55));
+        assert_eq!(jobs[0].config.startup_delay_seconds, 60);
+        assert_eq!(close.startup_in_force(), None);
         // A pod that waited an hour for room: bounded at 4 x 60 s.
         let mut slow = TargetMachine::new();
         let jobs = observe(&mut slow, 0, &started(5, 3600));

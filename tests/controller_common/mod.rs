@@ -49,6 +49,29 @@ pub async fn deployment(client: &kube::Client, ns: &str, name: &str, replicas: i
         .expect("create deployment");
 }
 
+/// Creates Deployment `name` with `replicas` in `ns` whose pods become Ready `ready_after`
+/// (e.g. `3s`) after they are created (the local stack's kwok stage for
+/// [`ebb::localstack::kube::READY_AFTER_LABEL`]), as a workload with a startup delay does.
+pub async fn deployment_starting_in(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+    ready_after: &str,
+) {
+    let mut d = ebb::localstack::workload(name, replicas);
+    if let Some(t) = d.spec.as_mut().and_then(|s| s.template.metadata.as_mut()) {
+        t.labels.get_or_insert_with(Default::default).insert(
+            ebb::localstack::kube::READY_AFTER_LABEL.to_string(),
+            ready_after.to_string(),
+        );
+    }
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create deployment");
+}
+
 /// The Deployment's `spec.replicas`.
 pub async fn replicas(client: &kube::Client, ns: &str, name: &str) -> i32 {
     Api::<Deployment>::namespaced(client.clone(), ns)
