@@ -8,6 +8,9 @@
 //! - `replay/worldcup/<policy>`: the 125,310-step WorldCup 98 trace through each baseline, as
 //!   `ebb backtest` replays it (`hpa-engine` makes 4 engine decisions per step). Goal: under
 //!   1 s per policy.
+//! - `pods/<index|scan>`: one poll's look-up of its workload's pods (3 of 15,000 pods: 5,000
+//!   Deployments in one namespace) through the pod watch's label index, and the same look-up
+//!   as a scan of the namespace, for the ratio.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -118,5 +121,55 @@ fn full_replay(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, adaptive_decision, full_replay);
+fn pods_of_a_workload(c: &mut Criterion) {
+    use ebb::api::selector::Selector;
+    use ebb::controller::pods::PodIndex;
+    use k8s_openapi::api::core::v1::Pod;
+    const WORKLOADS: usize = 5_000;
+    let pods: Vec<Pod> = (0..WORKLOADS * 3)
+        .map(|i| {
+            let app = format!("w{}", i / 3);
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": format!("{app}-5d8f7c-{}", i % 3), "namespace": "shop",
+                    "uid": format!("uid-{i}"), "creationTimestamp": "2026-12-03T10:00:00Z",
+                    "labels": { "app": app, "pod-template-hash": "5d8f7c" }
+                },
+                "status": { "phase": "Running", "conditions": [
+                    { "type": "Ready", "status": "True", "lastTransitionTime": "2026-12-03T10:00:04Z" }
+                ] }
+            }))
+            .unwrap()
+        })
+        .collect();
+    let index: PodIndex = pods.iter().cloned().collect();
+    let selector = Selector::parse(&format!("app=w{}", WORKLOADS / 2)).unwrap();
+    let mut group = c.benchmark_group("pods");
+    group.bench_function("index", |b| {
+        b.iter(|| black_box(index.pods_of("shop", black_box(&selector))))
+    });
+    let labels: Vec<_> = pods
+        .iter()
+        .map(|p| p.metadata.labels.clone().unwrap())
+        .collect();
+    group.bench_function("scan", |b| {
+        b.iter(|| {
+            black_box(
+                labels
+                    .iter()
+                    .filter(|l| black_box(&selector).matches(l))
+                    .count(),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    decision,
+    adaptive_decision,
+    full_replay,
+    pods_of_a_workload
+);
 criterion_main!(benches);

@@ -2,8 +2,10 @@
 //! kwok playing kubelet with the fault stages of `src/localstack/kwok-fault-stages.yaml`):
 //!
 //! - a full cluster: the workload's node is tainted, new pods stay Pending Unschedulable;
-//! - a bad release that crash-loops, or whose image cannot be pulled: the pod template gets
-//!   kwok's fault label, the rollout sticks with the new pods failing, then the load rises;
+//! - a bad release that crash-loops, is OOM-killed, whose image cannot be pulled, whose
+//!   container cannot be created (a missing Secret), or whose readiness probe never passes:
+//!   the pod template gets kwok's fault label, the rollout sticks with the new pods failing,
+//!   then the load rises;
 //! - a slow start: pods Ready only N seconds after they start, and a full cluster after.
 //!
 //! In each, ebb finds the scale-up stalled once the budget from the startup delay it learned
@@ -22,7 +24,10 @@ use controller_common::*;
 use ebb::controller::pods::pod_state;
 use ebb::crd::ScaledTarget;
 use ebb::engine::stall::Pattern;
-use ebb::localstack::kube::{FAULT_CRASHLOOP, FAULT_IMAGEPULL, FAULT_LABEL, READY_AFTER_LABEL};
+use ebb::localstack::kube::{
+    FAULT_CONFIGERROR, FAULT_CRASHLOOP, FAULT_IMAGEPULL, FAULT_LABEL, FAULT_OOMKILLED,
+    FAULT_UNREADY, READY_AFTER_LABEL,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -334,6 +339,34 @@ async fn a_release_whose_image_cannot_be_pulled_is_named_held_and_resumes_after_
         "Back-off pulling image",
     )
     .await;
+}
+
+/// The other known patterns, side by side (each in its namespace, with its series): a release
+/// OOM-killed as soon as it runs, one whose container cannot be created, one whose readiness
+/// probe never passes.
+#[tokio::test]
+async fn releases_oom_killed_misconfigured_or_never_ready_are_named_held_and_resume_after_the_fix()
+{
+    tokio::join!(
+        a_bad_release_is_named_held_and_resumes_after_the_fix(
+            "oomkilled",
+            FAULT_OOMKILLED,
+            Pattern::OomKilled,
+            "OOMKilled",
+        ),
+        a_bad_release_is_named_held_and_resumes_after_the_fix(
+            "configerror",
+            FAULT_CONFIGERROR,
+            Pattern::CreateContainerConfigError,
+            "secret \"worker-config\" not found",
+        ),
+        a_bad_release_is_named_held_and_resumes_after_the_fix(
+            "unready",
+            FAULT_UNREADY,
+            Pattern::ReadinessProbe,
+            "runs but is not ready",
+        ),
+    );
 }
 
 /// Pods Ready only N s after they start (kwok's ready-after stage; Running, not ready, until

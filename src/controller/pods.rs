@@ -6,7 +6,7 @@
 //! selector`). Until the first list is complete, or when pods cannot be listed (RBAC), there
 //! are no pods to judge and stalls are not looked for.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -23,10 +23,114 @@ struct KeptPod {
     state: PodState,
 }
 
-/// namespace -> uid -> pod.
+/// namespace -> the pods kept there.
+///
+/// A workload's pods are found through the labels its selector pins (`app=worker`): each
+/// namespace indexes its pods by label key and value, so that a poll looks at its own
+/// workload's pods and not at every pod of the namespace (5,000 targets in one namespace
+/// would otherwise scan the whole namespace 5,000 times per interval).
 #[derive(Default)]
 pub struct PodIndex {
-    by_namespace: HashMap<String, HashMap<String, KeptPod>>,
+    by_namespace: HashMap<String, NamespacePods>,
+}
+
+#[derive(Default)]
+struct NamespacePods {
+    /// uid -> pod.
+    pods: HashMap<String, KeptPod>,
+    /// label key -> value -> uids of the pods with that label.
+    by_label: HashMap<String, HashMap<String, HashSet<String>>>,
+}
+
+impl NamespacePods {
+    fn insert(&mut self, pod: KeptPod) {
+        let uid = pod.state.uid.clone();
+        self.remove(&uid);
+        for (key, value) in &pod.labels {
+            self.by_label
+                .entry(key.clone())
+                .or_default()
+                .entry(value.clone())
+                .or_default()
+                .insert(uid.clone());
+        }
+        self.pods.insert(uid, pod);
+    }
+
+    fn remove(&mut self, uid: &str) {
+        let Some(pod) = self.pods.remove(uid) else {
+            return;
+        };
+        for (key, value) in &pod.labels {
+            if let Some(values) = self.by_label.get_mut(key) {
+                if let Some(uids) = values.get_mut(value) {
+                    uids.remove(uid);
+                    if uids.is_empty() {
+                        values.remove(value);
+                    }
+                }
+                if values.is_empty() {
+                    self.by_label.remove(key);
+                }
+            }
+        }
+    }
+
+    /// The pods `selector` matches: among the fewest pods that carry a label it pins, else
+    /// (a selector that pins none) among all.
+    fn selected<'a>(&'a self, selector: &Selector) -> Vec<&'a KeptPod> {
+        let mut fewest: Option<&HashSet<String>> = None;
+        for requirement in selector.requirements() {
+            let Some(value) = selector.required_value(&requirement.key) else {
+                continue;
+            };
+            let Some(uids) = self
+                .by_label
+                .get(&requirement.key)
+                .and_then(|v| v.get(value))
+            else {
+                return Vec::new();
+            };
+            if fewest.is_none_or(|f| uids.len() < f.len()) {
+                fewest = Some(uids);
+            }
+        }
+        let matches = |p: &&KeptPod| selector.matches(&p.labels);
+        match fewest {
+            Some(uids) => uids
+                .iter()
+                .filter_map(|uid| self.pods.get(uid))
+                .filter(matches)
+                .collect(),
+            None => self.pods.values().filter(matches).collect(),
+        }
+    }
+}
+
+impl PodIndex {
+    /// The pods in `namespace` that `selector` matches, in name order.
+    pub fn pods_of(&self, namespace: &str, selector: &Selector) -> Vec<PodState> {
+        let mut pods: Vec<PodState> = self
+            .by_namespace
+            .get(namespace)
+            .map(|ns| ns.selected(selector))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.state.clone())
+            .collect();
+        pods.sort_by(|a, b| a.name.cmp(&b.name));
+        pods
+    }
+}
+
+impl FromIterator<Pod> for PodIndex {
+    fn from_iter<I: IntoIterator<Item = Pod>>(pods: I) -> Self {
+        let mut index = Self::default();
+        for pod in pods {
+            index.apply(pod);
+        }
+        index
+    }
 }
 
 impl Index<Pod> for PodIndex {
@@ -38,7 +142,7 @@ impl Index<Pod> for PodIndex {
         self.by_namespace
             .entry(ns)
             .or_default()
-            .insert(state.uid.clone(), KeptPod { labels, state });
+            .insert(KeptPod { labels, state });
     }
 
     fn delete(&mut self, pod: &Pod) {
@@ -46,7 +150,7 @@ impl Index<Pod> for PodIndex {
             && let Some(pods) = self.by_namespace.get_mut(ns)
         {
             pods.remove(uid);
-            if pods.is_empty() {
+            if pods.pods.is_empty() {
                 self.by_namespace.remove(ns);
             }
         }
@@ -99,17 +203,7 @@ impl PodCache {
     /// The pods in `namespace` that `selector` matches, in name order; `None` while the
     /// watch cannot say.
     pub fn pods_of(&self, namespace: &str, selector: &Selector) -> Option<Vec<PodState>> {
-        let index = self.watched.read()?;
-        let mut pods: Vec<PodState> = index
-            .by_namespace
-            .get(namespace)
-            .into_iter()
-            .flat_map(|pods| pods.values())
-            .filter(|p| selector.matches(&p.labels))
-            .map(|p| p.state.clone())
-            .collect();
-        pods.sort_by(|a, b| a.name.cmp(&b.name));
-        Some(pods)
+        Some(self.watched.read()?.pods_of(namespace, selector))
     }
 }
 
@@ -370,18 +464,79 @@ mod tests {
         let selector = Selector::parse("app=worker").unwrap();
         let names = |index: &PodIndex| -> Vec<String> {
             index
-                .by_namespace
-                .get("n")
+                .pods_of("n", &selector)
                 .into_iter()
-                .flat_map(|p| p.values())
-                .filter(|p| selector.matches(&p.labels))
-                .map(|p| p.state.name.clone())
+                .map(|p| p.name)
                 .collect()
         };
         assert_eq!(names(&index), ["worker-7d9-x2"]);
         index.delete(&pod(serde_json::json!({})));
         assert!(names(&index).is_empty());
         index.delete(&other);
+        assert!(index.by_namespace.is_empty());
+    }
+
+    /// The label index answers as a scan of the namespace would, for selectors that pin
+    /// labels and ones that do not, as pods come, change their labels and go.
+    #[test]
+    fn the_label_index_answers_as_a_scan_of_the_namespace_would() {
+        let labelled = |i: usize, labels: &[(&str, &str)]| {
+            let mut p = pod(serde_json::json!({ "phase": "Running" }));
+            p.metadata.uid = Some(format!("u{i}"));
+            p.metadata.name = Some(format!("pod-{i:02}"));
+            p.metadata.labels = Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            p
+        };
+        let mut index = PodIndex::default();
+        let mut kept: BTreeMap<usize, Pod> = BTreeMap::new();
+        let apps = ["worker", "api", "web"];
+        let tiers = ["a", "b"];
+        for i in 0..30 {
+            let p = labelled(i, &[("app", apps[i % 3]), ("tier", tiers[i % 2])]);
+            index.apply(p.clone());
+            kept.insert(i, p);
+        }
+        // Relabel some, delete others.
+        for i in (0..30).step_by(4) {
+            let p = labelled(i, &[("app", "api"), ("canary", "yes")]);
+            index.apply(p.clone());
+            kept.insert(i, p);
+        }
+        for i in (1..30).step_by(5) {
+            index.delete(&kept.remove(&i).unwrap());
+        }
+        for selector in [
+            "app=worker",
+            "app=api,tier=b",
+            "app in (web),tier!=a",
+            "app=api,canary",
+            "app notin (api)",
+            "tier",
+            "!canary",
+            "app=nothing",
+            "",
+        ] {
+            let selector = Selector::parse(selector).unwrap();
+            let scanned: Vec<String> = kept
+                .values()
+                .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap()))
+                .map(|p| p.metadata.name.clone().unwrap())
+                .collect();
+            let found: Vec<String> = index
+                .pods_of("n", &selector)
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
+            assert_eq!(found, scanned, "{selector:?}");
+        }
+        for p in kept.values() {
+            index.delete(p);
+        }
         assert!(index.by_namespace.is_empty());
     }
 }

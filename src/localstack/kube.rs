@@ -5,7 +5,8 @@
 //!
 //! Besides kwok's default fast stages, kwok plays the fault stages of `kwok-fault-stages.yaml`
 //! on pods that ask for them by label ([`FAULT_LABEL`], [`READY_AFTER_LABEL`]): crash loops,
-//! image pulls that fail, slow starts, in the shapes kubelet writes. Pods without those labels
+//! OOM kills, image pulls that fail, missing config, readiness that never comes, slow starts,
+//! in the shapes kubelet writes. Pods without those labels
 //! are Running and Ready at once, as before.
 
 use std::path::{Path, PathBuf};
@@ -25,8 +26,8 @@ pub const NODE_NAME: &str = "kwok-node-0";
 /// The annotation that tells kwok to manage a node.
 const KWOK_NODE_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 
-/// A pod label that makes kwok fail the pod as kubelet reports it: [`FAULT_CRASHLOOP`] or
-/// [`FAULT_IMAGEPULL`].
+/// A pod label that makes kwok fail the pod as kubelet reports it: [`FAULT_CRASHLOOP`],
+/// [`FAULT_OOMKILLED`], [`FAULT_IMAGEPULL`], [`FAULT_CONFIGERROR`] or [`FAULT_UNREADY`].
 pub const FAULT_LABEL: &str = "ebb.dev/fault";
 /// [`FAULT_LABEL`]'s value for a container that keeps crashing: phase Running, Ready False,
 /// waiting `CrashLoopBackOff` with the last termination (`Error`, exit 1), one more restart
@@ -35,6 +36,15 @@ pub const FAULT_CRASHLOOP: &str = "crashloop";
 /// [`FAULT_LABEL`]'s value for an image that cannot be pulled: Pending, waiting
 /// `ImagePullBackOff`.
 pub const FAULT_IMAGEPULL: &str = "imagepull";
+/// [`FAULT_LABEL`]'s value for a container killed for memory as soon as it runs: the crash
+/// loop of [`FAULT_CRASHLOOP`] with the last termination `OOMKilled`, exit 137.
+pub const FAULT_OOMKILLED: &str = "oomkilled";
+/// [`FAULT_LABEL`]'s value for a container that cannot be created: Pending, waiting
+/// `CreateContainerConfigError` (`secret "<container>-config" not found`).
+pub const FAULT_CONFIGERROR: &str = "configerror";
+/// [`FAULT_LABEL`]'s value for a container that runs and never becomes ready (its readiness
+/// probe failing): Running, the container running, Ready False.
+pub const FAULT_UNREADY: &str = "unready";
 /// A pod label whose value is a Go duration (`"20s"`): the pod starts at once (Running, its
 /// containers running but not ready) and becomes Ready that long after.
 pub const READY_AFTER_LABEL: &str = "ebb.dev/ready-after";
@@ -285,21 +295,7 @@ impl ControlPlane {
         // written here so that the cached build stays as built.
         let fault_stages = dir.join("kwok-fault-stages.yaml");
         std::fs::write(&fault_stages, FAULT_STAGES)?;
-        let mut kwok = Command::new(bin.join("kwok"));
-        kwok.args([
-            &format!("--kubeconfig={}", admin_kubeconfig.display()),
-            "--manage-all-nodes=false",
-            &format!(
-                "--manage-nodes-with-annotation-selector={}={}",
-                KWOK_NODE_ANNOTATION.0, KWOK_NODE_ANNOTATION.1
-            ),
-            &format!("--config={}", bin.join("kwok-stages.yaml").display()),
-            &format!("--config={}", fault_stages.display()),
-            "--node-ip=10.0.1.1",
-            "--cidr=10.1.0.0/16",
-            &format!("--server-address=127.0.0.1:{}", free_port()),
-        ]);
-        let kwok = ManagedProcess::spawn("kwok", kwok, &dir.join("kwok.log"))?;
+        let kwok = spawn_kwok(bin, dir, &admin_kubeconfig, &fault_stages).await?;
 
         let plane = Self {
             kwok,
@@ -705,5 +701,68 @@ impl ControlPlane {
                 "APIService {name} to be Available"
             )))
         }
+    }
+}
+
+/// How many times kwok is started before the stack gives up on it.
+const KWOK_STARTS: usize = 3;
+
+/// Starts kwok and waits until its server answers `/healthz` (it serves only once its
+/// controllers and CEL environments are set up). kwok v0.8.0 can die while it sets them up: two
+/// goroutines fill easycel's type cache, a plain Go map, at once ("concurrent map writes", a
+/// fatal error, seen in CI). That is a start-up race, not a fault of the stack, so a kwok that
+/// exits before it serves is started again, up to [`KWOK_STARTS`] times.
+async fn spawn_kwok(
+    bin: &Path,
+    dir: &Path,
+    admin_kubeconfig: &Path,
+    fault_stages: &Path,
+) -> Result<ManagedProcess, StackError> {
+    let http = super::http_client();
+    let mut attempt = 1;
+    loop {
+        let port = free_port();
+        let mut kwok = Command::new(bin.join("kwok"));
+        kwok.args([
+            &format!("--kubeconfig={}", admin_kubeconfig.display()),
+            "--manage-all-nodes=false",
+            &format!(
+                "--manage-nodes-with-annotation-selector={}={}",
+                KWOK_NODE_ANNOTATION.0, KWOK_NODE_ANNOTATION.1
+            ),
+            &format!("--config={}", bin.join("kwok-stages.yaml").display()),
+            &format!("--config={}", fault_stages.display()),
+            "--node-ip=10.0.1.1",
+            "--cidr=10.1.0.0/16",
+            &format!("--server-address=127.0.0.1:{port}"),
+        ]);
+        let process = ManagedProcess::spawn("kwok", kwok, &dir.join("kwok.log"))?;
+        let healthz = format!("http://127.0.0.1:{port}/healthz");
+        let serving = wait_until(Duration::from_secs(60), || async {
+            !process.is_running()
+                || http
+                    .get(&healthz)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        if serving && process.is_running() {
+            return Ok(process);
+        }
+        if attempt == KWOK_STARTS || process.is_running() {
+            let reason = if process.is_running() {
+                "kwok did not answer /healthz within 60 s".to_string()
+            } else {
+                format!("kwok exited while starting, {attempt} times")
+            };
+            return Err(start_error(&process, &reason));
+        }
+        tracing::warn!(
+            attempt,
+            log_tail = %process.log_tail(3),
+            "kwok exited while starting; starting it again"
+        );
+        attempt += 1;
     }
 }
