@@ -36,30 +36,10 @@ async fn worker_on_prometheus(
     deployment(client, ns, "worker", 1).await;
     push(prometheus).await;
     let address = prometheus.url();
-    scaled_target(
-        client,
-        ns,
-        json!({
-            "apiVersion": "ebb.dev/v1alpha1",
-            "kind": "ScaledTarget",
-            "metadata": { "name": "worker" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
-                "mode": mode,
-                "minReplicas": 1,
-                "maxReplicas": 10,
-                "pollingInterval": "1s",
-                "metrics": [{
-                    "name": "load",
-                    "prometheus": { "address": address, "query": "sum(ebb_load{service=\"worker\"})" },
-                    "target": { "type": "AverageValue", "averageValue": "10" }
-                }],
-                "behavior": { "scaleDown": { "stabilizationWindowSeconds": 0 } },
-                "fallback": { "failureThreshold": 2, "replicas": 5 }
-            }
-        }),
-    )
-    .await;
+    let mut target = prometheus_target(mode, 10, &address, "sum(ebb_load{service=\"worker\"})");
+    target["spec"]["behavior"] = json!({ "scaleDown": { "stabilizationWindowSeconds": 0 } });
+    target["spec"]["fallback"] = json!({ "failureThreshold": 2, "replicas": 5 });
+    scaled_target(client, ns, target).await;
 }
 
 #[tokio::test]

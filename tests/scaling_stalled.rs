@@ -31,7 +31,7 @@ use ebb::localstack::kube::{
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use support::{eventually, shared_stack};
 
@@ -92,20 +92,14 @@ async fn deployment_with(
     labels: &[(&str, &str)],
     own_node: Option<&str>,
 ) {
-    let mut d = serde_json::to_value(ebb::localstack::workload(name, replicas)).unwrap();
-    let template = &mut d["spec"]["template"];
-    for (k, v) in labels {
-        template["metadata"]["labels"][*k] = (*v).into();
-    }
+    let mut d = workload_with_labels(name, replicas, labels);
     if let Some(pool) = own_node {
+        let template = &mut d["spec"]["template"];
         template["spec"]["nodeSelector"] = json!({ POOL: pool });
         template["spec"]["tolerations"] =
             json!([{ "key": POOL, "operator": "Equal", "value": pool, "effect": "NoSchedule" }]);
     }
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &from_json(d))
-        .await
-        .expect("create deployment");
+    create_deployment(client, ns, d).await;
 }
 
 /// A release of Deployment `name` whose pods carry kwok's fault label `fault`, or (`None`)
@@ -127,26 +121,11 @@ async fn release(client: &kube::Client, ns: &str, name: &str, fault: Option<&str
 /// the namespace's load series.
 async fn worker_target(client: &kube::Client, ns: &str) {
     let prometheus = shared_stack().prometheus.as_ref().unwrap().url();
+    let query = format!("sum(ebb_stall_load{{job=\"{ns}\"}})");
     scaled_target(
         client,
         ns,
-        json!({
-            "apiVersion": "ebb.dev/v1alpha1",
-            "kind": "ScaledTarget",
-            "metadata": { "name": "worker" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
-                "mode": "Direct",
-                "minReplicas": 1,
-                "maxReplicas": 20,
-                "pollingInterval": "1s",
-                "metrics": [{
-                    "name": "load",
-                    "prometheus": { "address": prometheus, "query": format!("sum(ebb_stall_load{{job=\"{ns}\"}})") },
-                    "target": { "type": "AverageValue", "averageValue": "10" }
-                }]
-            }
-        }),
+        prometheus_target("Direct", 20, &prometheus, &query),
     )
     .await;
 }

@@ -59,29 +59,10 @@ async fn the_hpa_adds_nothing_onto_a_full_cluster_and_the_page_says_why() {
     secret(&client, ns, "pager", json!({ "url": url })).await;
     deployment(&client, ns, "worker", 5).await;
     push(50.0).await;
-    scaled_target(
-        &client,
-        ns,
-        json!({
-            "apiVersion": "ebb.dev/v1alpha1",
-            "kind": "ScaledTarget",
-            "metadata": { "name": "worker" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
-                "mode": "Hpa",
-                "minReplicas": 1,
-                "maxReplicas": 20,
-                "pollingInterval": "1s",
-                "metrics": [{
-                    "name": "load",
-                    "prometheus": { "address": prometheus.url(), "query": "sum(ebb_stall_hpa_load)" },
-                    "target": { "type": "AverageValue", "averageValue": "10" }
-                }],
-                "escalation": { "webhookSecretRef": { "name": "pager" }, "minInterval": "10m" }
-            }
-        }),
-    )
-    .await;
+    let mut target = prometheus_target("Hpa", 20, &prometheus.url(), "sum(ebb_stall_hpa_load)");
+    target["spec"]["escalation"] =
+        json!({ "webhookSecretRef": { "name": "pager" }, "minInterval": "10m" });
+    scaled_target(&client, ns, target).await;
     eventually(
         60 * SECOND,
         "pods watched, every scale-up Ready",

@@ -49,6 +49,23 @@ pub async fn deployment(client: &kube::Client, ns: &str, name: &str, replicas: i
         .expect("create deployment");
 }
 
+/// The sample workload (`ebb::localstack::workload`) as JSON, with `labels` on its pods.
+pub fn workload_with_labels(name: &str, replicas: i32, labels: &[(&str, &str)]) -> Value {
+    let mut d = serde_json::to_value(ebb::localstack::workload(name, replicas)).unwrap();
+    for (k, v) in labels {
+        d["spec"]["template"]["metadata"]["labels"][*k] = (*v).into();
+    }
+    d
+}
+
+/// Creates the Deployment `object` in `ns`.
+pub async fn create_deployment(client: &kube::Client, ns: &str, object: Value) {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &from_json(object))
+        .await
+        .expect("create deployment");
+}
+
 /// Creates Deployment `name` with `replicas` in `ns` whose pods become Ready `ready_after`
 /// (e.g. `3s`) after they are created (the local stack's kwok stage for
 /// [`ebb::localstack::kube::READY_AFTER_LABEL`]), as a workload with a startup delay does.
@@ -59,17 +76,30 @@ pub async fn deployment_starting_in(
     replicas: i32,
     ready_after: &str,
 ) {
-    let mut d = ebb::localstack::workload(name, replicas);
-    if let Some(t) = d.spec.as_mut().and_then(|s| s.template.metadata.as_mut()) {
-        t.labels.get_or_insert_with(Default::default).insert(
-            ebb::localstack::kube::READY_AFTER_LABEL.to_string(),
-            ready_after.to_string(),
-        );
-    }
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &d)
-        .await
-        .expect("create deployment");
+    let labels = [(ebb::localstack::kube::READY_AFTER_LABEL, ready_after)];
+    create_deployment(client, ns, workload_with_labels(name, replicas, &labels)).await;
+}
+
+/// A ScaledTarget `worker` on Deployment `worker` in `mode`, polled every second, with one
+/// Prometheus metric `load` (`query` on `address`) at AverageValue 10 per pod, up to `max`.
+pub fn prometheus_target(mode: &str, max: i32, address: &str, query: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "ebb.dev/v1alpha1",
+        "kind": "ScaledTarget",
+        "metadata": { "name": "worker" },
+        "spec": {
+            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
+            "mode": mode,
+            "minReplicas": 1,
+            "maxReplicas": max,
+            "pollingInterval": "1s",
+            "metrics": [{
+                "name": "load",
+                "prometheus": { "address": address, "query": query },
+                "target": { "type": "AverageValue", "averageValue": "10" }
+            }]
+        }
+    })
 }
 
 /// The Deployment's `spec.replicas`.
