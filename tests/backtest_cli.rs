@@ -320,3 +320,53 @@ fn queue_replays_the_load_as_arrivals_beside_queue_length_and_rate() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--drain-seconds"));
 }
+
+#[test]
+fn risk_sweep_replays_ebb_at_each_risk_beside_the_frontier_at_its_own_tau_u() {
+    let json = ebb_ok(&[
+        "backtest",
+        "--synthetic",
+        "step",
+        "--policy",
+        "ebb-hpa",
+        "--risk-sweep",
+        "1",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{json}");
+    let row = &rows[0];
+    assert_eq!(row["policy"], "ebb-hpa");
+    assert_eq!(row["riskPercent"], 1.0);
+    let tau_u = row["tauUPercent"].as_f64().unwrap();
+    assert_eq!(
+        row["calibrated"].as_bool().unwrap(),
+        (0.5..=1.5).contains(&tau_u),
+        "{row}"
+    );
+    let ratio =
+        row["costVsOracle"].as_f64().unwrap() / row["frontierCostVsOracle"].as_f64().unwrap();
+    assert!(
+        (row["vsFrontier"].as_f64().unwrap() - ratio).abs() < 1e-9,
+        "{row}"
+    );
+
+    for (args, says) in [
+        (&["--risk-sweep", "0.5", "--policy", "hpa"][..], "not hpa"),
+        (
+            &["--max-actions", "10"][..],
+            "give --frontier or --risk-sweep",
+        ),
+        (
+            &["--risk-sweep", "0.5", "--frontier"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = ebb(&[&["backtest", "--synthetic", "flat"][..], args].concat());
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

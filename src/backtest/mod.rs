@@ -10,6 +10,7 @@ pub mod plot;
 pub mod prometheus;
 pub mod queue;
 pub mod replay;
+pub mod sweep;
 pub mod synthetic;
 pub mod trace;
 
@@ -187,9 +188,21 @@ pub struct BacktestArgs {
     /// tau_U in % the frontier's families are tuned to.
     #[arg(long, default_value_t = 0.5, requires = "frontier")]
     pub risk: f64,
-    /// Frontier rows with more scaling actions than this are left out.
-    #[arg(long, requires = "frontier")]
+    /// Frontier rows with more scaling actions than this are left out (with --frontier or
+    /// --risk-sweep).
+    #[arg(long)]
     pub max_actions: Option<u64>,
+    /// Replay ebb (modes Direct and Hpa, or the ones --policy names) at each of these risks
+    /// (`adaptive.underProvisionRisk`, in %, e.g. `0.1,0.5,2`) and print, for each, the tau_U
+    /// got, whether it is calibrated, the cost, and the cheapest reference family tuned in
+    /// hindsight to the same tau_U (docs/adaptive.md, "Calibration").
+    #[arg(
+        long,
+        value_name = "PCTS",
+        value_delimiter = ',',
+        conflicts_with_all = ["frontier", "queue", "decisions", "plot"]
+    )]
+    pub risk_sweep: Option<Vec<f64>>,
     /// Replay the load as the arrivals into a queue served at `c` per ready pod, and score
     /// ebb's DrainTime target beside KEDA-style QueueLength and a rate target (docs/queues.md).
     #[arg(long, conflicts_with_all = ["scaledtarget", "frontier", "slo"])]
@@ -262,6 +275,8 @@ pub struct BacktestReport {
     pub scored_from: usize,
     /// One entry per policy.
     pub results: Vec<PolicyResult>,
+    /// The oracle's cost (ready pod-steps), which `cost_vs_oracle` divides by.
+    pub oracle_cost: u64,
     /// The SLO the `ebb` policy learned its per-pod target from (`--slo`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slo: Option<SloConfig>,
@@ -465,6 +480,7 @@ pub fn run_backtest_with_progress(
         missing: trace.missing(),
         scored_from,
         results,
+        oracle_cost,
         slo: opts.slo.clone(),
         frontier,
         demand,
@@ -712,6 +728,7 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         frontier,
         risk,
         max_actions,
+        risk_sweep,
         queue,
         drain_seconds,
     } = args;
@@ -720,7 +737,20 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         value_column: value_column.clone(),
     };
     // Flags first: a typo should not wait for a large trace to load.
-    let policies = parse_policies(policy)?;
+    let policies = match risk_sweep {
+        // The sweep replays ebb's modes: `all` (the default) means both.
+        Some(_) if policy.eq_ignore_ascii_case("all") => {
+            sweep::SWEPT.iter().map(|p| p.to_string()).collect()
+        }
+        _ => parse_policies(policy)?,
+    };
+    if max_actions.is_some() && !*frontier && risk_sweep.is_none() {
+        return Err(BacktestError::InvalidArg {
+            flag: "--max-actions",
+            message: "applies to the frontier: give --frontier or --risk-sweep".into(),
+        }
+        .into());
+    }
     let adaptive = match adaptive {
         Some(path) => read_adaptive_config(path)?,
         None => AdaptiveConfig::default(),
@@ -774,6 +804,29 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
     };
     if *queue {
         return run_queue(&series, *capacity, *startup_delay, *drain_seconds, *format);
+    }
+    if let Some(risks) = risk_sweep {
+        let report = sweep::risk_sweep(
+            &series,
+            &BacktestOptions {
+                policies,
+                capacity: *capacity,
+                startup_delay: *startup_delay,
+                target_per_pod: *target_per_pod,
+                slo: slo.then(|| SloConfig::with_objective(1.0)),
+                last_days: *last_days,
+                adaptive,
+                scaled_target,
+                frontier: None,
+            },
+            risks,
+            *max_actions,
+        )?;
+        match format {
+            Format::Table => print!("{}", sweep::format_sweep(&report)),
+            Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        }
+        return Ok(());
     }
     // Progress on standard error, where a terminal shows it; the report goes to standard output.
     let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
