@@ -290,14 +290,22 @@ async fn hpa_mode_puts_the_learned_target_on_the_owned_hpa() {
     })
     .await;
     assert!(milli(&on_hpa) < TARGET, "{on_hpa}");
-    // The learned scale-down window reaches the HPA too (the target's only metric learns).
+    // The learned scale-down window reaches the HPA too (the target's only metric learns),
+    // and the scale-up tolerance is half the learned band, not the HPA's 10 % (the API server
+    // of the local stack has HPAConfigurableTolerance: the field stays).
     let window = values.scale_down_window_seconds as i32;
-    eventually(20 * SECOND, "the learned window on the HPA", || async {
-        let hpa = hpas.get_opt("ebb-worker").await.ok()??;
-        let down = hpa.spec.behavior?.scale_down?;
-        (down.stabilization_window_seconds == Some(window)).then_some(())
+    let up_tolerance = eventually(20 * SECOND, "the learned behavior on the HPA", || async {
+        let behavior = hpas.get_opt("ebb-worker").await.ok()??.spec.behavior?;
+        let down = behavior.scale_down?;
+        let up = behavior.scale_up?.tolerance?;
+        (down.stabilization_window_seconds == Some(window)).then_some(milli(&up.0))
     })
     .await;
+    assert!(
+        (up_tolerance - values.tolerance / 2.0).abs() <= 0.001,
+        "scale-up tolerance {up_tolerance}, learned band {}",
+        values.tolerance
+    );
 
     // Restart: the new controller keeps the HPA's learned target while it backfills.
     controller.abort();

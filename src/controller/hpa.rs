@@ -15,7 +15,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 
 use crate::crd::{SCALED_TARGET_LABEL, ScaledTarget, TargetType};
-use crate::engine::learning::LearnedScaleDown;
+use crate::engine::learning::LearnedBehavior;
 
 /// The owned HPA's name for a ScaledTarget.
 pub fn hpa_name(st: &ScaledTarget) -> String {
@@ -41,14 +41,15 @@ pub fn desired_hpa(st: &ScaledTarget) -> HorizontalPodAutoscaler {
 }
 
 /// [`desired_hpa`] with what `spec.adaptive` learned: AverageValue targets by metric name in
-/// place of the static ones, and the scale-down window and tolerance. As in modes Direct and
+/// place of the static ones, the scale-down window and both tolerances
+/// ([`LearnedBehavior`]). As in modes Direct and
 /// Shadow, a window the behavior sets explicitly still holds when it is longer, and an explicit
 /// tolerance stays. (`tolerance` needs the HPAConfigurableTolerance feature of Kubernetes; an
 /// API server without it drops the field and keeps its cluster-wide 10 %.)
 pub fn desired_hpa_with(
     st: &ScaledTarget,
     learned: &BTreeMap<String, Quantity>,
-    scale_down: Option<LearnedScaleDown>,
+    scale_down: Option<LearnedBehavior>,
 ) -> HorizontalPodAutoscaler {
     let name = st.metadata.name.clone().unwrap_or_default();
     let spec = &st.spec;
@@ -113,20 +114,23 @@ pub fn desired_hpa_with(
 
 fn behavior_with(
     behavior: Option<HorizontalPodAutoscalerBehavior>,
-    learned: Option<LearnedScaleDown>,
+    learned: Option<LearnedBehavior>,
 ) -> Option<HorizontalPodAutoscalerBehavior> {
     let Some(learned) = learned else {
         return behavior;
     };
     let mut behavior = behavior.unwrap_or_default();
+    // The HPA reads a tolerance to three decimals.
+    let quantity = |tolerance: f64| Quantity(format!("{tolerance:.3}"));
     let down = behavior.scale_down.get_or_insert_with(Default::default);
-    let window = i32::try_from(learned.window_seconds).unwrap_or(i32::MAX);
-    down.stabilization_window_seconds = Some(
-        down.stabilization_window_seconds
-            .map_or(window, |explicit| explicit.max(window)),
-    );
+    down.stabilization_window_seconds =
+        Some(learned.scale_down_window(down.stabilization_window_seconds));
     if down.tolerance.is_none() {
-        down.tolerance = Some(Quantity(format!("{:.3}", learned.tolerance)));
+        down.tolerance = Some(quantity(learned.scale_down_tolerance(None)));
+    }
+    let up = behavior.scale_up.get_or_insert_with(Default::default);
+    if up.tolerance.is_none() {
+        up.tolerance = Some(quantity(learned.scale_up_tolerance(None)));
     }
     Some(behavior)
 }
@@ -192,8 +196,8 @@ mod tests {
     }
 
     #[test]
-    fn the_learned_scale_down_goes_on_the_hpa_under_what_the_behavior_sets() {
-        let learned = LearnedScaleDown {
+    fn the_learned_behavior_goes_on_the_hpa_under_what_the_behavior_sets() {
+        let learned = LearnedBehavior {
             window_seconds: 600,
             tolerance: 0.0421,
         };
@@ -212,6 +216,22 @@ mod tests {
             down(Some(with_down(Some(60), None))).stabilization_window_seconds,
             Some(600)
         );
+        // Scale-ups: half the learned band (not the HPA's 10 %), unless the behavior sets one.
+        let up = |b: Option<HorizontalPodAutoscalerBehavior>| {
+            behavior_with(b, Some(learned)).unwrap().scale_up.unwrap()
+        };
+        assert_eq!(up(None).tolerance, Some(Quantity("0.021".into())));
+        let explicit = HorizontalPodAutoscalerBehavior {
+            scale_up: Some(HPAScalingRules {
+                tolerance: Some(Quantity("0.05".into())),
+                stabilization_window_seconds: Some(30),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let u = up(Some(explicit));
+        assert_eq!(u.tolerance, Some(Quantity("0.05".into())));
+        assert_eq!(u.stabilization_window_seconds, Some(30));
         // Not learning (a metric that does not learn): the behavior as written.
         let b = Some(with_down(Some(60), None));
         assert_eq!(behavior_with(b.clone(), None), b);

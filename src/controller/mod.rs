@@ -1187,7 +1187,7 @@ impl Act<'_> {
         if let Some(ours) = &ours {
             learned_targets.extend(hpa::kept_targets(ours, &intent.pending));
         }
-        let desired = hpa::desired_hpa_with(st, &learned_targets, intent.scale_down);
+        let desired = hpa::desired_hpa_with(st, &learned_targets, intent.behavior);
         if let (true, Some(existing)) = (adopting, &ours) {
             self.adopt(&hpas, existing, &desired).await?;
         }

@@ -376,12 +376,12 @@ impl Learning {
     /// keeps the HPA's defaults): the longest learned window and the widest learned band, as
     /// of the last `LearnedChanged` Event (so the HPA changes only when the values moved).
     /// While the history is short these are the HPA's own defaults (300 s, 0.1).
-    pub fn hpa_scale_down(&self, metrics: usize) -> Option<LearnedScaleDown> {
+    pub fn hpa_behavior(&self, metrics: usize) -> Option<LearnedBehavior> {
         if !all_learning(self, metrics) {
             return None;
         }
         let shown = self.metrics.iter().flatten().map(|ml| &ml.shown);
-        Some(LearnedScaleDown {
+        Some(LearnedBehavior {
             window_seconds: shown.clone().map(|l| l.scale_down_window_seconds).max()?,
             tolerance: shown.map(|l| l.tolerance).fold(0.0, f64::max),
         })
@@ -423,13 +423,39 @@ impl Learning {
     }
 }
 
-/// Learned scale-down behavior for the owned HPA ([`Learning::hpa_scale_down`]).
+/// What the owned HPA's behavior takes from learning ([`Learning::hpa_behavior`]), merged
+/// with what the ScaledTarget's behavior sets explicitly by the methods below: the one place
+/// for these rules, which the HPA ebb writes and the HPA the machine models both follow.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LearnedScaleDown {
+pub struct LearnedBehavior {
     /// Scale-down stabilization window.
     pub window_seconds: u64,
     /// Scale-down tolerance (the HPA's `behavior.scaleDown.tolerance`).
     pub tolerance: f64,
+}
+
+impl LearnedBehavior {
+    /// The scale-down window: the learned one, or the explicit one when longer.
+    pub fn scale_down_window(&self, explicit: Option<i32>) -> i32 {
+        let learned = i32::try_from(self.window_seconds).unwrap_or(i32::MAX);
+        explicit.map_or(learned, |e| e.max(learned))
+    }
+
+    /// The scale-down tolerance: an explicit one stays, else the learned one, to the three
+    /// decimals the HPA reads from the quantity ebb writes.
+    pub fn scale_down_tolerance(&self, explicit: Option<f64>) -> f64 {
+        explicit.unwrap_or((self.tolerance * 1000.0).round() / 1000.0)
+    }
+
+    /// The scale-up tolerance: an explicit one stays, else half the learned band. The HPA
+    /// reads the reading itself on every sync, where mode Direct decides on the window's
+    /// highest reading: half the band holds the rises that noise alone makes most often
+    /// (the band is the one-sided 95 % of noise-driven moves between two readings), and the
+    /// learned headroom, not a band, carries the safety. The HPA's default 10 % would hold
+    /// every smaller scale-up, and the headroom with it (docs/adaptive.md, "Figures").
+    pub fn scale_up_tolerance(&self, explicit: Option<f64>) -> f64 {
+        explicit.unwrap_or((self.tolerance * 500.0).round() / 1000.0)
+    }
 }
 
 /// What one metric learned, as status shows it ([`Learning::status`]).
@@ -443,17 +469,39 @@ pub struct MetricLearned {
     pub slo: Option<SloTarget>,
 }
 
+/// Whether an owned HPA's learned target moves from `current` to `wanted`. A lower target
+/// (more headroom: more pods) moves at once when it is more than 1 % lower: a headroom that
+/// waited would leave the HPA short while the load grows, which is what the headroom is for.
+/// A higher one (fewer pods) waits until it moved by more than the learned tolerance and the
+/// last move is [`TARGET_CHANGE_INTERVAL`] old, so that the HPA is not rewritten on every
+/// wobble of what was learned.
+fn target_moves(
+    current: f64,
+    wanted: f64,
+    tolerance: f64,
+    changed_at: Option<Millis>,
+    now: Millis,
+) -> bool {
+    if wanted < current * 0.99 {
+        return true;
+    }
+    let due = changed_at.is_none_or(|t| now - t >= TARGET_CHANGE_INTERVAL.as_millis() as Millis);
+    due && (wanted / current - 1.0).abs() > tolerance
+}
+
 impl MetricLearning {
     /// After a reading: report a material change of the learned values, and move the learned
     /// target when it moved by more than the tolerance and the last move is old enough.
     fn update(&mut self, now: Millis) -> Option<Change> {
         let learned = self.state.learned();
         let wanted = learned_target(self.per_pod_target(), &learned);
-        let moved = (wanted / self.target - 1.0).abs() > learned.tolerance;
-        let due = self
-            .target_changed_at
-            .is_none_or(|t| now - t >= TARGET_CHANGE_INTERVAL.as_millis() as Millis);
-        if moved && due {
+        if target_moves(
+            self.target,
+            wanted,
+            learned.tolerance,
+            self.target_changed_at,
+            now,
+        ) {
             self.target = wanted;
             self.target_changed_at = Some(now);
         }
@@ -682,7 +730,7 @@ mod tests {
     }
 
     #[test]
-    fn the_learned_target_moves_beyond_the_tolerance_at_most_every_five_minutes() {
+    fn a_lower_learned_target_moves_at_once_a_higher_one_beyond_the_tolerance_every_five_minutes() {
         let st = target(serde_json::json!({}));
         let mut l = learned_state(&st);
         let ml = l.metrics[0].as_mut().unwrap();
@@ -695,23 +743,28 @@ mod tests {
         // The decision rule alone, on hand-made learned values.
         let step = |ml: &mut MetricLearning, l: Learned, now: Millis| {
             let wanted = learned_target(ml.static_target, &l);
-            let moved = (wanted / ml.target - 1.0).abs() > l.tolerance;
-            let due = ml
-                .target_changed_at
-                .is_none_or(|t| now - t >= TARGET_CHANGE_INTERVAL.as_millis() as Millis);
-            if moved && due {
+            if target_moves(ml.target, wanted, l.tolerance, ml.target_changed_at, now) {
                 ml.target = wanted;
                 ml.target_changed_at = Some(now);
             }
         };
+        let near = |a: f64, b: f64| (a - b).abs() < 0.01;
         step(ml, with(0.25, 0.1), 0);
         assert_eq!(ml.target, 80.0);
-        step(ml, with(0.5, 0.1), 60_000); // moved, but within five minutes
-        assert_eq!(ml.target, 80.0);
-        step(ml, with(0.3, 0.1), 300_000); // due, but within the tolerance (80 -> 76.9)
-        assert_eq!(ml.target, 80.0);
-        step(ml, with(0.6, 0.1), 300_000);
-        assert_eq!(ml.target, 62.5);
+        // More headroom: at once, within the five minutes.
+        step(ml, with(0.5, 0.1), 60_000);
+        assert!(near(ml.target, 66.67), "{}", ml.target);
+        // Less headroom: not within five minutes of the last move.
+        step(ml, with(0.25, 0.1), 120_000);
+        assert!(near(ml.target, 66.67), "{}", ml.target);
+        // Due, but within the tolerance (66.67 -> 68.97).
+        step(ml, with(0.45, 0.1), 360_000);
+        assert!(near(ml.target, 66.67), "{}", ml.target);
+        step(ml, with(0.3, 0.1), 360_000);
+        assert!(near(ml.target, 76.92), "{}", ml.target);
+        // A lower target by less than 1 % waits like a higher one.
+        step(ml, with(0.305, 0.1), 361_000);
+        assert!(near(ml.target, 76.92), "{}", ml.target);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::adaptive::{AdaptiveConfig, AdaptiveReason};
 use super::conditions as cond;
 use super::drain::{DrainSpec, QueueSignals, Throughput};
 use super::hpa::{self, HpaSpec, Replicas, ScalingState, propose};
-use super::learning::{self, Backfill, Change, LearnSpec, LearnedScaleDown, Learning};
+use super::learning::{self, Backfill, Change, LearnSpec, LearnedBehavior, Learning};
 use super::stall::{StallWatch, StartupDelay};
 use super::{Decision, MetricSample, Millis, NoData, Target};
 
@@ -239,8 +239,8 @@ pub struct HpaIntent {
     /// Metrics waiting for their backfill, with the range a learned target may take: the HPA
     /// keeps a target it has in that range until the backfill lands.
     pub pending: BTreeMap<String, (f64, f64)>,
-    /// Learned scale-down window and tolerance, when every metric learns.
-    pub scale_down: Option<LearnedScaleDown>,
+    /// Learned scale-down window and tolerances, when every metric learns.
+    pub behavior: Option<LearnedBehavior>,
     /// Whether the owned HPA should exist (not while paused).
     pub present: bool,
 }
@@ -979,7 +979,7 @@ impl TargetMachine {
             step.hpa = Some(HpaIntent {
                 targets: BTreeMap::new(),
                 pending: BTreeMap::new(),
-                scale_down: None,
+                behavior: None,
                 present: false,
             });
         }
@@ -1123,7 +1123,7 @@ impl TargetMachine {
         step.hpa = Some(HpaIntent {
             targets,
             pending: self.learning.pending(),
-            scale_down: self.learning.hpa_scale_down(spec.metrics.len()),
+            behavior: self.learning.hpa_behavior(spec.metrics.len()),
             present: true,
         });
         let owned = self.owned_hpa_spec(spec);
@@ -1205,18 +1205,14 @@ impl TargetMachine {
     /// them: an explicit window holds when longer, an explicit tolerance stays).
     fn owned_hpa_spec(&self, spec: &TargetSpec) -> HpaSpec {
         let mut owned = spec.hpa.clone();
-        if let Some(learned) = self.learning.hpa_scale_down(spec.metrics.len()) {
+        if let Some(learned) = self.learning.hpa_behavior(spec.metrics.len()) {
             let mut behavior = owned.behavior.take().unwrap_or_default();
             let down = &mut behavior.scale_down;
-            let window = i32::try_from(learned.window_seconds).unwrap_or(i32::MAX);
-            down.stabilization_window_seconds = Some(
-                down.stabilization_window_seconds
-                    .map_or(window, |explicit| explicit.max(window)),
-            );
-            if down.tolerance.is_none() {
-                // The HPA reads the quantity written with three decimals.
-                down.tolerance = Some((learned.tolerance * 1000.0).round() / 1000.0);
-            }
+            down.stabilization_window_seconds =
+                Some(learned.scale_down_window(down.stabilization_window_seconds));
+            down.tolerance = Some(learned.scale_down_tolerance(down.tolerance));
+            behavior.scale_up.tolerance =
+                Some(learned.scale_up_tolerance(behavior.scale_up.tolerance));
             owned.behavior = Some(behavior);
         }
         owned

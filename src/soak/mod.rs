@@ -908,7 +908,11 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<SoakReport> {
     for r in runners {
         done.extend(r.await?);
     }
-    soak.sleep_until(profile.total).await;
+    // Every fault gets its cool-down to recover in, also one that ended later than planned (an
+    // API server that takes long to come back on a loaded machine).
+    let last_end = done.iter().map(|d| d.ended).max().unwrap_or_default();
+    soak.sleep_until(profile.total.max(last_end + profile.cool_down))
+        .await;
     soak.stop.store(true, Relaxed);
     let statuses = statuses.await?;
     let processes = processes.await?;
