@@ -282,31 +282,15 @@ async fn pause_annotations_freeze_scaling_and_paused_replicas_sets_the_count() {
 
 #[tokio::test]
 async fn escalation_fires_once_at_max_replicas_with_demand_above() {
-    use std::sync::{Arc, Mutex};
     let (client, ns) = setup("escalate").await;
     let rabbit = shared_stack().rabbitmq.as_ref().unwrap();
     let queue = format!("{ns}-orders");
-    // The webhook receiver: a real HTTP server of the test's own on loopback.
-    let calls: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
-    let router = axum::Router::new().route(
-        "/hook",
-        axum::routing::post({
-            let calls = calls.clone();
-            move |headers: http::HeaderMap, axum::Json(body): axum::Json<serde_json::Value>| async move {
-                let token = headers.get("x-token").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                calls.lock().unwrap().push((token, body));
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (url, calls) = webhook().await;
     secret(
         &client,
         &ns,
         "pager",
-        json!({ "url": format!("http://{addr}/hook"), "headers": "X-Token: s3cret" }),
+        json!({ "url": url, "headers": "X-Token: s3cret" }),
     )
     .await;
 
@@ -328,7 +312,7 @@ async fn escalation_fires_once_at_max_replicas_with_demand_above() {
     tokio::time::sleep(5 * SECOND).await; // five more polls at max
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 1, "once, not per poll: {calls:?}");
-    let (token, body) = &calls[0];
+    let (token, body) = (&calls[0].headers["x-token"], &calls[0].body);
     assert_eq!(token, "s3cret");
     assert_eq!(body["reason"], "AtMaxReplicas");
     assert_eq!(body["maxReplicas"], 3);

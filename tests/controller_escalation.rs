@@ -16,35 +16,6 @@ use ebb::controller::metrics::ControllerMetrics;
 use serde_json::json;
 use support::{eventually, shared_stack};
 
-type Calls = Arc<Mutex<Vec<Instant>>>;
-
-/// A webhook on loopback that records when each call came and then answers as `answer` does.
-async fn webhook<F, Fut>(answer: F) -> (String, Calls)
-where
-    F: Fn() -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = http::StatusCode> + Send,
-{
-    let calls: Calls = Arc::default();
-    let router = axum::Router::new().route(
-        "/hook",
-        axum::routing::post({
-            let calls = calls.clone();
-            move || {
-                let calls = calls.clone();
-                let answer = answer.clone();
-                async move {
-                    calls.lock().unwrap().push(Instant::now());
-                    answer().await
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (format!("http://{addr}/hook"), calls)
-}
-
 /// The controller on `ns` as the only replica, with its context and metrics, once it has
 /// scaled the target of [`escalating_target`] to its maximum and called the webhook once.
 async fn start_until_first_call(
@@ -98,13 +69,14 @@ async fn polls_keep_their_schedule(ctx: &Context, window: Duration) {
 
 fn gaps(calls: &Calls) -> Vec<Duration> {
     let calls = calls.lock().unwrap().clone();
-    calls.windows(2).map(|w| w[1] - w[0]).collect()
+    calls.windows(2).map(|w| w[1].at - w[0].at).collect()
 }
 
 #[tokio::test]
 async fn a_webhook_that_answers_500_is_called_less_and_less_often_and_polls_go_on() {
     let (client, ns) = setup("esc500").await;
-    let (url, calls) = webhook(|| async { http::StatusCode::INTERNAL_SERVER_ERROR }).await;
+    let (url, calls) =
+        webhook_answering(|| async { http::StatusCode::INTERNAL_SERVER_ERROR }).await;
     escalating_target(&client, &ns, &url, "").await;
     let (ctx, metrics) = start_until_first_call(&client, &ns, &calls).await;
     polls_keep_their_schedule(&ctx, 12 * SECOND).await;
@@ -139,7 +111,7 @@ async fn a_webhook_that_answers_500_is_called_less_and_less_often_and_polls_go_o
 #[tokio::test]
 async fn a_webhook_that_hangs_holds_up_no_poll() {
     let (client, ns) = setup("eschang").await;
-    let (url, calls) = webhook(|| async {
+    let (url, calls) = webhook_answering(|| async {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         http::StatusCode::OK
     })

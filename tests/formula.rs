@@ -78,22 +78,37 @@ async fn formula_scales(mode: &'static str) {
         || async { (replicas(&client, &ns, "worker").await == 3).then_some(()) },
     )
     .await;
+    // Status is written off the decision path: it lands shortly after the move.
     let sts = Api::<ScaledTarget>::namespaced(client.clone(), &ns);
-    let status = sts.get("worker").await.unwrap().status.unwrap();
-    let shown: Vec<(&str, Option<&str>)> = status
-        .metrics
-        .iter()
-        .map(|m| (m.name.as_str(), m.value.as_ref().map(|q| q.0.as_str())))
-        .collect();
-    assert_eq!(
-        shown,
-        [
-            ("orders", Some("20")),
-            ("card-refunds", Some("5")),
-            ("work", Some("30"))
-        ],
-        "{mode}"
-    );
+    let expected = [
+        ("orders".to_string(), Some("20".to_string())),
+        ("card-refunds".to_string(), Some("5".to_string())),
+        ("work".to_string(), Some("30".to_string())),
+    ];
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    loop {
+        let shown: Vec<(String, Option<String>)> = sts
+            .get("worker")
+            .await
+            .ok()
+            .and_then(|st| st.status)
+            .map(|status| {
+                status
+                    .metrics
+                    .iter()
+                    .map(|m| (m.name.clone(), m.value.as_ref().map(|q| q.0.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if shown == expected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{mode}: status shows {shown:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     if mode == "Hpa" {
         let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
             .get("ebb-worker")

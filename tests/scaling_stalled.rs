@@ -120,14 +120,24 @@ async fn release(client: &kube::Client, ns: &str, name: &str, fault: Option<&str
 /// A ScaledTarget on Deployment `worker`, mode Direct, polling every second, one pod per 10 of
 /// the namespace's load series.
 async fn worker_target(client: &kube::Client, ns: &str) {
+    scaled_target(client, ns, worker_target_object(ns)).await;
+}
+
+fn worker_target_object(ns: &str) -> serde_json::Value {
     let prometheus = shared_stack().prometheus.as_ref().unwrap().url();
     let query = format!("sum(ebb_stall_load{{job=\"{ns}\"}})");
-    scaled_target(
-        client,
-        ns,
-        prometheus_target("Direct", 20, &prometheus, &query),
-    )
-    .await;
+    prometheus_target("Direct", 20, &prometheus, &query)
+}
+
+/// [`worker_target`], escalating to a webhook of the test's own: its calls.
+async fn worker_target_paging(client: &kube::Client, ns: &str) -> Calls {
+    let (url, calls) = webhook().await;
+    secret(client, ns, "pager", json!({ "url": url })).await;
+    let mut target = worker_target_object(ns);
+    target["spec"]["escalation"] =
+        json!({ "webhookSecretRef": { "name": "pager" }, "minInterval": "10m" });
+    scaled_target(client, ns, target).await;
+    calls
 }
 
 async fn ready_replicas(client: &kube::Client, ns: &str, name: &str) -> i32 {
@@ -262,7 +272,7 @@ async fn a_scale_up_onto_a_full_cluster_is_named_held_and_resumes_when_room_retu
 /// release whose pods fail with kwok's `fault`; the rollout sticks (the Deployment keeps most
 /// old pods, the new ones never become available). Then the load rises: the scale-up adds
 /// pods to both ReplicaSets, the new ones fail, and ebb finds it stalled with the failing
-/// pods' pattern and words. Releasing the template without the fault (a rollback: the old
+/// pods' pattern and words, and pages once with them. Releasing the template without the fault (a rollback: the old
 /// ReplicaSet takes over again) is the cause going: every pod Ready, and ebb scales on.
 async fn a_bad_release_is_named_held_and_resumes_after_the_fix(
     prefix: &str,
@@ -273,7 +283,7 @@ async fn a_bad_release_is_named_held_and_resumes_after_the_fix(
     let (client, ns) = setup(prefix).await;
     deployment_with(&client, &ns, "worker", 5, &[], None).await;
     push_load(&ns, 50.0).await;
-    worker_target(&client, &ns).await;
+    let pages = worker_target_paging(&client, &ns).await;
     let _controller = watch_until_ready(&client, &ns, 5, 60 * SECOND).await;
 
     release(&client, &ns, "worker", Some(fault)).await;
@@ -292,10 +302,38 @@ async fn a_bad_release_is_named_held_and_resumes_after_the_fix(
     assert!(stalled.message.contains(words), "{}", stalled.message);
     assert!(after >= Duration::from_secs(28), "stalled after {after:?}");
     one_stalled_event(&client, &ns, pattern).await;
+    // The page: the pattern, the failing pods by name, the counts, what ebb did.
+    let page = eventually(20 * SECOND, "the page", || async {
+        pages.lock().unwrap().first().map(|c| c.body.clone())
+    })
+    .await;
+    assert_eq!(page["reason"], "ScalingStalled", "{page}");
+    assert_eq!(page["stall"]["pattern"], pattern.as_str(), "{page}");
+    assert_eq!(page["stall"]["wanted"], 10, "{page}");
+    let not_ready = page["stall"]["notReady"].as_u64().unwrap();
+    let pods = page["stall"]["pods"].as_array().unwrap();
+    // The pods showing the pattern, named up to five.
+    assert!(
+        (1..=5).contains(&pods.len()) && pods.len() as u64 <= not_ready,
+        "{page}"
+    );
+    assert!(
+        page["stall"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(words)),
+        "{page}"
+    );
+    assert!(
+        page["tried"][0]
+            .as_str()
+            .is_some_and(|t| t.contains("stopped adding replicas at 10")),
+        "{page}"
+    );
     held_at_10(&client, &ns).await;
 
     release(&client, &ns, "worker", None).await;
     resumes_to_20(&client, &ns).await;
+    assert_eq!(pages.lock().unwrap().len(), 1, "one page per pattern");
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@
 mod controller_common;
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controller_common::*;
@@ -14,30 +13,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::{ebb_serve, eventually, stack_with_own_prometheus};
-
-type Bodies = Arc<Mutex<Vec<Value>>>;
-
-/// A webhook on loopback that keeps each call's JSON body.
-async fn webhook() -> (String, Bodies) {
-    let bodies: Bodies = Arc::default();
-    let router = axum::Router::new().route(
-        "/page",
-        axum::routing::post({
-            let bodies = bodies.clone();
-            move |axum::Json(body): axum::Json<Value>| {
-                let bodies = bodies.clone();
-                async move {
-                    bodies.lock().unwrap().push(body);
-                    http::StatusCode::OK
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (format!("http://{addr}/page"), bodies)
-}
 
 #[tokio::test]
 async fn the_hpa_adds_nothing_onto_a_full_cluster_and_the_page_says_why() {
@@ -55,7 +30,7 @@ async fn the_hpa_adds_nothing_onto_a_full_cluster_and_the_page_says_why() {
             .await
             .unwrap();
     };
-    let (url, bodies) = webhook().await;
+    let (url, calls) = webhook().await;
     secret(&client, ns, "pager", json!({ "url": url })).await;
     deployment(&client, ns, "worker", 5).await;
     push(50.0).await;
@@ -113,7 +88,7 @@ async fn the_hpa_adds_nothing_onto_a_full_cluster_and_the_page_says_why() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let page = eventually(20 * SECOND, "the page", || async {
-        bodies.lock().unwrap().first().cloned()
+        calls.lock().unwrap().first().map(|c| c.body.clone())
     })
     .await;
     assert_eq!(page["reason"], "ScalingStalled", "{page}");
@@ -139,7 +114,7 @@ async fn the_hpa_adds_nothing_onto_a_full_cluster_and_the_page_says_why() {
     )
     .await;
     assert_eq!(
-        bodies.lock().unwrap().len(),
+        calls.lock().unwrap().len(),
         1,
         "one page per pattern per minInterval"
     );

@@ -294,3 +294,52 @@ pub async fn condition(
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);
+
+/// One call a [`webhook`] received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub at: std::time::Instant,
+    pub headers: http::HeaderMap,
+    /// The body as JSON (`Null` when it is not).
+    pub body: Value,
+}
+
+/// The calls a [`webhook`] received, in order.
+pub type Calls = Arc<std::sync::Mutex<Vec<Call>>>;
+
+/// A webhook of the test's own on loopback (a real HTTP server) that keeps every call and
+/// answers 200; its URL and its calls.
+pub async fn webhook() -> (String, Calls) {
+    webhook_answering(|| async { http::StatusCode::OK }).await
+}
+
+/// [`webhook`], answering each call as `answer` does (an error status, or after a while).
+pub async fn webhook_answering<F, Fut>(answer: F) -> (String, Calls)
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::StatusCode> + Send,
+{
+    let calls: Calls = Arc::default();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let calls = calls.clone();
+            move |headers: http::HeaderMap, body: axum::body::Bytes| {
+                let calls = calls.clone();
+                let answer = answer.clone();
+                async move {
+                    calls.lock().unwrap().push(Call {
+                        at: std::time::Instant::now(),
+                        headers,
+                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    });
+                    answer().await
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (format!("http://{addr}/hook"), calls)
+}
