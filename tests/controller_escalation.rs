@@ -6,9 +6,9 @@
 mod controller_common;
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use controller_common::*;
 use ebb::controller::Context;
