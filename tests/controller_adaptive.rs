@@ -83,27 +83,17 @@ async fn history(ns: &str) -> (Vec<(i64, f64)>, tokio::task::JoinHandle<()>) {
     (readings, live)
 }
 
-/// A ScaledTarget on Deployment `worker` reading the pushed series.
-fn prometheus_target(ns: &str, mode: &str, adaptive: Value) -> Value {
+/// A ScaledTarget on Deployment `worker` reading the pushed series: the shared builder's, with
+/// `adaptive`, polled every 2 s, at 100 per pod up to 20.
+fn adaptive_target(ns: &str, mode: &str, adaptive: Value) -> Value {
     let address = shared_stack().prometheus.as_ref().unwrap().url();
-    json!({
-        "apiVersion": "ebb.dev/v1alpha1",
-        "kind": "ScaledTarget",
-        "metadata": { "name": "worker" },
-        "spec": {
-            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
-            "mode": mode,
-            "minReplicas": 1,
-            "maxReplicas": 20,
-            "pollingInterval": "2s",
-            "adaptive": adaptive,
-            "metrics": [{
-                "name": "load",
-                "prometheus": { "address": address, "query": format!("ebb_adaptive_load{{job=\"{ns}\"}}") },
-                "target": { "type": "AverageValue", "averageValue": "100" }
-            }]
-        }
-    })
+    let query = format!("ebb_adaptive_load{{job=\"{ns}\"}}");
+    let mut object = prometheus_target(mode, 20, &address, &query);
+    let spec = &mut object["spec"];
+    spec["pollingInterval"] = json!("2s");
+    spec["adaptive"] = adaptive;
+    spec["metrics"][0]["target"]["averageValue"] = json!("100");
+    object
 }
 
 /// What the engine learns from the readings the controller's backfill holds (the last
@@ -162,12 +152,7 @@ async fn direct_mode_learns_from_prometheus_history_scales_with_headroom_and_a_r
         "headroom asks for more than the plain HPA formula: {want} vs {plain}"
     );
     deployment_starting_in(&client, &ns, "worker", 1, STARTUP).await;
-    scaled_target(
-        &client,
-        &ns,
-        prometheus_target(&ns, "Direct", adaptive(300)),
-    )
-    .await;
+    scaled_target(&client, &ns, adaptive_target(&ns, "Direct", adaptive(300))).await;
     let first = start_controller(client.clone(), &ns);
 
     // Learned from the backfill: a learned target below the static one, the values in status.
@@ -272,7 +257,7 @@ async fn hpa_mode_puts_the_learned_target_on_the_owned_hpa() {
     let (readings, live) = history(&ns).await;
     let (headroom, _) = expected(&readings, config(300));
     deployment_starting_in(&client, &ns, "worker", 1, STARTUP).await;
-    scaled_target(&client, &ns, prometheus_target(&ns, "Hpa", adaptive(300))).await;
+    scaled_target(&client, &ns, adaptive_target(&ns, "Hpa", adaptive(300))).await;
     let controller = start_controller(client.clone(), &ns);
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
     let (target, values) = eventually(60 * SECOND, "learned values in status", || async {
@@ -380,7 +365,7 @@ async fn the_per_pod_target_is_learned_from_the_slo_signal() {
     let (client, ns) = setup("adaptive-slo").await;
     deployment_starting_in(&client, &ns, "worker", 10, STARTUP).await;
     let load = "400 + 300 * sin(vector(time() / 7))";
-    let mut object = prometheus_target(
+    let mut object = adaptive_target(
         &ns,
         "Shadow",
         // No headroom: the learned target is then the SLO's alone (the headroom's part is

@@ -805,23 +805,22 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
     if *queue {
         return run_queue(&series, *capacity, *startup_delay, *drain_seconds, *format);
     }
+    let options = BacktestOptions {
+        policies,
+        capacity: *capacity,
+        startup_delay: *startup_delay,
+        target_per_pod: *target_per_pod,
+        slo: slo.then(|| SloConfig::with_objective(1.0)),
+        last_days: *last_days,
+        adaptive,
+        scaled_target,
+        frontier: frontier.then_some(FrontierOptions {
+            risk_percent: *risk,
+            max_actions: *max_actions,
+        }),
+    };
     if let Some(risks) = risk_sweep {
-        let report = sweep::risk_sweep(
-            &series,
-            &BacktestOptions {
-                policies,
-                capacity: *capacity,
-                startup_delay: *startup_delay,
-                target_per_pod: *target_per_pod,
-                slo: slo.then(|| SloConfig::with_objective(1.0)),
-                last_days: *last_days,
-                adaptive,
-                scaled_target,
-                frontier: None,
-            },
-            risks,
-            *max_actions,
-        )?;
+        let report = sweep::risk_sweep(&series, &options, risks, *max_actions)?;
         match format {
             Format::Table => print!("{}", sweep::format_sweep(&report)),
             Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -836,36 +835,19 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
             eprintln!("  {policy}: {:.1} s", at.elapsed().as_secs_f64());
         }
     };
-    let report = run_backtest_with_progress(
-        &series,
-        &BacktestOptions {
-            policies,
-            capacity: *capacity,
-            startup_delay: *startup_delay,
-            target_per_pod: *target_per_pod,
-            slo: slo.then(|| SloConfig::with_objective(1.0)),
-            last_days: *last_days,
-            adaptive,
-            scaled_target,
-            frontier: frontier.then_some(FrontierOptions {
-                risk_percent: *risk,
-                max_actions: *max_actions,
-            }),
-        },
-        &mut |p| {
-            if show_progress {
-                finish(&mut started);
-                eprintln!(
-                    "[{}/{}] replaying {} over {} steps...",
-                    p.index + 1,
-                    p.of,
-                    p.policy,
-                    p.steps
-                );
-                started = Some((p.policy.to_string(), std::time::Instant::now()));
-            }
-        },
-    )?;
+    let report = run_backtest_with_progress(&series, &options, &mut |p| {
+        if show_progress {
+            finish(&mut started);
+            eprintln!(
+                "[{}/{}] replaying {} over {} steps...",
+                p.index + 1,
+                p.of,
+                p.policy,
+                p.steps
+            );
+            started = Some((p.policy.to_string(), std::time::Instant::now()));
+        }
+    })?;
     finish(&mut started);
     match format {
         Format::Table => print!("{}", format_table(&report)),
