@@ -86,18 +86,7 @@ async fn a_backlog_scales_up_within_a_poll_and_drains_down_after_the_window_one_
     // `/scale` write it records by a moment).
     for step in history.windows(2) {
         let note = format!("from {} to {} (metric backlog", step[0], step[1]);
-        eventually(
-            5 * SECOND,
-            &format!("an Event that says {note}"),
-            || async {
-                events(&client, &ns, "Scaled")
-                    .await
-                    .iter()
-                    .any(|e| e.note.as_deref().unwrap_or("").contains(&note))
-                    .then_some(())
-            },
-        )
-        .await;
+        scaled_event_saying(&client, &ns, &note, 5 * SECOND).await;
     }
     // The window (6 s) counts from the last high reading, at most one interval (2 s) before
     // the purge; the policy allows one pod per 2 s.

@@ -36,28 +36,20 @@ fn formula_target(ns: &str, mode: &str, expression: &str) -> Value {
             "target": { "type": "AverageValue", "averageValue": "10" }
         })
     };
-    json!({
-        "apiVersion": "ebb.dev/v1alpha1",
-        "kind": "ScaledTarget",
-        "metadata": { "name": "worker" },
-        "spec": {
-            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
-            "mode": mode,
-            "minReplicas": 1,
-            "maxReplicas": 10,
-            "pollingInterval": "1s",
-            "metrics": [
-                metric("orders", "ebb_formula_orders"),
-                metric("card-refunds", "ebb_formula_refunds")
-            ],
-            "formula": {
-                "name": "work",
-                "expression": expression,
-                "target": { "type": "AverageValue", "averageValue": "10" }
-            },
-            "behavior": { "scaleDown": { "stabilizationWindowSeconds": 0 } }
-        }
-    })
+    // The shared builder's target (mode, 1 s, up to 10), with two inputs and the formula.
+    let mut object = prometheus_target(mode, 10, &prometheus, "unused");
+    let spec = &mut object["spec"];
+    spec["metrics"] = json!([
+        metric("orders", "ebb_formula_orders"),
+        metric("card-refunds", "ebb_formula_refunds")
+    ]);
+    spec["formula"] = json!({
+        "name": "work",
+        "expression": expression,
+        "target": { "type": "AverageValue", "averageValue": "10" }
+    });
+    spec["behavior"] = json!({ "scaleDown": { "stabilizationWindowSeconds": 0 } });
+    object
 }
 
 async fn formula_scales(mode: &'static str) {

@@ -69,18 +69,7 @@ async fn queue_to_zero_and_back(mode: &'static str) {
         "{mode}: zero after {quiet:?}, within the {COOLDOWN_SECONDS} s cooldown"
     );
     // Events are queued off the decision path: the move's Event lands shortly after the move.
-    eventually(
-        10 * SECOND,
-        &format!("{mode}: a Scaled Event for the move to zero"),
-        || async {
-            events(&client, &ns, "Scaled")
-                .await
-                .iter()
-                .any(|e| e.note.as_deref().is_some_and(|n| n.contains(" to 0 ")))
-                .then_some(())
-        },
-    )
-    .await;
+    scaled_event_saying(&client, &ns, " to 0 ", 10 * SECOND).await;
     // Left at zero: the HPA (minReplicas 1) does not scale a workload at 0.
     let held = sampled(&client, &ns, "worker", 5 * SECOND).await;
     assert!(held.iter().all(|&r| r == 0), "{mode}: left zero: {held:?}");

@@ -343,3 +343,20 @@ where
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     (format!("http://{addr}/hook"), calls)
 }
+
+/// Waits up to `within` for a `Scaled` Event whose note contains `text`. Events are queued off
+/// the decision path, so one may land a moment after the `/scale` write it records.
+pub async fn scaled_event_saying(client: &kube::Client, ns: &str, text: &str, within: Duration) {
+    crate::support::eventually(
+        within,
+        &format!("a Scaled Event that says {text}"),
+        || async {
+            events(client, ns, "Scaled")
+                .await
+                .iter()
+                .any(|e| e.note.as_deref().is_some_and(|n| n.contains(text)))
+                .then_some(())
+        },
+    )
+    .await;
+}
