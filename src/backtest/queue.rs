@@ -119,6 +119,7 @@ pub fn replay_queue(
                 readings: &readings,
                 queues: &queues,
                 pods: Some(ready as i32),
+                ready: Some(ready as i32),
                 ..Inputs::default()
             },
         );

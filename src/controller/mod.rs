@@ -707,6 +707,16 @@ pub async fn reconcile(st: Arc<ScaledTarget>, ctx: Arc<Context>) -> Result<Actio
         slo: slo.as_deref().unwrap_or_default(),
         queues: &queues,
         pods: counts.map(|c| c.status),
+        // The pod watch knows which pods are Ready; `/scale` only which exist.
+        ready: workload_pods
+            .as_deref()
+            .map(|pods| {
+                let ready = pods
+                    .iter()
+                    .filter(|p| p.ready_since.is_some() && !p.terminating);
+                ready.count() as i32
+            })
+            .or(counts.map(|c| c.status)),
         workload_pods: workload_pods.as_deref(),
     };
     let (observed, step) = ctx.step(&st, &spec, now, inputs, counts, steps);

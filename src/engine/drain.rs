@@ -28,6 +28,26 @@
 //! value holds. Misjudged either way, it corrects in the safe direction: a throughput learned
 //! too high leaves the pods saturated, which is when samples come.
 //!
+//! The arrival rate is the broker's own (RabbitMQ's publish rate, or the `arrivalRate` query),
+//! but never lower than what the queue's counts prove ([`Throughput::work`]). Messages are
+//! conserved, so over the last [`COUNT_SPAN`] of polls
+//!
+//! ```text
+//! arrival >= backlog growth + served
+//! ```
+//!
+//! served being the broker's served rate while it reads one, else the throughput of the Ready
+//! pods while messages waited for a consumer at every poll (the pods were busy), else nothing.
+//! A broker's rates are samples of a statistics database that can fall behind while its
+//! counts stay current: RabbitMQ's management API, on a starved machine, reads publish,
+//! deliver and ack rates of 0.0 while the queue grows by hundreds a second (seen on this
+//! project's CI machine, and reproduced with the demo beside ten busy loops on two cores).
+//! Read as the truth, that 0.0 is "no data" read as zero: the workers would scale on the
+//! backlog alone and drown. While every rate reads 0.0, an arrival rate the counts proved
+//! stands [`STALE_RATES_HOLD`]: once the pods keep up nothing waits, and the counts prove
+//! nothing more. Counting busy pods at a throughput set too high, `n` pods count
+//! `n * (set - real)` more arrivals, so the count settles at `arrival / real`, not below it.
+//!
 //! Pure: time is an argument.
 
 use std::collections::VecDeque;
@@ -48,6 +68,18 @@ const MAX_SAMPLES: usize = 3600;
 pub const SATURATION_SECONDS: f64 = 2.0;
 /// The pod count must have held this long before a sample is taken.
 pub const SETTLE: Millis = 30 * 1000;
+/// Two readings of the counts closer than this say nothing of a rate (a poll read twice).
+const MIN_COUNT_GAP: Millis = 1000;
+/// The counts' growth is taken over about this long: a broker updates its counts every few
+/// seconds, so the growth between two polls alone swings from nothing to double.
+const COUNT_SPAN: Millis = 15 * 1000;
+/// Two readings of the counts further apart than this prove only an average long gone.
+const MAX_COUNT_GAP: Millis = 2 * 60 * 1000;
+/// Readings of the counts kept at most.
+const MAX_COUNTS: usize = 64;
+/// While the broker reads 0.0 for every rate, an arrival rate the counts proved stands this
+/// long: once the pods keep up, nothing waits and the counts prove nothing more.
+pub const STALE_RATES_HOLD: Millis = 60 * 1000;
 
 /// A DrainTime target as the machine sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,6 +126,26 @@ pub struct Throughput {
     changed_at: Option<Millis>,
     /// The pod count and since when it holds.
     pods_since: Option<(i32, Millis)>,
+    /// The counts read in the last [`MAX_COUNT_GAP`], oldest first: what the next ones prove
+    /// an arrival rate from.
+    counts: VecDeque<Counts>,
+    /// The arrival rate the counts proved at the last reading, when it was above the
+    /// broker's.
+    counted_arrival: Option<f64>,
+    /// The highest arrival rate the counts proved above the broker's, and when.
+    proven: Option<(Millis, f64)>,
+    /// The broker's last non-zero arrival and served rates, and when.
+    last_arrival: Option<(Millis, f64)>,
+    last_served: Option<(Millis, f64)>,
+}
+
+/// A queue's counts at one reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counts {
+    at: Millis,
+    backlog: f64,
+    /// Messages waited for a consumer: the Ready pods were busy, serving this many a second.
+    busy: Option<f64>,
 }
 
 impl Throughput {
@@ -106,7 +158,134 @@ impl Throughput {
             learned: false,
             changed_at: None,
             pods_since: None,
+            counts: VecDeque::new(),
+            counted_arrival: None,
+            proven: None,
+            last_arrival: None,
+            last_served: None,
         }
+    }
+
+    /// The work the queue asks for ([`DrainSpec::work`]), on the broker's rates read as the
+    /// module's text says: a 0.0 stands in for nothing while a non-zero rate is recent, and
+    /// the arrival rate is no lower than the counts prove. `ready`: the workload's Ready
+    /// pods, the ones that serve. Either read failing is no data, as in [`DrainSpec::work`].
+    pub fn work(
+        &mut self,
+        now: Millis,
+        backlog: Reading,
+        signals: Option<&QueueSignals>,
+        ready: Option<i32>,
+    ) -> Reading {
+        let reported = self.spec.work(backlog, signals)?;
+        let (backlog, s) = match (backlog, signals) {
+            (Ok(b), Some(s)) => (b.max(0.0), s),
+            _ => return Ok(reported),
+        };
+        let reported_arrival = s.arrival.unwrap_or(0.0).max(0.0);
+        let stale = reported_arrival == 0.0 && s.served.is_none_or(|r| r == 0.0);
+        let arrival = Self::recent(&mut self.last_arrival, now, Some(reported_arrival))
+            .unwrap_or(reported_arrival);
+        let served = Self::recent(&mut self.last_served, now, s.served);
+
+        let capacity = ready.map(|r| f64::from(r.max(0)) * self.current);
+        let busy = match (s.waiting, capacity) {
+            (Some(w), Some(c)) if c > 0.0 && w >= (c * SATURATION_SECONDS).max(1.0) => Some(c),
+            _ => None,
+        };
+        let counted = self.count(now, backlog, busy).map(|(growth, busy)| {
+            // The broker's served rate while it reads one; else the busy pods' own.
+            growth + served.or(busy).unwrap_or(0.0)
+        });
+        if let Some(c) = counted.filter(|&c| c > arrival)
+            && self
+                .proven
+                .is_none_or(|(at, p)| c >= p || now - at > STALE_RATES_HOLD)
+        {
+            self.proven = Some((now, c));
+        }
+        // Every rate reading 0.0: the broker's statistics stopped, and the counts' last proof
+        // stands a while.
+        let held = self
+            .proven
+            .filter(|&(at, _)| stale && now - at <= STALE_RATES_HOLD)
+            .map(|(_, p)| p);
+        let floor = counted.into_iter().chain(held).reduce(f64::max);
+        self.counted_arrival = floor.filter(|&f| f > arrival);
+        Ok(reported + (floor.unwrap_or(0.0).max(arrival) - reported_arrival))
+    }
+
+    /// A broker's rate as read: a finite non-zero reading, else the last one within
+    /// [`STALE_RATES_HOLD`] (a statistics database between two samples, or behind, reads
+    /// 0.0); `None` when there is neither.
+    fn recent(last: &mut Option<(Millis, f64)>, now: Millis, rate: Option<f64>) -> Option<f64> {
+        match rate.filter(|r| r.is_finite() && *r > 0.0) {
+            Some(r) => {
+                *last = Some((now, r));
+                Some(r)
+            }
+            None => last
+                .filter(|&(at, _)| now - at <= STALE_RATES_HOLD)
+                .map(|(_, r)| r),
+        }
+    }
+
+    /// Records the counts; returns the backlog's growth (msg/s) since the base reading (the
+    /// newest at least [`COUNT_SPAN`] old, else the oldest there is) and, when the pods were
+    /// busy at every reading since, the fewest busy pods' throughput.
+    fn count(
+        &mut self,
+        now: Millis,
+        backlog: f64,
+        busy: Option<f64>,
+    ) -> Option<(f64, Option<f64>)> {
+        while self
+            .counts
+            .front()
+            .is_some_and(|c| now - c.at > MAX_COUNT_GAP)
+        {
+            self.counts.pop_front();
+        }
+        let base = self
+            .counts
+            .iter()
+            .rposition(|c| now - c.at >= COUNT_SPAN)
+            .or_else(|| (!self.counts.is_empty()).then_some(0))
+            .filter(|&i| now - self.counts[i].at >= MIN_COUNT_GAP);
+        // Readings older than the base are never a base again.
+        if let Some(i) = base {
+            self.counts.drain(..i);
+        }
+        let growth_and_busy = base.map(|_| {
+            let base = self.counts[0];
+            let growth = (backlog - base.backlog) / ((now - base.at) as f64 / 1000.0);
+            let busy = busy.and_then(|b| {
+                let mut each = self.counts.iter();
+                each.try_fold(b, |min, c| Some(min.min(c.busy?)))
+            });
+            (growth, busy)
+        });
+        if self
+            .counts
+            .back()
+            .is_none_or(|c| now - c.at >= MIN_COUNT_GAP)
+        {
+            if self.counts.len() == MAX_COUNTS {
+                self.counts.pop_front();
+            }
+            self.counts.push_back(Counts {
+                at: now,
+                backlog,
+                busy,
+            });
+        }
+        growth_and_busy
+    }
+
+    /// The arrival rate the counts proved at the last reading, when it was above the rate
+    /// the broker reported (its rates lag or read zero).
+    pub fn counted_arrival(&self) -> Option<f64> {
+        self.counted_arrival
     }
 
     /// The spec it was made for (a new spec starts a new throughput).
@@ -244,6 +423,152 @@ mod tests {
         };
         assert_eq!(s.work(Ok(10.0), Some(&no_rate)), Err(NoData::SourceFailed));
         assert_eq!(s.work(Ok(10.0), None), Err(NoData::SourceFailed));
+    }
+
+    /// A broker whose statistics fell behind: every rate reads 0.0, the counts are current.
+    fn stale(waiting: f64) -> QueueSignals {
+        QueueSignals {
+            arrival: Ok(0.0),
+            served: Some(0.0),
+            waiting: Some(waiting),
+        }
+    }
+
+    #[test]
+    fn the_counts_prove_an_arrival_rate_the_brokers_stale_rates_hide() {
+        let s = DrainSpec {
+            drain_seconds: 30.0,
+            throughput: 10.0,
+            learn: None,
+        };
+        let mut t = Throughput::new(s);
+        // 80 msg/s arrive, 4 busy pods serve 40: the backlog grows by 40 a second, the broker
+        // reads 0.0 for every rate.
+        assert_eq!(t.work(0, Ok(300.0), Some(&stale(300.0)), Some(4)), Ok(10.0));
+        let work = t.work(5 * SEC, Ok(500.0), Some(&stale(500.0)), Some(4));
+        assert_eq!(work, Ok(80.0 + 500.0 / 30.0), "40 growth + 4 x 10 served");
+        assert_eq!(t.counted_arrival(), Some(80.0));
+        // Fewer messages waiting than the pods serve in 2 s: not busy, only the growth counts.
+        let mut t = Throughput::new(s);
+        let _ = t.work(0, Ok(0.0), Some(&stale(0.0)), Some(4));
+        let work = t.work(5 * SEC, Ok(50.0), Some(&stale(50.0)), Some(4));
+        assert_eq!(work, Ok(10.0 + 50.0 / 30.0), "10 msg/s growth alone");
+        // A flat backlog of idle pods proves nothing: the broker's rate stands.
+        let mut t = Throughput::new(s);
+        let quiet = QueueSignals {
+            arrival: Ok(2.0),
+            served: Some(2.0),
+            waiting: Some(0.0),
+        };
+        let _ = t.work(0, Ok(3.0), Some(&quiet), Some(8));
+        assert_eq!(t.work(5 * SEC, Ok(3.0), Some(&quiet), Some(8)), Ok(2.1));
+        assert_eq!(t.counted_arrival(), None);
+        // A broker that reads its rates: its served rate, not the pods' set throughput (set
+        // twice too high here: 3 pods said to do 20 serve 30 in all).
+        let mut t = Throughput::new(DrainSpec {
+            throughput: 20.0,
+            ..s
+        });
+        let fresh = |waiting| QueueSignals {
+            arrival: Ok(60.0),
+            served: Some(30.0),
+            waiting: Some(waiting),
+        };
+        let _ = t.work(0, Ok(600.0), Some(&fresh(600.0)), Some(3));
+        assert_eq!(
+            t.work(5 * SEC, Ok(750.0), Some(&fresh(750.0)), Some(3)),
+            Ok(85.0)
+        );
+        assert_eq!(
+            t.counted_arrival(),
+            None,
+            "30 growth + 30 served: the broker's 60"
+        );
+        // A broker between two samples reads 0.0 for a poll or four (RabbitMQ's management
+        // API, statistics every second, read every 2 s): the last rate stands a while.
+        let mut t = Throughput::new(s);
+        let at = |rate| QueueSignals {
+            arrival: Ok(rate),
+            served: Some(rate),
+            waiting: Some(0.0),
+        };
+        assert_eq!(t.work(0, Ok(0.0), Some(&at(60.0)), Some(6)), Ok(60.0));
+        for k in 1..=30 {
+            let work = t.work(k * 2 * SEC, Ok(0.0), Some(&at(0.0)), Some(6));
+            assert_eq!(work, Ok(60.0), "at {k}");
+        }
+        assert_eq!(t.work(62 * SEC, Ok(0.0), Some(&at(0.0)), Some(6)), Ok(0.0));
+        // Counts read twice in a poll, or minutes apart, prove no rate.
+        let mut t = Throughput::new(s);
+        let _ = t.work(0, Ok(0.0), Some(&stale(0.0)), Some(1));
+        assert_eq!(
+            t.work(10, Ok(100.0), Some(&stale(100.0)), Some(1)),
+            Ok(100.0 / 30.0)
+        );
+        let later = 10 * 60 * SEC;
+        assert_eq!(
+            t.work(later, Ok(900.0), Some(&stale(900.0)), Some(1)),
+            Ok(30.0)
+        );
+        // No data stays no data.
+        assert_eq!(
+            t.work(
+                later + 5 * SEC,
+                Err(NoData::Empty),
+                Some(&stale(0.0)),
+                Some(1)
+            ),
+            Err(NoData::Empty)
+        );
+    }
+
+    /// A queue served by the pods the work asked for at the poll before (ready at once), the
+    /// broker's rates all 0.0: the backlog and the pods at each poll.
+    fn closed_loop(set: f64, real: f64, arrival: f64) -> (Vec<f64>, Vec<i32>) {
+        let s = DrainSpec {
+            drain_seconds: 30.0,
+            throughput: set,
+            learn: None,
+        };
+        let mut t = Throughput::new(s);
+        let (dt, mut backlog, mut pods) = (5.0, 0.0, 1);
+        let (mut backlogs, mut counts) = (Vec::new(), Vec::new());
+        for k in 0..240 {
+            let served = (backlog + arrival * dt).min(f64::from(pods) * real * dt);
+            backlog += arrival * dt - served;
+            backlogs.push(backlog);
+            counts.push(pods);
+            let work = t.work(k * 5 * SEC, Ok(backlog), Some(&stale(backlog)), Some(pods));
+            pods = (work.unwrap() / set).ceil().max(1.0) as i32;
+        }
+        (backlogs, counts)
+    }
+
+    #[test]
+    fn with_the_brokers_rates_stale_the_workers_keep_up_and_a_wrong_throughput_corrects() {
+        // 80 msg/s against pods of 10 msg/s each, set right, or set 25 % too high (pods
+        // really serve 8).
+        for (set, real) in [(10.0, 10.0), (10.0, 8.0)] {
+            let (backlogs, pods) = closed_loop(set, real, 80.0);
+            let worst = backlogs[60..].iter().copied().fold(0.0, f64::max);
+            // On the backlog alone, the pods would hold one only once it reached the 30 s
+            // the drain time allows: 2,400 messages. With the counts, a few polls' worth:
+            // the broker says nothing while the pods keep up, so once the proof's hold ends
+            // the count falls and a backlog proves the arrivals again (a sawtooth the
+            // machine's scale-down window and policies soften).
+            assert!(
+                worst < 80.0 * 15.0,
+                "set {set}, real {real}: backlog up to {worst} once settled: {backlogs:?}"
+            );
+            // Counting busy pods at the set throughput feeds back, but converges: no runaway.
+            let most = pods.iter().copied().max().unwrap();
+
+            let needed = (80.0 / real).ceil() as i32;
+            assert!(
+                most <= needed + 3,
+                "set {set}, real {real}: up to {most} pods, {needed} needed: {pods:?}"
+            );
+        }
     }
 
     /// Feeds `signals` with `pods` at each second of `seconds`; the changes reported.

@@ -100,6 +100,8 @@ pub struct Inputs<'a> {
     pub queues: &'a [Option<QueueSignals>],
     /// The workload's pods (the SLO rule, the learned throughput).
     pub pods: Option<i32>,
+    /// The workload's Ready pods (DrainTime: the ones that serve the queue).
+    pub ready: Option<i32>,
     /// What each pod of the workload says, when the caller watches them: stalled scale-ups
     /// and the learned startup delay (`engine::stall`). `None`: neither is judged.
     pub workload_pods: Option<&'a [super::stall::PodState]>,
@@ -471,6 +473,7 @@ impl TargetMachine {
             None => inputs.readings,
         };
         self.readings.clear();
+        let throughput = &mut self.throughput;
         self.readings
             .extend(readings.iter().enumerate().map(|(i, r)| {
                 let finite = match r {
@@ -478,8 +481,11 @@ impl TargetMachine {
                     Ok(_) => Err(NoData::SourceFailed),
                     Err(e) => Err(*e),
                 };
-                match spec.metrics.get(i).and_then(|m| m.drain.as_ref()) {
-                    Some(d) => d.work(finite, inputs.queues.get(i).and_then(Option::as_ref)),
+                match throughput.get_mut(i).and_then(Option::as_mut) {
+                    Some(t) => {
+                        let signals = inputs.queues.get(i).and_then(Option::as_ref);
+                        t.work(now, finite, signals, inputs.ready)
+                    }
                     None => finite,
                 }
             }));
