@@ -161,9 +161,16 @@ fn row(
                     .and_then(|r| r.value.as_ref())
                     .map(|q| decimal(&q.0)),
                 target: m.target.quantity().map(|q| decimal(&q.0)),
-                learned: reading
-                    .and_then(|r| r.learned_target.as_ref())
-                    .map(|q| decimal(&q.0)),
+                learned: reading.and_then(|r| {
+                    let target = decimal(&r.learned_target.as_ref()?.0);
+                    // A risk asked for but not yet met with the history to back it.
+                    let short = r.learned.as_ref().is_some_and(|l| !l.risk_calibrated);
+                    Some(if short {
+                        format!("{target} (not calibrated)")
+                    } else {
+                        target
+                    })
+                }),
                 error: reading.and_then(|r| r.error.clone()),
                 input: decided.is_none(),
                 keeps_active: st.spec.scales_to_zero()
@@ -458,6 +465,40 @@ mod tests {
             row(&st, &HashMap::new()).state,
             "ScalingStalled: Unschedulable"
         );
+    }
+
+    #[test]
+    fn a_learned_target_without_the_history_for_its_risk_says_not_calibrated() {
+        let learned = |calibrated: bool| {
+            serde_json::json!({
+                "headroom": 0.2, "headroomBasis": "History", "tolerance": 0.1,
+                "toleranceBasis": "History", "scaleDownWindowSeconds": 300,
+                "scaleDownWindowBasis": "History", "growthSamples": 500,
+                "riskCalibrated": calibrated
+            })
+        };
+        for (calibrated, cell) in [(false, "8 (not calibrated)"), (true, "8")] {
+            let st: ScaledTarget = serde_json::from_value(serde_json::json!({
+                "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
+                "metadata": { "name": "w", "namespace": "n" },
+                "spec": {
+                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "w" },
+                    "maxReplicas": 10,
+                    "metrics": [{
+                        "name": "rps",
+                        "prometheus": { "address": "http://p:9090", "query": "q" },
+                        "target": { "type": "AverageValue", "averageValue": "10" }
+                    }]
+                },
+                "status": { "metrics": [
+                    { "name": "rps", "value": "40", "learnedTarget": "8",
+                      "learned": learned(calibrated) }
+                ] }
+            }))
+            .unwrap();
+            let r = row(&st, &HashMap::new());
+            assert_eq!(r.metrics[0].learned.as_deref(), Some(cell));
+        }
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct SweepRow {
 #[serde(rename_all = "camelCase")]
 pub struct SweepReport {
     pub steps: usize,
+    /// Days the trace spans: ebb's risk is calibrated from
+    /// [`crate::engine::adaptive::CALIBRATION_HISTORY`] on.
+    pub history_days: f64,
     pub scored_from: usize,
     pub max_actions: Option<u64>,
     pub rows: Vec<SweepRow>,
@@ -132,11 +135,12 @@ pub fn risk_sweep(
                 clairvoyant_cost_vs_oracle: clairvoyant.first().map(|c| c.cost_vs_oracle),
             });
         }
-        shape = Some((report.steps, report.scored_from));
+        shape = Some((report.steps, report.scored_from, report.config.step_seconds));
     }
-    let (steps, scored_from) = shape.unwrap_or_default();
+    let (steps, scored_from, step_seconds) = shape.unwrap_or_default();
     Ok(SweepReport {
         steps,
+        history_days: steps as f64 * step_seconds / 86_400.0,
         scored_from,
         max_actions,
         rows,
@@ -157,6 +161,15 @@ pub fn format_sweep(report: &SweepReport) -> String {
             .map(|a| format!(" with at most {a} actions"))
             .unwrap_or_default()
     );
+    let days = crate::engine::adaptive::CALIBRATION_HISTORY as f64 / 86_400_000.0;
+    if report.history_days < days {
+        let _ = writeln!(
+            out,
+            "not calibrated: the trace spans {:.1} days of history, and ebb's risk is calibrated \
+             from {days:.0} on (its status says riskCalibrated: false until then)",
+            report.history_days
+        );
+    }
     let _ = writeln!(
         out,
         "{:<8} {:>7} {:>8} {:>10} {:>11} {:>8} {:>13} {:>9} {:>11} {:>11}",
@@ -236,7 +249,31 @@ mod tests {
             }
         }
         let table = format_sweep(&report);
-        assert_eq!(table.lines().count(), 2 + 4, "{table}");
+        let short = report.history_days < 14.0;
+        assert_eq!(table.contains("not calibrated"), short, "{table}");
+        assert_eq!(table.lines().count(), 2 + 4 + usize::from(short), "{table}");
+    }
+
+    /// Below the history the risk is calibrated from, the sweep says so rather than pretend.
+    #[test]
+    fn a_short_history_is_called_not_calibrated() {
+        let mut trace = synthetic::generate(Shape::Daily);
+        let full = risk_sweep(&trace, &options(&["ebb"]), &[0.5], None).unwrap();
+        trace.values.truncate(trace.values.len() / 4);
+        let short = risk_sweep(&trace, &options(&["ebb"]), &[0.5], None).unwrap();
+        assert!(
+            (short.history_days * 4.0 - full.history_days).abs() < 0.1,
+            "{} of {} days",
+            short.history_days,
+            full.history_days
+        );
+        let days = |r: &SweepReport| format!("spans {:.1} days", r.history_days);
+        let table = format_sweep(&short);
+        assert!(
+            short.history_days < 14.0 && table.contains(&days(&short)),
+            "{table}"
+        );
+        assert!(table.contains("not calibrated"), "{table}");
     }
 
     #[test]

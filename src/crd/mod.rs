@@ -673,6 +673,11 @@ pub struct LearnedStatus {
     pub period: Option<String>,
     /// Growth samples behind the headroom.
     pub growth_samples: u64,
+    /// Whether the history spans the 14 days the risk is calibrated from (docs/adaptive.md,
+    /// "Calibration"): before that, the share of polls short of capacity may stray from the
+    /// `underProvisionRisk` asked.
+    #[serde(default)]
+    pub risk_calibrated: bool,
     /// The per-pod target learned from the SLO signal (metrics with `slo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<SloStatus>,
@@ -736,6 +741,7 @@ impl From<&crate::engine::adaptive::Learned> for LearnedStatus {
             noise: l.noise.map(r),
             period: l.period.map(|p| format!("{p:?}")),
             growth_samples: l.growth_samples,
+            risk_calibrated: l.calibrated,
             slo: None,
         }
     }

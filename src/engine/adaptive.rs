@@ -54,6 +54,11 @@ pub const REPORT_CHANGE: f64 = 0.1;
 const MAD_TO_SIGMA: f64 = 1.482_602_218_505_602;
 
 const HOUR_MS: Millis = 3_600_000;
+/// History the risk is calibrated from: with at least this much, the share of polls short of
+/// capacity lands near the `underProvisionRisk` asked (docs/adaptive.md, "Calibration",
+/// measured on two weeks at 1-minute steps and a month at hourly steps); with less, the
+/// rules aim at the risk without the history to hit it, and status says so.
+pub const CALIBRATION_HISTORY: Millis = 14 * 24 * HOUR_MS;
 
 /// Errors of the adaptive rules' configuration.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -228,6 +233,9 @@ pub struct Learned {
     pub period: Option<Period>,
     /// Growth samples behind the headroom.
     pub growth_samples: u64,
+    /// The history spans [`CALIBRATION_HISTORY`]: the risk asked is the risk got.
+    #[serde(default)]
+    pub calibrated: bool,
 }
 
 impl Learned {
@@ -242,6 +250,7 @@ impl Learned {
             noise: None,
             period: None,
             growth_samples: 0,
+            calibrated: false,
         }
     }
 
@@ -278,6 +287,12 @@ impl Learned {
         }
         if self.period != before.period {
             parts.push(format!("period {:?} -> {:?}", before.period, self.period));
+        }
+        if self.calibrated && !before.calibrated {
+            parts.push(format!(
+                "calibrated for the risk ({} days of history)",
+                CALIBRATION_HISTORY / (24 * HOUR_MS)
+            ));
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
@@ -681,6 +696,7 @@ impl AdaptiveState {
         let old_enough = self
             .first_ts
             .is_some_and(|f| ts - f >= cfg.min_history_seconds as i64 * 1000);
+        l.calibrated = cfg.enabled && self.first_ts.is_some_and(|f| ts - f >= CALIBRATION_HISTORY);
         // Noise: sigma of one reading around the level, from the MAD of first differences
         // (a difference of two readings has sqrt(2) sigma).
         if self.diffs.len() == NOISE_WINDOW {
@@ -999,6 +1015,41 @@ mod tests {
             vec![1, 2, 3, 5, 8, 12, 18, 27, 31]
         );
         assert_eq!(candidate_lengths(11, 11), vec![11]);
+    }
+
+    #[test]
+    fn the_risk_is_called_calibrated_once_the_history_spans_fourteen_days() {
+        // Hourly readings: a month of them is the shortest history the calibration covers.
+        let hour = 60 * MIN;
+        let mut s = AdaptiveState::new(AdaptiveConfig::default(), hour, 100.0).unwrap();
+        let mut before = s.learned();
+        let mut reported_at = None;
+        for k in 0..=(15 * 24) {
+            let load = 1000.0 + 300.0 * ((k % 24) as f64 / 24.0 * std::f64::consts::TAU).sin();
+            s.observe(k * hour, load);
+            let l = s.learned();
+            assert_eq!(l.calibrated, k * hour >= CALIBRATION_HISTORY, "at hour {k}");
+            if let Some(m) = l.change_from(&before).filter(|m| m.contains("calibrated")) {
+                assert!(reported_at.is_none(), "reported once: {m}");
+                reported_at = Some(k);
+            }
+            before = l;
+        }
+        assert_eq!(
+            reported_at,
+            Some(14 * 24),
+            "the change is reported when it happens"
+        );
+        // Learning off: nothing is calibrated, whatever the history.
+        let off = AdaptiveConfig {
+            enabled: false,
+            ..Default::default()
+        };
+        let mut s = AdaptiveState::new(off, hour, 100.0).unwrap();
+        for k in 0..=(15 * 24) {
+            s.observe(k * hour, 1000.0);
+        }
+        assert!(!s.learned().calibrated);
     }
 
     #[test]
