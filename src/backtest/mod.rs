@@ -487,6 +487,18 @@ pub fn run_backtest_with_progress(
     })
 }
 
+/// What a table of ebb's figures says first when the trace is shorter than the history ebb's
+/// risk is calibrated from (`engine::adaptive::CALIBRATION_HISTORY`).
+fn calibration_note(history_days: f64) -> Option<String> {
+    let days = crate::engine::adaptive::CALIBRATION_HISTORY as f64 / 86_400_000.0;
+    (history_days < days).then(|| {
+        format!(
+            "not calibrated: the trace spans {history_days:.1} days of history, and ebb's risk \
+             is calibrated from {days:.0} on (its status says riskCalibrated: false until then)"
+        )
+    })
+}
+
 /// The results as an aligned text table with a header line.
 pub fn format_table(report: &BacktestReport) -> String {
     let c = &report.config;
@@ -518,6 +530,12 @@ pub fn format_table(report: &BacktestReport) -> String {
             out,
             "ebb learns its per-pod target from the SLO signal (utilization of the ready pods, objective 1)"
         );
+    }
+    let history_days = report.steps as f64 * c.step_seconds / 86_400.0;
+    if report.results.iter().any(|r| r.policy.starts_with("ebb"))
+        && let Some(note) = calibration_note(history_days)
+    {
+        let _ = writeln!(out, "{note}");
     }
     let w = report
         .results

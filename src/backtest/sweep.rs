@@ -161,14 +161,8 @@ pub fn format_sweep(report: &SweepReport) -> String {
             .map(|a| format!(" with at most {a} actions"))
             .unwrap_or_default()
     );
-    let days = crate::engine::adaptive::CALIBRATION_HISTORY as f64 / 86_400_000.0;
-    if report.history_days < days {
-        let _ = writeln!(
-            out,
-            "not calibrated: the trace spans {:.1} days of history, and ebb's risk is calibrated \
-             from {days:.0} on (its status says riskCalibrated: false until then)",
-            report.history_days
-        );
+    if let Some(note) = super::calibration_note(report.history_days) {
+        let _ = writeln!(out, "{note}");
     }
     let _ = writeln!(
         out,
@@ -274,6 +268,13 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("not calibrated"), "{table}");
+        // The replay's table says it too, above ebb's rows only.
+        let table = |policies: &[&str]| {
+            let report = crate::backtest::run_backtest(&trace, &options(policies)).unwrap();
+            crate::backtest::format_table(&report)
+        };
+        assert!(table(&["oracle", "ebb"]).contains(&days(&short)));
+        assert!(!table(&["oracle", "hpa"]).contains("not calibrated"));
     }
 
     #[test]
