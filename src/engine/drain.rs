@@ -28,25 +28,25 @@
 //! value holds. Misjudged either way, it corrects in the safe direction: a throughput learned
 //! too high leaves the pods saturated, which is when samples come.
 //!
-//! The arrival rate is the broker's own (RabbitMQ's publish rate, or the `arrivalRate` query),
-//! but never lower than what the queue's counts prove ([`Throughput::work`]). Messages are
-//! conserved, so over the last [`COUNT_SPAN`] of polls
+//! The arrival rate is the broker's own (RabbitMQ's publish rate, or the `arrivalRate` query)
+//! when it reads one above 0.0. A broker's rates are samples of a statistics database that can
+//! fall behind while its counts stay current: RabbitMQ's management API, read every 2 s with
+//! statistics every second, reads 0.0 in four polls of five; on a starved machine it read
+//! publish, deliver and ack rates of 0.0 for minutes while the queue grew by hundreds a second
+//! (this project's CI machine, and the demo beside ten busy loops on two cores). Read as the
+//! truth, that 0.0 is "no data" read as zero: the workers would scale on the backlog alone
+//! and drown. So when the rate reads 0.0 ([`Throughput::work`]):
+//! - the last non-zero rate stands for [`STALE_RATES_HOLD`];
+//! - and the arrival rate is no lower than the counts prove. Messages are conserved, so over
+//!   the last [`COUNT_SPAN`] of polls `arrival >= backlog growth + served`, served counted only
+//!   while messages waited for a consumer at every poll (the Ready pods were busy, each at the
+//!   throughput in force, or at the served rate per pod the broker last read while they were
+//!   busy when that is lower);
+//! - such a proof stands [`STALE_RATES_HOLD`] too: once the pods keep up, nothing waits and
+//!   the counts prove nothing more.
 //!
-//! ```text
-//! arrival >= backlog growth + served
-//! ```
-//!
-//! served being the broker's served rate while it reads one, else the throughput of the Ready
-//! pods while messages waited for a consumer at every poll (the pods were busy), else nothing.
-//! A broker's rates are samples of a statistics database that can fall behind while its
-//! counts stay current: RabbitMQ's management API, on a starved machine, reads publish,
-//! deliver and ack rates of 0.0 while the queue grows by hundreds a second (seen on this
-//! project's CI machine, and reproduced with the demo beside ten busy loops on two cores).
-//! Read as the truth, that 0.0 is "no data" read as zero: the workers would scale on the
-//! backlog alone and drown. While every rate reads 0.0, an arrival rate the counts proved
-//! stands [`STALE_RATES_HOLD`]: once the pods keep up nothing waits, and the counts prove
-//! nothing more. Counting busy pods at a throughput set too high, `n` pods count
-//! `n * (set - real)` more arrivals, so the count settles at `arrival / real`, not below it.
+//! Counting busy pods at a throughput set too high, `n` pods count `n * (set - real)` more
+//! arrivals, so the count settles at `arrival / real`, not below it.
 //!
 //! Pure: time is an argument.
 
@@ -77,8 +77,8 @@ const COUNT_SPAN: Millis = 15 * 1000;
 const MAX_COUNT_GAP: Millis = 2 * 60 * 1000;
 /// Readings of the counts kept at most.
 const MAX_COUNTS: usize = 64;
-/// While the broker reads 0.0 for every rate, an arrival rate the counts proved stands this
-/// long: once the pods keep up, nothing waits and the counts prove nothing more.
+/// While the broker reads an arrival rate of 0.0, its last non-zero one, and an arrival rate
+/// the counts proved, stand this long.
 pub const STALE_RATES_HOLD: Millis = 60 * 1000;
 
 /// A DrainTime target as the machine sees it.
@@ -134,9 +134,10 @@ pub struct Throughput {
     counted_arrival: Option<f64>,
     /// The highest arrival rate the counts proved above the broker's, and when.
     proven: Option<(Millis, f64)>,
-    /// The broker's last non-zero arrival and served rates, and when.
+    /// The broker's last non-zero arrival rate, and when.
     last_arrival: Option<(Millis, f64)>,
-    last_served: Option<(Millis, f64)>,
+    /// The served rate per Ready pod the broker last read while the pods were busy, and when.
+    served_per_pod: Option<(Millis, f64)>,
 }
 
 /// A queue's counts at one reading.
@@ -162,14 +163,15 @@ impl Throughput {
             counted_arrival: None,
             proven: None,
             last_arrival: None,
-            last_served: None,
+            served_per_pod: None,
         }
     }
 
     /// The work the queue asks for ([`DrainSpec::work`]), on the broker's rates read as the
-    /// module's text says: a 0.0 stands in for nothing while a non-zero rate is recent, and
-    /// the arrival rate is no lower than the counts prove. `ready`: the workload's Ready
-    /// pods, the ones that serve. Either read failing is no data, as in [`DrainSpec::work`].
+    /// module's text says: a non-zero arrival rate is taken as read; a 0.0 stands in for
+    /// nothing while a non-zero one is recent, and the arrival rate is then no lower than the
+    /// counts prove. `ready`: the workload's Ready pods, the ones that serve. Either read
+    /// failing is no data, as in [`DrainSpec::work`].
     pub fn work(
         &mut self,
         now: Millis,
@@ -182,37 +184,46 @@ impl Throughput {
             (Ok(b), Some(s)) => (b.max(0.0), s),
             _ => return Ok(reported),
         };
-        let reported_arrival = s.arrival.unwrap_or(0.0).max(0.0);
-        let stale = reported_arrival == 0.0 && s.served.is_none_or(|r| r == 0.0);
-        let arrival = Self::recent(&mut self.last_arrival, now, Some(reported_arrival))
-            .unwrap_or(reported_arrival);
-        let served = Self::recent(&mut self.last_served, now, s.served);
-
-        let capacity = ready.map(|r| f64::from(r.max(0)) * self.current);
+        // A busy pod serves the throughput in force, or what one was last seen to serve.
+        let per_pod = self
+            .served_per_pod
+            .filter(|&(at, _)| now - at <= STALE_RATES_HOLD)
+            .map_or(self.current, |(_, r)| r.min(self.current));
+        let ready = ready.map(|r| f64::from(r.max(0)));
+        let capacity = ready.map(|r| r * per_pod);
         let busy = match (s.waiting, capacity) {
             (Some(w), Some(c)) if c > 0.0 && w >= (c * SATURATION_SECONDS).max(1.0) => Some(c),
             _ => None,
         };
-        let counted = self.count(now, backlog, busy).map(|(growth, busy)| {
-            // The broker's served rate while it reads one; else the busy pods' own.
-            growth + served.or(busy).unwrap_or(0.0)
-        });
-        if let Some(c) = counted.filter(|&c| c > arrival)
-            && self
-                .proven
-                .is_none_or(|(at, p)| c >= p || now - at > STALE_RATES_HOLD)
-        {
+        let served = s.served.filter(|r| r.is_finite() && *r > 0.0);
+        if let (Some(served), Some(_), Some(pods)) = (served, busy, ready) {
+            self.served_per_pod = Some((now, served / pods));
+        }
+        let counted = self.count(now, backlog, busy);
+        let reported_arrival = s.arrival.unwrap_or(0.0).max(0.0);
+        let arrival = Self::recent(&mut self.last_arrival, now, Some(reported_arrival));
+        self.counted_arrival = None;
+        if reported_arrival > 0.0 {
+            return Ok(reported);
+        }
+        // The broker read 0.0: between two samples, or behind. What the counts prove, and
+        // while the pods were busy at every reading since the base, the proof stands.
+        let counted = counted.map(|(growth, busy)| (growth + busy.unwrap_or(0.0), busy.is_some()));
+        if let Some((c, true)) = counted {
             self.proven = Some((now, c));
         }
-        // Every rate reading 0.0: the broker's statistics stopped, and the counts' last proof
-        // stands a while.
         let held = self
             .proven
-            .filter(|&(at, _)| stale && now - at <= STALE_RATES_HOLD)
+            .filter(|&(at, _)| now - at <= STALE_RATES_HOLD)
             .map(|(_, p)| p);
-        let floor = counted.into_iter().chain(held).reduce(f64::max);
-        self.counted_arrival = floor.filter(|&f| f > arrival);
-        Ok(reported + (floor.unwrap_or(0.0).max(arrival) - reported_arrival))
+        let floor = counted
+            .map(|(c, _)| c)
+            .into_iter()
+            .chain(held)
+            .reduce(f64::max);
+        let used = floor.into_iter().chain(arrival).fold(0.0, f64::max);
+        self.counted_arrival = floor.filter(|&f| f >= used && f > 0.0);
+        Ok(reported + used)
     }
 
     /// A broker's rate as read: a finite non-zero reading, else the last one within
