@@ -439,28 +439,37 @@ mod tests {
         assert!(table.contains("40/5"), "{table}");
     }
 
-    #[test]
-    fn a_stalled_scale_up_shows_in_the_state_with_its_pattern() {
-        let st: ScaledTarget = serde_json::from_value(serde_json::json!({
+    /// A ScaledTarget `n/w` on Deployment `w` with one Prometheus metric (target 10 per pod)
+    /// and the given status.
+    fn one_metric_target(metric: &str, status: serde_json::Value) -> ScaledTarget {
+        serde_json::from_value(serde_json::json!({
             "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
             "metadata": { "name": "w", "namespace": "n" },
             "spec": {
                 "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "w" },
                 "maxReplicas": 10,
                 "metrics": [{
-                    "name": "orders",
+                    "name": metric,
                     "prometheus": { "address": "http://p:9090", "query": "q" },
                     "target": { "type": "AverageValue", "averageValue": "10" }
                 }]
             },
-            "status": { "conditions": [
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stalled_scale_up_shows_in_the_state_with_its_pattern() {
+        let st = one_metric_target(
+            "orders",
+            serde_json::json!({ "conditions": [
                 { "type": "Ready", "status": "True", "reason": "Decided", "message": "",
                   "lastTransitionTime": "2026-12-03T10:00:00Z" },
                 { "type": "ScalingStalled", "status": "True", "reason": "Unschedulable",
                   "message": "5 of 10 pods not Ready", "lastTransitionTime": "2026-12-03T10:00:00Z" }
-            ] }
-        }))
-        .unwrap();
+            ] }),
+        );
         assert_eq!(
             row(&st, &HashMap::new()).state,
             "ScalingStalled: Unschedulable"
@@ -478,24 +487,13 @@ mod tests {
             })
         };
         for (calibrated, cell) in [(false, "8 (not calibrated)"), (true, "8")] {
-            let st: ScaledTarget = serde_json::from_value(serde_json::json!({
-                "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
-                "metadata": { "name": "w", "namespace": "n" },
-                "spec": {
-                    "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "w" },
-                    "maxReplicas": 10,
-                    "metrics": [{
-                        "name": "rps",
-                        "prometheus": { "address": "http://p:9090", "query": "q" },
-                        "target": { "type": "AverageValue", "averageValue": "10" }
-                    }]
-                },
-                "status": { "metrics": [
+            let st = one_metric_target(
+                "rps",
+                serde_json::json!({ "metrics": [
                     { "name": "rps", "value": "40", "learnedTarget": "8",
                       "learned": learned(calibrated) }
-                ] }
-            }))
-            .unwrap();
+                ] }),
+            );
             let r = row(&st, &HashMap::new());
             assert_eq!(r.metrics[0].learned.as_deref(), Some(cell));
         }
