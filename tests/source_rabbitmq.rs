@@ -178,8 +178,8 @@ async fn backlog_counts_unacknowledged_messages_and_ready_does_not() {
     conn.close(0, "done".into()).await.unwrap();
 }
 
-/// A KEDA user's management URL names the vhost in its path (`.../%2f`): read as the vhost,
-/// not as a path prefix (which answered 404).
+/// A KEDA user's management URL names the vhost in the last segment of its path
+/// (`.../%2f`), after any path prefix the API is served under.
 #[tokio::test]
 async fn a_management_url_that_names_its_vhost_reads_the_queue() {
     let rabbit = rabbit_stack().rabbitmq.as_ref().unwrap();
@@ -197,6 +197,56 @@ async fn a_management_url_that_names_its_vhost_reads_the_queue() {
     let config = config(Some("keda-style"), None, Measure::Backlog);
     assert_eq!(config.resolve(&data).unwrap().vhost, "/");
     until_value(&source(&connections, &config, &data), 4.0, "the backlog").await;
+
+    // Behind a reverse proxy that serves the management API under /rabbitmq (as an ingress
+    // does, or RabbitMQ's management.path_prefix): the segments before the vhost are the
+    // prefix, as KEDA reads them.
+    let proxy = under_a_prefix("/rabbitmq", rabbit.management_url()).await;
+    let url = format!(
+        "{}/rabbitmq/%2f",
+        proxy.replace("http://", "http://guest:guest@")
+    );
+    data.insert("managementUrl".into(), ByteString(url.into_bytes()));
+    assert_eq!(config.resolve(&data).unwrap().vhost, "/");
+    until_value(
+        &source(&connections, &config, &data),
+        4.0,
+        "the backlog via the proxy",
+    )
+    .await;
+}
+
+/// A plain-HTTP reverse proxy that serves `upstream` under `prefix` and answers 404 elsewhere.
+/// The proxy is the stand-in for an ingress; the broker behind it is the real one.
+async fn under_a_prefix(prefix: &'static str, upstream: String) -> String {
+    use axum::extract::Request;
+    use axum::response::IntoResponse;
+    use std::future::IntoFuture as _;
+    let http = reqwest::Client::new();
+    let router = axum::Router::new().fallback(move |request: Request| {
+        let (http, upstream) = (http.clone(), upstream.clone());
+        async move {
+            let Some(rest) = request
+                .uri()
+                .path_and_query()
+                .and_then(|p| p.as_str().strip_prefix(prefix))
+            else {
+                return http::StatusCode::NOT_FOUND.into_response();
+            };
+            let mut forward = http.get(format!("{upstream}{rest}"));
+            if let Some(auth) = request.headers().get(http::header::AUTHORIZATION) {
+                forward = forward.header(http::header::AUTHORIZATION, auth);
+            }
+            let answer = forward.send().await.unwrap();
+            let status = answer.status();
+            let body = answer.text().await.unwrap();
+            (status, [("content-type", "application/json")], body).into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, router).into_future());
+    address
 }
 
 #[tokio::test]

@@ -216,6 +216,27 @@ fn path_vhost(url: &reqwest::Url) -> Option<String> {
     })
 }
 
+/// A management URL's path as KEDA reads it: the last segment names the vhost
+/// (percent-decoded, `%2F` is `/`; `None` when empty), and the segments before it are a path
+/// prefix the API is served under (a reverse proxy's, or RabbitMQ's `management.path_prefix`):
+/// `/rabbitmq/orders` is vhost `orders` under `/rabbitmq`. Empty segments are dropped from the
+/// prefix, as Go's `path.Join` drops them.
+fn management_path(url: &reqwest::Url) -> (String, Option<String>) {
+    let mut segments: Vec<&str> = url.path().split('/').collect();
+    let last = segments.pop().unwrap_or("");
+    let prefix: String = segments
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("/{s}"))
+        .collect();
+    let vhost = (!last.is_empty()).then(|| {
+        percent_encoding::percent_decode_str(last)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
+    (prefix, vhost)
+}
+
 /// `scheme://host:port` of a URL, credentials and path left out.
 fn without_credentials(url: &str) -> String {
     match reqwest::Url::parse(url) {
@@ -235,9 +256,10 @@ impl RabbitConnection {
         Self::from_secret(data).map(|(connection, _)| connection)
     }
 
-    /// [`Self::from_secret_data`], and the vhost its URLs name, if any: the path of the AMQP
-    /// URL or of the management URL (percent-decoded, `%2f` is `/`), as KEDA reads them. The
-    /// management URL's path is taken off: requests go to `<scheme>://<host>/api/...`.
+    /// [`Self::from_secret_data`], and the vhost its URLs name, if any, as KEDA reads them: the
+    /// path of the AMQP URL, or the last segment of the management URL's path
+    /// (percent-decoded, `%2f` is `/`). The segments before it stay as the management API's
+    /// prefix: requests go to `<scheme>://<host><prefix>/api/...`.
     pub fn from_secret(data: &SecretData) -> Result<(Self, Option<String>)> {
         let amqp_url = match optional_string(data, KEY_AMQP_URL)? {
             Some(url) => Some(url),
@@ -261,10 +283,11 @@ impl RabbitConnection {
         let management_url = match &management {
             Some(url) => match reqwest::Url::parse(url) {
                 Ok(mut u) if matches!(u.scheme(), "http" | "https") => {
-                    if let Some(v) = path_vhost(&u) {
+                    let (prefix, vhost) = management_path(&u);
+                    if let Some(v) = vhost {
                         vhosts.push((KEY_MANAGEMENT_URL, v));
                     }
-                    u.set_path("");
+                    u.set_path(&prefix);
                     Some(u.as_str().trim_end_matches('/').to_string())
                 }
                 _ => {
@@ -618,7 +641,7 @@ async fn queue_stats(
     // Only the fields we read: a vhost may hold thousands of queues.
     url.query_pairs_mut().append_pair(
         "columns",
-        "name,messages_ready,messages_unacknowledged,\
+        "name,messages,messages_ready,messages_unacknowledged,\
          message_stats.publish_details.rate,message_stats.deliver_get_details.rate,\
          message_stats.ack_details.rate",
     );
@@ -654,6 +677,8 @@ async fn queue_stats(
 #[derive(Debug, Deserialize)]
 struct QueueStats {
     name: String,
+    /// Ready plus unacknowledged, as the broker counts them.
+    messages: Option<u64>,
     messages_ready: Option<u64>,
     messages_unacknowledged: Option<u64>,
     message_stats: Option<MessageStats>,
@@ -683,12 +708,24 @@ impl QueueStats {
         // No message_stats (or no details) on an existing queue means no traffic: 0/s is the
         // truth there, unlike a missing count.
         let rate = |details: Option<&RateDetails>| details.map_or(0.0, |d| d.rate);
+        // The broker sends the total and its two parts together; an answer that carries only
+        // the total and one part (as KEDA's scaler tests do) gives the other by difference.
+        let (total, ready, unacked) = (
+            self.messages,
+            self.messages_ready,
+            self.messages_unacknowledged,
+        );
         Ok(match measure {
-            Measure::Backlog => {
-                (self.messages_ready.ok_or_else(missing)?
-                    + self.messages_unacknowledged.ok_or_else(missing)?) as f64
-            }
-            Measure::Ready => self.messages_ready.ok_or_else(missing)? as f64,
+            Measure::Backlog => match (ready, unacked, total) {
+                (Some(r), Some(u), _) => (r + u) as f64,
+                (_, _, Some(t)) => t as f64,
+                _ => return Err(missing()),
+            },
+            Measure::Ready => match (ready, unacked, total) {
+                (Some(r), _, _) => r as f64,
+                (None, Some(u), Some(t)) => t.saturating_sub(u) as f64,
+                _ => return Err(missing()),
+            },
             Measure::PublishRate => rate(stats.and_then(|s| s.publish_details.as_ref())),
             Measure::DeliverRate => rate(stats.and_then(|s| s.deliver_get_details.as_ref())),
             Measure::AckRate => rate(stats.and_then(|s| s.ack_details.as_ref())),
@@ -858,6 +895,68 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("they must agree"), "{err}");
+    }
+
+    /// `getVhostAndPathFromURLTestData` of kedacore/keda `pkg/scalers/rabbitmq_scaler_test.go`
+    /// (at 8b4f083c): a management URL's path, KEDA's `vhostName`, and the vhost path and path
+    /// prefix KEDA requests under. ebb requests under the same prefix and vhost, except that a
+    /// `vhost` that differs from the one the URL names is refused where KEDA overrides it.
+    #[test]
+    fn a_management_url_reads_as_keda_reads_it_vhost_last_and_a_prefix_before() {
+        const ROOT: &str = "/%2F";
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, &str, &str)] = &[
+            // (URL path after the host's `/`, vhostName, KEDA's vhost path, KEDA's prefix)
+            ("myVhost", "", "/myVhost", ""),
+            ("%2FmyVhost", "", "/%2FmyVhost", ""),
+            ("/", "", ROOT, ""),
+            ("//", "", ROOT, ""),
+            ("/%2F", "", ROOT, ""),
+            ("", "", ROOT, ""),
+            ("sub1/myVhost", "", "/myVhost", "/sub1"),
+            ("sub1/", "overridenVhost", "/overridenVhost", "/sub1"),
+            ("myVhost", "overridenVhost", "/overridenVhost", ""),
+            ("sub1/%2FmyVhost", "", "/%2FmyVhost", "/sub1"),
+            ("sub1/", "", ROOT, "/sub1"),
+            ("sub1/", "myVhost", "/myVhost", "/sub1"),
+            ("sub1//", "", ROOT, "/sub1"),
+            ("sub1/%2F", "", ROOT, "/sub1"),
+            ("sub1/sub2/myVhost", "", "/myVhost", "/sub1/sub2"),
+            ("sub1/sub2/myVhost", "overridenVhost", "/overridenVhost", "/sub1/sub2"),
+            ("sub1/sub2/%2FmyVhost", "", "/%2FmyVhost", "/sub1/sub2"),
+            ("sub1/sub2/", "", ROOT, "/sub1/sub2"),
+            ("sub1/sub2/", "myVhost", "/myVhost", "/sub1/sub2"),
+            ("sub1/myVhost", "overridenVhost", "/overridenVhost", "/sub1"),
+            ("sub1/sub2//", "", ROOT, "/sub1/sub2"),
+            ("sub1/sub2/%2F", "", ROOT, "/sub1/sub2"),
+        ];
+        for &(path, vhost_name, keda_vhost, keda_prefix) in cases {
+            let url = format!("http://u:p@rabbit:15672/{path}");
+            let config = RabbitMqConfig {
+                vhost: (!vhost_name.is_empty()).then(|| vhost_name.to_string()),
+                ..config()
+            };
+            let case = format!("{path:?} with vhostName {vhost_name:?}");
+            let resolved = config.resolve(&data(&[("managementUrl", &url)]));
+            let named = management_path(&reqwest::Url::parse(&url).unwrap()).1;
+            if let (Some(named), false) = (&named, vhost_name.is_empty())
+                && named != vhost_name
+            {
+                let err = resolved.unwrap_err().to_string();
+                assert!(err.contains("conflicts"), "{case}: {err}");
+                continue;
+            }
+            let q = resolved.unwrap_or_else(|e| panic!("{case}: {e}"));
+            let keda_vhost = percent_encoding::percent_decode_str(&keda_vhost[1..])
+                .decode_utf8_lossy()
+                .into_owned();
+            assert_eq!(q.vhost, keda_vhost, "{case}");
+            assert_eq!(
+                q.connection.management_url.as_deref(),
+                Some(format!("http://u:p@rabbit:15672{keda_prefix}").as_str()),
+                "{case}"
+            );
+        }
     }
 
     #[test]
