@@ -194,6 +194,9 @@ fn rabbit(management_url: &str, vhost: Option<&str>, measure: Measure) -> Query 
     Query::RabbitMq(config.resolve(&data).unwrap())
 }
 
+/// A queue's answer in KEDA's cases: messages, unacknowledged, publish rate, deliver rate.
+type QueueAnswer = (u32, u32, f64, f64);
+
 /// `testQueueInfoTestData`: KEDA's mode (queueLength and QueueLength count every message,
 /// ready and unacknowledged, as ebb's Backlog does; MessageRate is the publish rate;
 /// DeliverGetRate the deliver rate) and whether KEDA calls the queue active (above an
@@ -210,7 +213,7 @@ async fn keda_rabbitmq_answers_read_the_same_value_and_activity() {
     }
     use Measure::{Backlog, DeliverRate, PublishRate};
     #[rustfmt::skip]
-    let cases: &[(Measure, (u32, u32, f64, f64), bool)] = &[
+    let cases: &[(Measure, QueueAnswer, bool)] = &[
         // (ebb's measure for KEDA's mode, (messages, unacked, publish, deliver), KEDA's isActive)
         // queueLength (legacy)
         (Backlog, (4, 1, 0.0, 0.0), true), (Backlog, (1, 1, 0.0, 0.0), true),
