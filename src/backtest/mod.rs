@@ -195,12 +195,14 @@ pub struct BacktestArgs {
     /// Replay ebb (modes Direct and Hpa, or the ones --policy names) at each of these risks
     /// (`adaptive.underProvisionRisk`, in %, e.g. `0.1,0.5,2`) and print, for each, the tau_U
     /// got, whether it is calibrated, the cost, and the cheapest reference family tuned in
-    /// hindsight to the same tau_U (docs/adaptive.md, "Calibration").
+    /// hindsight to the same tau_U (docs/adaptive.md, "Calibration"). With `--plot FILE.svg`,
+    /// also draws cost against tau_U: ebb at each risk, the families tuned in hindsight over
+    /// the range, hpa and kpa.
     #[arg(
         long,
         value_name = "PCTS",
         value_delimiter = ',',
-        conflicts_with_all = ["frontier", "queue", "decisions", "plot"]
+        conflicts_with_all = ["frontier", "queue", "decisions"]
     )]
     pub risk_sweep: Option<Vec<f64>>,
     /// Replay the load as the arrivals into a queue served at `c` per ready pod, and score
@@ -842,6 +844,10 @@ pub fn run(args: &BacktestArgs) -> anyhow::Result<()> {
         match format {
             Format::Table => print!("{}", sweep::format_sweep(&report)),
             Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        }
+        if let Some(path) = plot {
+            let picture = sweep::picture(&series, &options, &report, *max_actions)?;
+            write_file(path, &sweep::render_sweep(&title, &report, &picture))?;
         }
         return Ok(());
     }

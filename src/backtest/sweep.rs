@@ -147,6 +147,164 @@ pub fn risk_sweep(
     })
 }
 
+/// Points of tau_U at which the picture's family curves are tuned.
+pub const PICTURE_GRID: usize = 12;
+
+/// The baselines the picture replays once, beside ebb's rows.
+pub const PICTURE_BASELINES: [&str; 2] = ["hpa", "kpa"];
+
+/// What `--risk-sweep --plot` draws besides ebb's rows: the reference families' cost over a
+/// range of tau_U (each point the family tuned in hindsight to it), and the baselines.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepPicture {
+    /// Each family's `(tau_U %, cost vs oracle)` at the grid's points it can meet, by tau_U.
+    pub families: Vec<(Family, Vec<(f64, f64)>)>,
+    /// `(policy, tau_U %, cost vs oracle)` of each baseline replayed with the same options.
+    pub baselines: Vec<(String, f64, f64)>,
+}
+
+/// The families' curves over the tau_U the report and the baselines span (a log-spaced grid
+/// of [`PICTURE_GRID`] points, from half the lowest to twice the highest), and the baselines.
+pub fn picture(
+    trace: &Trace,
+    opts: &BacktestOptions,
+    report: &SweepReport,
+    max_actions: Option<u64>,
+) -> Result<SweepPicture> {
+    let mut at_baselines = opts.clone();
+    at_baselines.frontier = None;
+    at_baselines.policies = PICTURE_BASELINES.iter().map(|p| p.to_string()).collect();
+    let replayed = run_backtest(trace, &at_baselines)?;
+    let baselines: Vec<(String, f64, f64)> = replayed
+        .results
+        .iter()
+        .map(|r| (r.policy.clone(), r.scores.tau_u, r.cost_vs_oracle))
+        .collect();
+    let spanned = report
+        .rows
+        .iter()
+        .flat_map(|r| [r.tau_u_percent, r.risk_percent])
+        .chain(baselines.iter().map(|b| b.1))
+        .filter(|t| *t > 0.0);
+    let (lo, hi) = spanned.fold((f64::INFINITY, 0.0f64), |(lo, hi), t| {
+        (lo.min(t), hi.max(t))
+    });
+    let (lo, hi) = ((lo / 2.0).max(0.01), (hi * 2.0).min(50.0));
+    let mut families: Vec<(Family, Vec<(f64, f64)>)> =
+        Family::ALL.iter().map(|&f| (f, Vec::new())).collect();
+    if lo < hi {
+        for i in 0..PICTURE_GRID {
+            let risk = lo * (hi / lo).powf(i as f64 / (PICTURE_GRID - 1) as f64);
+            let rows = frontier::frontier(
+                &trace.values,
+                &replayed.config,
+                replayed.scored_from,
+                replayed.oracle_cost,
+                FrontierOptions {
+                    risk_percent: risk,
+                    max_actions,
+                },
+            );
+            for row in rows {
+                if let Some((_, curve)) = families.iter_mut().find(|(f, _)| *f == row.family) {
+                    curve.push((row.scores.tau_u, row.cost_vs_oracle));
+                }
+            }
+        }
+    }
+    for (_, curve) in &mut families {
+        curve.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    Ok(SweepPicture {
+        families,
+        baselines,
+    })
+}
+
+/// The lowest tau_U (%) the picture's log axis shows: a point never short (0) is drawn there.
+pub const PICTURE_TAU_FLOOR: f64 = 0.01;
+
+/// The sweep as an SVG: cost against tau_U, ebb's modes at each risk asked (with the band
+/// that counts as calibrated), the families tuned in hindsight, and the baselines.
+pub fn render_sweep(title: &str, report: &SweepReport, picture: &SweepPicture) -> String {
+    use super::plot::{Band, XySeries, render_xy};
+    let mut series = Vec::new();
+    for (policy, color, what) in [
+        ("ebb", "#d62728", "ebb (mode Direct)"),
+        ("ebb-hpa", "#ff7f0e", "ebb-hpa (mode Hpa)"),
+    ] {
+        let rows: Vec<&SweepRow> = report.rows.iter().filter(|r| r.policy == policy).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        series.push(XySeries {
+            label: format!("{what}, at each risk"),
+            color,
+            points: rows
+                .iter()
+                .map(|r| (r.tau_u_percent, r.cost_vs_oracle))
+                .collect(),
+            line: true,
+            notes: rows
+                .iter()
+                .map(|r| format!("{} %", r.risk_percent))
+                .collect(),
+        });
+    }
+    for (family, curve) in &picture.families {
+        let color = match family {
+            Family::HeldHeadroom => "#1f77b4",
+            Family::HeldNoise => "#17becf",
+            Family::Clairvoyant => "#7f7f7f",
+        };
+        series.push(XySeries {
+            label: format!("{} (hindsight)", family.label()),
+            color,
+            points: curve.clone(),
+            line: true,
+            notes: Vec::new(),
+        });
+    }
+    for ((policy, tau_u, cost), color) in picture.baselines.iter().zip(["#9467bd", "#8c564b"]) {
+        series.push(XySeries {
+            label: policy.clone(),
+            color,
+            points: vec![(*tau_u, *cost)],
+            line: false,
+            notes: vec![policy.clone()],
+        });
+    }
+    let mut risks: Vec<f64> = report.rows.iter().map(|r| r.risk_percent).collect();
+    risks.sort_by(f64::total_cmp);
+    risks.dedup();
+    let (lo, hi) = CALIBRATION_BAND;
+    let bands: Vec<Band> = risks
+        .iter()
+        .map(|&r| Band {
+            from: lo * r,
+            to: hi * r,
+            label: format!("{r} %"),
+        })
+        .collect();
+    for s in &mut series {
+        for p in &mut s.points {
+            p.0 = p.0.max(PICTURE_TAU_FLOOR);
+        }
+    }
+    let mut heading = format!("{title}: cost against tau_U; shaded: calibrated for the risk asked");
+    if let Some(note) = super::calibration_note(report.history_days) {
+        heading = format!("{heading} ({note})");
+    }
+    render_xy(
+        &heading,
+        &format!("tau_U: steps short of capacity, % (log; 0 drawn at {PICTURE_TAU_FLOOR})"),
+        "cost / oracle's",
+        &series,
+        &bands,
+    )
+}
+
 /// The sweep as an aligned text table.
 pub fn format_sweep(report: &SweepReport) -> String {
     use std::fmt::Write as _;
@@ -275,6 +433,48 @@ mod tests {
         };
         assert!(table(&["oracle", "ebb"]).contains(&days(&short)));
         assert!(!table(&["oracle", "hpa"]).contains("not calibrated"));
+    }
+
+    /// The picture puts ebb's rows beside the families' curves and the baselines: each curve
+    /// gets cheaper as the tau_U it may reach grows, and no causal family beats the clairvoyant
+    /// one at the same tau_U by much.
+    #[test]
+    fn the_picture_draws_ebb_beside_the_families_and_the_baselines() {
+        let mut trace = synthetic::generate(Shape::Daily);
+        trace.values.truncate(3 * 1440);
+        let opts = options(&SWEPT);
+        let report = risk_sweep(&trace, &opts, &[0.5, 2.0], None).unwrap();
+        let picture = picture(&trace, &opts, &report, None).unwrap();
+        let names: Vec<&str> = picture.baselines.iter().map(|b| b.0.as_str()).collect();
+        assert_eq!(names, PICTURE_BASELINES);
+        for (family, curve) in &picture.families {
+            assert!(curve.len() >= PICTURE_GRID / 2, "{family:?}: {curve:?}");
+            for pair in curve.windows(2) {
+                assert!(pair[0].0 <= pair[1].0, "{family:?} sorted by tau_U");
+                assert!(
+                    pair[1].1 <= pair[0].1 + 1e-9,
+                    "{family:?}: more risk allowed never costs more: {curve:?}"
+                );
+            }
+        }
+        let svg = render_sweep("daily", &report, &picture);
+        for label in [
+            "ebb (mode Direct)",
+            "ebb-hpa (mode Hpa)",
+            "held+H (hindsight)",
+            "held+k*noise (hindsight)",
+            "clairvoyant (hindsight)",
+            ">hpa<",
+            ">kpa<",
+            ">0.5 %<",
+            ">2 %<",
+            "not calibrated",
+        ] {
+            assert!(svg.contains(label), "{label} missing");
+        }
+        let circles = svg.matches("<circle").count();
+        let curve_points: usize = picture.families.iter().map(|(_, c)| c.len()).sum();
+        assert_eq!(circles, report.rows.len() + curve_points + 2);
     }
 
     #[test]
