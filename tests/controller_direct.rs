@@ -392,3 +392,40 @@ async fn no_matching_queue_holds_unless_empty_as_says_it_is_zero() {
         "no data is not zero"
     );
 }
+
+/// ebb's `/scale` writes carry the resourceVersion of the count they were decided from
+/// (`controller::patch_scale`): the real API server refuses such a write once the count has
+/// moved (here, another writer took it from 2 to 8), so a decision made from a stale count
+/// cannot take 8 down to 6 past every scale-down rule; on the fresh version it goes through.
+#[tokio::test]
+async fn a_scale_write_from_a_count_that_moved_is_refused_and_one_from_the_fresh_count_is_not() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (client, ns) = setup("stale-write").await;
+    deployment(&client, &ns, "w", 2).await;
+    let api = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let read = api.get_scale("w").await.unwrap();
+    let version = read.metadata.resource_version.clone().unwrap();
+    let patch = |replicas: i32, version: &str| {
+        Patch::Merge(json!({
+            "metadata": { "resourceVersion": version },
+            "spec": { "replicas": replicas }
+        }))
+    };
+    api.patch_scale("w", &PatchParams::default(), &patch(8, &version))
+        .await
+        .expect("a write on the version read goes through");
+    let stale = api
+        .patch_scale("w", &PatchParams::default(), &patch(6, &version))
+        .await;
+    assert!(
+        matches!(&stale, Err(kube::Error::Api(e)) if e.code == 409),
+        "{stale:?}"
+    );
+    assert_eq!(replicas(&client, &ns, "w").await, 8);
+    let fresh = api.get_scale("w").await.unwrap();
+    let fresh_version = fresh.metadata.resource_version.unwrap();
+    api.patch_scale("w", &PatchParams::default(), &patch(6, &fresh_version))
+        .await
+        .expect("a write on the fresh version goes through");
+    assert_eq!(replicas(&client, &ns, "w").await, 6);
+}

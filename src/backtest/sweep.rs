@@ -231,15 +231,15 @@ pub fn render_sweep(title: &str, report: &SweepReport, picture: &SweepPicture) -
     use super::plot::{Band, XySeries, render_xy};
     let mut series = Vec::new();
     for (policy, color, what) in [
-        ("ebb", "#d62728", "ebb (mode Direct)"),
-        ("ebb-hpa", "#ff7f0e", "ebb-hpa (mode Hpa)"),
+        ("ebb", "#d62728", "ebb (Direct)"),
+        ("ebb-hpa", "#ff7f0e", "ebb-hpa (Hpa)"),
     ] {
         let rows: Vec<&SweepRow> = report.rows.iter().filter(|r| r.policy == policy).collect();
         if rows.is_empty() {
             continue;
         }
         series.push(XySeries {
-            label: format!("{what}, at each risk"),
+            label: what.to_string(),
             color,
             points: rows
                 .iter()
@@ -459,8 +459,8 @@ mod tests {
         }
         let svg = render_sweep("daily", &report, &picture);
         for label in [
-            "ebb (mode Direct)",
-            "ebb-hpa (mode Hpa)",
+            "ebb (Direct)",
+            "ebb-hpa (Hpa)",
             "held+H (hindsight)",
             "held+k*noise (hindsight)",
             "clairvoyant (hindsight)",

@@ -60,8 +60,8 @@ pub struct Classified {
     pub message: String,
 }
 
-/// Classifies `error`, met while polling `st`. `None`: not a failure (the lease was lost; the
-/// new leader acts).
+/// Classifies `error`, met while polling `st`. `None`: not a failure (the lease was lost, and
+/// the new leader acts; or the count moved under a write, and the next poll decides again).
 pub fn classify(error: &ControllerError, st: &ScaledTarget) -> Option<Classified> {
     let t = &st.spec.target_ref;
     let workload = format!("{} {}", t.kind, t.name);
@@ -77,7 +77,7 @@ pub fn classify(error: &ControllerError, st: &ScaledTarget) -> Option<Classified
         message,
     };
     Some(match error {
-        ControllerError::LeaseLost => return None,
+        ControllerError::LeaseLost | ControllerError::CountChanged { .. } => return None,
         ControllerError::NoScale(kind) => permanent(
             cond::NO_SCALE_SUBRESOURCE,
             format!(

@@ -82,6 +82,11 @@ pub enum ControllerError {
     /// The target's kind has no `/scale` subresource.
     #[error("{0} has no /scale subresource")]
     NoScale(String),
+    /// The workload's count changed after the decision read it (another writer, or a view
+    /// that was behind): the write was refused, and the next poll decides again from the count
+    /// there is.
+    #[error("the count is {found}, not the {read} the decision started from")]
+    CountChanged { read: i32, found: i32 },
 }
 
 /// Checked right before each write that acts (`/scale`, the owned HPA): a replica that lost
@@ -1359,7 +1364,7 @@ impl Act<'_> {
             StepAction::Scale { from, to } => {
                 ctx.stats.actions.fetch_add(1, Relaxed);
                 let now_ms = self.now.as_millisecond();
-                match patch_scale(ctx, api, st, to, counts.status).await {
+                match patch_scale(ctx, api, st, to, counts).await {
                     Ok(()) => {
                         self.with_machine(|m| m.applied(now_ms, self.spec, from, to));
                         audit(ctx, st, from, to, &metric, &step.rule).await;
@@ -1368,6 +1373,11 @@ impl Act<'_> {
                     }
                     // Not a failure to scale: the new leader decides again.
                     Err(ControllerError::LeaseLost) => return Err(ControllerError::LeaseLost),
+                    // Not a failure either: nothing was written, and the next poll decides
+                    // from the count there is.
+                    Err(e @ ControllerError::CountChanged { .. }) => {
+                        tracing::info!(scaledtarget = %key(st), from, to, reason = %e, "not scaled: the count moved");
+                    }
                     Err(e) => {
                         let error = e.to_string();
                         let (failures, escalation) = self
@@ -1414,7 +1424,7 @@ impl Act<'_> {
         let (api, counts) = ctx.scale_of(st).await?;
         let current = counts.spec;
         if current != n {
-            patch_scale(ctx, &api, st, n, counts.status).await?;
+            patch_scale(ctx, &api, st, n, counts).await?;
             audit(
                 ctx,
                 st,
@@ -1504,37 +1514,71 @@ async fn delete_hpa(ctx: &Context, hpas: &Api<HorizontalPodAutoscaler>, name: &s
     }
 }
 
+/// Writes `replicas` to the target's `/scale`, on the condition that the workload is still
+/// the version `read` came from (its resourceVersion in the patch: the API server refuses the
+/// write with 409 Conflict otherwise). A decision made from a count that is no longer there
+/// (another writer, a watch that was behind, a new leader's first poll) must not overwrite
+/// it: 8 replicas taken down to 6 by a decision that read 5 would skip every scale-down
+/// rule. When only the status moved (pods becoming ready bump the version too), the write is
+/// made again on the fresh version; when the count moved, it is [`ControllerError::CountChanged`].
 async fn patch_scale(
     ctx: &Context,
     api: &ScaleApi,
     st: &ScaledTarget,
     replicas: i32,
-    status_replicas: i32,
+    read: replicas::Counts,
 ) -> Result<()> {
-    lease_held(ctx)?;
-    ctx.stats.requests(1);
-    let scale = api
-        .api
-        .patch_scale(
-            &st.spec.target_ref.name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } })),
-        )
-        .await?;
-    ctx.replicas.wrote(
-        &api.kind,
-        &st.namespace().unwrap_or_default(),
-        &st.spec.target_ref.name,
-        replicas::Counts::new(
-            replicas,
-            scale
-                .status
-                .as_ref()
-                .map_or(status_replicas, |s| s.replicas),
-            scale.metadata.resource_version.as_deref(),
-        ),
-    );
-    Ok(())
+    const ATTEMPTS: usize = 3;
+    let ns = st.namespace().unwrap_or_default();
+    let name = &st.spec.target_ref.name;
+    let mut read = read;
+    let mut attempt = 0;
+    loop {
+        lease_held(ctx)?;
+        attempt += 1;
+        let mut body = serde_json::json!({ "spec": { "replicas": replicas } });
+        if let Some(version) = read.resource_version() {
+            body["metadata"] = serde_json::json!({ "resourceVersion": version });
+        }
+        ctx.stats.requests(1);
+        let answer = api
+            .api
+            .patch_scale(name, &PatchParams::default(), &Patch::Merge(body))
+            .await;
+        let scale = match answer {
+            Ok(scale) => scale,
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => {
+                ctx.stats.requests(1);
+                let fresh = api.api.get_scale(name).await?;
+                let fresh = replicas::Counts::new(
+                    fresh.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+                    fresh.status.as_ref().map_or(read.status, |s| s.replicas),
+                    fresh.metadata.resource_version.as_deref(),
+                );
+                ctx.replicas.wrote(&api.kind, &ns, name, fresh);
+                if fresh.spec != read.spec {
+                    return Err(ControllerError::CountChanged {
+                        read: read.spec,
+                        found: fresh.spec,
+                    });
+                }
+                read = fresh;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        ctx.replicas.wrote(
+            &api.kind,
+            &ns,
+            name,
+            replicas::Counts::new(
+                replicas,
+                scale.status.as_ref().map_or(read.status, |s| s.replicas),
+                scale.metadata.resource_version.as_deref(),
+            ),
+        );
+        return Ok(());
+    }
 }
 
 /// The audit trail of one scaling action: an Event on the ScaledTarget and a log line.

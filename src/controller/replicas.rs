@@ -43,6 +43,12 @@ impl Counts {
             revision: revision.and_then(|r| r.parse().ok()),
         }
     }
+
+    /// The resourceVersion the counts were read at, where known: a write made from them is
+    /// conditional on it.
+    pub fn resource_version(&self) -> Option<String> {
+        self.revision.map(|r| r.to_string())
+    }
 }
 
 /// Where a kind keeps its counts (JSON pointers).

@@ -389,14 +389,21 @@ impl Histogram {
     /// extrapolated. With [`MIN_TAIL_SAMPLES`] beyond it, the empirical quantile. With fewer,
     /// the quantile `u` that has them, plus an exponential tail fitted to the samples beyond
     /// it (peaks over a threshold with shape 0): `u + mean excess * ln(p_u / (1 - q))`, where
-    /// `p_u` is the share beyond `u`. `None` below [`MIN_EXTRAPOLATION_SAMPLES`].
+    /// `p_u` is the share beyond `u`. Below [`MIN_EXTRAPOLATION_SAMPLES`], too few to fit a
+    /// tail, the largest growth seen: every high quantile is at least that, and without it a
+    /// series of hourly readings would have no headroom for its first four days. `None` below
+    /// [`MIN_TAIL_SAMPLES`].
     fn tail_growth(&self, q: f64) -> Option<(f64, bool)> {
         let n = self.total as f64;
         if n * (1.0 - q) >= MIN_TAIL_SAMPLES {
             return Some((self.quantile_bin(q)? as f64 * GROWTH_BIN, false));
         }
-        if self.total < MIN_EXTRAPOLATION_SAMPLES {
+        if n < MIN_TAIL_SAMPLES {
             return None;
+        }
+        if self.total < MIN_EXTRAPOLATION_SAMPLES {
+            let largest = self.counts.iter().rposition(|&c| c > 0)?;
+            return Some((largest as f64 * GROWTH_BIN, true));
         }
         let p_u = MIN_TAIL_SAMPLES / n;
         let u = self.quantile_bin(1.0 - p_u)?;
@@ -716,7 +723,7 @@ impl AdaptiveState {
         let daily = cfg.phase_of_day && matches!(l.period, Some(Period::Daily | Period::Weekly));
         let mut best: Option<(f64, f64, Basis, usize, u64)> = None;
         for c in &self.candidates {
-            if c.growth_all.total < MIN_EXTRAPOLATION_SAMPLES || c.hold_n <= 0.0 {
+            if c.growth_all.total < MIN_TAIL_SAMPLES as u64 || c.hold_n <= 0.0 {
                 continue;
             }
             let by_phase = &c.growth_by_phase[phase];
@@ -997,7 +1004,16 @@ mod tests {
             h
         };
         let truth = 10.0 * 200f64.ln() * GROWTH_BIN;
-        assert_eq!(exponential(99).tail_growth(0.995), None, "too few to fit");
+        assert_eq!(
+            exponential(9).tail_growth(0.995),
+            None,
+            "too few for anything"
+        );
+        // Too few to fit a tail: the largest growth seen, a floor under the quantile.
+        let largest = exponential(99);
+        let top = largest.counts.iter().rposition(|&c| c > 0).unwrap() as f64 * GROWTH_BIN;
+        assert_eq!(largest.tail_growth(0.995), Some((top, true)));
+        assert!(top < truth, "{top} vs {truth}");
         for n in [100, 300, 1000] {
             let (g, extrapolated) = exponential(n).tail_growth(0.995).unwrap();
             assert!(extrapolated);
