@@ -184,18 +184,22 @@ fn learned_values_stay_within_their_bounds_and_fall_back_while_history_is_short(
     assert!(l.headroom <= 0.05);
     assert!(l.tolerance >= 0.2);
     assert!((600..=900).contains(&l.scale_down_window_seconds));
-    // 90 minutes: fewer than 100 growth samples, too few to fit a tail; the static target
-    // holds.
+    // 50 minutes: younger than minHistorySeconds (an hour); the static target holds.
     let short = |minutes: usize| Trace {
         values: series.values[..minutes].to_vec(),
         ..series.clone()
     };
-    let l = learn(&short(90), AdaptiveConfig::default(), 100.0);
+    let l = learn(&short(50), AdaptiveConfig::default(), 100.0);
     assert_eq!(
         (l.headroom, l.headroom_basis, l.scale_down_window_basis),
         (0.0, Basis::Static, Basis::Static)
     );
     assert_eq!(l.scale_down_window_seconds, 300);
+    // 90 minutes: fewer than 100 growth samples, too few to fit a tail; the largest growth
+    // seen (the noise's), a floor under any high quantile.
+    let l = learn(&short(90), AdaptiveConfig::default(), 100.0);
+    assert_eq!(l.headroom_basis, Basis::Extrapolated);
+    assert!(l.headroom > 0.0 && l.headroom < 0.5, "{l:?}");
     // Three hours: short of the 2,000 samples a 99.5th percentile needs, enough to
     // extrapolate its tail from the 90th-odd percentile.
     let l = learn(&short(180), AdaptiveConfig::default(), 100.0);
