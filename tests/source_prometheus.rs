@@ -311,33 +311,20 @@ impl Seen {
 /// parameters and forwards it to the real one (which ignores what it does not know, as
 /// Prometheus does with Thanos' parameters and Mimir's tenant header).
 async fn prometheus_behind_a_recording_proxy(upstream: String) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    use axum::extract::Request;
-    use axum::response::IntoResponse;
-    use std::future::IntoFuture as _;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
-    let http = reqwest::Client::new();
-    let router = axum::Router::new().fallback(move |request: Request| {
-        let (http, upstream, record) = (http.clone(), upstream.clone(), record.clone());
-        async move {
-            let uri = request.uri().clone();
-            record.lock().unwrap().push(Seen {
-                path: uri.path().to_string(),
-                headers: request.headers().clone(),
-                parameters: form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-                    .into_owned()
-                    .collect(),
-            });
-            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let answer = http.get(format!("{upstream}{path}")).send().await.unwrap();
-            let status = answer.status();
-            let body = answer.text().await.unwrap();
-            (status, [("content-type", "application/json")], body).into_response()
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, router).into_future());
+    let address = support::forwarding_proxy(upstream, move |request| {
+        let uri = request.uri();
+        record.lock().unwrap().push(Seen {
+            path: uri.path().to_string(),
+            headers: request.headers().clone(),
+            parameters: form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        });
+        Some(uri.path_and_query().map_or("/", |p| p.as_str()).to_string())
+    })
+    .await;
     (address, seen)
 }
 

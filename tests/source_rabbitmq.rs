@@ -201,7 +201,11 @@ async fn a_management_url_that_names_its_vhost_reads_the_queue() {
     // Behind a reverse proxy that serves the management API under /rabbitmq (as an ingress
     // does, or RabbitMQ's management.path_prefix): the segments before the vhost are the
     // prefix, as KEDA reads them.
-    let proxy = under_a_prefix("/rabbitmq", rabbit.management_url()).await;
+    let proxy = support::forwarding_proxy(rabbit.management_url(), |request| {
+        let path = request.uri().path_and_query()?.as_str();
+        path.strip_prefix("/rabbitmq").map(String::from)
+    })
+    .await;
     let url = format!(
         "{}/rabbitmq/%2f",
         proxy.replace("http://", "http://guest:guest@")
@@ -214,39 +218,6 @@ async fn a_management_url_that_names_its_vhost_reads_the_queue() {
         "the backlog via the proxy",
     )
     .await;
-}
-
-/// A plain-HTTP reverse proxy that serves `upstream` under `prefix` and answers 404 elsewhere.
-/// The proxy is the stand-in for an ingress; the broker behind it is the real one.
-async fn under_a_prefix(prefix: &'static str, upstream: String) -> String {
-    use axum::extract::Request;
-    use axum::response::IntoResponse;
-    use std::future::IntoFuture as _;
-    let http = reqwest::Client::new();
-    let router = axum::Router::new().fallback(move |request: Request| {
-        let (http, upstream) = (http.clone(), upstream.clone());
-        async move {
-            let Some(rest) = request
-                .uri()
-                .path_and_query()
-                .and_then(|p| p.as_str().strip_prefix(prefix))
-            else {
-                return http::StatusCode::NOT_FOUND.into_response();
-            };
-            let mut forward = http.get(format!("{upstream}{rest}"));
-            if let Some(auth) = request.headers().get(http::header::AUTHORIZATION) {
-                forward = forward.header(http::header::AUTHORIZATION, auth);
-            }
-            let answer = forward.send().await.unwrap();
-            let status = answer.status();
-            let body = answer.text().await.unwrap();
-            (status, [("content-type", "application/json")], body).into_response()
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, router).into_future());
-    address
 }
 
 #[tokio::test]

@@ -24,6 +24,18 @@ const W: f64 = 1200.0;
 const H: f64 = 500.0;
 const PAD: f64 = 50.0;
 
+/// An SVG document's opening: the canvas, a white background, and `title` at `x`.
+fn open_svg(title: &str, x: f64) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(svg, r#"<text x="{x}" y="20">{}</text>"#, escape(title));
+    svg
+}
+
 /// Render the series (all of the same length) as an SVG document.
 pub fn render(title: &str, series: &[Series<'_>]) -> String {
     let n = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
@@ -34,13 +46,7 @@ pub fn render(title: &str, series: &[Series<'_>]) -> String {
     let bucket = n.div_ceil(MAX_POINTS).max(1);
     let x = |i: usize| PAD + (W - 2.0 * PAD) * i as f64 / (n.max(2) - 1) as f64;
     let y = |v: f64| H - PAD - (H - 2.0 * PAD) * v / ymax;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{PAD}" y="20">{}</text>"#, escape(title));
+    let mut svg = open_svg(title, PAD);
     let _ = writeln!(
         svg,
         r#"<line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="black"/>"#,
@@ -208,13 +214,7 @@ pub fn render_xy(
     let (left, right, top, bottom) = (PAD + 20.0, W - 200.0, PAD, H - PAD);
     let x = |v: f64| left + (right - left) * (v / x_lo).ln() / (x_hi / x_lo).ln();
     let y = |v: f64| bottom - (bottom - top) * (v - y_lo) / (y_hi - y_lo);
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{left}" y="20">{}</text>"#, escape(title));
+    let mut svg = open_svg(title, left);
     for b in bands {
         let (from, to) = (x(b.from.max(x_lo)), x(b.to.min(x_hi)));
         let _ = writeln!(

@@ -123,6 +123,39 @@ where
     }
 }
 
+/// A plain-HTTP reverse proxy on loopback in front of the real `upstream`, for what sits
+/// before a server in production (an ingress, a gateway): `route` sees each request (and may
+/// record it) and gives the path and query to ask upstream, or `None` to answer 404. The
+/// Authorization header goes along. Its address, `http://127.0.0.1:PORT`.
+pub async fn forwarding_proxy<F>(upstream: String, route: F) -> String
+where
+    F: Fn(&axum::extract::Request) -> Option<String> + Clone + Send + Sync + 'static,
+{
+    use axum::response::IntoResponse;
+    use std::future::IntoFuture as _;
+    let http = reqwest::Client::new();
+    let router = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (http, upstream, route) = (http.clone(), upstream.clone(), route.clone());
+        async move {
+            let Some(path) = route(&request) else {
+                return http::StatusCode::NOT_FOUND.into_response();
+            };
+            let mut forward = http.get(format!("{upstream}{path}"));
+            if let Some(auth) = request.headers().get(http::header::AUTHORIZATION) {
+                forward = forward.header(http::header::AUTHORIZATION, auth);
+            }
+            let answer = forward.send().await.unwrap();
+            let status = answer.status();
+            let body = answer.text().await.unwrap();
+            (status, [("content-type", "application/json")], body).into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, router).into_future());
+    address
+}
+
 /// Serves `router` over HTTPS on a free loopback port with `cert`, on the current runtime.
 /// A plain server for harness tests; ebb's own API server has its own TLS stack.
 pub async fn serve_https(router: axum::Router, cert: &CertPair) -> SocketAddr {
