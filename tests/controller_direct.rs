@@ -422,10 +422,24 @@ async fn a_scale_write_from_a_count_that_moved_is_refused_and_one_from_the_fresh
         "{stale:?}"
     );
     assert_eq!(replicas(&client, &ns, "w").await, 8);
-    let fresh = api.get_scale("w").await.unwrap();
-    let fresh_version = fresh.metadata.resource_version.unwrap();
-    api.patch_scale("w", &PatchParams::default(), &patch(6, &fresh_version))
-        .await
-        .expect("a write on the fresh version goes through");
+    // The Deployment's status moves while its pods come up, and each move is a new version:
+    // as ebb does, read again and write again while the count read is still 8.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let fresh = api.get_scale("w").await.unwrap();
+        assert_eq!(fresh.spec.and_then(|s| s.replicas), Some(8));
+        let version = fresh.metadata.resource_version.unwrap();
+        match api
+            .patch_scale("w", &PatchParams::default(), &patch(6, &version))
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 20 => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("a write on the fresh version goes through: {e}"),
+        }
+    }
     assert_eq!(replicas(&client, &ns, "w").await, 6);
 }
