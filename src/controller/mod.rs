@@ -351,12 +351,7 @@ impl Context {
         }
         // Not watched, not listed yet, or not seen yet (a target created a moment ago).
         self.stats.requests(1);
-        let scale = api.api.get_scale(name).await?;
-        let counts = replicas::Counts::new(
-            scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
-            scale.status.as_ref().map_or(0, |s| s.replicas),
-            scale.metadata.resource_version.as_deref(),
-        );
+        let counts = replicas::Counts::of_scale(&api.api.get_scale(name).await?);
         Ok((api, counts))
     }
 
@@ -1549,12 +1544,7 @@ async fn patch_scale(
             Ok(scale) => scale,
             Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => {
                 ctx.stats.requests(1);
-                let fresh = api.api.get_scale(name).await?;
-                let fresh = replicas::Counts::new(
-                    fresh.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
-                    fresh.status.as_ref().map_or(read.status, |s| s.replicas),
-                    fresh.metadata.resource_version.as_deref(),
-                );
+                let fresh = replicas::Counts::of_scale(&api.api.get_scale(name).await?);
                 ctx.replicas.wrote(&api.kind, &ns, name, fresh);
                 if fresh.spec != read.spec {
                     return Err(ControllerError::CountChanged {
@@ -1567,16 +1557,8 @@ async fn patch_scale(
             }
             Err(e) => return Err(e.into()),
         };
-        ctx.replicas.wrote(
-            &api.kind,
-            &ns,
-            name,
-            replicas::Counts::new(
-                replicas,
-                scale.status.as_ref().map_or(read.status, |s| s.replicas),
-                scale.metadata.resource_version.as_deref(),
-            ),
-        );
+        ctx.replicas
+            .wrote(&api.kind, &ns, name, replicas::Counts::of_scale(&scale));
         return Ok(());
     }
 }

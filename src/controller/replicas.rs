@@ -44,6 +44,15 @@ impl Counts {
         }
     }
 
+    /// The counts a `/scale` answer gives (a read's, or a write's).
+    pub fn of_scale(scale: &k8s_openapi::api::autoscaling::v1::Scale) -> Self {
+        Self::new(
+            scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+            scale.status.as_ref().map_or(0, |s| s.replicas),
+            scale.metadata.resource_version.as_deref(),
+        )
+    }
+
     /// The resourceVersion the counts were read at, where known: a write made from them is
     /// conditional on it.
     pub fn resource_version(&self) -> Option<String> {
