@@ -403,43 +403,45 @@ async fn a_scale_write_from_a_count_that_moved_is_refused_and_one_from_the_fresh
     let (client, ns) = setup("stale-write").await;
     deployment(&client, &ns, "w", 2).await;
     let api = Api::<Deployment>::namespaced(client.clone(), &ns);
-    let read = api.get_scale("w").await.unwrap();
-    let version = read.metadata.resource_version.clone().unwrap();
     let patch = |replicas: i32, version: &str| {
         Patch::Merge(json!({
             "metadata": { "resourceVersion": version },
             "spec": { "replicas": replicas }
         }))
     };
-    api.patch_scale("w", &PatchParams::default(), &patch(8, &version))
-        .await
-        .expect("a write on the version read goes through");
+    // The Deployment's status moves while its pods come and go, and each move is a new
+    // version: as ebb does, read again and write again while the count read is still `from`.
+    // Gives the version the count `from` was read at before the write went through.
+    let write_on_a_fresh_read = |from: i32, to: i32| {
+        let api = api.clone();
+        async move {
+            for _ in 0..20 {
+                let fresh = api.get_scale("w").await.unwrap();
+                assert_eq!(fresh.spec.and_then(|s| s.replicas), Some(from));
+                let version = fresh.metadata.resource_version.unwrap();
+                match api
+                    .patch_scale("w", &PatchParams::default(), &patch(to, &version))
+                    .await
+                {
+                    Ok(_) => return version,
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => panic!("a write on the fresh version goes through: {e}"),
+                }
+            }
+            panic!("{from} -> {to}: the version moved at every one of 20 reads");
+        }
+    };
+    let read_at_2 = write_on_a_fresh_read(2, 8).await;
     let stale = api
-        .patch_scale("w", &PatchParams::default(), &patch(6, &version))
+        .patch_scale("w", &PatchParams::default(), &patch(6, &read_at_2))
         .await;
     assert!(
         matches!(&stale, Err(kube::Error::Api(e)) if e.code == 409),
         "{stale:?}"
     );
     assert_eq!(replicas(&client, &ns, "w").await, 8);
-    // The Deployment's status moves while its pods come up, and each move is a new version:
-    // as ebb does, read again and write again while the count read is still 8.
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let fresh = api.get_scale("w").await.unwrap();
-        assert_eq!(fresh.spec.and_then(|s| s.replicas), Some(8));
-        let version = fresh.metadata.resource_version.unwrap();
-        match api
-            .patch_scale("w", &PatchParams::default(), &patch(6, &version))
-            .await
-        {
-            Ok(_) => break,
-            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 20 => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("a write on the fresh version goes through: {e}"),
-        }
-    }
+    write_on_a_fresh_read(8, 6).await;
     assert_eq!(replicas(&client, &ns, "w").await, 6);
 }
