@@ -25,7 +25,8 @@
 //! Prints one table (each peer's cell with its ratio to ebb at the same N) and writes it to
 //! `target/peers/peers.{csv,json}`. Peers come from `scripts/build-peers.sh` (built once).
 //! Options: `--sizes`, `--rates`, `--systems`, `--load-seconds` (default 15), `--window-seconds`
-//! (idle window for queries and CPU, default 60).
+//! (idle window for queries and CPU, default 60), `--targets-per-query` (default 10; 1: every
+//! target's query distinct).
 
 mod support;
 
@@ -35,10 +36,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ebb::localstack::certs::{Ca, Usage};
 use ebb::localstack::kube::{ControlPlane, ControlPlaneOptions, apply_yaml};
 use ebb::localstack::process::{ManagedProcess, free_port};
 use ebb::localstack::prometheus::Prometheus;
+use ebb::localstack::rabbitmq::RabbitMq;
 use ebb::localstack::{Stack, StackOptions};
 use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -46,9 +47,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-const APISERVICE: &str = include_str!("../deploy/apiservice.yaml");
-/// The serving certificate's names: the APIService's Service (deploy/apiservice.yaml).
-const SERVING_SANS: &[&str] = &["ebb.ebb-system.svc", "localhost", "127.0.0.1"];
 const LOAD_USER: &str = "peers-load";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every series' value: with the HPAs' AverageValue 10, two replicas.
@@ -99,24 +97,41 @@ impl System {
     }
 
     /// The external metric and label selector the HPA of target `i` asks for.
-    fn metric(self, i: usize, distinct: usize) -> (String, String) {
+    fn metric(self, i: usize, distinct: usize, source: Source) -> (String, String) {
         match self {
             System::Ebb => ("load".into(), format!("ebb.dev/scaledtarget=t{i}")),
             System::PrometheusAdapter => ("peers_load".into(), format!("q=q{}", i % distinct)),
             System::Keda | System::KedaCached => (
-                "s0-prometheus".into(),
+                match source {
+                    Source::Prometheus => "s0-prometheus".into(),
+                    // KEDA names it after the queue (rabbitmq_scaler.go GetMetricSpecForScaling).
+                    Source::RabbitMq => format!("s0-rabbitmq-{}", queue_name(i % distinct)),
+                },
                 format!("scaledobject.keda.sh/name=t{i}"),
             ),
         }
     }
 }
 
+/// Where every target's metric comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Series pushed to Prometheus by remote write; target i queries series i mod N/10.
+    Prometheus,
+    /// RabbitMQ queues holding a fixed backlog (no consumers); target i reads queue i mod N/10
+    /// through the management API (behind the bench's counting proxy).
+    RabbitMq,
+}
+
 struct Args {
+    source: Source,
     sizes: Vec<usize>,
     rates: Vec<u64>,
     systems: Vec<System>,
     load: Duration,
     window: Duration,
+    /// Targets sharing one query (10: N/10 distinct queries; 1: every query distinct).
+    targets_per_query: usize,
 }
 
 fn parse_args() -> Option<Args> {
@@ -138,6 +153,11 @@ fn parse_args() -> Option<Args> {
             .filter(|s| !s.is_empty())
             .collect()
     };
+    let source = match value("--source").as_deref() {
+        None | Some("prometheus") => Source::Prometheus,
+        Some("rabbitmq") => Source::RabbitMq,
+        Some(other) => panic!("--source prometheus|rabbitmq, not {other}"),
+    };
     let systems = list("--systems", "ebb,prometheus-adapter,keda,keda-cached")
         .iter()
         .map(|s| {
@@ -146,11 +166,21 @@ fn parse_args() -> Option<Args> {
                 .find(|x| x.name() == s)
                 .unwrap_or_else(|| panic!("unknown system {s}"))
         })
+        .filter(|s| {
+            // prometheus-adapter reads Prometheus only: a RabbitMQ queue reaches it only as
+            // series of a RabbitMQ exporter that Prometheus scrapes, another architecture.
+            let skip = source == Source::RabbitMq && *s == System::PrometheusAdapter;
+            if skip {
+                eprintln!("[peers] prometheus-adapter does not read RabbitMQ: no row");
+            }
+            !skip
+        })
         .collect();
     let secs = |flag: &str, default: u64| {
         Duration::from_secs(value(flag).map_or(default, |v| v.parse().expect(flag)))
     };
     Some(Args {
+        source,
         sizes: list("--sizes", "100,1000")
             .iter()
             .map(|s| s.parse().expect("--sizes"))
@@ -162,6 +192,9 @@ fn parse_args() -> Option<Args> {
         systems,
         load: secs("--load-seconds", 15),
         window: secs("--window-seconds", 60),
+        targets_per_query: value("--targets-per-query")
+            .map_or(10, |v| v.parse().expect("--targets-per-query"))
+            .max(1),
     })
 }
 
@@ -226,7 +259,79 @@ struct Bench {
     workloads: ApiResource,
     dir: PathBuf,
     peers: Option<(PathBuf, PathBuf)>,
+    /// With `--source rabbitmq`: the broker and its queues.
+    queues: Option<Queues>,
     args: Args,
+}
+
+/// The RabbitMQ variant's broker: queues `peers-q<k>`, no consumers, each holding the bench's
+/// current value in messages; the systems read them through a counting proxy.
+struct Queues {
+    /// Kept for its lifetime: the broker stops when the bench drops it.
+    _broker: RabbitMq,
+    proxy: support::peers::CountingProxy,
+    channel: lapin::Channel,
+    _connection: lapin::Connection,
+}
+
+impl Queues {
+    async fn start(broker: RabbitMq, distinct: usize) -> Queues {
+        let proxy = support::peers::CountingProxy::start(broker.management_url()).await;
+        let connection = broker.connect().await.expect("AMQP");
+        let channel = connection.create_channel().await.unwrap();
+        for k in 0..distinct {
+            ebb::localstack::rabbitmq::declare_queue(&channel, &queue_name(k))
+                .await
+                .unwrap();
+        }
+        Queues {
+            _broker: broker,
+            proxy,
+            channel,
+            _connection: connection,
+        }
+    }
+
+    /// The management API as the systems see it: the proxy, with the broker's credentials.
+    fn url(&self) -> String {
+        self.proxy.url.replace("http://", "http://guest:guest@")
+    }
+
+    /// Each of the first `distinct` queues from `from` to `to` messages: the difference
+    /// published when it grows (the backlog never reads less on the way), else purged and
+    /// refilled.
+    async fn fill(&self, distinct: usize, from: f64, to: f64) {
+        use lapin::options::{BasicPublishOptions, QueuePurgeOptions};
+        let (from, to) = (from as u64, to as u64);
+        for k in 0..distinct {
+            let queue = queue_name(k);
+            let add = if to >= from {
+                to - from
+            } else {
+                self.channel
+                    .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                    .await
+                    .unwrap();
+                to
+            };
+            for _ in 0..add {
+                self.channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        b"job",
+                        Default::default(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+fn queue_name(k: usize) -> String {
+    format!("peers-q{k}")
 }
 
 async fn run(args: Args) {
@@ -244,7 +349,7 @@ async fn run(args: Args) {
         kube: Some(ControlPlaneOptions::default()),
         prometheus: true,
         scrape: Vec::new(),
-        rabbitmq: false,
+        rabbitmq: args.source == Source::RabbitMq,
     })
     .await
     .expect("the local stack");
@@ -255,32 +360,39 @@ async fn run(args: Args) {
     let client = kube.client().await.unwrap();
     let workloads = setup_cluster(&client).await;
     let load = load_client(&kube);
+    let distinct_max = args
+        .sizes
+        .iter()
+        .map(|n| args.distinct(*n))
+        .max()
+        .unwrap_or(1);
+    let queues = match stack.rabbitmq.take() {
+        Some(broker) => Some(Queues::start(broker, distinct_max).await),
+        None => None,
+    };
     let bench = Arc::new(Bench {
         kube,
-        series_value: AtomicU64::new(BASE_VALUE.to_bits()),
+        series_value: AtomicU64::new(0f64.to_bits()),
         prometheus,
         client,
         load,
         workloads,
         dir,
         peers,
+        queues,
         args,
     });
 
-    let distinct_max = bench
-        .args
-        .sizes
-        .iter()
-        .map(|n| distinct(*n))
-        .max()
-        .unwrap_or(1);
-    push_series(&bench, distinct_max).await;
+    set_load(&bench, distinct_max, BASE_VALUE).await;
+    // Remote-written series go stale without new samples; queues keep their messages.
     let pusher = tokio::spawn({
         let bench = bench.clone();
         async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                push_series(&bench, distinct_max).await;
+                if bench.queues.is_none() {
+                    push_series(&bench, distinct_max).await;
+                }
             }
         }
     });
@@ -306,8 +418,11 @@ async fn run(args: Args) {
     drop(stack);
 }
 
-fn distinct(n: usize) -> usize {
-    (n / 10).max(1)
+impl Args {
+    /// Distinct queries among `n` targets: one per `--targets-per-query` targets.
+    fn distinct(&self, n: usize) -> usize {
+        (n / self.targets_per_query).max(1)
+    }
 }
 
 fn query(k: usize) -> String {
@@ -335,11 +450,14 @@ async fn push_series(bench: &Bench, distinct: usize) {
         .await;
 }
 
-/// Sets the value the bench's series carry from now on (the refresher pushes it too), and
-/// pushes it at once.
-async fn set_series(bench: &Bench, distinct: usize, value: f64) {
-    bench.series_value.store(value.to_bits(), Ordering::Relaxed);
-    push_series(bench, distinct).await;
+/// Sets what every target's metric reads from now on: the value the series carry (the
+/// refresher pushes it too; pushed at once), or the messages each queue holds.
+async fn set_load(bench: &Bench, distinct: usize, value: f64) {
+    let before = f64::from_bits(bench.series_value.swap(value.to_bits(), Ordering::Relaxed));
+    match &bench.queues {
+        None => push_series(bench, distinct).await,
+        Some(queues) => queues.fill(distinct, before, value).await,
+    }
 }
 
 /// The bench CRD (workloads with `/scale`, no pods), the load user's RBAC, the floor's
@@ -477,7 +595,7 @@ struct Running {
 async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
     let ns = format!("peers-{}-{n}", system.name());
     bench.kube.create_namespace(&ns).await.unwrap();
-    let d = distinct(n);
+    let d = bench.args.distinct(n);
     let workloads =
         Api::<DynamicObject>::namespaced_with(bench.client.clone(), &ns, &bench.workloads);
     support::for_all(n, |i| {
@@ -544,7 +662,7 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
     for &rate in &bench.args.rates {
         let paths: Vec<String> = (0..n)
             .map(|i| {
-                let (metric, selector) = system.metric(i, d);
+                let (metric, selector) = system.metric(i, d, bench.args.source);
                 format!(
                     "{}/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?labelSelector={}",
                     bench.kube.server_url,
@@ -622,7 +740,7 @@ async fn load_step(bench: &Bench, ns: &str, distinct: usize) -> Step {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    set_series(bench, distinct, STEP_VALUE).await;
+    set_load(bench, distinct, STEP_VALUE).await;
     let stepped = Instant::now();
     let mut seen: BTreeMap<String, f64> = BTreeMap::new();
     while stepped.elapsed() < STEP_WAIT {
@@ -639,7 +757,7 @@ async fn load_step(bench: &Bench, ns: &str, distinct: usize) -> Step {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    set_series(bench, distinct, BASE_VALUE).await;
+    set_load(bench, distinct, BASE_VALUE).await;
     let mut times: Vec<f64> = seen.into_values().collect();
     times.sort_by(f64::total_cmp);
     Step {
@@ -652,10 +770,10 @@ async fn load_step(bench: &Bench, ns: &str, distinct: usize) -> Step {
 
 /// How many of the `n` targets answer 200 with one item.
 async fn ready_targets(bench: &Bench, system: System, ns: &str, n: usize) -> usize {
-    let d = distinct(n);
+    let d = bench.args.distinct(n);
     let ok = futures::stream::iter(0..n)
         .map(|i| {
-            let (metric, selector) = system.metric(i, d);
+            let (metric, selector) = system.metric(i, d, bench.args.source);
             let url = format!(
                 "{}/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?labelSelector={}",
                 bench.kube.server_url,
@@ -714,7 +832,7 @@ async fn start_system(bench: &Bench, system: System, dir: &Path) -> Running {
             .unwrap();
             let (crt, key) = bench
                 .kube
-                .serving_cert(SERVING_SANS)
+                .serving_cert(support::peers::SERVING_SANS)
                 .unwrap()
                 .write(dir, "serving")
                 .unwrap();
@@ -736,7 +854,7 @@ async fn start_system(bench: &Bench, system: System, dir: &Path) -> Running {
                 .arg(format!("--tls-private-key-file={}", key.display()));
             let process =
                 ManagedProcess::spawn("prometheus-adapter", cmd, &dir.join("adapter.log")).unwrap();
-            register(bench, port, &process).await;
+            support::peers::register(&bench.kube, port, &process).await;
             Running {
                 processes: vec![process],
             }
@@ -746,124 +864,56 @@ async fn start_system(bench: &Bench, system: System, dir: &Path) -> Running {
     }
 }
 
-async fn register(bench: &Bench, port: u16, process: &ManagedProcess) {
-    if let Err(e) = bench.kube.register_api_service(APISERVICE, port).await {
-        panic!(
-            "registering {}: {e}\n{}",
-            process.name(),
-            process.log_tail(30)
-        );
+/// KEDA's operator and adapter, registered as the APIService.
+async fn start_keda(bench: &Bench, dir: &Path, for_scale: bool) -> Running {
+    let bin = &bench.peers.as_ref().unwrap().0;
+    Running {
+        processes: support::peers::start_keda(&bench.kube, bin, dir, for_scale).await,
     }
 }
 
-/// KEDA's operator and adapter; `for_scale`: with the settings KEDA's troubleshooting guide
-/// (API server throttling) advises at 400 ScaledObjects and more.
-async fn start_keda(bench: &Bench, dir: &Path, for_scale: bool) -> Running {
-    let bin = &bench.peers.as_ref().unwrap().0;
-    // The CRDs and namespace once (the second KEDA row finds them in place).
-    let crds = bin.parent().unwrap().join("crds");
-    for entry in std::fs::read_dir(&crds).unwrap() {
-        let path = entry.unwrap().path();
+async fn create_targets(bench: &Bench, system: System, ns: &str, n: usize) {
+    let d = bench.args.distinct(n);
+    let prometheus = bench.prometheus.url();
+    let management = bench.queues.as_ref().map(Queues::url);
+    if let (Some(url), System::Ebb) = (&management, system) {
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "rabbit", "namespace": ns },
+            "stringData": { "managementUrl": url }
+        });
         apply_yaml(
             &bench.client,
-            &std::fs::read_to_string(&path).unwrap(),
+            &serde_yaml::to_string(&secret).unwrap(),
             "peers",
         )
         .await
         .unwrap();
     }
-    if Api::<Namespace>::all(bench.client.clone())
-        .get_opt("keda")
-        .await
-        .unwrap()
-        .is_none()
-    {
-        bench.kube.create_namespace("keda").await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await; // CRDs established
-
-    // Operator <-> adapter gRPC with mutual TLS: one CA, a server and a client certificate.
-    let ca = Ca::new("keda-grpc-ca").unwrap();
-    let op_certs = dir.join("operator-certs");
-    let ad_certs = dir.join("adapter-certs");
-    for (d, pair) in [
-        (
-            &op_certs,
-            ca.issue(
-                "keda-operator",
-                None,
-                &["keda-operator.keda.svc", "localhost", "127.0.0.1"],
-                Usage::Server,
-            )
-            .unwrap(),
-        ),
-        (
-            &ad_certs,
-            ca.issue("keda-metrics-apiserver", None, &[], Usage::Client)
-                .unwrap(),
-        ),
-    ] {
-        std::fs::create_dir_all(d).unwrap();
-        std::fs::write(d.join("ca.crt"), ca.cert_pem()).unwrap();
-        pair.write(d, "tls").unwrap();
-    }
-    let (crt, key) = bench
-        .kube
-        .serving_cert(SERVING_SANS)
-        .unwrap()
-        .write(dir, "serving")
-        .unwrap();
-    let kc = bench.kube.admin_kubeconfig.display().to_string();
-    let grpc = free_port();
-    let keda_env = |cmd: &mut std::process::Command| {
-        cmd.current_dir(dir)
-            .env("KUBECONFIG", &kc)
-            .env("WATCH_NAMESPACE", "")
-            .env("POD_NAMESPACE", "keda")
-            .env("KEDA_CLUSTER_OBJECT_NAMESPACE", "keda");
-        if for_scale {
-            cmd.env("KEDA_SCALEDOBJECT_CTRL_MAX_RECONCILES", "20")
-                .args(["--kube-api-qps=100", "--kube-api-burst=150"]);
-        }
+    // Target i's source, as each system spells it.
+    let ebb_metric = |i: usize| match &management {
+        None => json!({
+            "name": "load",
+            "prometheus": { "address": prometheus, "query": query(i % d) },
+            "target": { "type": "AverageValue", "averageValue": "10" }
+        }),
+        Some(_) => json!({
+            "name": "load",
+            "rabbitmq": { "connectionSecretRef": { "name": "rabbit" }, "queue": queue_name(i % d) },
+            "target": { "type": "AverageValue", "averageValue": "10" }
+        }),
     };
-    let mut op = std::process::Command::new(bin.join("keda-operator"));
-    keda_env(&mut op);
-    op.arg(format!("--kubeconfig={kc}"))
-        .arg("--leader-elect=false")
-        .arg(format!("--cert-dir={}", op_certs.display()))
-        .arg("--enable-cert-rotation=false")
-        .arg(format!("--metrics-service-bind-address=127.0.0.1:{grpc}"))
-        .arg(format!("--metrics-bind-address=127.0.0.1:{}", free_port()))
-        .arg(format!(
-            "--health-probe-bind-address=127.0.0.1:{}",
-            free_port()
-        ));
-    let operator = ManagedProcess::spawn("keda-operator", op, &dir.join("operator.log")).unwrap();
-
-    let port = free_port();
-    let mut ad = std::process::Command::new(bin.join("keda-adapter"));
-    keda_env(&mut ad);
-    ad.arg(format!("--kubeconfig={kc}"))
-        .arg(format!("--lister-kubeconfig={kc}"))
-        .arg(format!("--authentication-kubeconfig={kc}"))
-        .arg(format!("--authorization-kubeconfig={kc}"))
-        .arg(format!("--secure-port={port}"))
-        .arg("--bind-address=127.0.0.1")
-        .arg(format!("--cert-dir={}", ad_certs.display()))
-        .arg(format!("--tls-cert-file={}", crt.display()))
-        .arg(format!("--tls-private-key-file={}", key.display()))
-        .arg(format!("--metrics-service-address=127.0.0.1:{grpc}"))
-        .arg(format!("--port={}", free_port()));
-    let adapter = ManagedProcess::spawn("keda-adapter", ad, &dir.join("adapter.log")).unwrap();
-    register(bench, port, &adapter).await;
-    Running {
-        processes: vec![operator, adapter],
-    }
-}
-
-async fn create_targets(bench: &Bench, system: System, ns: &str, n: usize) {
-    let d = distinct(n);
-    let prometheus = bench.prometheus.url();
+    let keda_trigger = |i: usize| match &management {
+        None => json!({
+            "type": "prometheus",
+            "metadata": { "serverAddress": prometheus, "query": query(i % d), "threshold": "10" }
+        }),
+        Some(url) => json!({
+            "type": "rabbitmq",
+            "metadata": { "protocol": "http", "host": format!("{url}/"), "queueName": queue_name(i % d),
+                          "mode": "QueueLength", "value": "10" }
+        }),
+    };
     let (api, body): (ApiResource, Box<dyn Fn(usize) -> serde_json::Value + Sync>) = match system {
         System::Ebb => (
             ApiResource::erase::<ebb::crd::ScaledTarget>(&()),
@@ -874,11 +924,7 @@ async fn create_targets(bench: &Bench, system: System, ns: &str, n: usize) {
                     "spec": {
                         "targetRef": { "apiVersion": "bench.ebb.dev/v1", "kind": "Workload", "name": format!("w{i}") },
                         "mode": "Hpa", "minReplicas": 1, "maxReplicas": 10,
-                        "metrics": [{
-                            "name": "load",
-                            "prometheus": { "address": prometheus, "query": query(i % d) },
-                            "target": { "type": "AverageValue", "averageValue": "10" }
-                        }]
+                        "metrics": [ebb_metric(i)]
                     }
                 })
             }),
@@ -911,10 +957,7 @@ async fn create_targets(bench: &Bench, system: System, ns: &str, n: usize) {
                     plural: "scaledobjects".into(),
                 },
                 Box::new(move |i| {
-                    let mut trigger = json!({
-                        "type": "prometheus",
-                        "metadata": { "serverAddress": prometheus, "query": query(i % d), "threshold": "10" }
-                    });
+                    let mut trigger = keda_trigger(i);
                     if cached {
                         trigger["useCachedMetrics"] = true.into();
                     }
@@ -989,7 +1032,12 @@ async fn open_loop(
     (load, elapsed)
 }
 
+/// Requests the systems made upstream so far: Prometheus's own count of the queries it
+/// answered, or the management API requests the bench's proxy forwarded.
 async fn upstream_queries(bench: &Bench) -> f64 {
+    if let Some(queues) = &bench.queues {
+        return queues.proxy.count() as f64;
+    }
     bench
         .prometheus
         .requests_served(&["/api/v1/query", "/api/v1/query_range"])
@@ -1040,7 +1088,12 @@ fn rss_mib(pids: &[u32]) -> f64 {
 
 /// The table (each peer's figure with its ratio to ebb's at the same N), CSV and JSON.
 fn report(args: &Args, rows: &[Row]) {
-    let mut headers: Vec<String> = vec!["system".into(), "N".into(), "ready".into()];
+    let mut headers: Vec<String> = vec![
+        "system".into(),
+        "N".into(),
+        "queries".into(),
+        "ready".into(),
+    ];
     for r in &args.rates {
         for what in ["p50 ms", "p99 ms", "max ms", "errors"] {
             headers.push(format!("{what} @{r}/s"));
@@ -1101,6 +1154,17 @@ fn report(args: &Args, rows: &[Row]) {
             format!("{x:.2}")
         }
     };
+    println!(
+        "\nsource: {}",
+        match args.source {
+            Source::Prometheus => {
+                "Prometheus; upstream = the queries Prometheus answered (prometheus_http_requests_total)"
+            }
+            Source::RabbitMq => {
+                "RabbitMQ; upstream = the management API requests the bench's proxy forwarded"
+            }
+        }
+    );
     println!("\n| {} |", headers.join(" | "));
     println!("|{}", "---|".repeat(headers.len()));
     let mut csv = format!("{},settings\n", headers.join(","));
@@ -1113,6 +1177,11 @@ fn report(args: &Args, rows: &[Row]) {
                 "-".into()
             } else {
                 r.targets.to_string()
+            },
+            if is_floor {
+                "-".into()
+            } else {
+                r.distinct_queries.to_string()
             },
             if is_floor {
                 "-".into()
@@ -1133,9 +1202,10 @@ fn report(args: &Args, rows: &[Row]) {
         }
         println!("| {} |", cells.join(" | "));
         csv.push_str(&format!(
-            "{},{},{},{},\"{}\"\n",
+            "{},{},{},{},{},\"{}\"\n",
             r.system,
             r.targets,
+            r.distinct_queries,
             r.ready_targets,
             vals.iter().map(|x| fmt(*x)).collect::<Vec<_>>().join(","),
             r.settings
@@ -1151,11 +1221,7 @@ fn report(args: &Args, rows: &[Row]) {
             println!("- {}: {}", r.system, r.settings);
         }
     }
-    let out = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("peers");
-    std::fs::create_dir_all(&out).unwrap();
+    let out = support::peers::out_dir();
     std::fs::write(out.join("peers.csv"), csv).unwrap();
     std::fs::write(
         out.join("peers.json"),

@@ -3,6 +3,8 @@
 //! running a step for many targets at once.
 #![allow(dead_code)] // each bench uses a different part
 
+pub mod peers;
+
 use std::time::Duration;
 
 use futures::StreamExt;

@@ -14,6 +14,7 @@
 //! Everything started stops on exit, also on Ctrl-C.
 
 pub mod load;
+pub mod scenario;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -21,16 +22,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, PostParams};
-use serde_json::json;
-
 use crate::localstack::kube::{ControlPlane, ControlPlaneOptions, apply_yaml};
 use crate::localstack::process::free_port;
 use crate::localstack::prometheus::ScrapeTarget;
 use crate::localstack::rabbitmq::RabbitMq;
-use crate::localstack::{Stack, StackOptions, workload};
-use load::{LoadCounters, LoadProfile, Rate};
+use crate::localstack::{Stack, StackOptions};
+use load::{LoadCounters, LoadProfile};
+use scenario::{
+    DRAIN_SECONDS, PER_WORKER, POLL, PUBLISH, REQUESTS, Replicas, Sample, Scorecard,
+    deployment_replicas,
+};
 
 /// Flags of `ebb demo`.
 #[derive(Debug, clap::Args)]
@@ -51,23 +52,8 @@ pub struct DemoArgs {
 }
 
 const NAMESPACE: &str = "demo";
+/// The queue the worker drains.
 const QUEUE: &str = "jobs";
-/// Messages a simulated worker replica processes per second.
-const PER_WORKER: f64 = 10.0;
-/// Messages published per second, quiet to peak (the peak needs 8 workers to keep up).
-const PUBLISH: Rate = Rate {
-    base: 2.0,
-    peak: 80.0,
-};
-/// Requests per second to the web service, quiet to peak.
-const REQUESTS: Rate = Rate {
-    base: 2.0,
-    peak: 40.0,
-};
-/// The worker's drain time: any backlog gone within this many seconds.
-const DRAIN_SECONDS: u32 = 30;
-/// How often ebb polls and the HPA controller syncs in the demo: fast enough to watch.
-const POLL: Duration = Duration::from_secs(5);
 
 /// Runs the demo on its own tokio runtime.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -126,8 +112,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     .await?;
 
     eprintln!("creating the sample workloads and their ScaledTargets in namespace {NAMESPACE}...");
-    let promql = "sum(rate(demo_http_requests_total[15s]))";
-    create_workloads(kube, rabbitmq, &prometheus.url(), promql).await?;
+    create_workloads(kube, rabbitmq, &prometheus.url()).await?;
 
     let profile = LoadProfile {
         cycle: Duration::from_secs(args.cycle.max(30)),
@@ -135,28 +120,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let counters = Arc::new(LoadCounters::default());
     let load_started = Instant::now();
     let connection = rabbitmq.connect().await?;
-    let mut load = tokio::task::JoinSet::new();
-    load.spawn(load::publish(
-        connection.create_channel().await?,
-        QUEUE.into(),
+    let mut load = scenario::start_load(
+        &connection,
+        QUEUE,
+        format!("http://{web_addr}/"),
         profile,
-        PUBLISH,
         load_started,
         counters.clone(),
-    ));
-    load.spawn(load::consume(
-        connection.create_channel().await?,
-        QUEUE.into(),
-        PER_WORKER,
-        counters.clone(),
-    ));
-    load.spawn({
-        let (url, counters) = (format!("http://{web_addr}/"), counters.clone());
-        async move {
-            load::request_ramp(url, profile, REQUESTS, load_started, counters).await;
-            Ok(())
-        }
-    });
+    )
+    .await?;
 
     println!(
         "\nebb is scaling `worker` (Direct, on the work of RabbitMQ queue `jobs`) and `web` (owned HPA, request rate).\n\
@@ -175,6 +147,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let deadline = args.exit_after.map(|s| started + Duration::from_secs(s));
     let mut history = ReplicaHistory::default();
     let mut queue = QueueTrack::default();
+    let mut scorecard = Scorecard::default();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     let mut last_plain_line = Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
@@ -197,19 +170,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         if cycles_done || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let replicas = deployment_replicas(&client).await;
+        let replicas = deployment_replicas(&client, NAMESPACE).await;
         if let Some(ready) = replicas.get("worker").map(|r| r.ready) {
             counters.worker_replicas.store(ready, Ordering::Relaxed);
         }
         history.record(&replicas);
-        let backlog = rabbitmq
+        let read_backlog = rabbitmq
             .queue_counts(QUEUE)
             .await
             .ok()
             .flatten()
-            .map_or(0, |c| c.backlog());
+            .map(|c| c.backlog());
+        let backlog = read_backlog.unwrap_or(0);
         let elapsed = load_started.elapsed();
-        if let Some(worker) = replicas.get("worker") {
+        if let (Some(worker), Some(web)) = (replicas.get("worker"), replicas.get("web")) {
             let at_peak = profile.phase(elapsed) == "peak";
             queue.record(
                 backlog,
@@ -217,6 +191,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 at_peak,
                 PUBLISH.at(profile.level(elapsed)),
             );
+            scorecard.record(Sample {
+                level: profile.level(elapsed),
+                worker: *worker,
+                web: *web,
+                backlog: read_backlog,
+            });
         }
         let headline = format!(
             "ebb demo  {}  load: {} (publishing {:.0}/s, {:.0} req/s)  queue `{QUEUE}`: {backlog}  \
@@ -245,108 +225,36 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     load.abort_all();
-    println!("\n{}{}", history.summary(), queue.summary());
+    let scores = scorecard.scores();
+    println!(
+        "\n{}{}{}",
+        history.summary(),
+        queue.summary(&scores),
+        scores.line()
+    );
     eprintln!("stopping everything...");
     drop(_ebb);
     drop(stack);
     Ok(())
 }
 
-/// The two sample Deployments, the Secret of the RabbitMQ metric and the two ScaledTargets.
+/// The two sample Deployments, the Secret of the RabbitMQ metric and the two ScaledTargets:
+/// the worker in mode Direct, the web service through the HPA ebb owns.
 async fn create_workloads(
     kube: &ControlPlane,
     rabbitmq: &RabbitMq,
     prometheus_url: &str,
-    promql: &str,
 ) -> anyhow::Result<()> {
     kube.create_namespace(NAMESPACE).await?;
     let client = kube.client().await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
-    for name in ["worker", "web"] {
-        deployments
-            .create(&PostParams::default(), &workload(name, 1))
-            .await?;
-    }
-    let secret = json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": { "name": "rabbit", "namespace": NAMESPACE },
-        "stringData": {
-            "managementUrl": rabbitmq.management_url().replace("http://", "http://guest:guest@"),
-            "amqpUrl": rabbitmq.amqp_url(),
-        }
-    });
-    // Scale-down waits out a 30 s window and then halves at most every 10 s; scale-up adds at
-    // most 4 pods per poll: the rate limits an SRE would set for a queue worker.
-    let behavior = json!({
-        "scaleUp": { "stabilizationWindowSeconds": 0,
-                     "policies": [{ "type": "Pods", "value": 4, "periodSeconds": 5 }] },
-        "scaleDown": { "stabilizationWindowSeconds": 30,
-                       "policies": [{ "type": "Percent", "value": 50, "periodSeconds": 10 }] }
-    });
-    let interval = format!("{}s", POLL.as_secs());
-    let worker = json!({
-        "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
-        "metadata": { "name": "worker", "namespace": NAMESPACE },
-        "spec": {
-            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker" },
-            "mode": "Direct", "minReplicas": 1, "maxReplicas": 20, "pollingInterval": interval,
-            // Scaled on the queue's work, not its length alone: what arrives plus the backlog
-            // spread over 30 s, at the throughput a worker gets through (learned from the
-            // queue's own rates while messages wait; 10 is the measured start value).
-            "metrics": [{
-                "name": "jobs",
-                "rabbitmq": { "connectionSecretRef": { "name": "rabbit" }, "queue": QUEUE },
-                "target": { "type": "DrainTime", "drainSeconds": DRAIN_SECONDS,
-                            "throughputPerPod": "10" }
-            }],
-            "behavior": behavior,
-            "fallback": { "failureThreshold": 3, "replicas": 4 }
-        }
-    });
-    let web = json!({
-        "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
-        "metadata": { "name": "web", "namespace": NAMESPACE },
-        "spec": {
-            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
-            "mode": "Hpa", "minReplicas": 1, "maxReplicas": 20, "pollingInterval": interval,
-            "metrics": [{
-                "name": "http-rps",
-                "prometheus": { "address": prometheus_url, "query": promql },
-                "target": { "type": "AverageValue", "averageValue": "5" }
-            }],
-            "behavior": behavior
-        }
-    });
-    let manifest: Vec<String> = [secret, worker, web]
-        .iter()
-        .map(serde_yaml::to_string)
-        .collect::<Result<_, _>>()?;
+    scenario::create_workloads(&client, NAMESPACE).await?;
+    let manifest: Vec<String> =
+        scenario::ebb_targets(NAMESPACE, QUEUE, "Direct", "Hpa", rabbitmq, prometheus_url)
+            .iter()
+            .map(serde_yaml::to_string)
+            .collect::<Result<_, _>>()?;
     apply_yaml(&client, &manifest.join("---\n"), "ebb-demo").await?;
     Ok(())
-}
-
-/// Desired (`spec.replicas`) and Ready replicas of a Deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Replicas {
-    desired: i32,
-    ready: i32,
-}
-
-/// The demo's Deployments, by name (empty on a read error: the next tick tries again).
-async fn deployment_replicas(client: &kube::Client) -> BTreeMap<String, Replicas> {
-    let deployments = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
-    let Ok(list) = deployments.list(&Default::default()).await else {
-        return BTreeMap::new();
-    };
-    list.items
-        .into_iter()
-        .filter_map(|d| {
-            let name = d.metadata.name?;
-            let desired = d.spec.and_then(|s| s.replicas).unwrap_or(0);
-            let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-            Some((name, Replicas { desired, ready }))
-        })
-        .collect()
 }
 
 /// What each Deployment's replica count did over the run, for the summary.
@@ -402,13 +310,9 @@ impl ReplicaHistory {
     }
 }
 
-/// What the queue and its workers did, sampled once a second, for the summary.
+/// The worker at peak, sampled once a second, for the summary.
 #[derive(Debug, Default)]
 struct QueueTrack {
-    /// Messages waiting, summed over the samples (one per second): message-seconds.
-    backlog_seconds: f64,
-    /// The longest time the backlog would take to drain at the workers' capacity then.
-    longest_drain: f64,
     /// At peak, once the workers first reached what the peak needs: the fewest and most.
     peak_range: Option<(i32, i32)>,
     /// The largest backlog at peak.
@@ -417,16 +321,6 @@ struct QueueTrack {
 
 impl QueueTrack {
     fn record(&mut self, backlog: i64, worker: Replicas, at_peak: bool, arrival: f64) {
-        self.backlog_seconds += backlog.max(0) as f64;
-        let capacity = f64::from(worker.ready.max(0)) * PER_WORKER;
-        if backlog > 0 {
-            let drain = if capacity > 0.0 {
-                backlog as f64 / capacity
-            } else {
-                f64::INFINITY
-            };
-            self.longest_drain = self.longest_drain.max(drain);
-        }
         let needed = (arrival / PER_WORKER).ceil() as i32;
         if at_peak {
             self.peak_backlog = self.peak_backlog.max(backlog);
@@ -439,15 +333,15 @@ impl QueueTrack {
 
     /// `summary: queue jobs backlog 1234 message-seconds, longest drain 12.3 s, worker at
     /// peak 8..9 (needs 8, the drain term up to 1)`; `tests/demo.rs` reads it.
-    fn summary(&self) -> String {
+    fn summary(&self, scores: &scenario::RunScores) -> String {
         let (lo, hi) = self.peak_range.unwrap_or((0, 0));
         let drain_term =
             (self.peak_backlog as f64 / (f64::from(DRAIN_SECONDS) * PER_WORKER)).ceil() as i32;
         format!(
             "summary: queue {QUEUE} backlog {:.0} message-seconds, longest drain {:.1} s, \
              worker at peak {lo}..{hi} (needs {}, the drain term up to {drain_term})\n",
-            self.backlog_seconds,
-            self.longest_drain,
+            scores.backlog_message_seconds,
+            scores.longest_drain_seconds,
             (PUBLISH.peak / PER_WORKER).ceil() as i32
         )
     }

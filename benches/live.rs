@@ -1,0 +1,566 @@
+//! `cargo bench --bench live`: the live counterpart of the backtest. The demo's scenario (a
+//! RabbitMQ worker and a web service, src/demo/scenario.rs) runs on the local stack once per
+//! system, with the same load cycle (quiet, ramp up, peak, ramp down, quiet), and each run is
+//! scored the same way, one sample a second: seconds under-provisioned against what the load
+//! needs, pod-seconds, scaling actions and reversals (the backtest's elasticity metrics), and
+//! the queue's backlog in message-seconds and its longest drain.
+//!
+//! Systems (`--systems`, default ebb-direct,ebb-hpa,keda):
+//! - ebb-direct: the demo's ScaledTargets, both in mode Direct;
+//! - ebb-hpa: the same, both in mode Hpa (ebb writes the HPAs, the HPA controller scales);
+//! - keda: KEDA v2.21.0 ScaledObjects on equivalent settings (below), KEDA writes the HPAs.
+//!
+//! Every system gets the same bounds (1..20), polling interval (5 s), scaling behavior
+//! (scenario::behavior) and worker fallback (4 replicas after 3 failed polls); the HPA controller
+//! syncs every 5 s. KEDA's worker has the two RabbitMQ triggers KEDA offers for the two halves of
+//! ebb's DrainTime target, and the HPA takes the larger: QueueLength at the messages a worker gets
+//! through in the drain time (10/s x 30 s = 300) and MessageRate at a worker's 10/s. The web
+//! service: a prometheus trigger on the same query with threshold 5 (AverageValue).
+//!
+//! Options: `--systems`, `--cycles` (default 2), `--cycle-seconds` (default 240). Prints one table
+//! and writes it to `target/peers/live.{csv,json}`. KEDA comes from scripts/build-peers.sh.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ebb::demo::load::{LoadCounters, LoadProfile};
+use ebb::demo::scenario::{
+    self, DRAIN_SECONDS, MAX_REPLICAS, MIN_REPLICAS, PER_WEB, PER_WORKER, POLL, RunScores, Sample,
+    Scorecard, WEB_QUERY,
+};
+use ebb::localstack::kube::{ControlPlane, ControlPlaneOptions, apply_yaml};
+use ebb::localstack::process::{ManagedProcess, free_port};
+use ebb::localstack::prometheus::{Prometheus, ScrapeTarget};
+use ebb::localstack::rabbitmq::RabbitMq;
+use ebb::localstack::{Stack, StackOptions};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    EbbDirect,
+    EbbHpa,
+    Keda,
+}
+
+impl System {
+    const ALL: [System; 3] = [System::EbbDirect, System::EbbHpa, System::Keda];
+
+    fn name(self) -> &'static str {
+        match self {
+            System::EbbDirect => "ebb-direct",
+            System::EbbHpa => "ebb-hpa",
+            System::Keda => "keda",
+        }
+    }
+
+    fn settings(self) -> &'static str {
+        match self {
+            System::EbbDirect => {
+                "ScaledTargets mode Direct: worker DrainTime (30 s, 10/s a pod), web AverageValue 5"
+            }
+            System::EbbHpa => {
+                "ScaledTargets mode Hpa: worker DrainTime (30 s, 10/s a pod), web AverageValue 5"
+            }
+            System::Keda => {
+                "ScaledObjects: worker rabbitmq QueueLength 300 + MessageRate 10 (the HPA takes \
+                 the larger), web prometheus threshold 5"
+            }
+        }
+    }
+}
+
+struct Args {
+    systems: Vec<System>,
+    cycles: u32,
+    cycle: Duration,
+}
+
+fn parse_args() -> Option<Args> {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo test --benches` runs bench binaries without `--bench`: only build-check then.
+    if !args.iter().any(|a| a == "--bench") {
+        return None;
+    }
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let systems = value("--systems")
+        .unwrap_or_else(|| "ebb-direct,ebb-hpa,keda".into())
+        .split(',')
+        .map(|s| {
+            *System::ALL
+                .iter()
+                .find(|x| x.name() == s.trim())
+                .unwrap_or_else(|| panic!("unknown system {s}"))
+        })
+        .collect();
+    Some(Args {
+        systems,
+        cycles: value("--cycles").map_or(2, |v| v.parse().expect("--cycles")),
+        cycle: Duration::from_secs(
+            value("--cycle-seconds").map_or(240, |v| v.parse().expect("--cycle-seconds")),
+        ),
+    })
+}
+
+fn main() {
+    let Some(args) = parse_args() else { return };
+    ebb::install_crypto_provider();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(run(args));
+}
+
+/// One system's run.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    system: String,
+    /// Seconds from applying the system's objects until it acted on both workloads.
+    ready_seconds: f64,
+    settings: String,
+    scores: RunScores,
+    published: u64,
+    consumed: u64,
+    requests: u64,
+    request_errors: u64,
+    /// Seconds in which the broker's queue counts could not be read.
+    backlog_unread: usize,
+}
+
+struct Bench {
+    kube: ControlPlane,
+    prometheus: Prometheus,
+    rabbitmq: RabbitMq,
+    client: kube::Client,
+    web_url: String,
+    dir: PathBuf,
+    keda_bin: Option<PathBuf>,
+    args: Args,
+}
+
+async fn run(args: Args) {
+    let keda_bin = if args.systems.contains(&System::Keda) {
+        Some(
+            ebb::localstack::peers_dirs()
+                .await
+                .expect("KEDA (scripts/build-peers.sh)")
+                .0,
+        )
+    } else {
+        None
+    };
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_addr = web.local_addr().unwrap();
+    ebb::demo::load::serve_web(web).await.unwrap();
+    let mut stack = Stack::start(StackOptions {
+        kube: Some(ControlPlaneOptions {
+            hpa_controller: true,
+            hpa_sync_period: POLL,
+            ..Default::default()
+        }),
+        prometheus: true,
+        scrape: vec![ScrapeTarget {
+            job: "demo-web".into(),
+            address: web_addr.to_string(),
+            interval: Duration::from_secs(1),
+        }],
+        rabbitmq: true,
+    })
+    .await
+    .expect("the local stack");
+    let dir = stack.dir().join("live");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kube = stack.kube.take().unwrap();
+    let client = kube.client().await.unwrap();
+    let bench = Bench {
+        client,
+        kube,
+        prometheus: stack.prometheus.take().unwrap(),
+        rabbitmq: stack.rabbitmq.take().unwrap(),
+        web_url: format!("http://{web_addr}/"),
+        dir,
+        keda_bin,
+        args,
+    };
+    let mut rows = Vec::new();
+    for &system in &bench.args.systems {
+        eprintln!("[live] {}", system.name());
+        let row = run_system(&bench, system).await;
+        eprintln!("[live] {}: {}", system.name(), row.scores.line());
+        rows.push(row);
+    }
+    report(&bench.args, &rows);
+    drop(bench);
+    drop(stack);
+}
+
+async fn run_system(bench: &Bench, system: System) -> Row {
+    let ns = format!("live-{}", system.name());
+    let queue = format!("jobs-{}", system.name());
+    bench.kube.create_namespace(&ns).await.unwrap();
+    scenario::create_workloads(&bench.client, &ns)
+        .await
+        .unwrap();
+    // The queue exists before any system reads it.
+    let connection = bench.rabbitmq.connect().await.unwrap();
+    ebb::localstack::rabbitmq::declare_queue(&connection.create_channel().await.unwrap(), &queue)
+        .await
+        .unwrap();
+
+    let sys_dir = bench.dir.join(system.name());
+    std::fs::create_dir_all(&sys_dir).unwrap();
+    let processes = start_system(bench, system, &sys_dir).await;
+    apply_yaml(&bench.client, &manifest(bench, system, &ns, &queue), "live")
+        .await
+        .unwrap();
+    // The load starts once the system acts on both workloads: its two HPAs read their metrics
+    // (ScalingActive), or in mode Direct, both ScaledTargets have decided once (`status.desiredReplicas`).
+    let configured = Instant::now();
+    let ready = ebb::localstack::process::wait_until(Duration::from_secs(180), || {
+        acting(bench, system, &ns)
+    })
+    .await;
+    let ready_seconds = configured.elapsed().as_secs_f64();
+    eprintln!(
+        "[live] {}: {} after {ready_seconds:.0} s",
+        system.name(),
+        if ready { "acting" } else { "NOT acting" }
+    );
+    tokio::time::sleep(POLL).await;
+
+    let profile = LoadProfile {
+        cycle: bench.args.cycle,
+    };
+    let counters = Arc::new(LoadCounters::default());
+    let started = Instant::now();
+    let mut load = scenario::start_load(
+        &connection,
+        &queue,
+        bench.web_url.clone(),
+        profile,
+        started,
+        counters.clone(),
+    )
+    .await
+    .unwrap();
+    let mut card = Scorecard::default();
+    let mut backlog_unread = 0;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    let mut last_line = Instant::now();
+    while started.elapsed() < bench.args.cycle * bench.args.cycles {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            Some(result) = load.join_next() => panic!("the load stopped: {result:?}"),
+        }
+        let replicas = scenario::deployment_replicas(&bench.client, &ns).await;
+        let (Some(worker), Some(web)) = (replicas.get("worker"), replicas.get("web")) else {
+            continue;
+        };
+        counters
+            .worker_replicas
+            .store(worker.ready, Ordering::Relaxed);
+        let backlog = bench
+            .rabbitmq
+            .queue_counts(&queue)
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.backlog());
+        backlog_unread += usize::from(backlog.is_none());
+        let elapsed = started.elapsed();
+        card.record(Sample {
+            level: profile.level(elapsed),
+            worker: *worker,
+            web: *web,
+            backlog,
+        });
+        if last_line.elapsed() >= Duration::from_secs(30) {
+            last_line = Instant::now();
+            eprintln!(
+                "[live] {} {:>4} s {:<18} worker {}/{} web {}/{} backlog {}",
+                system.name(),
+                elapsed.as_secs(),
+                profile.phase(elapsed),
+                worker.ready,
+                worker.desired,
+                web.ready,
+                web.desired,
+                backlog.map_or("-".into(), |b| b.to_string())
+            );
+        }
+    }
+    load.abort_all();
+    let row = Row {
+        ready_seconds,
+        system: system.name().into(),
+        settings: system.settings().into(),
+        scores: card.scores(),
+        published: counters.published.load(Ordering::Relaxed),
+        consumed: counters.consumed.load(Ordering::Relaxed),
+        requests: counters.requests.load(Ordering::Relaxed),
+        request_errors: counters.request_errors.load(Ordering::Relaxed),
+        backlog_unread,
+    };
+
+    // The namespace goes while the system still runs (its finalizers, its HPAs); then it stops.
+    let namespaces = Api::<Namespace>::all(bench.client.clone());
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    let gone = ebb::localstack::process::wait_until(Duration::from_secs(180), || async {
+        namespaces.get_opt(&ns).await.is_ok_and(|n| n.is_none())
+    })
+    .await;
+    if !gone {
+        eprintln!("[live] namespace {ns} still terminating after 180 s");
+    }
+    drop(processes);
+    row
+}
+
+/// Whether `system` acts on both workloads of `ns` (see [`run_system`]).
+async fn acting(bench: &Bench, system: System, ns: &str) -> bool {
+    if system == System::EbbDirect {
+        let targets = Api::<ebb::crd::ScaledTarget>::namespaced(bench.client.clone(), ns);
+        return targets.list(&ListParams::default()).await.is_ok_and(|l| {
+            l.items.len() == 2
+                && l.items.iter().all(|t| {
+                    t.status
+                        .as_ref()
+                        .is_some_and(|s| s.desired_replicas.is_some())
+                })
+        });
+    }
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(bench.client.clone(), ns);
+    hpas.list(&ListParams::default()).await.is_ok_and(|l| {
+        l.items.len() == 2
+            && l.items.iter().all(|h| {
+                h.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c.type_ == "ScalingActive" && c.status == "True")
+                    })
+            })
+    })
+}
+
+async fn start_system(bench: &Bench, system: System, dir: &Path) -> Vec<ManagedProcess> {
+    match system {
+        System::EbbDirect | System::EbbHpa => vec![
+            ebb::localstack::ebb::serve(
+                &bench.kube,
+                dir,
+                Path::new(env!("CARGO_BIN_EXE_ebb")),
+                "ebb-live",
+                free_port(),
+                free_port(),
+            )
+            .await
+            .expect("ebb serve"),
+        ],
+        System::Keda => {
+            let bin = bench.keda_bin.as_ref().expect("KEDA's binaries");
+            support::peers::start_keda(&bench.kube, bin, dir, false).await
+        }
+    }
+}
+
+/// The system's objects for the scenario in `ns`, as YAML.
+fn manifest(bench: &Bench, system: System, ns: &str, queue: &str) -> String {
+    let objects = match system {
+        System::EbbDirect | System::EbbHpa => {
+            let mode = if system == System::EbbDirect {
+                "Direct"
+            } else {
+                "Hpa"
+            };
+            scenario::ebb_targets(
+                ns,
+                queue,
+                mode,
+                mode,
+                &bench.rabbitmq,
+                &bench.prometheus.url(),
+            )
+        }
+        System::Keda => keda_objects(bench, ns, queue),
+    };
+    objects
+        .iter()
+        .map(|o| serde_yaml::to_string(o).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// KEDA's ScaledObjects on settings equivalent to ebb's (see the module's comment).
+fn keda_objects(bench: &Bench, ns: &str, queue: &str) -> Vec<Value> {
+    let advanced = json!({ "horizontalPodAutoscalerConfig": { "behavior": scenario::behavior() } });
+    let host = format!(
+        "{}/",
+        bench
+            .rabbitmq
+            .management_url()
+            .trim_end_matches('/')
+            .replace("http://", "http://guest:guest@")
+    );
+    let rabbitmq = |name: &str, mode: &str, value: f64| {
+        json!({
+            "type": "rabbitmq", "name": name,
+            "metadata": { "protocol": "http", "host": host, "queueName": queue,
+                          "mode": mode, "value": value.to_string() }
+        })
+    };
+    let worker = json!({
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": { "name": "worker", "namespace": ns },
+        "spec": {
+            "scaleTargetRef": { "name": "worker" },
+            "pollingInterval": POLL.as_secs(),
+            "minReplicaCount": MIN_REPLICAS, "maxReplicaCount": MAX_REPLICAS,
+            "fallback": scenario::fallback(),
+            "advanced": advanced,
+            "triggers": [
+                rabbitmq("backlog", "QueueLength", PER_WORKER * f64::from(DRAIN_SECONDS)),
+                rabbitmq("arrivals", "MessageRate", PER_WORKER),
+            ]
+        }
+    });
+    let web = json!({
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": { "name": "web", "namespace": ns },
+        "spec": {
+            "scaleTargetRef": { "name": "web" },
+            "pollingInterval": POLL.as_secs(),
+            "minReplicaCount": MIN_REPLICAS, "maxReplicaCount": MAX_REPLICAS,
+            "advanced": advanced,
+            "triggers": [{
+                "type": "prometheus",
+                "metadata": { "serverAddress": bench.prometheus.url(), "query": WEB_QUERY,
+                              "threshold": PER_WEB.to_string() }
+            }]
+        }
+    });
+    vec![worker, web]
+}
+
+fn report(args: &Args, rows: &[Row]) {
+    let headers = [
+        "system",
+        "worker under-provisioned s (%)",
+        "worker pod-s",
+        "worker actions (reversals)",
+        "web under-provisioned s (%)",
+        "web pod-s",
+        "web actions (reversals)",
+        "backlog message-s",
+        "longest drain s",
+        "published / consumed",
+        "request errors",
+        "backlog unread s",
+        "acting after s",
+    ];
+    let under = |e: &ebb::backtest::metrics::Elasticity| (e.tau_u * e.steps as f64 / 100.0).round();
+    let base = rows.first().map(|r| r.scores);
+    let ratio = |x: f64, b: Option<f64>| match b {
+        Some(b) if b > 0.0 => format!(" (x{:.2})", x / b),
+        _ => String::new(),
+    };
+    println!(
+        "\n{} cycles of {} s; ratios to {}\n",
+        args.cycles,
+        args.cycle.as_secs(),
+        rows.first().map_or("-", |r| r.system.as_str())
+    );
+    println!("| {} |", headers.join(" | "));
+    println!("|{}", "---|".repeat(headers.len()));
+    let mut csv = String::from(
+        "system,worker_under_s,worker_tau_u,worker_pod_s,worker_actions,worker_reversals,\
+         web_under_s,web_tau_u,web_pod_s,web_actions,web_reversals,backlog_message_s,\
+         longest_drain_s,published,consumed,request_errors,backlog_unread_s\n",
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let s = &r.scores;
+        let b = base.filter(|_| i > 0);
+        let cells = [
+            r.system.clone(),
+            format!(
+                "{:.0} ({:.1} %){}",
+                under(&s.worker),
+                s.worker.tau_u,
+                ratio(under(&s.worker), b.map(|b| under(&b.worker)))
+            ),
+            format!(
+                "{}{}",
+                s.worker.cost,
+                ratio(s.worker.cost as f64, b.map(|b| b.worker.cost as f64))
+            ),
+            format!("{} ({})", s.worker.actions, s.worker.reversals),
+            format!(
+                "{:.0} ({:.1} %){}",
+                under(&s.web),
+                s.web.tau_u,
+                ratio(under(&s.web), b.map(|b| under(&b.web)))
+            ),
+            format!(
+                "{}{}",
+                s.web.cost,
+                ratio(s.web.cost as f64, b.map(|b| b.web.cost as f64))
+            ),
+            format!("{} ({})", s.web.actions, s.web.reversals),
+            format!(
+                "{:.0}{}",
+                s.backlog_message_seconds,
+                ratio(
+                    s.backlog_message_seconds,
+                    b.map(|b| b.backlog_message_seconds)
+                )
+            ),
+            format!("{:.1}", s.longest_drain_seconds),
+            format!("{} / {}", r.published, r.consumed),
+            r.request_errors.to_string(),
+            r.backlog_unread.to_string(),
+            format!("{:.0}", r.ready_seconds),
+        ];
+        println!("| {} |", cells.join(" | "));
+        csv.push_str(&format!(
+            "{},{},{:.2},{},{},{},{},{:.2},{},{},{},{:.0},{:.1},{},{},{},{}\n",
+            r.system,
+            under(&s.worker),
+            s.worker.tau_u,
+            s.worker.cost,
+            s.worker.actions,
+            s.worker.reversals,
+            under(&s.web),
+            s.web.tau_u,
+            s.web.cost,
+            s.web.actions,
+            s.web.reversals,
+            s.backlog_message_seconds,
+            s.longest_drain_seconds,
+            r.published,
+            r.consumed,
+            r.request_errors,
+            r.backlog_unread
+        ));
+    }
+    println!("\nsettings:");
+    for r in rows {
+        println!("- {}: {}", r.system, r.settings);
+    }
+    let out = support::peers::out_dir();
+    std::fs::write(out.join("live.csv"), csv).unwrap();
+    std::fs::write(
+        out.join("live.json"),
+        serde_json::to_vec_pretty(rows).unwrap(),
+    )
+    .unwrap();
+    println!("written: {}/live.{{csv,json}}", out.display());
+}
