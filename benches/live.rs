@@ -18,7 +18,10 @@
 //! service: a prometheus trigger on the same query with threshold 5 (AverageValue).
 //!
 //! Options: `--systems`, `--cycles` (default 2), `--cycle-seconds` (default 240). Prints one table
-//! and writes it to `target/peers/live.{csv,json}`. KEDA comes from scripts/build-peers.sh.
+//! and writes it to `target/peers/live.{csv,json}`, and each system's run second by second to
+//! `target/peers/live-<system>.csv` (the load, the backlog, the worker's replicas, what ebb
+//! decided and read, what the worker's HPA read and asked for): where a run was short, it shows
+//! which link of the chain was late. KEDA comes from scripts/build-peers.sh.
 
 mod support;
 
@@ -27,15 +30,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ebb::backtest::metrics::Elasticity;
 use ebb::demo::load::{LoadCounters, LoadProfile};
 use ebb::demo::scenario::{
-    self, DRAIN_SECONDS, MAX_REPLICAS, MIN_REPLICAS, PER_WEB, PER_WORKER, POLL, RunScores, Sample,
-    Scorecard, WEB_QUERY,
+    self, DRAIN_SECONDS, MAX_REPLICAS, MIN_REPLICAS, PER_WEB, PER_WORKER, POLL, PUBLISH, Replicas,
+    RunScores, Sample, Scorecard, WEB_QUERY,
 };
 use ebb::localstack::kube::{ControlPlane, ControlPlaneOptions, apply_yaml};
 use ebb::localstack::process::{ManagedProcess, free_port};
 use ebb::localstack::prometheus::{Prometheus, ScrapeTarget};
-use ebb::localstack::rabbitmq::RabbitMq;
+use ebb::localstack::rabbitmq::{QueueCounts, RabbitMq};
 use ebb::localstack::{Stack, StackOptions};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Namespace;
@@ -83,23 +87,15 @@ struct Args {
 }
 
 fn parse_args() -> Option<Args> {
-    let args: Vec<String> = std::env::args().collect();
-    // `cargo test --benches` runs bench binaries without `--bench`: only build-check then.
-    if !args.iter().any(|a| a == "--bench") {
-        return None;
-    }
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let systems = value("--systems")
-        .unwrap_or_else(|| "ebb-direct,ebb-hpa,keda".into())
-        .split(',')
+    let flags = support::Flags::parse()?;
+    let value = |flag: &str| flags.value(flag);
+    let systems = flags
+        .list("--systems", "ebb-direct,ebb-hpa,keda")
+        .iter()
         .map(|s| {
             *System::ALL
                 .iter()
-                .find(|x| x.name() == s.trim())
+                .find(|x| x.name() == s)
                 .unwrap_or_else(|| panic!("unknown system {s}"))
         })
         .collect();
@@ -252,6 +248,7 @@ async fn run_system(bench: &Bench, system: System) -> Row {
     .await
     .unwrap();
     let mut card = Scorecard::default();
+    let mut timeline = String::from(TIMELINE_HEADER);
     let mut backlog_unread = 0;
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     let mut last_line = Instant::now();
@@ -267,13 +264,8 @@ async fn run_system(bench: &Bench, system: System) -> Row {
         counters
             .worker_replicas
             .store(worker.ready, Ordering::Relaxed);
-        let backlog = bench
-            .rabbitmq
-            .queue_counts(&queue)
-            .await
-            .ok()
-            .flatten()
-            .map(|c| c.backlog());
+        let counts = bench.rabbitmq.queue_counts(&queue).await.ok().flatten();
+        let backlog = counts.map(|c| c.backlog());
         backlog_unread += usize::from(backlog.is_none());
         let elapsed = started.elapsed();
         card.record(Sample {
@@ -282,6 +274,13 @@ async fn run_system(bench: &Bench, system: System) -> Row {
             web: *web,
             backlog,
         });
+        timeline.push_str(&timeline_row(
+            &WorkerView::read(&bench.client, &ns).await,
+            elapsed,
+            PUBLISH.at(profile.level(elapsed)),
+            counts,
+            *worker,
+        ));
         if last_line.elapsed() >= Duration::from_secs(30) {
             last_line = Instant::now();
             eprintln!(
@@ -298,6 +297,13 @@ async fn run_system(bench: &Bench, system: System) -> Row {
         }
     }
     load.abort_all();
+    let timeline_file = support::peers::out_dir().join(format!("live-{}.csv", system.name()));
+    std::fs::write(&timeline_file, timeline).unwrap();
+    eprintln!(
+        "[live] {}: second by second in {}",
+        system.name(),
+        timeline_file.display()
+    );
     let row = Row {
         ready_seconds,
         system: system.name().into(),
@@ -322,6 +328,113 @@ async fn run_system(bench: &Bench, system: System) -> Row {
     }
     drop(processes);
     row
+}
+
+const TIMELINE_HEADER: &str = "t_s,publish_per_s,broker_publish_rate,broker_published,backlog,worker_spec,\
+    worker_ready,ebb_desired,ebb_value,hpa_value,hpa_target,hpa_desired\n";
+
+/// One second of a run, a row of `live-<system>.csv`.
+fn timeline_row(
+    view: &WorkerView,
+    elapsed: Duration,
+    publish: f64,
+    counts: Option<QueueCounts>,
+    worker: Replicas,
+) -> String {
+    let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
+    format!(
+        "{:.0},{publish:.1},{},{},{},{},{},{},{},{},{},{}\n",
+        elapsed.as_secs_f64(),
+        cell(counts.and_then(|c| c.publish_rate)),
+        counts
+            .and_then(|c| c.published)
+            .map_or(String::new(), |p| p.to_string()),
+        counts.map_or(String::new(), |c| c.backlog().to_string()),
+        worker.desired,
+        worker.ready,
+        view.ebb_desired.map_or(String::new(), |d| d.to_string()),
+        cell(view.ebb_value),
+        cell(view.hpa_value),
+        cell(view.hpa_target),
+        view.hpa_desired.map_or(String::new(), |d| d.to_string()),
+    )
+}
+
+/// The worker's chain at one instant: what ebb decided and read (its ScaledTarget's status;
+/// none with KEDA) and what the HPA that scales it read and asked for (none in mode Direct).
+#[derive(Debug, Default)]
+struct WorkerView {
+    ebb_desired: Option<i32>,
+    ebb_value: Option<f64>,
+    hpa_value: Option<f64>,
+    hpa_target: Option<f64>,
+    hpa_desired: Option<i32>,
+}
+
+impl WorkerView {
+    async fn read(client: &kube::Client, ns: &str) -> WorkerView {
+        let mut view = WorkerView::default();
+        let targets = Api::<ebb::crd::ScaledTarget>::namespaced(client.clone(), ns);
+        if let Ok(Some(status)) = targets
+            .get_opt("worker")
+            .await
+            .map(|t| t.and_then(|t| t.status))
+        {
+            view.ebb_desired = status.desired_replicas;
+            view.ebb_value = status
+                .metrics
+                .first()
+                .and_then(|m| m.value.as_ref())
+                .and_then(quantity);
+        }
+        let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns);
+        let Ok(list) = hpas.list(&ListParams::default()).await else {
+            return view;
+        };
+        let Some(hpa) = list
+            .items
+            .into_iter()
+            .find(|h| h.spec.scale_target_ref.name == "worker")
+        else {
+            return view;
+        };
+        // The HPA takes the largest proposal: show the metric it read that asks most, i.e.
+        // the one with the highest value over its target.
+        let targets: Vec<Option<f64>> = hpa
+            .spec
+            .metrics
+            .iter()
+            .flatten()
+            .map(|m| {
+                let t = &m.external.as_ref()?.target;
+                t.average_value
+                    .as_ref()
+                    .or(t.value.as_ref())
+                    .and_then(quantity)
+            })
+            .collect();
+        let status = hpa.status.unwrap_or_default();
+        view.hpa_desired = Some(status.desired_replicas);
+        let values = status.current_metrics.into_iter().flatten().map(|m| {
+            let c = m.external.map(|e| e.current);
+            c.and_then(|c| c.average_value.or(c.value))
+                .as_ref()
+                .and_then(quantity)
+        });
+        let best = values
+            .zip(targets)
+            .filter_map(|(v, t)| Some((v?, t?)))
+            .max_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
+        if let Some((v, t)) = best {
+            view.hpa_value = Some(v);
+            view.hpa_target = Some(t);
+        }
+        view
+    }
+}
+
+fn quantity(q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity) -> Option<f64> {
+    ebb::crd::milli_value(&q.0).ok().map(|m| m as f64 / 1000.0)
 }
 
 /// Whether `system` acts on both workloads of `ns` (see [`run_system`]).
@@ -467,7 +580,7 @@ fn report(args: &Args, rows: &[Row]) {
         "backlog unread s",
         "acting after s",
     ];
-    let under = |e: &ebb::backtest::metrics::Elasticity| (e.tau_u * e.steps as f64 / 100.0).round();
+    let under = scenario::under_seconds;
     let base = rows.first().map(|r| r.scores);
     let ratio = |x: f64, b: Option<f64>| match b {
         Some(b) if b > 0.0 => format!(" (x{:.2})", x / b),
@@ -489,32 +602,27 @@ fn report(args: &Args, rows: &[Row]) {
     for (i, r) in rows.iter().enumerate() {
         let s = &r.scores;
         let b = base.filter(|_| i > 0);
-        let cells = [
-            r.system.clone(),
-            format!(
-                "{:.0} ({:.1} %){}",
-                under(&s.worker),
-                s.worker.tau_u,
-                ratio(under(&s.worker), b.map(|b| under(&b.worker)))
-            ),
-            format!(
-                "{}{}",
-                s.worker.cost,
-                ratio(s.worker.cost as f64, b.map(|b| b.worker.cost as f64))
-            ),
-            format!("{} ({})", s.worker.actions, s.worker.reversals),
-            format!(
-                "{:.0} ({:.1} %){}",
-                under(&s.web),
-                s.web.tau_u,
-                ratio(under(&s.web), b.map(|b| under(&b.web)))
-            ),
-            format!(
-                "{}{}",
-                s.web.cost,
-                ratio(s.web.cost as f64, b.map(|b| b.web.cost as f64))
-            ),
-            format!("{} ({})", s.web.actions, s.web.reversals),
+        // One workload's three cells: seconds short, pod-seconds, actions (reversals).
+        let workload = |e: &Elasticity, base: Option<&Elasticity>| {
+            [
+                format!(
+                    "{:.0} ({:.1} %){}",
+                    under(e),
+                    e.tau_u,
+                    ratio(under(e), base.map(under))
+                ),
+                format!(
+                    "{}{}",
+                    e.cost,
+                    ratio(e.cost as f64, base.map(|b| b.cost as f64))
+                ),
+                format!("{} ({})", e.actions, e.reversals),
+            ]
+        };
+        let mut cells = vec![r.system.clone()];
+        cells.extend(workload(&s.worker, b.as_ref().map(|b| &b.worker)));
+        cells.extend(workload(&s.web, b.as_ref().map(|b| &b.web)));
+        cells.extend([
             format!(
                 "{:.0}{}",
                 s.backlog_message_seconds,
@@ -528,7 +636,7 @@ fn report(args: &Args, rows: &[Row]) {
             r.request_errors.to_string(),
             r.backlog_unread.to_string(),
             format!("{:.0}", r.ready_seconds),
-        ];
+        ]);
         println!("| {} |", cells.join(" | "));
         csv.push_str(&format!(
             "{},{},{:.2},{},{},{},{},{:.2},{},{},{},{:.0},{:.1},{},{},{},{}\n",

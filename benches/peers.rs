@@ -135,24 +135,9 @@ struct Args {
 }
 
 fn parse_args() -> Option<Args> {
-    let args: Vec<String> = std::env::args().collect();
-    // `cargo test --benches` runs bench binaries without `--bench`: only build-check then.
-    if !args.iter().any(|a| a == "--bench") {
-        return None;
-    }
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let list = |flag: &str, default: &str| -> Vec<String> {
-        value(flag)
-            .unwrap_or_else(|| default.into())
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
+    let flags = support::Flags::parse()?;
+    let value = |flag: &str| flags.value(flag);
+    let list = |flag: &str, default: &str| flags.list(flag, default);
     let source = match value("--source").as_deref() {
         None | Some("prometheus") => Source::Prometheus,
         Some("rabbitmq") => Source::RabbitMq,
@@ -301,7 +286,7 @@ impl Queues {
     /// published when it grows (the backlog never reads less on the way), else purged and
     /// refilled.
     async fn fill(&self, distinct: usize, from: f64, to: f64) {
-        use lapin::options::{BasicPublishOptions, QueuePurgeOptions};
+        use lapin::options::QueuePurgeOptions;
         let (from, to) = (from as u64, to as u64);
         for k in 0..distinct {
             let queue = queue_name(k);
@@ -314,18 +299,9 @@ impl Queues {
                     .unwrap();
                 to
             };
-            for _ in 0..add {
-                self.channel
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        b"job",
-                        Default::default(),
-                    )
-                    .await
-                    .unwrap();
-            }
+            ebb::demo::load::publish_messages(&self.channel, &queue, add)
+                .await
+                .unwrap();
         }
     }
 }

@@ -367,12 +367,14 @@ async fn the_measures_of_one_queue_asked_together_share_one_management_request()
     declare_and_publish(&channel, "shared", 7).await;
     let connections = Connections::new();
     let data = secret(rabbit, true, false);
-    // What a DrainTime metric reads: the backlog, the publish and deliver rates, the ready count.
+    // What a DrainTime metric reads: the backlog, the publish and deliver rates, the ready
+    // count, the publish counter.
     let measures = [
         Measure::Backlog,
         Measure::PublishRate,
         Measure::DeliverRate,
         Measure::Ready,
+        Measure::Published,
     ];
     let sources: Vec<_> = measures
         .iter()
@@ -380,16 +382,18 @@ async fn the_measures_of_one_queue_asked_together_share_one_management_request()
         .collect();
     let backlog = &sources[0];
     until_value(backlog, 7.0, "the backlog of 7").await;
+    until_value(&sources[4], 7.0, "the publish counter at 7").await;
     tokio::time::sleep(ebb::source::rabbitmq::SHARE_WINDOW).await;
     let before = connections.rabbitmq_management_requests();
     let values = futures::future::join_all(sources.iter().map(|s| s.fetch())).await;
     assert_eq!(values[0], Ok(7.0));
     assert_eq!(values[3], Ok(7.0));
+    assert_eq!(values[4], Ok(7.0), "the 7 messages published");
     assert!(values.iter().all(Result::is_ok), "{values:?}");
     assert_eq!(
         connections.rabbitmq_management_requests() - before,
         1,
-        "four measures, one request"
+        "five measures, one request"
     );
     // Past the window, a new request.
     tokio::time::sleep(ebb::source::rabbitmq::SHARE_WINDOW).await;

@@ -57,3 +57,33 @@ where
         .collect::<Vec<()>>()
         .await;
 }
+
+/// A bench's command line: `--flag value` pairs after cargo's own arguments.
+pub struct Flags(Vec<String>);
+
+impl Flags {
+    /// `None` when the binary runs without `--bench`: `cargo test --benches` runs bench
+    /// binaries that way, to check that they build, not to run them.
+    pub fn parse() -> Option<Flags> {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter().any(|a| a == "--bench").then_some(Flags(args))
+    }
+
+    /// The value after `flag`, if given.
+    pub fn value(&self, flag: &str) -> Option<String> {
+        self.0
+            .iter()
+            .position(|a| a == flag)
+            .and_then(|i| self.0.get(i + 1).cloned())
+    }
+
+    /// The comma-separated list after `flag`, or `default`'s.
+    pub fn list(&self, flag: &str, default: &str) -> Vec<String> {
+        self.value(flag)
+            .unwrap_or_else(|| default.into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}

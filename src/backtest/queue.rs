@@ -103,6 +103,7 @@ pub fn replay_queue(
                     arrival: Ok(b.arrival_rate),
                     served: Some(b.served_rate),
                     waiting: Some(b.backlog),
+                    published: None,
                 }),
             ),
             None => (Err(crate::engine::NoData::Empty), None),

@@ -979,8 +979,13 @@ async fn read_queue_signals(
             None => None,
         }
     };
-    let (arrival, served, waiting) =
-        futures::future::join3(read(Some(q.arrival)), read(q.served), read(q.waiting)).await;
+    let (arrival, served, waiting, published) = futures::future::join4(
+        read(Some(q.arrival)),
+        read(q.served),
+        read(q.waiting),
+        read(q.published),
+    )
+    .await;
     let arrival = Reading {
         value: arrival.expect("the arrival rate is read"),
     };
@@ -988,6 +993,7 @@ async fn read_queue_signals(
         arrival: arrival.engine(),
         served: served.and_then(Result::ok),
         waiting: waiting.and_then(Result::ok),
+        published: published.and_then(Result::ok),
     })
 }
 

@@ -239,6 +239,7 @@ impl Metric {
                 arrival: with("arrival", Measure::PublishRate),
                 served: Some(with("served", Measure::DeliverRate)),
                 waiting: (r.measure != Measure::Ready).then(|| with("waiting", Measure::Ready)),
+                published: Some(with("published", Measure::Published)),
             });
         }
         let prometheus = |p: &PrometheusConfig, suffix: &str| Metric {
@@ -249,6 +250,7 @@ impl Metric {
             arrival: prometheus(self.arrival_rate.as_ref()?, "arrival"),
             served: self.served_rate.as_ref().map(|p| prometheus(p, "served")),
             waiting: None,
+            published: None,
         })
     }
 
@@ -389,6 +391,8 @@ pub struct QueueSignalMetrics {
     /// Messages waiting for a consumer, when it differs from the metric itself (a RabbitMQ
     /// backlog counts the unacknowledged too); `None`: the backlog is what waits.
     pub waiting: Option<Metric>,
+    /// Messages published so far (a counter), when the source keeps one.
+    pub published: Option<Metric>,
 }
 
 /// An SLO signal and how the per-pod target is learned from it.

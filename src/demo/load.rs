@@ -121,20 +121,30 @@ pub async fn publish(
     loop {
         ticks.tick().await;
         let n = pacer.take(rate.at(profile.level(started.elapsed())), TICK);
-        for _ in 0..n {
-            channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    b"job",
-                    Default::default(),
-                )
-                .await
-                .map_err(amqp)?;
-            counters.published.fetch_add(1, Ordering::Relaxed);
-        }
+        publish_messages(&channel, &queue, n).await?;
+        counters.published.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// Publishes `n` messages to `queue` through the default exchange.
+pub async fn publish_messages(
+    channel: &lapin::Channel,
+    queue: &str,
+    n: u64,
+) -> Result<(), StackError> {
+    for _ in 0..n {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                b"job",
+                Default::default(),
+            )
+            .await
+            .map_err(amqp)?;
+    }
+    Ok(())
 }
 
 /// Simulated workers: each Ready replica of the worker Deployment processes `per_replica`

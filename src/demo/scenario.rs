@@ -276,12 +276,17 @@ impl Scorecard {
     }
 }
 
+/// The seconds (steps) a workload was under-provisioned.
+pub fn under_seconds(e: &Elasticity) -> f64 {
+    (e.tau_u * e.steps as f64 / 100.0).round()
+}
+
 impl RunScores {
     /// `score: worker under-provisioned 12 of 240 s (5.0 %), 1234 pod-seconds, 8 actions (2
     /// reversals); web ...; backlog 567 message-seconds, longest drain 3.2 s`.
     pub fn line(&self) -> String {
         let one = |name: &str, e: &Elasticity| {
-            let under = (e.tau_u * e.steps as f64 / 100.0).round();
+            let under = under_seconds(e);
             format!(
                 "{name} under-provisioned {under:.0} of {} s ({:.1} %), {} pod-seconds, {} actions ({} reversals)",
                 e.steps, e.tau_u, e.cost, e.actions, e.reversals

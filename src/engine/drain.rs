@@ -43,7 +43,11 @@
 //!   throughput in force, or at the served rate per pod the broker last read while they were
 //!   busy when that is lower);
 //! - such a proof stands [`STALE_RATES_HOLD`] too: once the pods keep up, nothing waits and
-//!   the counts prove nothing more.
+//!   the counts prove nothing more;
+//! - and the arrival rate is no lower than the queue's publish counter grew since the newest
+//!   poll at least [`PUBLISHED_SPAN`] old (`QueueSignals::published`, when the source keeps
+//!   one). Polls in step with the broker's samples can read 0.0 at every poll for good: the
+//!   counter still grows by what arrived.
 //!
 //! Counting busy pods at a throughput set too high, `n` pods count `n * (set - real)` more
 //! arrivals, so the count settles at `arrival / real`, not below it.
@@ -75,6 +79,10 @@ const MIN_COUNT_GAP: Millis = 1000;
 const COUNT_SPAN: Millis = 15 * 1000;
 /// Two readings of the counts further apart than this prove only an average long gone.
 const MAX_COUNT_GAP: Millis = 2 * 60 * 1000;
+/// The least span the publish counter's growth is measured over: RabbitMQ's management
+/// statistics (counts, counters and rates alike) move in steps of its 5 s samples, so a
+/// shorter span reads 0 or a multiple of the rate.
+const PUBLISHED_SPAN: Millis = 5 * 1000;
 /// Readings of the counts kept at most.
 const MAX_COUNTS: usize = 64;
 /// While the broker reads an arrival rate of 0.0, its last non-zero one, and an arrival rate
@@ -111,6 +119,9 @@ pub struct QueueSignals {
     /// Messages waiting for a consumer (ready, not delivered), when read: while some wait,
     /// the pods are saturated and their served rate is their throughput.
     pub waiting: Option<f64>,
+    /// Messages published to the queue so far (a counter), when read: its growth is the
+    /// arrival rate, measured over the polls whatever the broker's own rate reads.
+    pub published: Option<f64>,
 }
 
 /// The per-pod throughput of one DrainTime metric: set, then learned.
@@ -147,6 +158,8 @@ struct Counts {
     backlog: f64,
     /// Messages waited for a consumer: the Ready pods were busy, serving this many a second.
     busy: Option<f64>,
+    /// The queue's publish counter.
+    published: Option<f64>,
 }
 
 impl Throughput {
@@ -199,7 +212,7 @@ impl Throughput {
         if let (Some(served), Some(_), Some(pods)) = (served, busy, ready) {
             self.served_per_pod = Some((now, served / pods));
         }
-        let counted = self.count(now, backlog, busy);
+        let (counted, published) = self.count(now, backlog, busy, s.published);
         let reported_arrival = s.arrival.unwrap_or(0.0).max(0.0);
         let arrival = Self::recent(&mut self.last_arrival, now, Some(reported_arrival));
         self.counted_arrival = None;
@@ -220,6 +233,7 @@ impl Throughput {
             .map(|(c, _)| c)
             .into_iter()
             .chain(held)
+            .chain(published)
             .reduce(f64::max);
         let used = floor.into_iter().chain(arrival).fold(0.0, f64::max);
         self.counted_arrival = floor.filter(|&f| f >= used && f > 0.0);
@@ -243,13 +257,16 @@ impl Throughput {
 
     /// Records the counts; returns the backlog's growth (msg/s) since the base reading (the
     /// newest at least [`COUNT_SPAN`] old, else the oldest there is) and, when the pods were
-    /// busy at every reading since, the fewest busy pods' throughput.
+    /// busy at every reading since, the fewest busy pods' throughput; and the publish
+    /// counter's growth (msg/s) since the newest reading at least [`PUBLISHED_SPAN`] old,
+    /// when both read it and it did not go back (a queue declared again).
     fn count(
         &mut self,
         now: Millis,
         backlog: f64,
         busy: Option<f64>,
-    ) -> Option<(f64, Option<f64>)> {
+        published: Option<f64>,
+    ) -> (Option<(f64, Option<f64>)>, Option<f64>) {
         while self
             .counts
             .front()
@@ -263,6 +280,15 @@ impl Throughput {
             .rposition(|c| now - c.at >= COUNT_SPAN)
             .or_else(|| (!self.counts.is_empty()).then_some(0))
             .filter(|&i| now - self.counts[i].at >= MIN_COUNT_GAP);
+        let published_rate = published.and_then(|p| {
+            let base = self
+                .counts
+                .iter()
+                .rev()
+                .find(|c| now - c.at >= PUBLISHED_SPAN)?;
+            let grown = p - base.published?;
+            (grown >= 0.0).then(|| grown / ((now - base.at) as f64 / 1000.0))
+        });
         // Readings older than the base are never a base again.
         if let Some(i) = base {
             self.counts.drain(..i);
@@ -288,9 +314,10 @@ impl Throughput {
                 at: now,
                 backlog,
                 busy,
+                published,
             });
         }
-        growth_and_busy
+        (growth_and_busy, published_rate)
     }
 
     /// The arrival rate the counts proved at the last reading, when it was above the rate
@@ -413,6 +440,7 @@ mod tests {
             arrival: Ok(served),
             served: Some(served),
             waiting: Some(waiting),
+            published: None,
         }
     }
 
@@ -438,20 +466,83 @@ mod tests {
 
     /// A broker whose statistics fell behind: every rate reads 0.0, the counts are current.
     fn stale(waiting: f64) -> QueueSignals {
+        stale_counted(waiting, None)
+    }
+
+    /// [`stale`], with the queue's publish counter read in the same answer.
+    fn stale_counted(waiting: f64, published: Option<f64>) -> QueueSignals {
         QueueSignals {
             arrival: Ok(0.0),
             served: Some(0.0),
             waiting: Some(waiting),
+            published,
         }
+    }
+
+    /// Drain within 30 s, 10 msg/s a pod, nothing learned.
+    fn drain30() -> DrainSpec {
+        DrainSpec {
+            drain_seconds: 30.0,
+            throughput: 10.0,
+            learn: None,
+        }
+    }
+
+    /// RabbitMQ's management statistics move in 5 s steps and its rates read non-zero only
+    /// in the first second after a step: polls every 5 s that fall in the other four read
+    /// 0.0 at every poll (seen in `cargo bench --bench live`: the worker scaled on its
+    /// backlog alone through a ramp). The publish counter, read in the same answer, still
+    /// grows by each step's messages: the arrival rate is its growth over the polls.
+    #[test]
+    fn the_publish_counter_measures_arrivals_a_broker_reading_zero_at_every_poll_hides() {
+        let s = drain30();
+        let mut t = Throughput::new(s);
+        // A ramp: 20, 30, 40, 50 msg/s over successive 5 s steps; idle pods (nothing waits
+        // for a consumer), so the counts alone prove little.
+        let mut published = 1_000.0;
+        let mut last = None;
+        for (k, rate) in [20.0, 30.0, 40.0, 50.0].into_iter().enumerate() {
+            published += rate * 5.0;
+            let q = stale_counted(0.0, Some(published));
+            last = Some(t.work((k as Millis + 1) * 5 * SEC, Ok(30.0), Some(&q), Some(2)));
+            if k > 0 {
+                assert_eq!(
+                    last,
+                    Some(Ok(rate + 1.0)),
+                    "step {k}: {rate} msg/s + 30 / 30 s"
+                );
+            }
+        }
+        assert_eq!(last, Some(Ok(51.0)));
+        // Without the counter, the same polls prove no arrivals at all.
+        let mut t = Throughput::new(s);
+        for k in 1..=4 {
+            last = Some(t.work(k * 5 * SEC, Ok(30.0), Some(&stale(0.0)), Some(2)));
+        }
+        assert_eq!(last, Some(Ok(1.0)));
+        // A counter that went back (the queue declared again) proves nothing; a broker that
+        // reads its rate is taken as read.
+        let mut t = Throughput::new(s);
+        let q = |rate, published| QueueSignals {
+            arrival: Ok(rate),
+            served: Some(0.0),
+            waiting: Some(0.0),
+            published: Some(published),
+        };
+        let _ = t.work(0, Ok(0.0), Some(&q(0.0, 5_000.0)), Some(2));
+        assert_eq!(
+            t.work(5 * SEC, Ok(0.0), Some(&q(0.0, 10.0)), Some(2)),
+            Ok(0.0)
+        );
+        assert_eq!(
+            t.work(10 * SEC, Ok(0.0), Some(&q(7.0, 500.0)), Some(2)),
+            Ok(7.0)
+        );
     }
 
     #[test]
     fn the_counts_prove_an_arrival_rate_the_brokers_stale_rates_hide() {
-        let s = DrainSpec {
-            drain_seconds: 30.0,
-            throughput: 10.0,
-            learn: None,
-        };
+        let s = drain30();
         let mut t = Throughput::new(s);
         // 80 msg/s arrive, 4 busy pods serve 40: the backlog grows by 40 a second, the broker
         // reads 0.0 for every rate.
@@ -470,6 +561,7 @@ mod tests {
             arrival: Ok(2.0),
             served: Some(2.0),
             waiting: Some(0.0),
+            published: None,
         };
         let _ = t.work(0, Ok(3.0), Some(&quiet), Some(8));
         assert_eq!(t.work(5 * SEC, Ok(3.0), Some(&quiet), Some(8)), Ok(2.1));
@@ -484,6 +576,7 @@ mod tests {
             arrival: Ok(60.0),
             served: Some(30.0),
             waiting: Some(waiting),
+            published: None,
         };
         let _ = t.work(0, Ok(600.0), Some(&fresh(600.0)), Some(3));
         assert_eq!(
@@ -502,6 +595,7 @@ mod tests {
             arrival: Ok(rate),
             served: Some(rate),
             waiting: Some(0.0),
+            published: None,
         };
         assert_eq!(t.work(0, Ok(0.0), Some(&at(60.0)), Some(6)), Ok(60.0));
         for k in 1..=30 {
@@ -611,6 +705,7 @@ mod tests {
                             arrival: Ok(arrival),
                             served: None,
                             waiting: None,
+                            published: None,
                         };
                         let work = s.work(Ok(backlog), Some(&q)).unwrap();
                         let pods = (work / throughput).ceil();

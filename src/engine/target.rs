@@ -2246,6 +2246,7 @@ mod drain_tests {
             arrival,
             served: Some(served),
             waiting: Some(backlog),
+            published: None,
         })];
         let inputs = Inputs {
             readings: &[Ok(backlog)],
@@ -2330,6 +2331,7 @@ mod drain_tests {
                     arrival: Ok(120.0),
                     served: Some(80.0),
                     waiting: Some(inputs_backlog),
+                    published: None,
                 })];
                 let o = m.observe(
                     k * INTERVAL,

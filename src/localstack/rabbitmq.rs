@@ -15,11 +15,15 @@ use super::{StackError, start_error};
 
 const SERVER_SCRIPT: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
-/// A queue's message counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A queue's message counts, and its publish rate as the broker's statistics give it.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QueueCounts {
     pub ready: i64,
     pub unacked: i64,
+    /// Messages published a second (`message_stats.publish_details.rate`), when present.
+    pub publish_rate: Option<f64>,
+    /// Messages published since the queue was declared (`message_stats.publish`), when present.
+    pub published: Option<u64>,
 }
 
 impl QueueCounts {
@@ -193,7 +197,12 @@ impl RabbitMq {
                 q["messages_ready"].as_i64(),
                 q["messages_unacknowledged"].as_i64(),
             ) {
-                (Some(ready), Some(unacked)) => Some(QueueCounts { ready, unacked }),
+                (Some(ready), Some(unacked)) => Some(QueueCounts {
+                    ready,
+                    unacked,
+                    publish_rate: q["message_stats"]["publish_details"]["rate"].as_f64(),
+                    published: q["message_stats"]["publish"].as_u64(),
+                }),
                 _ => None,
             },
         )

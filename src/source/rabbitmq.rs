@@ -57,6 +57,10 @@ pub enum Measure {
     DeliverRate,
     /// Messages acknowledged per second: the work done (0 for consumers that do not ack).
     AckRate,
+    /// Messages published since the queue was declared (a counter, not a load: a DrainTime
+    /// metric reads it to measure the arrival rate over its polls when the broker's own rate
+    /// reads 0.0 between two statistics samples).
+    Published,
 }
 
 /// How to combine the queues a `queueRegex` matches.
@@ -642,8 +646,8 @@ async fn queue_stats(
     url.query_pairs_mut().append_pair(
         "columns",
         "name,messages,messages_ready,messages_unacknowledged,\
-         message_stats.publish_details.rate,message_stats.deliver_get_details.rate,\
-         message_stats.ack_details.rate",
+         message_stats.publish,message_stats.publish_details.rate,\
+         message_stats.deliver_get_details.rate,message_stats.ack_details.rate",
     );
     let mut request = api.client.get(url).timeout(timeout);
     if let Some((user, password)) = &api.credentials {
@@ -686,6 +690,7 @@ struct QueueStats {
 
 #[derive(Debug, Default, Deserialize)]
 struct MessageStats {
+    publish: Option<f64>,
     publish_details: Option<RateDetails>,
     deliver_get_details: Option<RateDetails>,
     ack_details: Option<RateDetails>,
@@ -729,6 +734,8 @@ impl QueueStats {
             Measure::PublishRate => rate(stats.and_then(|s| s.publish_details.as_ref())),
             Measure::DeliverRate => rate(stats.and_then(|s| s.deliver_get_details.as_ref())),
             Measure::AckRate => rate(stats.and_then(|s| s.ack_details.as_ref())),
+            // A counter read as 0 and then as its value would be a burst that never was.
+            Measure::Published => stats.and_then(|s| s.publish).ok_or_else(missing)?,
         })
     }
 }
@@ -1010,6 +1017,14 @@ mod tests {
         assert_eq!(q.measure(Measure::Ready), Ok(32.0));
         assert_eq!(q.measure(Measure::PublishRate), Ok(2.5));
         assert_eq!(q.measure(Measure::DeliverRate), Ok(0.0));
+        // No counter is no data, not 0 (the next reading would be a burst that never was).
+        assert!(matches!(
+            q.measure(Measure::Published),
+            Err(SourceError::NoData(_))
+        ));
+        let counted: QueueStats =
+            serde_json::from_str(r#"{"name":"c","message_stats":{"publish":1234}}"#).unwrap();
+        assert_eq!(counted.measure(Measure::Published), Ok(1234.0));
         let fresh: QueueStats = serde_json::from_str(r#"{"name":"b"}"#).unwrap();
         assert!(matches!(
             fresh.measure(Measure::Backlog),
