@@ -52,9 +52,38 @@ impl State {
     }
 }
 
+/// What the index keeps of an HPA: all but its managed fields and the metric values it last
+/// read (ebb reads its own values from its store; of the HPA's status only the counts, the
+/// scale time and the conditions), with each list no longer than it is. A list deserialized
+/// in place keeps the spare room it grew into: the HPA's metrics, 808 bytes each inline, took
+/// four slots for one metric (3 KiB an HPA, 5,000 HPAs 16 MiB).
+fn compact(h: &mut HorizontalPodAutoscaler) {
+    h.metadata.managed_fields = None;
+    if let Some(metrics) = h.spec.metrics.as_mut() {
+        metrics.shrink_to_fit();
+    }
+    if let Some(status) = h.status.as_mut() {
+        status.current_metrics = None;
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.shrink_to_fit();
+        }
+    }
+    for rules in h
+        .spec
+        .behavior
+        .iter_mut()
+        .flat_map(|b| [b.scale_up.as_mut(), b.scale_down.as_mut()])
+        .flatten()
+    {
+        if let Some(policies) = rules.policies.as_mut() {
+            policies.shrink_to_fit();
+        }
+    }
+}
+
 impl Index<HorizontalPodAutoscaler> for State {
     fn apply(&mut self, mut h: HorizontalPodAutoscaler) {
-        h.metadata.managed_fields = None;
+        compact(&mut h);
         let name = (h.namespace().unwrap_or_default(), h.name_any());
         self.remove(&name);
         self.by_workload
@@ -177,6 +206,52 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_index_keeps_an_hpa_compact_and_its_spec_whole() {
+        // Parsed from text, as a watch parses it (a `Value`'s arrays have a known length).
+        let json = serde_json::json!({
+            "metadata": { "name": "h", "namespace": "n",
+                          "managedFields": [{ "manager": "kube-controller-manager" }] },
+            "spec": {
+                "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "w" },
+                "maxReplicas": 3,
+                "metrics": [{ "type": "External", "external": {
+                    "metric": { "name": "m" },
+                    "target": { "type": "AverageValue", "averageValue": "10" } } }]
+            },
+            "status": {
+                "desiredReplicas": 2,
+                "currentMetrics": [{ "type": "External", "external": {
+                    "metric": { "name": "m" }, "current": { "averageValue": "12" } } }],
+                "conditions": [{ "type": "ScalingLimited", "status": "False" }]
+            }
+        });
+        let parse = || serde_json::from_str::<HorizontalPodAutoscaler>(&json.to_string()).unwrap();
+        let mut h = parse();
+        let spec = h.spec.clone();
+        assert!(
+            h.spec.metrics.as_ref().unwrap().capacity() > 1,
+            "serde grows by four"
+        );
+        let mut s = State::default();
+        s.apply(parse());
+        let kept = &s.by_name[&("n".to_owned(), "h".to_owned())];
+        assert_eq!(kept.spec, spec);
+        assert_eq!(kept.spec.metrics.as_ref().unwrap().capacity(), 1);
+        assert!(kept.metadata.managed_fields.is_none());
+        let status = kept.status.as_ref().unwrap();
+        assert_eq!(status.desired_replicas, 2);
+        assert!(status.current_metrics.is_none());
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        h.status = None;
+        s.apply(h);
+        assert!(
+            s.by_name[&("n".to_owned(), "h".to_owned())]
+                .status
+                .is_none()
+        );
     }
 
     #[test]

@@ -132,13 +132,13 @@ struct TargetState {
 
 /// The state of `st`, started afresh when the object was recreated (another uid).
 fn state_for<'a>(
-    targets: &'a mut HashMap<String, TargetState>,
+    targets: &'a mut HashMap<String, Box<TargetState>>,
     st: &ScaledTarget,
 ) -> &'a mut TargetState {
     let t = targets.entry(key(st)).or_default();
     let uid = st.uid().unwrap_or_default();
     if t.uid != uid {
-        *t = TargetState {
+        **t = TargetState {
             uid,
             // Same namespace and name, same series (a first poll lands here too).
             series: t.series.take(),
@@ -189,7 +189,9 @@ pub struct Context {
     pub reader: Arc<dyn MetricReader>,
     /// Whether this replica may act.
     pub leadership: Leadership,
-    targets: Mutex<HashMap<String, TargetState>>,
+    /// Boxed: a state is over a kilobyte, and a map keeps an eighth of its slots and more
+    /// empty (a half after it grows), as large as a full one.
+    targets: Mutex<HashMap<String, Box<TargetState>>>,
     kinds: Mutex<HashMap<(String, String), ApiResource>>,
     /// Replica counts of the scale targets, from watches.
     replicas: replicas::ReplicaCache,
@@ -498,6 +500,9 @@ pub async fn run(ctx: Arc<Context>) {
     run_on(sts, ctx, None).await
 }
 
+/// Where `kubectl apply` (client-side) keeps the object it last applied.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Runs the controller over one namespace (tests, namespace-scoped installs).
 pub async fn run_namespaced(ctx: Arc<Context>, namespace: &str) {
     ctx.replicas.restrict_to(namespace);
@@ -514,12 +519,17 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
         .pods
         .set(pods::PodCache::start(ctx.client.clone(), namespace));
     // The ScaledTargets are kept without their managed fields (about a third of a stored object
-    // once ebb has written status), the largest share of the controller's memory at scale.
+    // once ebb has written status), the largest share of the controller's memory at scale, and
+    // without kubectl's copy of the last applied object (`kubectl apply` without
+    // `--server-side` keeps the whole spec again in an annotation).
     // `for_stream` is kube-runtime's `unstable-runtime` API.
     let (reader, writer) = kube::runtime::reflector::store();
     let objects = watcher(sts, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|st| st.managed_fields_mut().clear())
+        .modify(|st| {
+            st.managed_fields_mut().clear();
+            st.annotations_mut().remove(LAST_APPLIED_ANNOTATION);
+        })
         .inspect_ok({
             let ctx = ctx.clone();
             move |event| ctx.watched(event)

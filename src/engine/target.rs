@@ -529,8 +529,18 @@ impl TargetMachine {
     }
 
     /// One throughput per DrainTime metric; a changed DrainTime spec starts afresh.
+    /// None at all when no metric drains: most targets keep no slots (a `Throughput` is a
+    /// quarter kilobyte, and a vector grown by one takes four).
     fn sync_throughput(&mut self, spec: &TargetSpec) {
-        self.throughput.resize(spec.metrics.len(), None);
+        let slots = if spec.metrics.iter().any(|m| m.drain.is_some()) {
+            spec.metrics.len()
+        } else {
+            0
+        };
+        if self.throughput.len() != slots {
+            self.throughput.resize(slots, None);
+            self.throughput.shrink_to_fit();
+        }
         for (t, m) in self.throughput.iter_mut().zip(&spec.metrics) {
             match (&m.drain, t.as_ref()) {
                 (Some(d), Some(have)) if have.spec() == d => {}
