@@ -26,7 +26,8 @@
 //! `target/peers/peers.{csv,json}`. Peers come from `scripts/build-peers.sh` (built once).
 //! Options: `--sizes`, `--rates`, `--systems`, `--load-seconds` (default 15), `--window-seconds`
 //! (idle window for queries and CPU, default 60), `--targets-per-query` (default 10; 1: every
-//! target's query distinct).
+//! target's query distinct). `EBB_BENCH_EBB` runs another command as ebb's binary (a wrapper
+//! that starts it under a heap profiler, say).
 
 mod support;
 
@@ -779,10 +780,12 @@ async fn ready_targets(bench: &Bench, system: System, ns: &str, n: usize) -> usi
 async fn start_system(bench: &Bench, system: System, dir: &Path) -> Running {
     match system {
         System::Ebb => {
+            let binary = std::env::var_os("EBB_BENCH_EBB")
+                .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ebb")), PathBuf::from);
             let process = ebb::localstack::ebb::serve(
                 &bench.kube,
                 dir,
-                Path::new(env!("CARGO_BIN_EXE_ebb")),
+                &binary,
                 "ebb-peers",
                 free_port(),
                 free_port(),

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, ExternalMetricSource, HorizontalPodAutoscaler,
-    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
-    MetricTarget,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerSpec,
+    MetricIdentifier, MetricSpec, MetricTarget,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::Resource;
 use kube::api::ObjectMeta;
 
@@ -135,40 +135,104 @@ fn behavior_with(
     Some(behavior)
 }
 
+/// What ebb reads of an HPA, and all it keeps of one (the watch's index holds thousands): a
+/// whole object is 4 KiB and more (managed fields apart), this a tenth of it. An adoption, the
+/// one write that needs the whole object, reads it first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HpaFacts {
+    pub name: String,
+    /// The workload it scales.
+    pub scale_target_ref: CrossVersionObjectReference,
+    /// The uid of its controlling owner.
+    pub controller_uid: Option<String>,
+    /// A hash of its spec (defaults filled in): unchanged since ebb's last apply?
+    pub spec_hash: u64,
+    /// The AverageValue target of each External metric, by metric name.
+    pub average_values: Vec<(String, Quantity)>,
+    /// What the HPA controller last wrote, when it has.
+    pub status: Option<HpaStatusFacts>,
+}
+
+/// What ebb reads of an HPA's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HpaStatusFacts {
+    pub current_replicas: Option<i32>,
+    pub desired_replicas: i32,
+    pub last_scale_time: Option<Time>,
+    /// Its `ScalingLimited` condition, when it has one.
+    pub scaling_limited: Option<HorizontalPodAutoscalerCondition>,
+}
+
+impl HpaFacts {
+    pub fn of(hpa: &HorizontalPodAutoscaler) -> Self {
+        let average_values = hpa
+            .spec
+            .metrics
+            .iter()
+            .flatten()
+            .filter_map(|m| {
+                let e = m.external.as_ref()?;
+                Some((e.metric.name.clone(), e.target.average_value.clone()?))
+            })
+            .collect();
+        Self {
+            name: hpa.metadata.name.clone().unwrap_or_default(),
+            scale_target_ref: hpa.spec.scale_target_ref.clone(),
+            controller_uid: hpa
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            spec_hash: super::json_hash(&hpa.spec),
+            average_values,
+            status: hpa.status.as_ref().map(|s| HpaStatusFacts {
+                current_replicas: s.current_replicas,
+                desired_replicas: s.desired_replicas,
+                last_scale_time: s.last_scale_time.clone(),
+                scaling_limited: s
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == crate::engine::conditions::SCALING_LIMITED)
+                    .cloned(),
+            }),
+        }
+    }
+}
+
 /// The AverageValue targets of `hpa` for the metrics in `pending` whose value lies in the
 /// metric's range (what a learned target may be): kept while the metric's learning state
 /// waits for its backfill.
 pub fn kept_targets(
-    hpa: &HorizontalPodAutoscaler,
+    hpa: &HpaFacts,
     pending: &BTreeMap<String, (f64, f64)>,
 ) -> Vec<(String, Quantity)> {
-    hpa.spec
-        .metrics
+    hpa.average_values
         .iter()
-        .flatten()
-        .filter_map(|m| {
-            let e = m.external.as_ref()?;
-            let (lo, hi) = pending.get(&e.metric.name)?;
-            let q = e.target.average_value.as_ref()?;
-            let v = crate::crd::milli_value(&q.0).ok()? as f64 / 1000.0;
-            (*lo - 1e-3 <= v && v <= *hi + 1e-3).then(|| (e.metric.name.clone(), q.clone()))
+        .filter(|(name, q)| {
+            let Some((lo, hi)) = pending.get(name) else {
+                return false;
+            };
+            let Ok(milli) = crate::crd::milli_value(&q.0) else {
+                return false;
+            };
+            let v = milli as f64 / 1000.0;
+            *lo - 1e-3 <= v && v <= *hi + 1e-3
         })
+        .cloned()
         .collect()
 }
 
 /// Whether `hpa` is the one ebb owns for `st`.
-pub fn owned_by(hpa: &HorizontalPodAutoscaler, st: &ScaledTarget) -> bool {
-    let uid = st.metadata.uid.as_deref();
-    hpa.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+pub fn owned_by(hpa: &HpaFacts, st: &ScaledTarget) -> bool {
+    hpa.controller_uid.is_some() && hpa.controller_uid.as_deref() == st.metadata.uid.as_deref()
 }
 
 /// Whether `hpa` scales the workload `st` targets.
-pub fn targets_same_workload(hpa: &HorizontalPodAutoscaler, st: &ScaledTarget) -> bool {
-    let r = &hpa.spec.scale_target_ref;
+pub fn targets_same_workload(hpa: &HpaFacts, st: &ScaledTarget) -> bool {
+    let r = &hpa.scale_target_ref;
     let t = &st.spec.target_ref;
     r.kind == t.kind
         && r.name == t.name

@@ -4,8 +4,8 @@
 //!
 //! Listing a namespace's HPAs on every poll costs one request per target per interval and
 //! transfers every HPA of the namespace each time: quadratic in the number of targets (5,000
-//! targets in one namespace would move 5,000 HPAs per poll). The index keeps each HPA once
-//! (managed fields dropped) and finds those of a workload by key.
+//! targets in one namespace would move 5,000 HPAs per poll). The index keeps what ebb reads of
+//! each HPA once ([`HpaFacts`]) and finds those of a workload by key.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::watcher;
 
-use super::hpa;
+use super::hpa::{self, HpaFacts};
 use super::watched::{Index, Watched};
 use crate::crd::ScaledTarget;
 
@@ -25,23 +25,19 @@ type Workload = (String, String, String);
 
 #[derive(Default)]
 struct State {
-    by_name: HashMap<Name, Arc<HorizontalPodAutoscaler>>,
+    by_name: HashMap<Name, Arc<HpaFacts>>,
     by_workload: HashMap<Workload, BTreeSet<String>>,
 }
 
 impl State {
-    fn workload(h: &HorizontalPodAutoscaler) -> Workload {
-        let r = &h.spec.scale_target_ref;
-        (
-            h.namespace().unwrap_or_default(),
-            r.kind.clone(),
-            r.name.clone(),
-        )
+    fn workload(namespace: &str, h: &HpaFacts) -> Workload {
+        let r = &h.scale_target_ref;
+        (namespace.to_owned(), r.kind.clone(), r.name.clone())
     }
 
     fn remove(&mut self, name: &Name) {
         if let Some(old) = self.by_name.remove(name) {
-            let w = Self::workload(&old);
+            let w = Self::workload(&name.0, &old);
             if let Some(names) = self.by_workload.get_mut(&w) {
                 names.remove(&name.1);
                 if names.is_empty() {
@@ -52,42 +48,14 @@ impl State {
     }
 }
 
-/// What the index keeps of an HPA: all but its managed fields and the metric values it last
-/// read (ebb reads its own values from its store; of the HPA's status only the counts, the
-/// scale time and the conditions), with each list no longer than it is. A list deserialized
-/// in place keeps the spare room it grew into: the HPA's metrics, 808 bytes each inline, took
-/// four slots for one metric (3 KiB an HPA, 5,000 HPAs 16 MiB).
-fn compact(h: &mut HorizontalPodAutoscaler) {
-    h.metadata.managed_fields = None;
-    if let Some(metrics) = h.spec.metrics.as_mut() {
-        metrics.shrink_to_fit();
-    }
-    if let Some(status) = h.status.as_mut() {
-        status.current_metrics = None;
-        if let Some(conditions) = status.conditions.as_mut() {
-            conditions.shrink_to_fit();
-        }
-    }
-    for rules in h
-        .spec
-        .behavior
-        .iter_mut()
-        .flat_map(|b| [b.scale_up.as_mut(), b.scale_down.as_mut()])
-        .flatten()
-    {
-        if let Some(policies) = rules.policies.as_mut() {
-            policies.shrink_to_fit();
-        }
-    }
-}
-
 impl Index<HorizontalPodAutoscaler> for State {
-    fn apply(&mut self, mut h: HorizontalPodAutoscaler) {
-        compact(&mut h);
-        let name = (h.namespace().unwrap_or_default(), h.name_any());
+    fn apply(&mut self, h: HorizontalPodAutoscaler) {
+        let namespace = h.namespace().unwrap_or_default();
+        let h = HpaFacts::of(&h);
+        let name = (namespace.clone(), h.name.clone());
         self.remove(&name);
         self.by_workload
-            .entry(Self::workload(&h))
+            .entry(Self::workload(&namespace, &h))
             .or_default()
             .insert(name.1.clone());
         self.by_name.insert(name, Arc::new(h));
@@ -101,10 +69,10 @@ impl Index<HorizontalPodAutoscaler> for State {
 /// What mode Hpa needs to know of the HPAs around one ScaledTarget.
 pub struct HpaView {
     /// ebb's HPA for the target, if it exists and is owned by it.
-    pub ours: Option<Arc<HorizontalPodAutoscaler>>,
+    pub ours: Option<Arc<HpaFacts>>,
     /// An HPA ebb does not own that scales the same workload (or that `ebb.dev/adopt-hpa`
     /// names while it scales another one).
-    pub foreign: Option<Arc<HorizontalPodAutoscaler>>,
+    pub foreign: Option<Arc<HpaFacts>>,
     /// The HPA `ebb.dev/adopt-hpa` names, on the same workload, not owned yet: ebb takes it
     /// over (it is `ours` too).
     pub adopting: bool,
@@ -113,10 +81,7 @@ pub struct HpaView {
 impl HpaView {
     /// The view of `st` among `hpas` (the HPAs of its namespace, or at least those of its
     /// workload and its own).
-    pub fn of<'a>(
-        st: &ScaledTarget,
-        hpas: impl IntoIterator<Item = &'a Arc<HorizontalPodAutoscaler>>,
-    ) -> Self {
+    pub fn of<'a>(st: &ScaledTarget, hpas: impl IntoIterator<Item = &'a Arc<HpaFacts>>) -> Self {
         let name = hpa::hpa_name(st);
         let adopt = hpa::adopted_hpa(st);
         let mut view = Self {
@@ -127,15 +92,13 @@ impl HpaView {
         for h in hpas {
             let same_workload = hpa::targets_same_workload(h, st);
             if hpa::owned_by(h, st) {
-                if h.name_any() == name {
+                if h.name == name {
                     view.ours = Some(h.clone());
                 }
-            } else if adopt == Some(h.name_any().as_str()) && same_workload {
+            } else if adopt == Some(h.name.as_str()) && same_workload {
                 view.ours = Some(h.clone());
                 view.adopting = true;
-            } else if view.foreign.is_none()
-                && (same_workload || adopt == Some(h.name_any().as_str()))
-            {
+            } else if view.foreign.is_none() && (same_workload || adopt == Some(h.name.as_str())) {
                 view.foreign = Some(h.clone());
             }
         }
@@ -196,6 +159,7 @@ impl HpaIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn hpa(name: &str, workload: &str) -> HorizontalPodAutoscaler {
         serde_json::from_value(serde_json::json!({
@@ -209,49 +173,61 @@ mod tests {
     }
 
     #[test]
-    fn the_index_keeps_an_hpa_compact_and_its_spec_whole() {
-        // Parsed from text, as a watch parses it (a `Value`'s arrays have a known length).
+    fn the_index_keeps_what_ebb_reads_of_an_hpa() {
         let json = serde_json::json!({
-            "metadata": { "name": "h", "namespace": "n",
+            "metadata": { "name": "h", "namespace": "n", "labels": { "team": "a" },
+                          "ownerReferences": [
+                              { "apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u0" },
+                              { "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
+                                "name": "st", "uid": "u1", "controller": true }],
                           "managedFields": [{ "manager": "kube-controller-manager" }] },
             "spec": {
                 "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "w" },
                 "maxReplicas": 3,
-                "metrics": [{ "type": "External", "external": {
-                    "metric": { "name": "m" },
-                    "target": { "type": "AverageValue", "averageValue": "10" } } }]
+                "metrics": [
+                    { "type": "External", "external": {
+                        "metric": { "name": "m", "selector": { "matchLabels": { "a": "b" } } },
+                        "target": { "type": "AverageValue", "averageValue": "10" } } },
+                    { "type": "External", "external": {
+                        "metric": { "name": "v" },
+                        "target": { "type": "Value", "value": "3" } } }]
             },
             "status": {
+                "currentReplicas": 1,
                 "desiredReplicas": 2,
                 "currentMetrics": [{ "type": "External", "external": {
                     "metric": { "name": "m" }, "current": { "averageValue": "12" } } }],
-                "conditions": [{ "type": "ScalingLimited", "status": "False" }]
+                "conditions": [
+                    { "type": "AbleToScale", "status": "True" },
+                    { "type": "ScalingLimited", "status": "True", "reason": "TooManyReplicas" }]
             }
         });
-        let parse = || serde_json::from_str::<HorizontalPodAutoscaler>(&json.to_string()).unwrap();
-        let mut h = parse();
-        let spec = h.spec.clone();
-        assert!(
-            h.spec.metrics.as_ref().unwrap().capacity() > 1,
-            "serde grows by four"
-        );
+        let h: HorizontalPodAutoscaler = serde_json::from_value(json).unwrap();
         let mut s = State::default();
-        s.apply(parse());
+        s.apply(h.clone());
         let kept = &s.by_name[&("n".to_owned(), "h".to_owned())];
-        assert_eq!(kept.spec, spec);
-        assert_eq!(kept.spec.metrics.as_ref().unwrap().capacity(), 1);
-        assert!(kept.metadata.managed_fields.is_none());
-        let status = kept.status.as_ref().unwrap();
-        assert_eq!(status.desired_replicas, 2);
-        assert!(status.current_metrics.is_none());
-        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
-        h.status = None;
-        s.apply(h);
-        assert!(
-            s.by_name[&("n".to_owned(), "h".to_owned())]
-                .status
-                .is_none()
+        assert_eq!(kept.name, "h");
+        assert_eq!(kept.scale_target_ref.name, "w");
+        assert_eq!(kept.controller_uid.as_deref(), Some("u1"));
+        assert_eq!(kept.spec_hash, crate::controller::json_hash(&h.spec));
+        assert_eq!(
+            kept.average_values,
+            [("m".to_owned(), Quantity("10".into()))]
         );
+        let status = kept.status.as_ref().unwrap();
+        assert_eq!(
+            (status.current_replicas, status.desired_replicas),
+            (Some(1), 2)
+        );
+        let limited = status.scaling_limited.as_ref().unwrap();
+        assert_eq!(limited.reason.as_deref(), Some("TooManyReplicas"));
+        // What the HPA controller writes leaves the spec's hash alone.
+        let mut moved = h.clone();
+        moved.status.as_mut().unwrap().desired_replicas = 3;
+        s.apply(moved);
+        let kept = &s.by_name[&("n".to_owned(), "h".to_owned())];
+        assert_eq!(kept.spec_hash, crate::controller::json_hash(&h.spec));
+        assert_eq!(kept.status.as_ref().unwrap().desired_replicas, 3);
     }
 
     #[test]

@@ -170,7 +170,7 @@ struct AppliedHpa {
 }
 
 /// A hash of `value`'s JSON form.
-fn json_hash(value: &impl serde::Serialize) -> u64 {
+pub(crate) fn json_hash(value: &impl serde::Serialize) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_vec(value).unwrap_or_default().hash(&mut h);
@@ -1162,19 +1162,19 @@ impl Act<'_> {
             let message = if hpa::targets_same_workload(&foreign, st) {
                 format!(
                     "HPA {} already scales {} {}; ebb does not fight an HPA it does not own (annotate the ScaledTarget with {}: {} to take it over)",
-                    foreign.name_any(),
+                    foreign.name,
                     st.spec.target_ref.kind,
                     st.spec.target_ref.name,
                     crate::crd::ADOPT_HPA_ANNOTATION,
-                    foreign.name_any()
+                    foreign.name
                 )
             } else {
                 format!(
                     "{} names HPA {}, which scales {} {}, not {} {}: ebb adopts only an HPA of its own workload",
                     crate::crd::ADOPT_HPA_ANNOTATION,
-                    foreign.name_any(),
-                    foreign.spec.scale_target_ref.kind,
-                    foreign.spec.scale_target_ref.name,
+                    foreign.name,
+                    foreign.scale_target_ref.kind,
+                    foreign.scale_target_ref.name,
                     st.spec.target_ref.kind,
                     st.spec.target_ref.name
                 )
@@ -1215,16 +1215,16 @@ impl Act<'_> {
         }
         let desired = hpa::desired_hpa_with(st, &learned_targets, intent.behavior);
         if let (true, Some(existing)) = (adopting, &ours) {
-            self.adopt(&hpas, existing, &desired).await?;
+            self.adopt(&hpas, &existing.name, &desired).await?;
         }
         let fingerprint = json_hash(&desired);
         let last = state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied;
         let in_sync = match (&ours, last) {
-            (Some(h), Some(a)) => a.desired == fingerprint && json_hash(&h.spec) == a.spec,
+            (Some(h), Some(a)) => a.desired == fingerprint && h.spec_hash == a.spec,
             _ => false,
         };
-        let hpa_now = if in_sync {
-            ours.as_deref().cloned().unwrap_or_default()
+        let hpa_now = if let (true, Some(ours)) = (in_sync, ours) {
+            ours
         } else {
             lease_held(ctx)?;
             ctx.stats.requests(1);
@@ -1235,24 +1235,20 @@ impl Act<'_> {
                     &Patch::Apply(desired),
                 )
                 .await?;
+            let applied = hpa::HpaFacts::of(&applied);
             state_for(&mut ctx.targets.lock().expect("targets"), st).hpa_applied =
                 Some(AppliedHpa {
                     desired: fingerprint,
-                    spec: json_hash(&applied.spec),
+                    spec: applied.spec_hash,
                 });
-            applied
+            Arc::new(applied)
         };
         status.hpa_name = Some(name.clone());
-        if let Some(s) = hpa_now.status {
+        if let Some(s) = &hpa_now.status {
             status.current_replicas = s.current_replicas;
             status.desired_replicas = Some(s.desired_replicas);
-            status.last_scale_time = s.last_scale_time.or(status.last_scale_time.take());
-            if let Some(limited) = s
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == cond::SCALING_LIMITED)
-            {
+            status.last_scale_time = s.last_scale_time.clone().or(status.last_scale_time.take());
+            if let Some(limited) = &s.scaling_limited {
                 conditions.set(condition(
                     cond::SCALING_LIMITED,
                     limited.status == "True",
@@ -1278,17 +1274,21 @@ impl Act<'_> {
         Ok(())
     }
 
-    /// Takes over `existing` (named by `ebb.dev/adopt-hpa`): its spec replaced by ebb's in one
-    /// write, owned by the ScaledTarget from then on, its labels and annotations kept. The
-    /// object stays, and with it the HPA controller's memory of recent recommendations, so
+    /// Takes over the HPA `name` (named by `ebb.dev/adopt-hpa`): its spec replaced by ebb's
+    /// in one write, owned by the ScaledTarget from then on, its labels and annotations kept.
+    /// The object stays, and with it the HPA controller's memory of recent recommendations, so
     /// the count does not jump; the server-side apply that follows takes the fields over.
     async fn adopt(
         &self,
         hpas: &Api<HorizontalPodAutoscaler>,
-        existing: &HorizontalPodAutoscaler,
+        name: &str,
         desired: &HorizontalPodAutoscaler,
     ) -> Result<()> {
         let (st, ctx) = (self.st, self.ctx);
+        // The index keeps little of an HPA: the write builds on the whole object, read now
+        // (a write on a version changed since fails with 409 and is tried again next poll).
+        ctx.stats.requests(1);
+        let existing = hpas.get(name).await?;
         let mut adopted = desired.clone();
         let meta = &mut adopted.metadata;
         meta.resource_version = existing.metadata.resource_version.clone();
@@ -1305,9 +1305,7 @@ impl Act<'_> {
         meta.owner_references = Some(owners);
         lease_held(ctx)?;
         ctx.stats.requests(1);
-        let name = existing.name_any();
-        hpas.replace(&name, &PostParams::default(), &adopted)
-            .await?;
+        hpas.replace(name, &PostParams::default(), &adopted).await?;
         let message = format!(
             "adopted HPA {name} (scaling {} {} at {} replicas): its spec is ebb's from now on",
             st.spec.target_ref.kind,
@@ -1330,8 +1328,8 @@ impl Act<'_> {
             .list(&ListParams::default())
             .await?
             .items
-            .into_iter()
-            .map(Arc::new)
+            .iter()
+            .map(|h| Arc::new(hpa::HpaFacts::of(h)))
             .collect();
         Ok(hpa_index::HpaView::of(self.st, &listed))
     }
