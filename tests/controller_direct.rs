@@ -379,9 +379,11 @@ async fn no_matching_queue_holds_unless_empty_as_says_it_is_zero() {
         (replicas(&client, &ns, "zero").await == 1).then_some(())
     })
     .await;
-    let (healthy, reason) = condition(&client, &ns, "held", cond::SOURCES_HEALTHY)
-        .await
-        .unwrap();
+    // The two targets' status writes are queued apart: the held one's may land later.
+    let (healthy, reason) = eventually(10 * SECOND, "held: a SourcesHealthy condition", || {
+        condition(&client, &ns, "held", cond::SOURCES_HEALTHY)
+    })
+    .await;
     assert_eq!(
         (healthy.as_str(), reason.as_str()),
         ("False", cond::NO_DATA)

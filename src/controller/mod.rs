@@ -169,6 +169,12 @@ struct AppliedHpa {
     spec: u64,
 }
 
+/// Whether `a` and `b` have the same JSON form (what an object read back shows of a write:
+/// times to the second).
+fn same_json(a: &impl serde::Serialize, b: &impl serde::Serialize) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
 /// A hash of `value`'s JSON form.
 pub(crate) fn json_hash(value: &impl serde::Serialize) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -827,14 +833,25 @@ impl Context {
         }
     }
 
-    /// What the status says now: the last one this replica queued, else the object's.
+    /// What the status says now: the last one this replica queued, else the object's. Once
+    /// the object shows the queued one (the write landed: the same JSON), only the object's
+    /// copy is kept (a status is over a kilobyte; the watch keeps every object).
     fn last_status(&self, st: &ScaledTarget) -> Option<ScaledTargetStatus> {
-        let targets = self.targets.lock().expect("targets");
-        targets
-            .get(&key(st))
+        let mut targets = self.targets.lock().expect("targets");
+        let queued = targets
+            .get_mut(&key(st))
             .filter(|t| Some(&t.uid) == st.metadata.uid.as_ref())
-            .and_then(|t| t.status.clone())
-            .or_else(|| st.status.clone())
+            .map(|t| &mut t.status);
+        match (queued, &st.status) {
+            (Some(queued), Some(object))
+                if queued.as_ref().is_some_and(|q| same_json(q, object)) =>
+            {
+                *queued = None;
+                Some(object.clone())
+            }
+            (Some(Some(queued)), _) => Some(queued.clone()),
+            _ => st.status.clone(),
+        }
     }
 
     /// The startup delay the machine learned from the workload's pods, and on how many starts.
@@ -1641,6 +1658,52 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that never answers: for contexts whose reads a test does not reach.
+    struct NoReads;
+
+    impl MetricReader for NoReads {
+        fn read<'a>(&'a self, _: &'a str, _: &'a Metric, _: Duration) -> reader::ReadFuture<'a> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queued_status_gives_way_to_the_objects_once_the_write_shows() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let ctx = Context::new(client, Arc::new(NoReads), Leadership::fixed(true), "t");
+        let mut st: ScaledTarget = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
+            "metadata": { "name": "web", "namespace": "shop", "uid": "u1" },
+            "spec": {
+                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
+                "maxReplicas": 3,
+                "metrics": [{ "name": "m", "prometheus": { "address": "http://p", "query": "q" },
+                              "target": { "type": "Value", "value": "1" } }]
+            },
+            "status": { "desiredReplicas": 1 }
+        }))
+        .unwrap();
+        let queued = |ctx: &Context| ctx.targets.lock().unwrap()["shop/web"].status.clone();
+        // A status queued, with a time to the nanosecond; the object does not show it yet.
+        let time =
+            Time(k8s_openapi::jiff::Timestamp::from_nanosecond(1_700_000_000_123_456_789).unwrap());
+        let ours = ScaledTargetStatus {
+            desired_replicas: Some(2),
+            last_scale_time: Some(time),
+            ..Default::default()
+        };
+        state_for(&mut ctx.targets.lock().unwrap(), &st).status = Some(ours.clone());
+        assert_eq!(ctx.last_status(&st), Some(ours.clone()));
+        assert_eq!(queued(&ctx), Some(ours.clone()));
+        // The write landed (read back to the second): one copy, the object's.
+        let written: ScaledTargetStatus =
+            serde_json::from_value(serde_json::to_value(&ours).unwrap()).unwrap();
+        st.status = Some(written.clone());
+        assert_eq!(ctx.last_status(&st), Some(written));
+        assert_eq!(queued(&ctx), None);
+    }
 
     #[test]
     fn regular_polls_move_onto_the_targets_slot_and_stay_there() {
