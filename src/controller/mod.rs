@@ -128,6 +128,17 @@ struct TargetState {
     /// The last status this replica queued, while it leads. Writes are deferred
     /// ([`writer`]), so the object may not show it yet; the next status builds on it.
     status: Option<ScaledTargetStatus>,
+    /// The object's resourceVersion the queued status was last compared with: the object
+    /// is compared again only once it changed (a status is two serializations a compare).
+    status_compared_at: Option<String>,
+}
+
+impl TargetState {
+    /// Queues `status` as the last one written (see [`TargetState::status`]).
+    fn queue_status(&mut self, status: ScaledTargetStatus) {
+        self.status = Some(status);
+        self.status_compared_at = None;
+    }
 }
 
 /// The state of `st`, started afresh when the object was recreated (another uid).
@@ -829,6 +840,7 @@ impl Context {
         if let Some(t) = self.targets.lock().expect("targets").get_mut(&key(st)) {
             t.series = None;
             t.status = None;
+            t.status_compared_at = None;
             t.machine.stand_by();
         }
     }
@@ -838,19 +850,26 @@ impl Context {
     /// copy is kept (a status is over a kilobyte; the watch keeps every object).
     fn last_status(&self, st: &ScaledTarget) -> Option<ScaledTargetStatus> {
         let mut targets = self.targets.lock().expect("targets");
-        let queued = targets
+        let Some(t) = targets
             .get_mut(&key(st))
             .filter(|t| Some(&t.uid) == st.metadata.uid.as_ref())
-            .map(|t| &mut t.status);
-        match (queued, &st.status) {
-            (Some(queued), Some(object))
-                if queued.as_ref().is_some_and(|q| same_json(q, object)) =>
-            {
-                *queued = None;
+        else {
+            return st.status.clone();
+        };
+        let Some(queued) = &t.status else {
+            return st.status.clone();
+        };
+        let version = &st.metadata.resource_version;
+        if version.is_some() && t.status_compared_at == *version {
+            return Some(queued.clone());
+        }
+        t.status_compared_at = version.clone();
+        match &st.status {
+            Some(object) if same_json(queued, object) => {
+                t.status = None;
                 Some(object.clone())
             }
-            (Some(Some(queued)), _) => Some(queued.clone()),
-            _ => st.status.clone(),
+            _ => Some(queued.clone()),
         }
     }
 
@@ -889,7 +908,7 @@ impl Context {
             self.series(t, st).observe(values, &status);
         }
         if status::worth_writing(previous, &status) {
-            state_for(&mut self.targets.lock().expect("targets"), st).status = Some(status.clone());
+            state_for(&mut self.targets.lock().expect("targets"), st).queue_status(status.clone());
             self.writer.write_status(st, status).await;
         }
     }
@@ -1694,14 +1713,28 @@ mod tests {
             last_scale_time: Some(time),
             ..Default::default()
         };
-        state_for(&mut ctx.targets.lock().unwrap(), &st).status = Some(ours.clone());
+        state_for(&mut ctx.targets.lock().unwrap(), &st).queue_status(ours.clone());
+        st.metadata.resource_version = Some("1".into());
         assert_eq!(ctx.last_status(&st), Some(ours.clone()));
         assert_eq!(queued(&ctx), Some(ours.clone()));
-        // The write landed (read back to the second): one copy, the object's.
+        // The write landed (read back to the second): one copy, the object's. It is looked
+        // for only in another version of the object: version 1 was compared already.
         let written: ScaledTargetStatus =
             serde_json::from_value(serde_json::to_value(&ours).unwrap()).unwrap();
         st.status = Some(written.clone());
+        assert_eq!(ctx.last_status(&st), Some(ours.clone()));
+        assert_eq!(queued(&ctx), Some(ours.clone()));
+        st.metadata.resource_version = Some("2".into());
         assert_eq!(ctx.last_status(&st), Some(written));
+        assert_eq!(queued(&ctx), None);
+        // A newer status queued is compared again with the same version.
+        let newer = ScaledTargetStatus {
+            desired_replicas: Some(3),
+            ..ours.clone()
+        };
+        state_for(&mut ctx.targets.lock().unwrap(), &st).queue_status(newer.clone());
+        st.status = Some(newer.clone());
+        assert_eq!(ctx.last_status(&st), Some(newer));
         assert_eq!(queued(&ctx), None);
     }
 
