@@ -2,90 +2,77 @@
 //! and `ebb_scaling_actions_total`), the controller's own work (`ebb_controller_*`, read from
 //! [`ControllerStats`] at scrape time) and which replica leads (`ebb_leader`).
 //!
-//! Per-target series are handles kept in the target's state ([`TargetSeries`]): labels are
-//! built once, when a target first polls on the leader (or its spec changes); a poll then only
-//! stores into atomics. Dropping the handles removes the series from their families, so a
-//! deleted target, or one this replica no longer leads, leaves no series behind.
+//! Per-target series are rows of plain values, encoded when Prometheus scrapes; a handle kept in
+//! the target's state ([`TargetSeries`]) owns its row. The row is made when a target first polls
+//! on the leader and follows its spec's generation; a poll stores into it. Dropping the handle
+//! removes the row, so a deleted target, or one this replica no longer leads, leaves no series
+//! behind.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kube::ResourceExt;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::leader::Leadership;
 use super::stats::ControllerStats;
 use crate::crd::{ScaledTarget, ScaledTargetStatus, TargetType, milli_value};
 
-type F64Gauge = Gauge<f64, AtomicU64>;
-
-/// `{namespace, scaledtarget}`. Shared strings: a target's label sets all point at one copy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct TargetLabels {
-    pub namespace: Arc<String>,
-    pub scaledtarget: Arc<String>,
+/// One ScaledTarget's series as plain values, encoded when Prometheus scrapes
+/// ([`TargetsCollector`]): a row is a few hundred bytes where a family entry per series (ten
+/// or more a target, each with its own label set and atomic) was over a kilobyte and a half.
+#[derive(Debug, Default)]
+struct TargetRow {
+    namespace: String,
+    name: String,
+    mode: &'static str,
+    /// `Kind/name` of the scaled workload.
+    workload: String,
+    min: i64,
+    max: i64,
+    current: Option<i64>,
+    desired: Option<i64>,
+    fallback: bool,
+    paused: bool,
+    stalled: bool,
+    up: u64,
+    down: u64,
+    metrics: Vec<MetricRow>,
 }
 
-/// `{namespace, scaledtarget, metric}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct MetricLabels {
-    #[prometheus(flatten)]
-    pub target: TargetLabels,
-    pub metric: String,
+#[derive(Debug)]
+struct MetricRow {
+    name: String,
+    /// The target's `type` (Value, AverageValue, DrainTime): whether it compares with the
+    /// reading itself or with the reading per replica.
+    type_: &'static str,
+    /// The spec's target (NaN when it does not parse).
+    target: f64,
+    /// The last reading (NaN when it failed; absent before the first).
+    value: Option<f64>,
+    /// The learned target, once one shows.
+    learned: Option<f64>,
 }
 
-/// `{namespace, scaledtarget, metric, type}`: a target's `type` (Value or AverageValue) says
-/// whether it compares with the reading itself or with the reading per replica.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct TargetTypeLabels {
-    #[prometheus(flatten)]
-    pub metric: MetricLabels,
-    pub r#type: &'static str,
+/// Every target's row, by the id its [`TargetSeries`] holds.
+#[derive(Debug, Default)]
+struct TargetTable {
+    rows: std::sync::Mutex<HashMap<u64, TargetRow>>,
+    next_id: AtomicU64,
 }
 
-/// `{namespace, scaledtarget, kind}`: `kind` is current, desired, min or max.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ReplicaLabels {
-    #[prometheus(flatten)]
-    pub target: TargetLabels,
-    pub kind: &'static str,
-}
-
-/// `{namespace, scaledtarget, mode, target}`: `target` is `Kind/name` of the scaled workload.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct InfoLabels {
-    #[prometheus(flatten)]
-    pub scaled: TargetLabels,
-    pub mode: &'static str,
-    pub target: String,
-}
-
-/// `{namespace, scaledtarget, direction}`: `direction` is up or down.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ActionLabels {
-    #[prometheus(flatten)]
-    pub target: TargetLabels,
-    pub direction: &'static str,
-}
-
-/// The per-ScaledTarget families.
-#[derive(Debug, Clone, Default)]
-struct TargetFamilies {
-    metric_value: Family<MetricLabels, F64Gauge>,
-    metric_target: Family<TargetTypeLabels, F64Gauge>,
-    metric_learned_target: Family<TargetTypeLabels, F64Gauge>,
-    replicas: Family<ReplicaLabels, Gauge>,
-    fallback: Family<TargetLabels, Gauge>,
-    paused: Family<TargetLabels, Gauge>,
-    stalled: Family<TargetLabels, Gauge>,
-    info: Family<InfoLabels, Gauge>,
-    actions: Family<ActionLabels, Counter>,
+impl TargetTable {
+    fn with<R>(&self, id: u64, f: impl FnOnce(&mut TargetRow) -> R) -> Option<R> {
+        self.rows.lock().expect("target rows").get_mut(&id).map(f)
+    }
 }
 
 /// `{kind, reason}` of a failed poll: `kind` is transient or permanent (`super::errors`).
@@ -107,7 +94,7 @@ pub struct EscalationLabels {
 pub struct ControllerMetrics {
     /// Counters of the controller's work, exposed at scrape time.
     pub stats: Arc<ControllerStats>,
-    targets: TargetFamilies,
+    targets: Arc<TargetTable>,
     errors: Family<ErrorLabels, Counter>,
     escalations: Family<EscalationLabels, Counter>,
     escalation_attempts: Counter,
@@ -150,26 +137,7 @@ impl ControllerMetrics {
     /// Registers everything in `registry` (ebb's, prefix `ebb`); `identity` and `leadership`
     /// make `ebb_leader{identity}`.
     pub fn register(&self, registry: &mut Registry, identity: &str, leadership: Leadership) {
-        let t = &self.targets;
         crate::telemetry::register!(registry;
-            "scaledtarget_metric_value" => t.metric_value,
-                "A ScaledTarget metric's last reading (NaN when it failed)";
-            "scaledtarget_metric_target" => t.metric_target,
-                "A ScaledTarget metric's target from the spec (per replica for AverageValue)";
-            "scaledtarget_metric_learned_target" => t.metric_learned_target,
-                "A ScaledTarget metric's target learned from history, where one is in use";
-            "scaledtarget_replicas" => t.replicas,
-                "Replicas of a ScaledTarget's workload: current, desired, min and max";
-            "scaledtarget_fallback" => t.fallback,
-                "1 while a ScaledTarget holds its fallback replica count";
-            "scaledtarget_paused" => t.paused,
-                "1 while a ScaledTarget is paused by annotation";
-            "scaledtarget_stalled" => t.stalled,
-                "1 while the pods of a ScaledTarget's last scale-up are not Ready past the budget (ScalingStalled)";
-            "scaledtarget_info" => t.info,
-                "1 per ScaledTarget, with its mode and workload";
-            "scaling_actions" => t.actions,
-                "Replica changes applied (Direct, paused-replicas) or reported (Shadow)";
             "reconcile_errors" => self.errors,
                 "Polls that failed, by kind (transient: backed off; permanent: Ready=False) and reason";
             "escalations" => self.escalations,
@@ -181,6 +149,7 @@ impl ControllerMetrics {
         for result in ["delivered", "failed", "dropped"] {
             let _ = self.escalations.get_or_create(&EscalationLabels { result });
         }
+        registry.register_collector(Box::new(TargetsCollector(self.targets.clone())));
         registry.register_collector(Box::new(StatsCollector(self.stats.clone())));
         registry.register_collector(Box::new(LeaderCollector {
             identity: identity.to_string(),
@@ -246,116 +215,204 @@ impl Collector for LeaderCollector {
     }
 }
 
-struct MetricSeries {
-    /// With the target's type; `labels.metric` are the reading's labels.
-    labels: TargetTypeLabels,
-    value: F64Gauge,
-    /// Created when a learned target first shows.
-    learned: Option<F64Gauge>,
+/// `ebb_scaledtarget_*` and `ebb_scaling_actions_total` from the target rows, one family after
+/// another. The rows are locked for the scrape (a few milliseconds at 5,000 targets).
+#[derive(Debug)]
+struct TargetsCollector(Arc<TargetTable>);
+
+impl Collector for TargetsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let rows = self.0.rows.lock().expect("target rows");
+        let rows = || rows.values();
+        let gauge = MetricType::Gauge;
+        fn target(r: &TargetRow) -> [(&str, &str); 2] {
+            [("namespace", &r.namespace), ("scaledtarget", &r.name)]
+        }
+        fn per_metric<'a>(r: &'a TargetRow, m: &'a MetricRow) -> [(&'a str, &'a str); 3] {
+            let [ns, st] = target(r);
+            [ns, st, ("metric", &m.name)]
+        }
+        fn typed<'a>(r: &'a TargetRow, m: &'a MetricRow) -> [(&'a str, &'a str); 4] {
+            let [ns, st, metric] = per_metric(r, m);
+            [ns, st, metric, ("type", m.type_)]
+        }
+
+        let mut e = encoder.encode_descriptor(
+            "scaledtarget_metric_value",
+            "A ScaledTarget metric's last reading (NaN when it failed)",
+            None,
+            gauge,
+        )?;
+        for r in rows() {
+            for m in &r.metrics {
+                if let Some(v) = m.value {
+                    ConstGauge::new(v).encode(e.encode_family(&per_metric(r, m))?)?;
+                }
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "scaledtarget_metric_target",
+            "A ScaledTarget metric's target from the spec (per replica for AverageValue)",
+            None,
+            gauge,
+        )?;
+        for r in rows() {
+            for m in &r.metrics {
+                ConstGauge::new(m.target).encode(e.encode_family(&typed(r, m))?)?;
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "scaledtarget_metric_learned_target",
+            "A ScaledTarget metric's target learned from history, where one is in use",
+            None,
+            gauge,
+        )?;
+        for r in rows() {
+            for m in &r.metrics {
+                if let Some(v) = m.learned {
+                    ConstGauge::new(v).encode(e.encode_family(&typed(r, m))?)?;
+                }
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "scaledtarget_replicas",
+            "Replicas of a ScaledTarget's workload: current, desired, min and max",
+            None,
+            gauge,
+        )?;
+        for r in rows() {
+            let counts = [
+                ("current", r.current),
+                ("desired", r.desired),
+                ("min", Some(r.min)),
+                ("max", Some(r.max)),
+            ];
+            for (kind, n) in counts {
+                if let Some(n) = n {
+                    let [ns, st] = target(r);
+                    ConstGauge::new(n).encode(e.encode_family(&[ns, st, ("kind", kind)])?)?;
+                }
+            }
+        }
+        type Flag = (&'static str, &'static str, fn(&TargetRow) -> bool);
+        let flags: [Flag; 3] = [
+            (
+                "scaledtarget_fallback",
+                "1 while a ScaledTarget holds its fallback replica count",
+                |r| r.fallback,
+            ),
+            (
+                "scaledtarget_paused",
+                "1 while a ScaledTarget is paused by annotation",
+                |r| r.paused,
+            ),
+            (
+                "scaledtarget_stalled",
+                "1 while the pods of a ScaledTarget's last scale-up are not Ready past the budget (ScalingStalled)",
+                |r| r.stalled,
+            ),
+        ];
+        for (name, help, flag) in flags {
+            let mut e = encoder.encode_descriptor(name, help, None, gauge)?;
+            for r in rows() {
+                ConstGauge::new(i64::from(flag(r))).encode(e.encode_family(&target(r))?)?;
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "scaledtarget_info",
+            "1 per ScaledTarget, with its mode and workload",
+            None,
+            gauge,
+        )?;
+        for r in rows() {
+            let [ns, st] = target(r);
+            let labels = [ns, st, ("mode", r.mode), ("target", r.workload.as_str())];
+            ConstGauge::new(1).encode(e.encode_family(&labels)?)?;
+        }
+        let mut e = encoder.encode_descriptor(
+            "scaling_actions",
+            "Replica changes applied (Direct, paused-replicas) or reported (Shadow)",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in rows() {
+            for (direction, n) in [("up", r.up), ("down", r.down)] {
+                let [ns, st] = target(r);
+                ConstCounter::new(n).encode(e.encode_family(&[
+                    ns,
+                    st,
+                    ("direction", direction),
+                ])?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
-/// One ScaledTarget's series (see the module docs).
+/// One ScaledTarget's series (see the module docs): a handle on its row, which goes when the
+/// handle is dropped.
 pub(crate) struct TargetSeries {
-    families: TargetFamilies,
-    target: TargetLabels,
-    /// The spec generation the spec-derived series were built for.
+    table: Arc<TargetTable>,
+    id: u64,
+    /// The spec generation the spec-derived values were taken from.
     generation: Option<Option<i64>>,
-    metrics: Vec<MetricSeries>,
-    info: Option<InfoLabels>,
-    current: Gauge,
-    desired: Gauge,
-    min: Gauge,
-    max: Gauge,
-    fallback: Gauge,
-    paused: Gauge,
-    stalled: Gauge,
-    up: Counter,
-    down: Counter,
 }
 
 impl TargetSeries {
     /// The series of `st`, with the spec-derived ones current.
     pub(crate) fn new(metrics: &ControllerMetrics, st: &ScaledTarget) -> Self {
-        let f = metrics.targets.clone();
-        let target = TargetLabels {
-            namespace: Arc::new(st.namespace().unwrap_or_default()),
-            scaledtarget: Arc::new(st.name_any()),
+        let table = metrics.targets.clone();
+        let id = table.next_id.fetch_add(1, Ordering::Relaxed);
+        let row = TargetRow {
+            namespace: st.namespace().unwrap_or_default(),
+            name: st.name_any(),
+            ..Default::default()
         };
-        let replicas = |kind| {
-            f.replicas.get_or_create_owned(&ReplicaLabels {
-                target: target.clone(),
-                kind,
-            })
-        };
-        let actions = |direction| {
-            f.actions.get_or_create_owned(&ActionLabels {
-                target: target.clone(),
-                direction,
-            })
-        };
+        table.rows.lock().expect("target rows").insert(id, row);
         let mut series = Self {
-            current: replicas("current"),
-            desired: replicas("desired"),
-            min: replicas("min"),
-            max: replicas("max"),
-            fallback: f.fallback.get_or_create_owned(&target),
-            paused: f.paused.get_or_create_owned(&target),
-            stalled: f.stalled.get_or_create_owned(&target),
-            up: actions("up"),
-            down: actions("down"),
+            table,
+            id,
             generation: None,
-            metrics: Vec::new(),
-            info: None,
-            target,
-            families: f,
         };
         series.sync(st);
         series
     }
 
-    /// Rebuilds what depends on the spec (metric names and targets, mode, bounds) when the
+    /// Takes what depends on the spec (metric names and targets, mode, bounds) when the
     /// generation changed; a no-op otherwise.
     pub(crate) fn sync(&mut self, st: &ScaledTarget) {
         if self.generation == Some(st.metadata.generation) {
             return;
         }
         self.generation = Some(st.metadata.generation);
-        self.remove_spec_series();
-        let f = &self.families;
-        for (m, _) in st.spec.shown_metrics() {
-            let labels = TargetTypeLabels {
-                metric: MetricLabels {
-                    target: self.target.clone(),
-                    metric: m.name.clone(),
-                },
-                r#type: match m.target.type_ {
+        let metrics = st
+            .spec
+            .shown_metrics()
+            .map(|(m, _)| MetricRow {
+                name: m.name.clone(),
+                type_: match m.target.type_ {
                     TargetType::Value => "Value",
                     TargetType::AverageValue => "AverageValue",
                     TargetType::DrainTime => "DrainTime",
                 },
-            };
-            let target = m
-                .target
-                .quantity()
-                .and_then(|q| milli_value(&q.0).ok())
-                .map_or(f64::NAN, |milli| milli as f64 / 1000.0);
-            f.metric_target.get_or_create(&labels).set(target);
-            self.metrics.push(MetricSeries {
-                value: f.metric_value.get_or_create_owned(&labels.metric),
-                labels,
+                target: m
+                    .target
+                    .quantity()
+                    .and_then(|q| milli_value(&q.0).ok())
+                    .map_or(f64::NAN, |milli| milli as f64 / 1000.0),
+                value: None,
                 learned: None,
-            });
-        }
+            })
+            .collect();
         let t = &st.spec.target_ref;
-        let info = InfoLabels {
-            scaled: self.target.clone(),
-            mode: st.spec.mode.as_str(),
-            target: format!("{}/{}", t.kind, t.name),
-        };
-        f.info.get_or_create(&info).set(1);
-        self.info = Some(info);
-        self.min.set(st.spec.min_replicas.into());
-        self.max.set(st.spec.max_replicas.into());
+        let workload = format!("{}/{}", t.kind, t.name);
+        self.table.with(self.id, |row| {
+            row.metrics = metrics;
+            row.mode = st.spec.mode.as_str();
+            row.workload = workload;
+            row.min = st.spec.min_replicas.into();
+            row.max = st.spec.max_replicas.into();
+        });
     }
 
     /// One poll's outcome: each metric's reading (`None`: it failed) and the status written.
@@ -364,81 +421,55 @@ impl TargetSeries {
         readings: impl IntoIterator<Item = Option<f64>>,
         status: &ScaledTargetStatus,
     ) {
-        for (i, (series, reading)) in self.metrics.iter_mut().zip(readings).enumerate() {
-            series.value.set(reading.unwrap_or(f64::NAN));
-            let learned = status
-                .metrics
-                .get(i)
-                .and_then(|m| m.learned_target.as_ref());
-            if let Some(milli) = learned.and_then(|q| milli_value(&q.0).ok()) {
-                let f = &self.families.metric_learned_target;
-                series
-                    .learned
-                    .get_or_insert_with(|| f.get_or_create_owned(&series.labels))
-                    .set(milli as f64 / 1000.0);
-            }
-        }
-        if let Some(n) = status.current_replicas {
-            self.current.set(n.into());
-        }
-        if let Some(n) = status.desired_replicas {
-            self.desired.set(n.into());
-        }
         let holds = |type_: &str| {
-            let on = status
+            status
                 .conditions
                 .iter()
-                .any(|c| c.type_ == type_ && c.status == "True");
-            i64::from(on)
+                .any(|c| c.type_ == type_ && c.status == "True")
         };
-        self.fallback
-            .set(holds(crate::engine::conditions::FALLBACK));
-        self.paused.set(holds(crate::engine::conditions::PAUSED));
-        self.stalled
-            .set(holds(crate::engine::conditions::SCALING_STALLED));
+        self.table.with(self.id, |row| {
+            for (i, (m, reading)) in row.metrics.iter_mut().zip(readings).enumerate() {
+                m.value = Some(reading.unwrap_or(f64::NAN));
+                let learned = status
+                    .metrics
+                    .get(i)
+                    .and_then(|m| m.learned_target.as_ref())
+                    .and_then(|q| milli_value(&q.0).ok());
+                if let Some(milli) = learned {
+                    m.learned = Some(milli as f64 / 1000.0);
+                }
+            }
+            if let Some(n) = status.current_replicas {
+                row.current = Some(n.into());
+            }
+            if let Some(n) = status.desired_replicas {
+                row.desired = Some(n.into());
+            }
+            row.fallback = holds(crate::engine::conditions::FALLBACK);
+            row.paused = holds(crate::engine::conditions::PAUSED);
+            row.stalled = holds(crate::engine::conditions::SCALING_STALLED);
+        });
     }
 
     /// Counts a replica change from `from` to `to`.
     pub(crate) fn scaled(&self, from: i32, to: i32) {
-        if to > from {
-            self.up.inc();
-        } else if to < from {
-            self.down.inc();
-        }
-    }
-
-    fn remove_spec_series(&mut self) {
-        let f = &self.families;
-        for m in self.metrics.drain(..) {
-            f.metric_value.remove(&m.labels.metric);
-            f.metric_target.remove(&m.labels);
-            f.metric_learned_target.remove(&m.labels);
-        }
-        if let Some(info) = self.info.take() {
-            f.info.remove(&info);
-        }
+        self.table.with(self.id, |row| {
+            if to > from {
+                row.up += 1;
+            } else if to < from {
+                row.down += 1;
+            }
+        });
     }
 }
 
 impl Drop for TargetSeries {
     fn drop(&mut self) {
-        self.remove_spec_series();
-        let f = &self.families;
-        for kind in ["current", "desired", "min", "max"] {
-            f.replicas.remove(&ReplicaLabels {
-                target: self.target.clone(),
-                kind,
-            });
-        }
-        for direction in ["up", "down"] {
-            f.actions.remove(&ActionLabels {
-                target: self.target.clone(),
-                direction,
-            });
-        }
-        f.fallback.remove(&self.target);
-        f.paused.remove(&self.target);
-        f.stalled.remove(&self.target);
+        self.table
+            .rows
+            .lock()
+            .expect("target rows")
+            .remove(&self.id);
     }
 }
 
@@ -483,6 +514,11 @@ mod tests {
     fn target_series_follow_the_spec_and_vanish_with_the_target() {
         let metrics = ControllerMetrics::default();
         let mut series = TargetSeries::new(&metrics, &scaled_target(1, &["backlog"]));
+        // Nothing read yet: no value, no replica counts (not zeros).
+        let text = exposition(&metrics);
+        assert!(!text.contains("ebb_scaledtarget_metric_value{"), "{text}");
+        assert!(!text.contains(r#"kind="desired""#), "{text}");
+        assert!(text.contains(r#"kind="max"} 5"#), "{text}");
         series.observe(
             [Some(42.0)],
             &ScaledTargetStatus {
