@@ -341,10 +341,7 @@ async fn adaptive_bounds_are_checked_and_its_defaults_filled_in() {
     assert_eq!(adaptive["minHistorySeconds"], 3600);
     assert_eq!(adaptive["forecast"], true);
     let typed = api.get("defaults").await.unwrap();
-    assert_eq!(
-        typed.spec.adaptive,
-        Some(ebb::engine::adaptive::AdaptiveConfig::default())
-    );
+    assert_eq!(typed.spec.adaptive, Some(Box::default()));
 }
 
 #[tokio::test]

@@ -245,12 +245,12 @@ mod tests {
         let mut input = st.spec.metrics[0].clone();
         input.name = "refunds".into();
         st.spec.metrics.push(input);
-        st.spec.formula = Some(crate::crd::FormulaMetric {
+        st.spec.formula = Some(Box::new(crate::crd::FormulaMetric {
             name: "work".into(),
             expression: "load + 2 * refunds".into(),
             target: st.spec.metrics[0].target.clone(),
             activation: None,
-        });
+        }));
         let spec = scaled_target_spec(&st, Some("work"), Mode::Direct).unwrap();
         assert!(spec.formula.is_none(), "the trace is the formula's value");
         assert_eq!(spec.metrics.len(), 1);

@@ -106,7 +106,7 @@ pub fn desired_hpa_with(
             min_replicas: Some(spec.active_min_replicas()),
             max_replicas: spec.max_replicas,
             metrics: Some(metrics),
-            behavior: behavior_with(spec.behavior.clone(), scale_down),
+            behavior: behavior_with(spec.behavior.as_deref().cloned(), scale_down),
         },
         status: None,
     }

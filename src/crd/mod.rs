@@ -128,7 +128,7 @@ pub struct ScaledTargetSpec {
     /// A composite metric computed from the metrics (KEDA's scalingModifiers): the only one
     /// that scales when set. Learning, activation and the backtest treat it as any metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub formula: Option<FormulaMetric>,
+    pub formula: Option<Box<FormulaMetric>>,
     /// Thresholds learned from history (`docs/adaptive.md`), for AverageValue metrics. Absent:
     /// off (the plain HPA algorithm); `{}`: on with the defaults. The seasonal forecast is part
     /// of it (`forecast`, on by default), looking `startupDelaySeconds` plus one polling
@@ -146,16 +146,16 @@ pub struct ScaledTargetSpec {
         validation = Rule::new("self.underProvisionRisk > 0.0 && self.underProvisionRisk <= 0.5")
             .message("adaptive: underProvisionRisk must be in (0, 0.5], e.g. 0.005 for 0.5 %")
     )]
-    pub adaptive: Option<AdaptiveConfig>,
+    pub adaptive: Option<Box<AdaptiveConfig>>,
     /// Stabilization windows and rate-limit policies, in the HPA v2 shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+    pub behavior: Option<Box<HorizontalPodAutoscalerBehavior>>,
     /// What to do when every source keeps failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
     /// Who to tell when ebb cannot keep up or keeps failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub escalation: Option<Escalation>,
+    pub escalation: Option<Box<Escalation>>,
 }
 
 fn default_min_replicas() -> i32 {
@@ -227,9 +227,11 @@ impl Metric {
             ..self.clone()
         };
         if let Some(r) = &self.rabbitmq {
-            let measure = |measure| RabbitMqConfig {
-                measure,
-                ..r.clone()
+            let measure = |measure| {
+                Box::new(RabbitMqConfig {
+                    measure,
+                    ..(**r).clone()
+                })
             };
             let with = |suffix: &str, m| Metric {
                 rabbitmq: Some(measure(m)),
@@ -243,7 +245,7 @@ impl Metric {
             });
         }
         let prometheus = |p: &PrometheusConfig, suffix: &str| Metric {
-            prometheus: Some(p.clone()),
+            prometheus: Some(Box::new(p.clone())),
             ..derived(suffix)
         };
         Some(QueueSignalMetrics {
@@ -260,7 +262,7 @@ impl Metric {
         let slo = self.slo.as_ref()?;
         Some(Metric {
             name: format!("{}-slo", self.name),
-            prometheus: Some(slo.prometheus.clone()),
+            prometheus: Some(Box::new(slo.prometheus.clone())),
             rabbitmq: None,
             target: self.target.clone(),
             activation: None,
@@ -295,10 +297,10 @@ pub struct Metric {
     pub name: String,
     /// A Prometheus query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prometheus: Option<PrometheusConfig>,
+    pub prometheus: Option<Box<PrometheusConfig>>,
     /// A RabbitMQ queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rabbitmq: Option<RabbitMqConfig>,
+    pub rabbitmq: Option<Box<RabbitMqConfig>>,
     /// What the value is compared against.
     pub target: MetricTarget,
     /// The value at or below which this metric counts as idle (default 0: any value above
@@ -311,15 +313,15 @@ pub struct Metric {
     /// Learn the per-pod target from an SLO signal (with `spec.adaptive` on): the highest load
     /// per pod at which the SLO held, with a margin (`docs/adaptive.md`, "SLO target").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slo: Option<MetricSlo>,
+    pub slo: Option<Box<MetricSlo>>,
     /// Target type DrainTime on a Prometheus metric (whose `query` is the backlog): the
     /// messages arriving per second, e.g. `sum(rate(kafka_topic_partition_current_offset[1m]))`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arrival_rate: Option<PrometheusConfig>,
+    pub arrival_rate: Option<Box<PrometheusConfig>>,
     /// Target type DrainTime on a Prometheus metric: the messages served (completed) per second,
     /// from which the per-pod throughput is learned. Without it the set throughput holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub served_rate: Option<PrometheusConfig>,
+    pub served_rate: Option<Box<PrometheusConfig>>,
 }
 
 /// A composite metric: an expression over the ScaledTarget's metrics, with its own target and
@@ -826,7 +828,7 @@ impl ScaledTargetSpec {
         crate::engine::hpa::HpaSpec {
             min_replicas: self.active_min_replicas(),
             max_replicas: self.max_replicas,
-            behavior: self.behavior.as_ref().map(engine_behavior),
+            behavior: self.behavior.as_deref().map(engine_behavior),
             config: Default::default(),
         }
     }
@@ -904,7 +906,7 @@ impl ScaledTarget {
             EscalationSpec, FallbackSpec, IdleSpec, MetricSpec, Mode as M, TargetSpec,
         };
         let spec = &self.spec;
-        let adaptive = spec.adaptive.clone().filter(|c| c.enabled);
+        let adaptive = spec.adaptive.as_deref().cloned().filter(|c| c.enabled);
         let uid = self.metadata.uid.clone().unwrap_or_default();
         TargetSpec {
             mode: match spec.mode {

@@ -507,9 +507,9 @@ fn convert(cx: &mut Cx, so: &ScaledObject) -> Option<ScaledTarget> {
         max_replicas: max.clamp(1, i32::MAX as i64) as i32,
         polling_interval: std::time::Duration::from_secs(polling as u64).into(),
         metrics,
-        formula,
+        formula: formula.map(Box::new),
         adaptive: None,
-        behavior,
+        behavior: behavior.map(Box::new),
         fallback,
         escalation: None,
     };

@@ -138,7 +138,7 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
     let target = t.target(cx, threshold?, "threshold")?;
     Some(Metric {
         name: t.name.clone(),
-        prometheus: Some(config),
+        prometheus: Some(Box::new(config)),
         rabbitmq: None,
         target,
         activation,

@@ -246,7 +246,7 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
     Some(Metric {
         name: t.name.clone(),
         prometheus: None,
-        rabbitmq: Some(RabbitMqConfig {
+        rabbitmq: Some(Box::new(RabbitMqConfig {
             connection_secret_ref: SecretRef { name: secret },
             queue,
             queue_regex,
@@ -255,7 +255,7 @@ pub(super) fn convert<'a>(cx: &mut Cx<'a>, t: &mut TriggerCx) -> Option<Metric> 
             measure,
             timeout,
             empty_as,
-        }),
+        })),
         target,
         activation,
         slo: None,
