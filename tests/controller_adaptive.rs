@@ -131,7 +131,7 @@ async fn learned(client: &kube::Client, ns: &str) -> Option<(String, LearnedStat
         .await
         .ok()?;
     let m = st.status?.metrics.into_iter().next()?;
-    Some((m.learned_target?.0, m.learned?))
+    Some((m.learned_target?.0, *m.learned?))
 }
 
 fn milli(q: &str) -> f64 {

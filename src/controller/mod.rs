@@ -538,7 +538,8 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
     // The ScaledTargets are kept without their managed fields (about a third of a stored object
     // once ebb has written status), the largest share of the controller's memory at scale, and
     // without kubectl's copy of the last applied object (`kubectl apply` without
-    // `--server-side` keeps the whole spec again in an annotation).
+    // `--server-side` keeps the whole spec again in an annotation), and with their lists no
+    // longer than they are.
     // `for_stream` is kube-runtime's `unstable-runtime` API.
     let (reader, writer) = kube::runtime::reflector::store();
     let objects = watcher(sts, watcher::Config::default().any_semantic())
@@ -546,6 +547,7 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
         .modify(|st| {
             st.managed_fields_mut().clear();
             st.annotations_mut().remove(LAST_APPLIED_ANNOTATION);
+            st.shrink_to_fit();
         })
         .inspect_ok({
             let ctx = ctx.clone();
@@ -1121,9 +1123,11 @@ fn metric_statuses(
                     .as_ref()
                     .map(|l| quantity(l.target))
                     .or(learned_throughput.map(|(t, _)| quantity(t))),
-                learned: learned.map(|l| crate::crd::LearnedStatus {
-                    slo: l.slo.as_ref().map(crate::crd::SloStatus::from),
-                    ..crate::crd::LearnedStatus::from(&l.learned)
+                learned: learned.map(|l| {
+                    Box::new(crate::crd::LearnedStatus {
+                        slo: l.slo.as_ref().map(crate::crd::SloStatus::from),
+                        ..crate::crd::LearnedStatus::from(&l.learned)
+                    })
                 }),
                 timestamp: Some(Time(*at)),
                 error: r.value.as_ref().err().map(ToString::to_string).or_else(|| {
