@@ -1696,18 +1696,10 @@ mod tests {
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let ctx = Context::new(client, Arc::new(NoReads), Leadership::fixed(true), "t");
-        let mut st: ScaledTarget = serde_json::from_value(serde_json::json!({
-            "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
-            "metadata": { "name": "web", "namespace": "shop", "uid": "u1" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
-                "maxReplicas": 3,
-                "metrics": [{ "name": "m", "prometheus": { "address": "http://p", "query": "q" },
-                              "target": { "type": "Value", "value": "1" } }]
-            },
-            "status": { "desiredReplicas": 1 }
-        }))
-        .unwrap();
+        let mut json = crate::crd::example_json();
+        json["metadata"]["uid"] = "u1".into();
+        json["status"] = serde_json::json!({ "desiredReplicas": 1 });
+        let mut st: ScaledTarget = serde_json::from_value(json).unwrap();
         let queued = |ctx: &Context| ctx.targets.lock().unwrap()["shop/web"].status.clone();
         // A status queued, with a time to the nanosecond; the object does not show it yet.
         let time =

@@ -280,18 +280,7 @@ mod tests {
     }
 
     fn target() -> ScaledTarget {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "ebb.dev/v1alpha1",
-            "kind": "ScaledTarget",
-            "metadata": { "name": "web", "namespace": "shop" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
-                "maxReplicas": 3,
-                "metrics": [{ "name": "m", "prometheus": { "address": "http://p", "query": "q" },
-                              "target": { "type": "Value", "value": "1" } }]
-            }
-        }))
-        .unwrap()
+        serde_json::from_value(crate::crd::example_json()).unwrap()
     }
 
     #[tokio::test]

@@ -1014,6 +1014,21 @@ impl ScaledTarget {
     }
 }
 
+/// `shop/web`: a ScaledTarget with one Prometheus metric, as JSON (tests).
+#[cfg(test)]
+pub(crate) fn example_json() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
+        "metadata": { "name": "web", "namespace": "shop" },
+        "spec": {
+            "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
+            "maxReplicas": 3,
+            "metrics": [{ "name": "m", "prometheus": { "address": "http://p", "query": "q" },
+                          "target": { "type": "Value", "value": "1" } }]
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1033,21 +1048,12 @@ mod tests {
         ]
         .map(condition);
         // Read from text, as the watch reads it (a JSON value tells serde the lists' lengths).
-        let text = serde_json::json!({
-            "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
-            "metadata": { "name": "web", "namespace": "shop" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
-                "maxReplicas": 3,
-                "metrics": [{ "name": "m", "prometheus": { "address": "http://p", "query": "q" },
-                              "target": { "type": "Value", "value": "1" } }]
-            },
-            "status": {
-                "conditions": conditions,
-                "metrics": [{ "name": "m", "value": "2" }]
-            }
-        })
-        .to_string();
+        let mut text = example_json();
+        text["status"] = serde_json::json!({
+            "conditions": conditions,
+            "metrics": [{ "name": "m", "value": "2" }]
+        });
+        let text = text.to_string();
         let mut st: ScaledTarget = serde_json::from_str(&text).unwrap();
         let spare = |st: &ScaledTarget| {
             let status = st.status.as_ref().unwrap();
