@@ -157,7 +157,7 @@ fn pods_of_a_workload(c: &mut Criterion) {
             black_box(
                 labels
                     .iter()
-                    .filter(|l| black_box(&selector).matches(l))
+                    .filter(|l| black_box(&selector).matches(*l))
                     .count(),
             )
         })

@@ -49,7 +49,8 @@ struct MetricKey {
 
 #[derive(Debug)]
 struct Entry {
-    labels: BTreeMap<String, String>,
+    /// Sorted by key (a `BTreeMap`'s order).
+    labels: Box<[(String, String)]>,
     body: Rendered,
 }
 
@@ -105,10 +106,13 @@ impl MetricStore {
             metric: metric.to_string(),
         };
         let mut metrics = self.metrics.write().unwrap_or_else(|p| p.into_inner());
-        metrics
-            .entry(key)
-            .or_default()
-            .insert(scaled_target.to_string(), Entry { labels, body });
+        metrics.entry(key).or_default().insert(
+            scaled_target.to_string(),
+            Entry {
+                labels: labels.into_iter().collect(),
+                body,
+            },
+        );
     }
 
     /// Forgets every metric of `scaled_target` in `namespace` (the ScaledTarget was deleted).
@@ -149,7 +153,7 @@ impl MetricStore {
         );
         let mut first = true;
         let mut add = |name: &str, entry: &Entry| -> Option<Lookup> {
-            if !selector.matches(&entry.labels) {
+            if !selector.matches(&*entry.labels) {
                 return None;
             }
             match &entry.body {

@@ -259,17 +259,7 @@ mod tests {
     use super::*;
 
     fn st() -> ScaledTarget {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
-            "metadata": { "name": "w", "namespace": "ns" },
-            "spec": {
-                "targetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
-                "maxReplicas": 5,
-                "metrics": [{ "name": "m", "prometheus": { "address": "http://127.0.0.1:9", "query": "1" },
-                    "target": { "type": "Value", "value": "1" } }]
-            }
-        }))
-        .unwrap()
+        serde_json::from_value(crate::crd::example_json()).unwrap()
     }
 
     fn api(code: u16, message: &str) -> ControllerError {
@@ -331,7 +321,7 @@ mod tests {
         assert!(
             missing
                 .message
-                .contains("Deployment web not found in namespace ns")
+                .contains("Deployment web not found in namespace shop")
                 && missing.message.contains("spec.targetRef"),
             "{}",
             missing.message

@@ -126,8 +126,10 @@ struct TargetState {
     /// What this replica last applied to the owned HPA (mode Hpa).
     hpa_applied: Option<AppliedHpa>,
     /// The last status this replica queued, while it leads. Writes are deferred
-    /// ([`writer`]), so the object may not show it yet; the next status builds on it.
-    status: Option<ScaledTargetStatus>,
+    /// ([`writer`]), so the object may not show it yet; the next status builds on it. Boxed:
+    /// most of the time there is none, and a state is allocated by size class (inline, the
+    /// status made a state 1,048 bytes, allocated as 1,280; boxed, 888 in the 896 class).
+    status: Option<Box<ScaledTargetStatus>>,
     /// The object's resourceVersion the queued status was last compared with: the object
     /// is compared again only once it changed (a status is two serializations a compare).
     status_compared_at: Option<String>,
@@ -136,7 +138,7 @@ struct TargetState {
 impl TargetState {
     /// Queues `status` as the last one written (see [`TargetState::status`]).
     fn queue_status(&mut self, status: ScaledTargetStatus) {
-        self.status = Some(status);
+        self.status = Some(Box::new(status));
         self.status_compared_at = None;
     }
 }
@@ -863,7 +865,7 @@ impl Context {
         };
         let version = &st.metadata.resource_version;
         if version.is_some() && t.status_compared_at == *version {
-            return Some(queued.clone());
+            return Some((**queued).clone());
         }
         t.status_compared_at = version.clone();
         match &st.status {
@@ -871,7 +873,7 @@ impl Context {
                 t.status = None;
                 Some(object.clone())
             }
-            _ => Some(queued.clone()),
+            _ => Some((**queued).clone()),
         }
     }
 
@@ -1700,7 +1702,10 @@ mod tests {
         json["metadata"]["uid"] = "u1".into();
         json["status"] = serde_json::json!({ "desiredReplicas": 1 });
         let mut st: ScaledTarget = serde_json::from_value(json).unwrap();
-        let queued = |ctx: &Context| ctx.targets.lock().unwrap()["shop/web"].status.clone();
+        let queued = |ctx: &Context| {
+            let targets = ctx.targets.lock().unwrap();
+            targets["shop/web"].status.as_deref().cloned()
+        };
         // A status queued, with a time to the nanosecond; the object does not show it yet.
         let time =
             Time(k8s_openapi::jiff::Timestamp::from_nanosecond(1_700_000_000_123_456_789).unwrap());
