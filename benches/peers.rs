@@ -26,7 +26,8 @@
 //! `target/peers/peers.{csv,json}`. Peers come from `scripts/build-peers.sh` (built once).
 //! Options: `--sizes`, `--rates`, `--systems`, `--load-seconds` (default 15), `--window-seconds`
 //! (idle window for queries and CPU, default 60), `--targets-per-query` (default 10; 1: every
-//! target's query distinct). `EBB_BENCH_EBB` runs another command as ebb's binary (a wrapper
+//! target's query distinct), `--ebb-polling-seconds` (ebb's pollingInterval; default its own,
+//! 15; 30 is KEDA's, to compare upstream queries a minute at one interval). `EBB_BENCH_EBB` runs another command as ebb's binary (a wrapper
 //! that starts it under a heap profiler, say).
 
 mod support;
@@ -133,6 +134,9 @@ struct Args {
     window: Duration,
     /// Targets sharing one query (10: N/10 distinct queries; 1: every query distinct).
     targets_per_query: usize,
+    /// ebb's pollingInterval in seconds, when not its default (30: KEDA's default, to compare
+    /// upstream queries per minute at one interval).
+    ebb_polling_seconds: Option<u64>,
 }
 
 fn parse_args() -> Option<Args> {
@@ -181,6 +185,8 @@ fn parse_args() -> Option<Args> {
         targets_per_query: value("--targets-per-query")
             .map_or(10, |v| v.parse().expect("--targets-per-query"))
             .max(1),
+        ebb_polling_seconds: value("--ebb-polling-seconds")
+            .map(|v| v.parse().expect("--ebb-polling-seconds")),
     })
 }
 
@@ -666,7 +672,12 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
         system: system.name().into(),
         targets: n,
         distinct_queries: d,
-        settings: system.settings().into(),
+        settings: match (system, bench.args.ebb_polling_seconds) {
+            (System::Ebb, Some(secs)) => {
+                format!("ScaledTarget mode Hpa, defaults but pollingInterval {secs}s")
+            }
+            _ => system.settings().into(),
+        },
         ready_targets: ready,
         loads,
         upstream_per_min: (q1 - q0) / minutes,
@@ -893,11 +904,12 @@ async fn create_targets(bench: &Bench, system: System, ns: &str, n: usize) {
                           "mode": "QueueLength", "value": "10" }
         }),
     };
+    let ebb_polling = bench.args.ebb_polling_seconds;
     let (api, body): (ApiResource, Box<dyn Fn(usize) -> serde_json::Value + Sync>) = match system {
         System::Ebb => (
             ApiResource::erase::<ebb::crd::ScaledTarget>(&()),
             Box::new(move |i| {
-                json!({
+                let mut st = json!({
                     "apiVersion": "ebb.dev/v1alpha1", "kind": "ScaledTarget",
                     "metadata": { "name": format!("t{i}") },
                     "spec": {
@@ -905,7 +917,11 @@ async fn create_targets(bench: &Bench, system: System, ns: &str, n: usize) {
                         "mode": "Hpa", "minReplicas": 1, "maxReplicas": 10,
                         "metrics": [ebb_metric(i)]
                     }
-                })
+                });
+                if let Some(secs) = ebb_polling {
+                    st["spec"]["pollingInterval"] = json!(format!("{secs}s"));
+                }
+                st
             }),
         ),
         System::PrometheusAdapter => (

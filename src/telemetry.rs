@@ -86,6 +86,8 @@ pub struct Telemetry {
     registry: Registry,
     pub sources: SourceMetrics,
     pub collect: CollectMetrics,
+    /// The last exposition's length ([`encode_text`]).
+    last_len: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Telemetry {
@@ -121,6 +123,7 @@ impl Telemetry {
             registry,
             sources,
             collect,
+            last_len: Default::default(),
         }
     }
 
@@ -131,11 +134,21 @@ impl Telemetry {
 
     /// The OpenMetrics text exposition of every registered metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        encode_text(&self.registry, &self.last_len)
     }
+}
+
+/// The OpenMetrics text exposition of `registry`, in a String sized from the last one
+/// (`last_len`): at 5,000 targets an exposition is 4.8 MB, which a String grown by doubling
+/// copies a dozen times and holds up to twice over while it grows.
+pub fn encode_text(registry: &Registry, last_len: &std::sync::atomic::AtomicUsize) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let last = last_len.load(Relaxed);
+    let mut out = String::with_capacity(last + last / 16);
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    last_len.store(out.len(), Relaxed);
+    out
 }
 
 /// `ebb_process_*`, read from `/proc/self` when Prometheus scrapes (nothing in between). No

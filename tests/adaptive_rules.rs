@@ -220,19 +220,48 @@ fn worldcup() -> Trace {
 }
 
 /// The issue's figures: the tables are printed (`--nocapture`) for docs/adaptive.md. Asserted:
-/// ebb is at least as safe as the safest baseline within the action budget; its cost is
-/// reported, not asserted (see docs/adaptive.md for where it stands against the 1.10x goal).
+/// ebb falls short in the share of minutes asked (the default 0.5 %, within issue #19's band
+/// [0.25, 0.75] %), over the whole trace and its last 30 days, at less cost than kpa (the
+/// safest baseline: 0.69 % and 0.27 %) and within the action budget; its cost against the
+/// frontier is in docs/adaptive.md.
 #[test]
 fn worldcup_full_and_last_30_days() {
     let series = worldcup();
     for last_days in [None, Some(30.0)] {
         let r = backtest(&series, last_days);
         let (ebb, kpa) = (row(&r, "ebb"), row(&r, "kpa"));
-        assert!(ebb.scores.tau_u <= 0.5, "tau_U {}", ebb.scores.tau_u);
-        assert!(ebb.scores.tau_u <= kpa.scores.tau_u);
+        let tau_u = ebb.scores.tau_u;
+        assert!((0.25..=0.75).contains(&tau_u), "tau_U {tau_u} %");
         assert!(ebb.cost_vs_oracle < kpa.cost_vs_oracle);
         if last_days.is_none() {
             assert!(ebb.scores.actions <= 20_000);
+        }
+    }
+}
+
+/// The risk asked is the risk got (issue #19's band: within [0.5 r, 1.5 r]) in both modes on a
+/// load the histograms alone over-protect: on the level-shift family Direct got 0.15 % of its
+/// minutes short for 0.5 % asked, and 0.48 % for 2 %, before the polls short corrected the
+/// headroom (`AdaptiveState::track`).
+#[test]
+fn the_risk_asked_is_the_risk_got_in_both_modes() {
+    let series = synthetic::generate(Shape::LevelShift);
+    for risk in [0.5, 2.0] {
+        let opts = BacktestOptions {
+            policies: vec!["ebb".into(), "ebb-hpa".into()],
+            adaptive: AdaptiveConfig {
+                under_provision_risk: risk / 100.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let report = run_backtest(&series, &opts).unwrap();
+        for policy in ["ebb", "ebb-hpa"] {
+            let got = row(&report, policy).scores.tau_u;
+            assert!(
+                (0.5 * risk..=1.5 * risk).contains(&got),
+                "{policy}: {got} % short for {risk} % asked"
+            );
         }
     }
 }

@@ -134,6 +134,12 @@ async fn learned(client: &kube::Client, ns: &str) -> Option<(String, LearnedStat
     Some((m.learned_target?.0, *m.learned?))
 }
 
+/// The engine's `headroom` (from the history alone) with the correction status shows from the
+/// polls short since ebb took over (two decimals: within 0.006 of the one in use).
+fn corrected(headroom: f64, shown: &LearnedStatus) -> f64 {
+    (1.0 + headroom) * shown.risk_correction.exp() - 1.0
+}
+
 fn milli(q: &str) -> f64 {
     ebb::crd::milli_value(q).unwrap() as f64 / 1000.0
 }
@@ -164,7 +170,7 @@ async fn direct_mode_learns_from_prometheus_history_scales_with_headroom_and_a_r
     .await;
     eprintln!("learned target {target}, {values:?}; engine: headroom {headroom}, {want} replicas");
     assert!(
-        (values.headroom - headroom).abs() <= 0.01,
+        (values.headroom - corrected(headroom, &values)).abs() <= 0.016,
         "status headroom {} vs the engine's {headroom}",
         values.headroom
     );
@@ -185,13 +191,23 @@ async fn direct_mode_learns_from_prometheus_history_scales_with_headroom_and_a_r
         "{note}"
     );
 
-    // Direct: the engine's count with the learned headroom, above the plain HPA formula.
+    // Direct: the engine's count with the learned headroom, above the plain HPA formula (or one
+    // less: see below).
     eventually(30 * SECOND, "the learned count of replicas", || async {
-        (replicas(&client, &ns, "worker").await == want).then_some(())
+        let r = replicas(&client, &ns, "worker").await;
+        (plain + 1..=want).contains(&r).then_some(())
     })
     .await;
+    // Then no poll falls short of the steady load: the learned headroom over-protects for the
+    // 10 % risk asked, and the correction from the polls short takes some back (within a few
+    // polls here, the engine's count being 5.004 pods rounded up), never below the plain
+    // formula while the bursts in the history ask for headroom.
     tokio::time::sleep(6 * SECOND).await;
-    assert_eq!(replicas(&client, &ns, "worker").await, want, "stays there");
+    let settled = replicas(&client, &ns, "worker").await;
+    assert!(
+        (plain + 1..=want).contains(&settled),
+        "{settled}: between {plain} + 1 and {want}"
+    );
     // The decision names the learned rule in Ready's message.
     let ready = eventually(10 * SECOND, "Ready naming the learned rule", || async {
         let c = status_condition(&client, &ns, "worker", "Ready").await?;
@@ -227,11 +243,18 @@ async fn direct_mode_learns_from_prometheus_history_scales_with_headroom_and_a_r
         assert!(seen.len() < 600, "no relearned values in status");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(seen.iter().all(|r| *r == want), "{seen:?}");
+    // (On its short memory it would ask for the plain formula's count.)
+    assert!(
+        seen.iter().all(|r| *r > plain),
+        "{seen:?} from {settled}: down to {plain}"
+    );
     eprintln!("after the restart: {target2}, {values2:?}");
     let (target1, values1) = before;
+    // The same from the same history; the correction from the polls short is not in the
+    // history (status, wiped here, is where it resumes from).
+    let uncorrected = |l: &LearnedStatus| (1.0 + l.headroom) * (-l.risk_correction).exp() - 1.0;
     assert!(
-        (values2.headroom - values1.headroom).abs() <= 0.01,
+        (uncorrected(&values2) - uncorrected(&values1)).abs() <= 0.016,
         "{values1:?} / {values2:?}"
     );
     assert!(
@@ -242,12 +265,15 @@ async fn direct_mode_learns_from_prometheus_history_scales_with_headroom_and_a_r
         values2.scale_down_window_seconds,
         values1.scale_down_window_seconds
     );
-    assert!(
-        (milli(&target2) - milli(&target1)).abs() <= 0.01 * milli(&target1),
-        "{target1} / {target2}"
+    let uncorrected_target = |t: &str, l: &LearnedStatus| milli(t) * l.risk_correction.exp();
+    let (t1, t2) = (
+        uncorrected_target(&target1, &values1),
+        uncorrected_target(&target2, &values2),
     );
+    assert!((t2 - t1).abs() <= 0.016 * t1, "{target1} / {target2}");
     tokio::time::sleep(6 * SECOND).await;
-    assert_eq!(replicas(&client, &ns, "worker").await, want);
+    let after = replicas(&client, &ns, "worker").await;
+    assert!((plain + 1..=want).contains(&after), "{after}");
     live.abort();
 }
 
@@ -266,7 +292,10 @@ async fn hpa_mode_puts_the_learned_target_on_the_owned_hpa() {
             .filter(|(_, l)| l.headroom_basis == "History")
     })
     .await;
-    assert!((values.headroom - headroom).abs() <= 0.01, "{values:?}");
+    assert!(
+        (values.headroom - corrected(headroom, &values)).abs() <= 0.016,
+        "{values:?} vs the engine's {headroom}"
+    );
     let on_hpa = eventually(20 * SECOND, "the learned target on the HPA", || async {
         let hpa = hpas.get_opt("ebb-worker").await.ok()??;
         let m = hpa.spec.metrics?.into_iter().next()?;

@@ -360,3 +360,100 @@ async fn a_secret_outside_the_listed_namespaces_is_refused_with_what_to_add() {
     tokio::time::sleep(2 * SECOND).await;
     assert_eq!(replicas(&client, &ns, "web").await, 2);
 }
+
+/// A warning that repeats is one Event whose series counts the repeats (as client-go's and
+/// kube-runtime's recorders do), until it has not repeated for six minutes; another reason
+/// is another Event; a series whose Event was deleted starts again. On a stepped clock.
+#[tokio::test]
+async fn a_repeated_warning_is_one_event_with_a_series() {
+    use ebb::controller::events::{EventSeries, Notice, SERIES_TTL};
+    use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::Resource;
+    use kube::runtime::events::{EventType, Reporter};
+
+    let (client, ns) = setup("event-series").await;
+    let st = scaled_target(&client, &ns, backlog_target("t", "q", "Direct", 5, "1s")).await;
+    let regarding = st.object_ref(&());
+    let reporter = Reporter {
+        controller: "ebb".into(),
+        instance: Some("test".into()),
+    };
+    let series = EventSeries::new(client.clone(), reporter);
+    let notice = |reason, note: &str| Notice {
+        type_: EventType::Warning,
+        reason,
+        action: "Scale",
+        note: note.into(),
+    };
+    let events = Api::<Event>::namespaced(client.clone(), &ns);
+    let list = || async {
+        let mut items = events.list(&Default::default()).await.unwrap().items;
+        items.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        items
+            .into_iter()
+            .map(|e| {
+                let count = e.series.as_ref().map(|s| s.count);
+                (
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                    count,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let t0 = Timestamp::now() - SignedDuration::from_hours(3);
+    let at = |seconds: i64| t0 + SignedDuration::from_secs(seconds);
+    let publish = |seconds: i64, n: Notice| {
+        let (series, regarding) = (&series, &regarding);
+        async move { series.publish_at(at(seconds), &n, regarding).await.unwrap() }
+    };
+    let failed = cond::EVENT_FAILED_RESCALE;
+    publish(0, notice(failed, "first")).await;
+    publish(10, notice(failed, "second")).await;
+    publish(20, notice(failed, "third")).await;
+    publish(20, notice(cond::SCALING_STALLED, "stalled")).await;
+    // A series keeps its first note: an Event's note cannot change.
+    assert_eq!(
+        list().await,
+        [
+            (failed.to_string(), "first".to_string(), Some(3)),
+            (
+                cond::SCALING_STALLED.to_string(),
+                "stalled".to_string(),
+                None
+            ),
+        ]
+    );
+
+    // Six minutes without a repeat: a new Event.
+    let later = 20 + SERIES_TTL.as_secs();
+    publish(later, notice(failed, "again")).await;
+    let listed = list().await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(listed[2], (failed.to_string(), "again".to_string(), None));
+
+    // Its Event deleted (the API server's own TTL, or by hand): the repeat starts a new one.
+    let name = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.note.as_deref() == Some("again"))
+        .and_then(|e| e.metadata.name)
+        .unwrap();
+    events.delete(&name, &Default::default()).await.unwrap();
+    publish(later + 5, notice(failed, "after the delete")).await;
+    let listed = list().await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(
+        listed[2],
+        (failed.to_string(), "after the delete".to_string(), None)
+    );
+    // The stall's series, six minutes old at the publish after the delete, was dropped.
+    assert_eq!(series.open_series(), 1);
+    // An hour on, the old series are dropped at the next publish.
+    publish(later + 3600, notice(cond::SCALING_STALLED, "stalled again")).await;
+    assert_eq!(series.open_series(), 1);
+}

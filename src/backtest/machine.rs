@@ -154,6 +154,7 @@ pub fn protocol_spec(
                 static_target: per_pod,
                 slo: slo.cloned(),
                 resume_slo: None,
+                resume_risk_correction: 0.0,
                 backfill: false,
                 fingerprint: "replay".into(),
             }),

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
+
+use super::events::{EventSeries, Notice};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -156,7 +158,7 @@ struct TargetCalls {
 struct Shared {
     secrets: Secrets,
     http: reqwest::Client,
-    recorder: Recorder,
+    events: Arc<EventSeries>,
     leadership: Leadership,
     metrics: ControllerMetrics,
     /// `(target, reason)` queued or being retried.
@@ -175,7 +177,7 @@ impl EscalationQueue {
     /// Starts the worker on the current Tokio runtime; it stops when the queue is dropped.
     pub fn start(
         secrets: Secrets,
-        recorder: Recorder,
+        events: Arc<EventSeries>,
         leadership: Leadership,
         metrics: ControllerMetrics,
     ) -> Self {
@@ -183,7 +185,7 @@ impl EscalationQueue {
         let shared = Arc::new(Shared {
             secrets,
             http: reqwest::Client::new(),
-            recorder,
+            events,
             leadership,
             metrics,
             pending: Mutex::default(),
@@ -292,14 +294,13 @@ impl Shared {
             ),
             _ => return,
         };
-        let event = Event {
+        let notice = Notice {
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Escalate".into(),
-            secondary: None,
+            reason,
+            action: "Escalate",
+            note,
         };
-        if let Err(e) = self.recorder.publish(&event, &job.regarding).await {
+        if let Err(e) = self.events.publish(&notice, &job.regarding).await {
             tracing::warn!(scaledtarget = %target, error = %e, "escalation Event not recorded");
         }
     }

@@ -14,6 +14,7 @@
 mod backfill;
 pub mod errors;
 pub mod escalation;
+pub mod events;
 pub mod hpa;
 pub mod hpa_index;
 pub mod leader;
@@ -31,6 +32,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use events::{EventSeries, Notice};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -41,7 +43,7 @@ use kube::api::{
 };
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
@@ -267,16 +269,17 @@ impl Context {
             controller: "ebb".into(),
             instance: Some(identity.into()),
         };
+        let events = Arc::new(EventSeries::new(client.clone(), reporter.clone()));
         let escalations = EscalationQueue::start(
             crate::source::Secrets::new(client.clone(), secret_access),
-            Recorder::new(client.clone(), reporter.clone()),
+            events.clone(),
             leadership.clone(),
             metrics.clone(),
         );
         Arc::new(Self {
             writer: writer::Writer::start(
                 client.clone(),
-                Recorder::new(client.clone(), reporter.clone()),
+                events,
                 metrics.stats.clone(),
                 leadership.clone(),
             ),
@@ -1635,8 +1638,8 @@ async fn audit(ctx: &Context, st: &ScaledTarget, old: i32, new: i32, metric: &st
     record_action(ctx, st, cond::EVENT_SCALED, "Scale", note).await;
 }
 
-/// Creates one Normal Event per action. The audit trail needs each action's own note: kube's
-/// [`Recorder`] folds events with the same reason into a series of the first one, which keeps
+/// Creates one Normal Event per action. The audit trail needs each action's own note:
+/// [`EventSeries`] folds events with the same reason into a series of the first one, which keeps
 /// the first note ("from 1 to 5") and loses the later ones ("from 5 to 4", ...).
 async fn record_action(ctx: &Context, st: &ScaledTarget, reason: &str, action: &str, note: String) {
     use k8s_openapi::api::events::v1::Event as K8sEvent;
@@ -1666,18 +1669,17 @@ async fn publish(
     ctx: &Context,
     st: &ScaledTarget,
     type_: EventType,
-    reason: &str,
-    action: &str,
+    reason: &'static str,
+    action: &'static str,
     note: String,
 ) {
-    let event = Event {
+    let notice = Notice {
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
+        reason,
+        action,
+        note,
     };
-    ctx.writer.publish(event, st.object_ref(&())).await;
+    ctx.writer.publish(notice, st.object_ref(&())).await;
 }
 
 #[cfg(test)]

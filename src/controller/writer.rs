@@ -26,9 +26,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, Recorder};
 use tokio::sync::mpsc;
 
+use super::events::{EventSeries, Notice};
 use super::leader::Leadership;
 use super::stats::ControllerStats;
 use crate::crd::{ScaledTarget, ScaledTargetStatus};
@@ -47,9 +47,9 @@ enum Job {
         namespace: String,
         event: Box<K8sEvent>,
     },
-    /// An Event through the Recorder (warnings that repeat fold into a series).
+    /// An Event that folds its repeats into a series (warnings that repeat).
     Publish {
-        event: Box<Event>,
+        notice: Box<Notice>,
         regarding: Box<k8s_openapi::api::core::v1::ObjectReference>,
     },
     /// The newest status queued for this target (`namespace/name`).
@@ -70,7 +70,7 @@ const STATUS_TRIES: u8 = 3;
 
 struct Shared {
     client: kube::Client,
-    recorder: Recorder,
+    events: Arc<EventSeries>,
     stats: Arc<ControllerStats>,
     leadership: Leadership,
     statuses: Mutex<HashMap<String, PendingStatus>>,
@@ -90,7 +90,7 @@ impl Writer {
     /// Starts the writers on the current Tokio runtime; they stop when the Writer is dropped.
     pub fn start(
         client: kube::Client,
-        recorder: Recorder,
+        events: Arc<EventSeries>,
         stats: Arc<ControllerStats>,
         leadership: Leadership,
     ) -> Self {
@@ -98,7 +98,7 @@ impl Writer {
         let shared = Arc::new(Shared {
             retry: tx.downgrade(),
             client,
-            recorder,
+            events,
             stats,
             leadership,
             statuses: Mutex::default(),
@@ -135,14 +135,14 @@ impl Writer {
         .await;
     }
 
-    /// Queues an Event for the Recorder.
+    /// Queues an Event that folds its repeats into a series ([`EventSeries`]).
     pub async fn publish(
         &self,
-        event: Event,
+        notice: Notice,
         regarding: k8s_openapi::api::core::v1::ObjectReference,
     ) {
         self.enqueue(Job::Publish {
-            event: Box::new(event),
+            notice: Box::new(notice),
             regarding: Box::new(regarding),
         })
         .await;
@@ -222,10 +222,10 @@ impl Shared {
                     tracing::warn!(namespace, error = %e, note = ?event.note, "could not record an action Event");
                 }
             }
-            Job::Publish { event, regarding } => {
+            Job::Publish { notice, regarding } => {
                 self.stats.requests(1);
-                if let Err(e) = self.recorder.publish(&event, &regarding).await {
-                    tracing::warn!(error = %e, reason = %event.reason, "could not publish an Event");
+                if let Err(e) = self.events.publish(&notice, &regarding).await {
+                    tracing::warn!(error = %e, reason = notice.reason, "could not publish an Event");
                 }
             }
             Job::Status(key) => {
@@ -267,15 +267,15 @@ mod tests {
     fn writer(leader: bool) -> (Writer, Arc<ControllerStats>) {
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
-        let recorder = Recorder::new(
+        let events = Arc::new(EventSeries::new(
             client.clone(),
             kube::runtime::events::Reporter {
                 controller: "ebb-test".into(),
                 instance: None,
             },
-        );
+        ));
         let stats = Arc::new(ControllerStats::default());
-        let w = Writer::start(client, recorder, stats.clone(), Leadership::fixed(leader));
+        let w = Writer::start(client, events, stats.clone(), Leadership::fixed(leader));
         (w, stats)
     }
 

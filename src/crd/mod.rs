@@ -684,6 +684,12 @@ pub struct LearnedStatus {
     /// `underProvisionRisk` asked.
     #[serde(default)]
     pub risk_calibrated: bool,
+    /// What the polls short of capacity so far added to the headroom (ln of the factor on
+    /// 1 + headroom; two decimals): above 0 when the learned histograms alone fell short more
+    /// often than `underProvisionRisk`, below 0 when they over-protected. Resumed after a
+    /// restart.
+    #[serde(default)]
+    pub risk_correction: f64,
     /// The per-pod target learned from the SLO signal (metrics with `slo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<SloStatus>,
@@ -748,6 +754,8 @@ impl From<&crate::engine::adaptive::Learned> for LearnedStatus {
             period: l.period.map(|p| format!("{p:?}")),
             growth_samples: l.growth_samples,
             risk_calibrated: l.calibrated,
+            // Two decimals: it moves by a ten-thousandth on most polls.
+            risk_correction: (l.risk_correction * 100.0).round() / 100.0,
             slo: None,
         }
     }
@@ -991,6 +999,7 @@ impl ScaledTarget {
             static_target: milli as f64 / 1000.0,
             slo: m.slo.as_ref().map(|s| s.learn.clone()),
             resume_slo: self.previous_slo(&m.name),
+            resume_risk_correction: self.previous_risk_correction(&m.name),
             backfill: m.prometheus.is_some(),
             fingerprint: format!(
                 "{uid}|{}",
@@ -999,18 +1008,25 @@ impl ScaledTarget {
         })
     }
 
-    /// The SLO target metric `metric` had in status (to resume from after a restart).
-    fn previous_slo(&self, metric: &str) -> Option<crate::engine::slo::SloTarget> {
+    /// The risk correction metric `metric` had in status (to resume from after a restart).
+    fn previous_risk_correction(&self, metric: &str) -> f64 {
+        self.previous_learned(metric)
+            .map_or(0.0, |l| l.risk_correction)
+    }
+
+    fn previous_learned(&self, metric: &str) -> Option<&LearnedStatus> {
         self.status
             .as_ref()?
             .metrics
             .iter()
             .find(|s| s.name == metric)?
             .learned
-            .as_ref()?
-            .slo
-            .as_ref()?
-            .to_engine()
+            .as_deref()
+    }
+
+    /// The SLO target metric `metric` had in status (to resume from after a restart).
+    fn previous_slo(&self, metric: &str) -> Option<crate::engine::slo::SloTarget> {
+        self.previous_learned(metric)?.slo.as_ref()?.to_engine()
     }
 }
 

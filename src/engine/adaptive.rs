@@ -59,6 +59,12 @@ const HOUR_MS: Millis = 3_600_000;
 /// measured on two weeks at 1-minute steps and a month at hourly steps); with less, the
 /// rules aim at the risk without the history to hit it, and status says so.
 pub const CALIBRATION_HISTORY: Millis = 14 * 24 * HOUR_MS;
+/// The risk correction's step per poll, in ln(1 + headroom): a poll short of capacity raises
+/// it by this much (less the risk), a covered one lowers it by this times the risk.
+pub const RISK_STEP: f64 = 0.01;
+/// The risk correction stays within this (the headroom factor within e^-0.7 = 0.5 and
+/// e^0.7 = 2 times what the histograms say).
+pub const RISK_CORRECTION_BOUND: f64 = 0.7;
 
 /// Errors of the adaptive rules' configuration.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -236,6 +242,11 @@ pub struct Learned {
     /// The history spans [`CALIBRATION_HISTORY`]: the risk asked is the risk got.
     #[serde(default)]
     pub calibrated: bool,
+    /// What the polls short of capacity so far added to the headroom's growth quantile (ln of
+    /// the factor on 1 + headroom): above 0 when the histograms alone fell short more often
+    /// than the risk asked, below 0 when they over-protected.
+    #[serde(default)]
+    pub risk_correction: f64,
 }
 
 impl Learned {
@@ -251,6 +262,7 @@ impl Learned {
             period: None,
             growth_samples: 0,
             calibrated: false,
+            risk_correction: 0.0,
         }
     }
 
@@ -477,6 +489,9 @@ pub struct AdaptiveState {
     learned: Learned,
     /// Readings in the scale-down window in use.
     window_len: usize,
+    /// Added to the growth quantile (ln): what the polls short of capacity so far say the
+    /// histograms miss ([`Self::track`]).
+    risk_correction: f64,
 }
 
 impl AdaptiveState {
@@ -530,6 +545,7 @@ impl AdaptiveState {
             seasonal: Seasonal::new(),
             learned: Learned::fallback(),
             window_len: static_len.min(longest.max(static_len)),
+            risk_correction: 0.0,
             config,
             interval,
             target_per_pod,
@@ -568,6 +584,37 @@ impl AdaptiveState {
     /// The values in use after the latest reading.
     pub fn learned(&self) -> Learned {
         self.learned
+    }
+
+    /// Whether the poll just read was short of capacity: more pods needed for its load than
+    /// were Ready. While the learned headroom is in force, the growth quantile is corrected by
+    /// the shortfalls so far (quantile tracking: each short poll raises the correction by
+    /// [`RISK_STEP`] `* (1 - risk)`, each covered one lowers it by `RISK_STEP * risk`), so
+    /// that over time the share of polls short is the risk asked, whatever the histograms
+    /// leave out: the tolerance band and the held window, which add safety; the steps a burst
+    /// covers, which a per-decision quantile counts once; a tail heavier than it extrapolates.
+    pub fn track(&mut self, short: bool) {
+        if self.learned.headroom_basis == Basis::Static {
+            return;
+        }
+        let risk = self.config.under_provision_risk;
+        let step = if short { 1.0 - risk } else { -risk };
+        self.risk_correction = (self.risk_correction + RISK_STEP * step)
+            .clamp(-RISK_CORRECTION_BOUND, RISK_CORRECTION_BOUND);
+    }
+
+    /// The correction [`Self::track`] added to the growth quantile (ln).
+    pub fn risk_correction(&self) -> f64 {
+        self.risk_correction
+    }
+
+    /// This state with `correction` (bounded) as its risk correction: one learned before a
+    /// restart, or by the state a backfilled one replaces.
+    pub fn with_risk_correction(mut self, correction: f64) -> Self {
+        if correction.is_finite() {
+            self.risk_correction = correction.clamp(-RISK_CORRECTION_BOUND, RISK_CORRECTION_BOUND);
+        }
+        self
     }
 
     /// A missing reading at `ts` (the source failed): it breaks the growth and noise chains;
@@ -743,13 +790,16 @@ impl AdaptiveState {
             } else {
                 basis
             };
-            let headroom = growth.exp_m1().clamp(cfg.min_headroom, cfg.max_headroom);
+            let headroom = (growth + self.risk_correction)
+                .exp_m1()
+                .clamp(cfg.min_headroom, cfg.max_headroom);
             let cost = headroom.ln_1p() + c.hold_sum / c.hold_n;
             if best.is_none_or(|b| cost < b.0) {
                 best = Some((cost, headroom, basis, c.len, c.growth_all.total));
             }
         }
         if let Some((_, headroom, basis, len, samples)) = best {
+            l.risk_correction = self.risk_correction;
             l.headroom = headroom;
             l.headroom_basis = basis;
             l.growth_samples = samples;
@@ -1138,6 +1188,46 @@ mod tests {
             ..b
         };
         assert_eq!(c.change_from(&b), None);
+    }
+
+    #[test]
+    fn polls_short_of_capacity_raise_the_headroom_and_covered_ones_lower_it() {
+        let risk = AdaptiveConfig::default().under_provision_risk;
+        let mut s = AdaptiveState::new(AdaptiveConfig::default(), MIN, 10.0).unwrap();
+        // Before anything is learned, a shortfall is not the learned headroom's to correct.
+        for _ in 0..100 {
+            s.track(true);
+        }
+        assert_eq!(s.risk_correction(), 0.0);
+        // A sawtooth from 1000 to 1300: growth of up to 30 % within a few minutes.
+        let load = |k: i64| 1000.0 + 50.0 * (k % 7) as f64;
+        for k in 0..3000 {
+            s.observe(k * MIN, load(k));
+        }
+        let learned = s.learned();
+        assert_ne!(learned.headroom_basis, Basis::Static);
+        for _ in 0..10 {
+            s.track(true);
+        }
+        let raised = 10.0 * RISK_STEP * (1.0 - risk);
+        assert!((s.risk_correction() - raised).abs() < 1e-12);
+        s.observe(3000 * MIN, load(3000));
+        let corrected = s.learned().headroom;
+        assert!(
+            ((1.0 + corrected) / (1.0 + learned.headroom) - raised.exp()).abs() < 1e-6,
+            "{} -> {corrected}",
+            learned.headroom
+        );
+        // One short poll in 1/risk is the risk asked: the correction is back where it was.
+        for _ in 0..(10.0 * (1.0 - risk) / risk).round() as usize {
+            s.track(false);
+        }
+        assert!(s.risk_correction().abs() < 1e-9, "{}", s.risk_correction());
+        // Bounded either way.
+        for _ in 0..10_000 {
+            s.track(true);
+        }
+        assert_eq!(s.risk_correction(), RISK_CORRECTION_BOUND);
     }
 
     #[test]

@@ -15,12 +15,19 @@
 //! in mode Hpa the owned HPA reads the work against the same throughput.
 //!
 //! The per-pod throughput is set (`throughputPerPod`) or learned ([`Throughput`]): the served
-//! rate over the workload's pods, sampled only while the pods are saturated and settled:
+//! rate over the workload's Ready pods, sampled only while the pods are saturated and settled:
 //! - saturated: more messages wait for a consumer than the pods serve in
 //!   [`SATURATION_SECONDS`] (a pod that keeps up says nothing about its limit; a few messages
 //!   waiting between two fetches do not make it saturated);
-//! - settled: the pod count has not changed for [`SETTLE`] (a pod just added is counted before
-//!   it serves, which would read as a slow pod).
+//! - settled: the Ready count has not changed for [`SETTLE`] (a broker's rate covers its last
+//!   sample interval, so just after a change it still counts the pods that were there);
+//! - the served rate is the broker's when it reads one above 0.0, else what the counts prove:
+//!   messages are conserved, so over readings since the count settled, at least
+//!   [`PUBLISHED_SPAN`] apart, `served = published counter growth - backlog growth`. A broker
+//!   whose rates read 0.0 in most polls (RabbitMQ's do, polled more often than its
+//!   statistics move, and for minutes on a starved machine) would otherwise give a sample in
+//!   one poll of five, and a count that moves every few polls none: the throughput stays at
+//!   its set value, and a set value too high keeps the count moving.
 //!
 //! The learned value is the median of the samples of the last [`SAMPLE_WINDOW`], bounded, and
 //! moves only by more than [`MIN_CHANGE`] and at most once per
@@ -70,8 +77,9 @@ pub const MIN_CHANGE: f64 = 0.1;
 const MAX_SAMPLES: usize = 3600;
 /// Pods are saturated when more messages wait than they serve in this many seconds.
 pub const SATURATION_SECONDS: f64 = 2.0;
-/// The pod count must have held this long before a sample is taken.
-pub const SETTLE: Millis = 30 * 1000;
+/// The Ready count must have held this long before a sample is taken: two of RabbitMQ's
+/// default 5 s statistics intervals, so its rates cover only the pods counted.
+pub const SETTLE: Millis = 10 * 1000;
 /// Two readings of the counts closer than this say nothing of a rate (a poll read twice).
 const MIN_COUNT_GAP: Millis = 1000;
 /// The counts' growth is taken over about this long: a broker updates its counts every few
@@ -135,7 +143,7 @@ pub struct Throughput {
     /// Whether `current` was learned (not the set value).
     learned: bool,
     changed_at: Option<Millis>,
-    /// The pod count and since when it holds.
+    /// The Ready count and since when it holds.
     pods_since: Option<(i32, Millis)>,
     /// The counts read in the last [`MAX_COUNT_GAP`], oldest first: what the next ones prove
     /// an arrival rate from.
@@ -160,6 +168,8 @@ struct Counts {
     busy: Option<f64>,
     /// The queue's publish counter.
     published: Option<f64>,
+    /// Messages waiting for a consumer.
+    waiting: Option<f64>,
 }
 
 impl Throughput {
@@ -212,7 +222,7 @@ impl Throughput {
         if let (Some(served), Some(_), Some(pods)) = (served, busy, ready) {
             self.served_per_pod = Some((now, served / pods));
         }
-        let (counted, published) = self.count(now, backlog, busy, s.published);
+        let (counted, published) = self.count(now, backlog, busy, s);
         let reported_arrival = s.arrival.unwrap_or(0.0).max(0.0);
         let arrival = Self::recent(&mut self.last_arrival, now, Some(reported_arrival));
         self.counted_arrival = None;
@@ -265,8 +275,9 @@ impl Throughput {
         now: Millis,
         backlog: f64,
         busy: Option<f64>,
-        published: Option<f64>,
+        signals: &QueueSignals,
     ) -> (Option<(f64, Option<f64>)>, Option<f64>) {
+        let published = signals.published;
         while self
             .counts
             .front()
@@ -315,6 +326,7 @@ impl Throughput {
                 backlog,
                 busy,
                 published,
+                waiting: signals.waiting.filter(|w| w.is_finite()),
             });
         }
         (growth_and_busy, published_rate)
@@ -346,29 +358,33 @@ impl Throughput {
         self.samples.len()
     }
 
-    /// Takes one reading of the queue and the pods serving it; returns a change to report
-    /// when the throughput in force moved.
+    /// Takes one reading of the queue and of the Ready pods serving it (after [`Self::work`]
+    /// at the same `now`, which records the counts); returns a change to report when the
+    /// throughput in force moved.
     pub fn observe(
         &mut self,
         now: Millis,
         metric: &str,
         signals: Option<&QueueSignals>,
-        pods: Option<i32>,
+        ready: Option<i32>,
     ) -> Option<Change> {
         let (lo, hi) = self.spec.learn?;
-        if pods.is_some_and(|p| self.pods_since.is_none_or(|(q, _)| q != p)) {
-            self.pods_since = pods.map(|p| (p, now));
+        if ready.is_some_and(|p| self.pods_since.is_none_or(|(q, _)| q != p)) {
+            self.pods_since = ready.map(|p| (p, now));
         }
         let settled = self
             .pods_since
-            .filter(|&(p, since)| p > 0 && now - since >= SETTLE)
-            .map(|(p, _)| p);
-        if let (Some(s), Some(pods)) = (signals, settled) {
+            .filter(|&(p, since)| p > 0 && now - since >= SETTLE);
+        if let (Some(s), Some((pods, since))) = (signals, settled) {
             let served = s.served.filter(|r| r.is_finite() && *r > 0.0);
             let waiting = s.waiting.filter(|w| w.is_finite());
-            if let (Some(served), Some(waiting)) = (served, waiting)
-                && waiting >= (served * SATURATION_SECONDS).max(1.0)
-            {
+            let saturated =
+                |served: f64, waiting: f64| waiting >= (served * SATURATION_SECONDS).max(1.0);
+            let sample = match (served, waiting) {
+                (Some(served), Some(waiting)) => saturated(served, waiting).then_some(served),
+                _ => self.counted_served(now, since, saturated),
+            };
+            if let Some(served) = sample {
                 if self.samples.len() == MAX_SAMPLES {
                     self.samples.pop_front();
                 }
@@ -406,6 +422,34 @@ impl Throughput {
             metric: metric.to_string(),
             message,
         })
+    }
+}
+
+impl Throughput {
+    /// The served rate (msg/s) the counts prove from the oldest reading since `since` to the
+    /// one taken `now` (at least [`PUBLISHED_SPAN`] apart): the publish counter's growth less
+    /// the backlog's, when both ends read the counter, it did not go back, and messages waited
+    /// at every reading between (`saturated` at the rate proven).
+    fn counted_served(
+        &self,
+        now: Millis,
+        since: Millis,
+        saturated: impl Fn(f64, f64) -> bool,
+    ) -> Option<f64> {
+        let last = self.counts.back().filter(|c| c.at == now)?;
+        let first = self.counts.iter().position(|c| c.at >= since)?;
+        let base = self.counts[first];
+        if now - base.at < PUBLISHED_SPAN {
+            return None;
+        }
+        let published = last.published? - base.published?;
+        let seconds = (now - base.at) as f64 / 1000.0;
+        let served = (published - (last.backlog - base.backlog)) / seconds;
+        let waited = self
+            .counts
+            .range(first..)
+            .all(|c| c.waiting.is_some_and(|w| saturated(served, w)));
+        (published >= 0.0 && served > 0.0 && waited).then_some(served)
     }
 }
 
@@ -730,10 +774,11 @@ mod tests {
         assert_eq!((t.current(), t.learned(), t.samples()), (5.0, None, 0));
         // Saturated (300 waiting, more than 2 s of service), but 4 pods only just now: the
         // count has not settled.
-        feed(&mut t, 100..129, signals(40.0, 300.0), 4);
+        let settle = SETTLE / SEC;
+        feed(&mut t, 100..100 + settle, signals(40.0, 300.0), 4);
         assert_eq!(t.samples(), 0);
         // Settled: 4 pods get through 40 msg/s: 10 per pod.
-        let changes = feed(&mut t, 130..140, signals(40.0, 300.0), 4);
+        let changes = feed(&mut t, 100 + settle..110 + settle, signals(40.0, 300.0), 4);
         assert_eq!(t.learned(), Some(10.0));
         assert_eq!(
             changes.len(),
@@ -744,6 +789,68 @@ mod tests {
             changes[0].1.message.contains("5.000 -> 10.000"),
             "{changes:?}"
         );
+    }
+
+    /// A broker whose rates read 0.0 (behind, or polled between two of its samples) while
+    /// its counts move: the counts prove what the pods served, and the throughput is learned
+    /// from them as from the broker's rates.
+    #[test]
+    fn the_counts_prove_the_served_rate_when_the_brokers_rates_read_zero() {
+        // 60 msg/s arrive, 4 Ready pods get through 10 each: the backlog grows by 20 a second.
+        // (published, backlog): the queue's counts.
+        let run = |t: &mut Throughput, from: i64, to: i64, ready: i32, q: &mut (f64, f64)| {
+            let mut changes = Vec::new();
+            for k in from..to {
+                q.0 += 60.0;
+                q.1 += 60.0 - 10.0 * f64::from(ready);
+                let s = stale_counted(q.1, Some(q.0));
+                let _ = t.work(k * SEC, Ok(q.1), Some(&s), Some(ready));
+                changes.extend(t.observe(k * SEC, "jobs", Some(&s), Some(ready)));
+            }
+            changes
+        };
+        let mut t = Throughput::new(spec(true));
+        let changes = run(&mut t, 0, SETTLE / SEC + 10, 4, &mut (0.0, 400.0));
+        assert_eq!(t.learned(), Some(10.0), "{changes:?}");
+        assert!(
+            changes[0].message.contains("5.000 -> 10.000"),
+            "{changes:?}"
+        );
+
+        // No sample from a span the count changed in: 2 pods for a minute, then 4. Counted
+        // over readings from before the change, they would read 60 - growth(20) = 40 msg/s
+        // served by... 2 pods at 20, not 4 at 10.
+        let mut t = Throughput::new(spec(true));
+        let mut queue = (0.0, 400.0);
+        run(&mut t, 0, 60, 2, &mut queue);
+        let before = t.samples();
+        run(&mut t, 60, 60 + SETTLE / SEC, 4, &mut queue);
+        assert_eq!(
+            t.samples(),
+            before,
+            "no sample until 4 pods held for SETTLE"
+        );
+        run(
+            &mut t,
+            60 + SETTLE / SEC,
+            60 + SETTLE / SEC + 1,
+            4,
+            &mut queue,
+        );
+        assert_eq!(t.samples(), before + 1);
+        assert_eq!(t.samples.back().map(|&(_, r)| r), Some(10.0));
+
+        // Idle pods (nothing waits) and a counter that is not read prove no throughput.
+        let mut t = Throughput::new(spec(true));
+        for k in 0..60 {
+            let idle = stale_counted(0.0, Some(k as f64 * 40.0));
+            let _ = t.work(k * SEC, Ok(0.0), Some(&idle), Some(4));
+            t.observe(k * SEC, "jobs", Some(&idle), Some(4));
+            let unread = stale(500.0);
+            let _ = t.work(k * SEC + 500, Ok(500.0), Some(&unread), Some(4));
+            t.observe(k * SEC + 500, "jobs", Some(&unread), Some(4));
+        }
+        assert_eq!(t.samples(), 0);
     }
 
     #[test]
@@ -771,12 +878,9 @@ mod tests {
     #[test]
     fn old_samples_leave_the_window() {
         let mut t = Throughput::new(spec(true));
-        feed(&mut t, 0..40, signals(20.0, 50.0), 2);
-        assert_eq!(
-            t.samples(),
-            10,
-            "from 30 s on, once 2 pods have held for 30 s"
-        );
+        let settle = SETTLE / SEC;
+        feed(&mut t, 0..settle + 10, signals(20.0, 50.0), 2);
+        assert_eq!(t.samples(), 10, "once 2 pods have held for SETTLE");
         t.observe(SAMPLE_WINDOW + 80 * SEC, "jobs", None, Some(2));
         assert_eq!(t.samples(), 0);
         assert_eq!(

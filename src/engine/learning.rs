@@ -79,6 +79,9 @@ pub struct LearnSpec {
     pub slo: Option<SloConfig>,
     /// The SLO target learned before a restart (from status), to resume from.
     pub resume_slo: Option<SloTarget>,
+    /// The risk correction before a restart (from status; `AdaptiveState::track`): the polls
+    /// short it was learned from are not in the metric's history, which a backfill replays.
+    pub resume_risk_correction: f64,
     /// Whether the source has a history to backfill from (Prometheus).
     pub backfill: bool,
     /// What identifies the metric and its configuration: a change starts afresh.
@@ -171,7 +174,7 @@ impl Learning {
             }
             let target = m.static_target;
             let state = match AdaptiveState::new(config.clone(), interval_ms, target) {
-                Ok(s) => s,
+                Ok(s) => s.with_risk_correction(m.resume_risk_correction),
                 Err(e) => {
                     // The CRD's rules reject bad bounds; an object stored before them is
                     // reported and runs on the plain HPA algorithm.
@@ -236,6 +239,19 @@ impl Learning {
         self.observe_with_slo(values, &[], None, now)
     }
 
+    /// Before [`Self::observe_with_slo`] with the same `values`: the Ready pods while they
+    /// were read. Each learning metric whose load needed more pods than that counts the poll
+    /// as short ([`AdaptiveState::track`]).
+    pub fn track_supply(&mut self, values: &[Option<f64>], ready: i32) {
+        for (ml, value) in self.metrics.iter_mut().zip(values) {
+            let (Some(ml), Some(v)) = (ml, value) else {
+                continue;
+            };
+            let needed = ceil_eps(v / ml.per_pod_target());
+            ml.state.track(needed > f64::from(ready.max(0)));
+        }
+    }
+
     /// [`Self::observe`], with the SLO signals (index-aligned with `spec.metrics`, `None`
     /// where a metric has none or it failed) and the workload's pods, for the metrics whose
     /// per-pod target is learned from an SLO: each reading's load per pod is paired with its
@@ -286,6 +302,8 @@ impl Learning {
         if ml.epoch != epoch {
             return false;
         }
+        // The history replayed has no polls short: the correction goes on from the live one.
+        state = state.with_risk_correction(ml.state.risk_correction());
         for (ts, v) in ml.buffered.take().unwrap_or_default() {
             match v {
                 Some(v) => state.observe(ts, v),
@@ -669,6 +687,44 @@ mod tests {
         st.metadata.generation = Some(2);
         l.sync_target(&st, Duration::from_secs(60));
         assert!(!l.active());
+    }
+
+    /// The risk correction is learned from polls short of capacity, which no history holds:
+    /// after a restart it resumes from status, and a backfilled state takes the live one.
+    #[test]
+    fn the_risk_correction_resumes_from_status_and_outlives_a_backfill() {
+        let mut st = target(serde_json::json!({}));
+        st.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "metrics": [{ "name": "rps", "learned": {
+                    "headroom": 0.2, "headroomBasis": "History", "tolerance": 0.1,
+                    "toleranceBasis": "Static", "scaleDownWindowSeconds": 300,
+                    "scaleDownWindowBasis": "Static", "growthSamples": 5000,
+                    "riskCorrection": -0.25 } }]
+            }))
+            .unwrap(),
+        );
+        let mut l = Learning::default();
+        let jobs = l.sync_target(&st, Duration::from_secs(60));
+        let correction = |l: &Learning| l.metrics[0].as_ref().unwrap().state.risk_correction();
+        assert_eq!(correction(&l), -0.25);
+        let job = &jobs[0];
+        let rebuilt = AdaptiveState::backfill(
+            job.config.clone(),
+            job.interval,
+            job.static_target,
+            (0..100).map(|k| (k * MIN, burst(k))),
+        )
+        .unwrap();
+        assert_eq!(rebuilt.risk_correction(), 0.0);
+        assert!(l.install(0, job.epoch, rebuilt));
+        assert_eq!(correction(&l), -0.25);
+        // Status shows it again, to two decimals.
+        let shown = crate::crd::LearnedStatus::from(&Learned {
+            risk_correction: -0.2468,
+            ..l.metrics[0].as_ref().unwrap().state.learned()
+        });
+        assert_eq!(shown.risk_correction, -0.25);
     }
 
     #[test]

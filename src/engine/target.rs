@@ -25,7 +25,7 @@
 //! edit of the object) decides again on the last readings; only an observation at least half
 //! an interval after the previous one counts as a new reading (for learning and fallback).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::adaptive::{AdaptiveConfig, AdaptiveReason};
 use super::conditions as cond;
@@ -98,9 +98,10 @@ pub struct Inputs<'a> {
     pub slo: &'a [Option<f64>],
     /// DrainTime metrics: the queue's rates and waiting messages.
     pub queues: &'a [Option<QueueSignals>],
-    /// The workload's pods (the SLO rule, the learned throughput).
+    /// The workload's pods (the SLO rule).
     pub pods: Option<i32>,
-    /// The workload's Ready pods (DrainTime: the ones that serve the queue).
+    /// The workload's Ready pods (DrainTime: the ones that serve the queue, whose throughput
+    /// is learned).
     pub ready: Option<i32>,
     /// What each pod of the workload says, when the caller watches them: stalled scale-ups
     /// and the learned startup delay (`engine::stall`). `None`: neither is judged.
@@ -388,6 +389,16 @@ pub struct TargetMachine {
     last_spec: Option<i32>,
     /// The learned startup delay in force as the learning horizon (seconds).
     startup_in_force: Option<u64>,
+    /// While learning: the counts the workload was asked for at the last steps, oldest first,
+    /// as many as the startup delay spans. Boxed: most targets do not learn (8 bytes inline
+    /// instead of a deque's 32: the machine is 712 bytes, 736 unboxed, 696 before it).
+    #[allow(clippy::box_collection)]
+    asked: Option<Box<VecDeque<i32>>>,
+    /// The Ready pods at the last step (those serving while the next reading accrues), when
+    /// at least as many as asked at each step the startup delay spans: a poll short then is
+    /// the learned headroom's to correct. One short with fewer Ready is the pods' delay (a
+    /// stall, slow starts, a workload ebb only just took over), which the stall watch judges.
+    ready_as_asked: Option<i32>,
 }
 
 /// The learned startup delay stays within this factor of `adaptive.startupDelaySeconds`.
@@ -512,13 +523,16 @@ impl TargetMachine {
                 .update(now, f.failure_threshold.max(1), all_failed);
         }
         let values: Vec<Option<f64>> = self.readings.iter().map(|r| r.ok()).collect();
+        if let Some(ready) = self.ready_as_asked {
+            self.learning.track_supply(&values, ready);
+        }
         let mut changes = self
             .learning
             .observe_with_slo(&values, inputs.slo, inputs.pods, now);
         for (i, (t, m)) in self.throughput.iter_mut().zip(&spec.metrics).enumerate() {
             if let Some(t) = t {
                 let signals = inputs.queues.get(i).and_then(Option::as_ref);
-                changes.extend(t.observe(now, &m.name, signals, inputs.pods));
+                changes.extend(t.observe(now, &m.name, signals, inputs.ready.or(inputs.pods)));
             }
         }
         Observed {
@@ -561,6 +575,13 @@ impl TargetMachine {
 
     /// What to do at `now` with the workload at `replicas`, on the last readings.
     pub fn step(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas) -> Step {
+        self.remember_asked(spec, replicas.spec);
+        self.ready_as_asked = self
+            .asked
+            .as_ref()
+            .and_then(|asked| asked.iter().min())
+            .is_some_and(|&asked| replicas.ready >= asked)
+            .then_some(replicas.ready);
         let conditions = vec![self.active_condition(spec)];
         if matches!(self.activity, Activity::Active(..)) || self.last_active.is_none() {
             self.last_active = Some(now);
@@ -639,6 +660,28 @@ impl TargetMachine {
             );
         }
         step
+    }
+
+    /// Keeps the count the workload was asked for at this step (by ebb, or by the HPA in mode
+    /// Hpa) while learning (for `ready_as_asked`): as many as the startup delay spans, this
+    /// one included. The pods Ready are at least the fewest of those unless some start late.
+    fn remember_asked(&mut self, spec: &TargetSpec, asked: i32) {
+        if !self.learning.active() {
+            self.asked = None;
+            return;
+        }
+        // The startup delay the learning horizon spans: the learned one when in force.
+        let seconds = self
+            .startup_in_force
+            .or(spec.adaptive.as_ref().map(|a| a.startup_delay_seconds))
+            .unwrap_or(0);
+        let startup = seconds as Millis * 1000;
+        let steps = ((startup + spec.interval - 1) / spec.interval.max(1)).max(1) as usize;
+        let kept = self.asked.get_or_insert_with(Default::default);
+        while kept.len() >= steps {
+            kept.pop_front();
+        }
+        kept.push_back(asked);
     }
 
     /// The Active condition, naming the metric that keeps the target active.
@@ -1566,6 +1609,7 @@ mod tests {
             static_target: 100.0,
             slo: None,
             resume_slo: None,
+            resume_risk_correction: 0.0,
             backfill: true,
             fingerprint: "f".into(),
         });
@@ -2175,6 +2219,7 @@ mod tests {
             static_target: 100.0,
             slo: None,
             resume_slo: None,
+            resume_risk_correction: 0.0,
             backfill: true,
             fingerprint: "rps".into(),
         });

@@ -268,6 +268,34 @@ pub async fn events(client: &kube::Client, ns: &str, reason: &str) -> Vec<Event>
         .collect()
 }
 
+/// ebb's audit trail in namespace `ns`, oldest first: one line per Event (its reason, count
+/// and note), for a failing test to say why ebb did what it did.
+pub async fn audit_trail(client: &kube::Client, ns: &str) -> String {
+    let mut events = Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let first_seen = |e: &Event| {
+        e.event_time
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| e.deprecated_first_timestamp.as_ref().map(|t| t.0))
+    };
+    events.sort_by_key(first_seen);
+    let mut trail = String::new();
+    for e in &events {
+        let count = e.series.as_ref().map_or(1, |s| s.count);
+        trail.push_str(&format!(
+            "\n  {} {} x{count}: {}",
+            first_seen(e).map(|t| t.to_string()).unwrap_or_default(),
+            e.reason.as_deref().unwrap_or(""),
+            e.note.as_deref().unwrap_or("")
+        ));
+    }
+    trail
+}
+
 /// The status condition `type_` of ScaledTarget `name`.
 pub async fn status_condition(
     client: &kube::Client,
