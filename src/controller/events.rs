@@ -115,8 +115,8 @@ impl EventSeries {
         };
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let events = Api::<K8sEvent>::namespaced(self.client.clone(), namespace);
-        let mut created = None;
-        match repeat {
+        // The series as it stands after this publish: its first Event's name and its count.
+        let (name, count) = match repeat {
             Some((name, count)) => {
                 let patch = serde_json::json!({
                     "series": { "count": count, "lastObservedTime": MicroTime(now) }
@@ -125,32 +125,33 @@ impl EventSeries {
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(_) => (name, count),
                     // The first Event is gone (its own TTL, or deleted): a new series.
                     Err(kube::Error::Api(e)) if e.code == 404 => {
-                        created = Some(self.create(&events, now, notice, regarding).await?);
+                        (self.create(&events, now, notice, regarding).await?, 1)
                     }
                     Err(e) => return Err(e),
                 }
-                if created.is_none() {
-                    let mut table = self.table.lock().expect("event series");
-                    if let Some(s) = table.series.get_mut(&key) {
-                        s.count = s.count.max(count);
-                        s.last = now;
-                    }
-                    return Ok(());
-                }
             }
-            None => created = Some(self.create(&events, now, notice, regarding).await?),
-        }
-        if let Some(name) = created {
-            let series = Series {
-                name,
-                count: 1,
-                last: now,
-            };
-            let mut table = self.table.lock().expect("event series");
-            table.series.insert(key, series);
+            None => (self.create(&events, now, notice, regarding).await?, 1),
+        };
+        let mut table = self.table.lock().expect("event series");
+        match table.series.get_mut(&key) {
+            // Another publish of the same series may have raced this one: keep the higher count.
+            Some(s) if s.name == name => {
+                s.count = s.count.max(count);
+                s.last = now;
+            }
+            _ => {
+                table.series.insert(
+                    key,
+                    Series {
+                        name,
+                        count,
+                        last: now,
+                    },
+                );
+            }
         }
         Ok(())
     }
