@@ -115,7 +115,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log_json,
     } = args;
     crate::telemetry::init_tracing(log_json);
-    tokio::runtime::Runtime::new()?.block_on(async move {
+    // The external metrics API answers the HPA controller's reads from memory. On the
+    // controller's runtime its requests would queue behind a poll round's tasks (thousands of
+    // decisions at once); on a thread of its own, the OS shares the CPU between them.
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ebb-api")
+        .enable_all()
+        .build()?;
+    let api_handle = api_runtime.handle().clone();
+    let served = tokio::runtime::Runtime::new()?.block_on(async move {
         use std::sync::Arc;
         let client = kube::Client::try_default().await?;
         if install_crd {
@@ -181,7 +190,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     key_file,
                     cert_reload_interval: std::time::Duration::from_secs(10),
                 };
-                Some(tokio::spawn(crate::api::server::serve(config, state, metrics_text)))
+                Some(api_handle.spawn(crate::api::server::serve(config, state, metrics_text)))
             }
             _ => {
                 tracing::warn!(
@@ -205,8 +214,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if left > 0 {
             tracing::warn!(left, "stopping with Events or status writes not yet written");
         }
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(())
+    });
+    // Dropped outside any runtime's context (dropping one inside another panics).
+    api_runtime.shutdown_background();
+    served
 }
 
 /// SIGTERM, how Kubernetes stops a pod. In a container ebb is PID 1, which the kernel gives
