@@ -20,7 +20,10 @@
 //! Prometheus's own `prometheus_http_requests_total` (handlers /api/v1/query and query_range)
 //! with no load but the HPA controller's, and per second under the highest rate; resident memory
 //! and CPU seconds per minute of every process of the system (KEDA: operator + adapter). The
-//! floor row is the same load against a plain GET of a Deployment.
+//! floor row is the same load against a plain GET of a Deployment. For ebb, also the p99 of the
+//! time its own server spent on those requests (its `ebb_api_request_duration_seconds`, read
+//! before and after each load: the upper bound of a bucket, the buckets doubling from 0.1 ms),
+//! which splits the latency seen through the aggregator into ebb's part and the path's.
 //!
 //! Prints one table (each peer's cell with its ratio to ebb at the same N) and writes it to
 //! `target/peers/peers.{csv,json}`. Peers come from `scripts/build-peers.sh` (built once).
@@ -208,6 +211,9 @@ struct Load {
     max_ms: f64,
     /// Upstream Prometheus queries per second while this load ran.
     upstream_per_s: f64,
+    /// ebb only: the p99 of its own server's time on this load's requests (a bucket's upper
+    /// bound); NaN for the others.
+    server_p99_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -551,6 +557,7 @@ async fn floor(bench: &Bench) -> Row {
     for &rate in &bench.args.rates {
         let (mut load, _) = open_loop(bench, rate, |_| url.clone()).await;
         load.upstream_per_s = f64::NAN;
+        load.server_p99_ms = f64::NAN;
         loads.push(load);
     }
     Row {
@@ -573,6 +580,8 @@ async fn floor(bench: &Bench) -> Row {
 /// A system's running processes.
 struct Running {
     processes: Vec<ManagedProcess>,
+    /// ebb's own /metrics (plain HTTP), for its server-side request durations.
+    server_metrics: Option<String>,
 }
 
 async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
@@ -654,7 +663,8 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
             })
             .collect();
         let (c0, t0) = (cpu_seconds(&pids), Instant::now());
-        let (load, _) = open_loop(bench, rate, |_| {
+        let served_before = served_durations(&bench.load, running.server_metrics.as_deref()).await;
+        let (mut load, _) = open_loop(bench, rate, |_| {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
@@ -662,6 +672,8 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
         })
         .await;
         cpu_loaded = (cpu_seconds(&pids) - c0) / (t0.elapsed().as_secs_f64() / 60.0);
+        let served_after = served_durations(&bench.load, running.server_metrics.as_deref()).await;
+        load.server_p99_ms = bucket_quantile(&served_before, &served_after, 0.99) * 1000.0;
         loads.push(load);
     }
     let rss = rss_mib(&pids).max(rss_idle);
@@ -791,6 +803,7 @@ async fn ready_targets(bench: &Bench, system: System, ns: &str, n: usize) -> usi
 async fn start_system(bench: &Bench, system: System, dir: &Path) -> Running {
     match system {
         System::Ebb => {
+            let metrics_port = free_port();
             let binary = std::env::var_os("EBB_BENCH_EBB")
                 .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ebb")), PathBuf::from);
             let process = ebb::localstack::ebb::serve(
@@ -799,12 +812,13 @@ async fn start_system(bench: &Bench, system: System, dir: &Path) -> Running {
                 &binary,
                 "ebb-peers",
                 free_port(),
-                free_port(),
+                metrics_port,
             )
             .await
             .expect("ebb serve");
             Running {
                 processes: vec![process],
+                server_metrics: Some(format!("http://127.0.0.1:{metrics_port}/metrics")),
             }
         }
         System::PrometheusAdapter => {
@@ -847,6 +861,7 @@ async fn start_system(bench: &Bench, system: System, dir: &Path) -> Running {
             support::peers::register(&bench.kube, port, &process).await;
             Running {
                 processes: vec![process],
+                server_metrics: None,
             }
         }
         System::Keda => start_keda(bench, dir, false).await,
@@ -859,6 +874,7 @@ async fn start_keda(bench: &Bench, dir: &Path, for_scale: bool) -> Running {
     let bin = &bench.peers.as_ref().unwrap().0;
     Running {
         processes: support::peers::start_keda(&bench.kube, bin, dir, for_scale).await,
+        server_metrics: None,
     }
 }
 
@@ -1023,8 +1039,56 @@ async fn open_loop(
         p99_ms: pct(0.99),
         max_ms: pct(1.0),
         upstream_per_s: (q1 - q0) / elapsed.as_secs_f64(),
+        server_p99_ms: f64::NAN,
     };
     (load, elapsed)
+}
+
+/// ebb's cumulative histogram of the external metrics list requests it answered with 200, as
+/// (upper bound in seconds, count) in bound order; empty without a URL or an answer.
+async fn served_durations(client: &reqwest::Client, url: Option<&str>) -> Vec<(f64, f64)> {
+    let Some(url) = url else {
+        return Vec::new();
+    };
+    let Ok(text) = async { client.get(url).send().await?.text().await }.await else {
+        return Vec::new();
+    };
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("ebb_api_request_duration_seconds_bucket{")
+                && l.contains("verb=\"list\"")
+                && l.contains("code=\"200\"")
+        })
+        .filter_map(|l| {
+            let le = l
+                .split("le=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse::<f64>()
+                .ok()?;
+            let count = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The `q` quantile of what was observed between two reads of a cumulative histogram: the
+/// upper bound of the first bucket holding it (NaN when nothing was observed).
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let grown = |i: usize| after[i].1 - before.get(i).map_or(0.0, |b| b.1);
+    let Some(total) = after.len().checked_sub(1).map(grown) else {
+        return f64::NAN;
+    };
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    (0..after.len())
+        .find(|&i| grown(i) >= q * total)
+        .map_or(f64::NAN, |i| after[i].0)
 }
 
 /// Requests the systems made upstream so far: Prometheus's own count of the queries it
@@ -1090,7 +1154,13 @@ fn report(args: &Args, rows: &[Row]) {
         "ready".into(),
     ];
     for r in &args.rates {
-        for what in ["p50 ms", "p99 ms", "max ms", "errors"] {
+        for what in [
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "errors",
+            "ebb's server p99 ms",
+        ] {
             headers.push(format!("{what} @{r}/s"));
         }
     }
@@ -1116,7 +1186,13 @@ fn report(args: &Args, rows: &[Row]) {
     let values = |r: &Row| -> Vec<f64> {
         let mut v = Vec::new();
         for l in &r.loads {
-            v.extend([l.p50_ms, l.p99_ms, l.max_ms, l.errors as f64]);
+            v.extend([
+                l.p50_ms,
+                l.p99_ms,
+                l.max_ms,
+                l.errors as f64,
+                l.server_p99_ms,
+            ]);
         }
         let max_load = r.loads.iter().max_by_key(|l| l.rate);
         v.extend([
