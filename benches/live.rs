@@ -17,7 +17,10 @@
 //! through in the drain time (10/s x 30 s = 300) and MessageRate at a worker's 10/s. The web
 //! service: a prometheus trigger on the same query with threshold 5 (AverageValue).
 //!
-//! Options: `--systems`, `--cycles` (default 2), `--cycle-seconds` (default 240). Prints one table
+//! Options: `--systems`, `--cycles` (default 2), `--cycle-seconds` (default 240), `--drain-seconds`
+//! (default the demo's 30: the worker's drain time, ebb's `drainSeconds` and KEDA's QueueLength
+//! at 10/s times it; a run at another drain time puts each system at another point of its
+//! trade-off between seconds short and pod-seconds). Prints one table
 //! and writes it to `target/peers/live.{csv,json}`, and each system's run second by second to
 //! `target/peers/live-<system>.csv` (the load, the backlog, the worker's replicas, what ebb
 //! decided and read, what the worker's HPA read and asked for): where a run was short, it shows
@@ -64,18 +67,22 @@ impl System {
         }
     }
 
-    fn settings(self) -> &'static str {
+    fn settings(self, drain_seconds: u32) -> String {
         match self {
-            System::EbbDirect => {
-                "ScaledTargets mode Direct: worker DrainTime (30 s, 10/s a pod), web AverageValue 5"
-            }
-            System::EbbHpa => {
-                "ScaledTargets mode Hpa: worker DrainTime (30 s, 10/s a pod), web AverageValue 5"
-            }
-            System::Keda => {
-                "ScaledObjects: worker rabbitmq QueueLength 300 + MessageRate 10 (the HPA takes \
-                 the larger), web prometheus threshold 5"
-            }
+            System::EbbDirect | System::EbbHpa => format!(
+                "ScaledTargets mode {}: worker DrainTime ({drain_seconds} s, {PER_WORKER}/s a pod), \
+                 web AverageValue {PER_WEB}",
+                if self == System::EbbDirect {
+                    "Direct"
+                } else {
+                    "Hpa"
+                }
+            ),
+            System::Keda => format!(
+                "ScaledObjects: worker rabbitmq QueueLength {} + MessageRate {PER_WORKER} (the HPA \
+                 takes the larger), web prometheus threshold {PER_WEB}",
+                queue_length(drain_seconds)
+            ),
         }
     }
 }
@@ -84,6 +91,12 @@ struct Args {
     systems: Vec<System>,
     cycles: u32,
     cycle: Duration,
+    drain_seconds: u32,
+}
+
+/// KEDA's QueueLength for a drain time: the messages a worker gets through in it.
+fn queue_length(drain_seconds: u32) -> f64 {
+    PER_WORKER * f64::from(drain_seconds)
 }
 
 fn parse_args() -> Option<Args> {
@@ -105,6 +118,8 @@ fn parse_args() -> Option<Args> {
         cycle: Duration::from_secs(
             value("--cycle-seconds").map_or(240, |v| v.parse().expect("--cycle-seconds")),
         ),
+        drain_seconds: value("--drain-seconds")
+            .map_or(DRAIN_SECONDS, |v| v.parse().expect("--drain-seconds")),
     })
 }
 
@@ -307,7 +322,7 @@ async fn run_system(bench: &Bench, system: System) -> Row {
     let row = Row {
         ready_seconds,
         system: system.name().into(),
-        settings: system.settings().into(),
+        settings: system.settings(bench.args.drain_seconds),
         scores: card.scores(),
         published: counters.published.load(Ordering::Relaxed),
         consumed: counters.consumed.load(Ordering::Relaxed),
@@ -495,14 +510,21 @@ fn manifest(bench: &Bench, system: System, ns: &str, queue: &str) -> String {
             } else {
                 "Hpa"
             };
-            scenario::ebb_targets(
+            let mut objects = scenario::ebb_targets(
                 ns,
                 queue,
                 mode,
                 mode,
                 &bench.rabbitmq,
                 &bench.prometheus.url(),
-            )
+            );
+            for o in &mut objects {
+                if o["kind"] == "ScaledTarget" && o["metadata"]["name"] == "worker" {
+                    o["spec"]["metrics"][0]["target"]["drainSeconds"] =
+                        json!(bench.args.drain_seconds);
+                }
+            }
+            objects
         }
         System::Keda => keda_objects(bench, ns, queue),
     };
@@ -541,7 +563,7 @@ fn keda_objects(bench: &Bench, ns: &str, queue: &str) -> Vec<Value> {
             "fallback": scenario::fallback(),
             "advanced": advanced,
             "triggers": [
-                rabbitmq("backlog", "QueueLength", PER_WORKER * f64::from(DRAIN_SECONDS)),
+                rabbitmq("backlog", "QueueLength", queue_length(bench.args.drain_seconds)),
                 rabbitmq("arrivals", "MessageRate", PER_WORKER),
             ]
         }
