@@ -226,6 +226,9 @@ pub struct SoakReport {
     /// Targets deciding normally (sources healthy, no fallback, status fresh) at the last
     /// status sample.
     pub normal_at_end: usize,
+    /// The others, each with its mode, source and whether it was in fallback: where to look
+    /// when a run ends with some not back.
+    pub not_normal_at_end: Vec<String>,
     /// Per replica run (identity, pid): first and last sample.
     pub processes: Vec<ProcessFigures>,
 }
@@ -348,6 +351,7 @@ impl fmt::Display for SoakReport {
             ),
             ("repeated", &self.findings.repeated_actions),
             ("without Event", &self.findings.changes_without_event),
+            ("not deciding normally at the end", &self.not_normal_at_end),
         ] {
             for item in list.iter().take(20) {
                 writeln!(f, "{what}: {item}")?;
@@ -1045,6 +1049,19 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<SoakReport> {
             .values()
             .filter(|s| s.last().is_some_and(|x| x.1))
             .count(),
+        not_normal_at_end: setups
+            .iter()
+            .filter_map(|t| {
+                let last = statuses.targets.get(&t.name).and_then(|s| s.last());
+                let state = match last {
+                    Some((_, true, _)) => return None,
+                    Some((_, false, true)) => "in fallback",
+                    Some((_, false, false)) => "sources not healthy",
+                    None => "no status",
+                };
+                Some(format!("{} ({}, {:?}, {state})", t.name, t.mode, t.source))
+            })
+            .collect(),
         processes,
     };
     // Stop ebb before the stack it talks to.
