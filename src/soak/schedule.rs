@@ -125,7 +125,8 @@ impl Profile {
     /// failed through overlapping API server restarts waits up to
     /// [`crate::controller::errors::TRANSIENT_CAP`] before its next try) plus a poll, so that
     /// "every target back by itself" is judged after every target has tried again (with 40 s,
-    /// a CI run found 16 of 30 still waiting out their backoff).
+    /// a CI run ended with 16 of 30 not back; backoffs are the likely cause, not confirmed: the
+    /// run kept no logs).
     pub fn short() -> Self {
         let cool_down = crate::controller::errors::TRANSIENT_CAP + Duration::from_secs(20);
         Self {
