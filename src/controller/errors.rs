@@ -3,7 +3,8 @@
 //! - **Transient** (timeouts, connection errors, 5xx, 409 conflicts, 429): the next try may
 //!   succeed. The target is tried again after an exponential backoff with jitter, capped, kept
 //!   per target (1 s, 2 s, 4 s, ... up to [`TRANSIENT_CAP`], each drawn from its upper half), and
-//!   reset by the next poll that succeeds.
+//!   reset by the next poll that succeeds, or cut short when the API server answers again after
+//!   an outage (one probe, not every target's retries, finds out: [`super::recovery`]).
 //! - **Permanent** (the workload does not exist, its kind has no `/scale`, ebb is forbidden to
 //!   read or write it, the kind is not served): nothing changes until someone fixes the spec, the
 //!   workload or ebb's RBAC. The leader writes `Ready=False` with a reason and a message that says
@@ -12,10 +13,12 @@
 //!
 //! Both are counted in `ebb_reconcile_errors_total{kind, reason}`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 
 use super::status::{Conditions, condition};
 use super::{Context, ControllerError, Schedule, key, state_for};
@@ -177,21 +180,96 @@ fn jitter() -> f64 {
     f64::from(nanos % 1_000_000) / 1_000_000.0
 }
 
-/// Failures in a row per target, for the backoff.
+/// One target's transient failures in a row.
+#[derive(Debug)]
+struct Streak {
+    /// Failures in a row.
+    count: u32,
+    /// When the last one was met.
+    last: Instant,
+    /// The target, to poll it again when the API server answers after an outage.
+    target: ObjectRef<ScaledTarget>,
+}
+
 #[derive(Debug, Default)]
-pub(super) struct Failures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+struct Streaks {
+    by_target: HashMap<String, Streak>,
+    /// When the probe first found the API server not answering, while targets back off.
+    down_since: Option<Instant>,
+}
+
+/// Failures in a row per target, for the backoff, and what the API server probe saw of an
+/// outage while any target backs off ([`super::recovery`]).
+#[derive(Debug, Default)]
+pub(super) struct Failures {
+    streaks: Mutex<Streaks>,
+    /// Wakes the probe when a first target starts backing off.
+    backing_off: tokio::sync::Notify,
+}
 
 impl Failures {
-    fn record(&self, key: &str) -> u32 {
-        let mut map = self.0.lock().expect("failures");
-        let n = map.entry(key.to_string()).or_default();
-        *n = n.saturating_add(1);
-        *n
+    /// A transient failure of `target` (keyed `key`) at `at`; returns its failures in a row.
+    pub(super) fn record(&self, key: &str, target: ObjectRef<ScaledTarget>, at: Instant) -> u32 {
+        let mut s = self.streaks.lock().expect("failures");
+        let first = s.by_target.is_empty();
+        let streak = s.by_target.entry(key.to_string()).or_insert(Streak {
+            count: 0,
+            last: at,
+            target,
+        });
+        streak.count = streak.count.saturating_add(1);
+        streak.last = at;
+        let n = streak.count;
+        if first {
+            self.backing_off.notify_one();
+        }
+        n
     }
 
-    /// A poll of `key` succeeded.
+    /// A poll of `key` succeeded, failed permanently, or the target is gone.
     pub(super) fn clear(&self, key: &str) {
-        self.0.lock().expect("failures").remove(key);
+        let mut s = self.streaks.lock().expect("failures");
+        s.by_target.remove(key);
+        if s.by_target.is_empty() {
+            s.down_since = None;
+        }
+    }
+
+    /// Returns once some target is backing off.
+    pub(super) async fn any_backing_off(&self) {
+        loop {
+            if !self.streaks.lock().expect("failures").by_target.is_empty() {
+                return;
+            }
+            // `notify_one` keeps a permit when nobody waits: a first failure recorded between
+            // the check and this wait is not missed.
+            self.backing_off.notified().await;
+        }
+    }
+
+    /// What a probe of the API server found at `at`: when it answers after having been found
+    /// down, the outage is over, and every target whose streak was met before now is handed
+    /// back to be polled at once, its streak forgotten (the failures were the outage's). A
+    /// probe that answers without an outage seen changes nothing: those targets fail for
+    /// their own reasons and keep their backoff.
+    pub(super) fn probed(&self, answered: bool, at: Instant) -> Vec<ObjectRef<ScaledTarget>> {
+        let mut s = self.streaks.lock().expect("failures");
+        if !answered {
+            s.down_since.get_or_insert(at);
+            return Vec::new();
+        }
+        if s.down_since.take().is_none() {
+            return Vec::new();
+        }
+        let mut resumed = Vec::new();
+        s.by_target.retain(|_, streak| {
+            let through_outage = streak.last <= at;
+            if through_outage {
+                resumed.push(streak.target.clone());
+            }
+            !through_outage
+        });
+        resumed
     }
 }
 
@@ -210,7 +288,9 @@ pub fn error_policy(
     ctx.metrics.reconcile_error(c.kind.label(), c.reason);
     let wait = match c.kind {
         Kind::Transient => {
-            let n = ctx.failures.record(&key(&st));
+            let n = ctx
+                .failures
+                .record(&key(&st), ObjectRef::from_obj(&*st), Instant::now());
             let wait = transient_backoff(n, jitter());
             tracing::warn!(scaledtarget = %key(&st), reason = c.reason, failures = n, retry_in = ?wait, error = %c.message, "poll failed (transient)");
             wait
@@ -345,5 +425,60 @@ mod tests {
         }
         assert!(transient_backoff(100, 0.999_999) > TRANSIENT_CAP.mul_f64(0.99));
         assert_eq!(transient_backoff(100, 0.0), TRANSIENT_CAP / 2);
+    }
+
+    fn target(name: &str) -> ObjectRef<ScaledTarget> {
+        ObjectRef::new(name).within("shop")
+    }
+
+    #[test]
+    fn an_outage_seen_by_the_probe_ends_the_backoffs_it_caused() {
+        let failures = Failures::default();
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        // Two targets fail through an outage; their streaks grow.
+        for at in [0, 1, 3, 7] {
+            assert!(failures.record("shop/a", target("a"), s(at)) >= 1);
+        }
+        assert_eq!(failures.record("shop/b", target("b"), s(5)), 1);
+        // The probe finds the server down, then up: both are handed back, their streaks gone.
+        assert!(failures.probed(false, s(8)).is_empty());
+        assert!(failures.probed(false, s(9)).is_empty());
+        let mut resumed: Vec<String> = failures
+            .probed(true, s(10))
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        resumed.sort();
+        assert_eq!(resumed, ["a", "b"]);
+        assert_eq!(
+            failures.record("shop/a", target("a"), s(11)),
+            1,
+            "streak restarts"
+        );
+        // One outage, one resumption: later answers leave that new streak to its backoff.
+        assert!(failures.probed(true, s(12)).is_empty());
+    }
+
+    #[test]
+    fn failures_while_the_server_answers_keep_their_backoff() {
+        let failures = Failures::default();
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        failures.record("shop/a", target("a"), s(0));
+        assert!(failures.probed(true, s(1)).is_empty());
+        assert_eq!(failures.record("shop/a", target("a"), s(2)), 2);
+        // A failure met after the answer that ends an outage is not the outage's.
+        failures.probed(false, s(3));
+        failures.record("shop/b", target("b"), s(5));
+        let resumed = failures.probed(true, s(4));
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0].name, "a");
+        assert_eq!(failures.record("shop/b", target("b"), s(6)), 2);
+        // Once no target backs off, an outage seen before is forgotten.
+        failures.probed(false, s(7));
+        failures.clear("shop/b");
+        failures.record("shop/c", target("c"), s(8));
+        assert!(failures.probed(true, s(9)).is_empty());
     }
 }

@@ -21,6 +21,7 @@ pub mod leader;
 pub mod metrics;
 pub mod pods;
 pub mod reader;
+mod recovery;
 pub mod replicas;
 pub mod stats;
 mod status;
@@ -44,6 +45,7 @@ use kube::api::{
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
@@ -319,6 +321,19 @@ impl Context {
         self.series(t, st).scaled(from, to);
     }
 
+    /// Lets `target`'s next wake-up poll it, whatever its backoff said
+    /// ([`recovery`]: the API server answers again after an outage).
+    fn resume(&self, target: &ObjectRef<ScaledTarget>) {
+        let key = format!(
+            "{}/{}",
+            target.namespace.as_deref().unwrap_or_default(),
+            target.name
+        );
+        if let Some(t) = self.targets.lock().expect("targets").get_mut(&key) {
+            t.scheduled = None;
+        }
+    }
+
     /// Drops what is kept for a ScaledTarget that is gone: its state (and with it its series)
     /// and the values the external metrics API serves for it.
     fn forget(&self, namespace: &str, name: &str) {
@@ -561,6 +576,7 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
         .reflect(writer)
         .touched_objects();
     Controller::for_stream(objects, reader)
+        .reconcile_on(recovery::resumed(ctx.clone()))
         .with_config(kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_POLLS))
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
