@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use ebb::localstack::kube::{ControlPlane, ControlPlaneOptions, apply_yaml};
 use ebb::localstack::process::{ManagedProcess, free_port};
-use ebb::localstack::prometheus::Prometheus;
+use ebb::localstack::prometheus::{Prometheus, histogram_buckets, quantile_between};
 use ebb::localstack::rabbitmq::RabbitMq;
 use ebb::localstack::{Stack, StackOptions};
 use futures::StreamExt;
@@ -673,7 +673,7 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
         .await;
         cpu_loaded = (cpu_seconds(&pids) - c0) / (t0.elapsed().as_secs_f64() / 60.0);
         let served_after = served_durations(&bench.load, running.server_metrics.as_deref()).await;
-        load.server_p99_ms = bucket_quantile(&served_before, &served_after, 0.99) * 1000.0;
+        load.server_p99_ms = quantile_between(&served_before, &served_after, 0.99) * 1000.0;
         loads.push(load);
     }
     let rss = rss_mib(&pids).max(rss_idle);
@@ -1044,8 +1044,8 @@ async fn open_loop(
     (load, elapsed)
 }
 
-/// ebb's cumulative histogram of the external metrics list requests it answered with 200, as
-/// (upper bound in seconds, count) in bound order; empty without a URL or an answer.
+/// The buckets (upper bound, cumulative count) of ebb's served-request histogram for
+/// successful lists, read from its `/metrics` at `url` (empty when there is none).
 async fn served_durations(client: &reqwest::Client, url: Option<&str>) -> Vec<(f64, f64)> {
     let Some(url) = url else {
         return Vec::new();
@@ -1053,42 +1053,11 @@ async fn served_durations(client: &reqwest::Client, url: Option<&str>) -> Vec<(f
     let Ok(text) = async { client.get(url).send().await?.text().await }.await else {
         return Vec::new();
     };
-    let mut buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("ebb_api_request_duration_seconds_bucket{")
-                && l.contains("verb=\"list\"")
-                && l.contains("code=\"200\"")
-        })
-        .filter_map(|l| {
-            let le = l
-                .split("le=\"")
-                .nth(1)?
-                .split('"')
-                .next()?
-                .parse::<f64>()
-                .ok()?;
-            let count = l.rsplit(' ').next()?.parse::<f64>().ok()?;
-            Some((le, count))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    buckets
-}
-
-/// The `q` quantile of what was observed between two reads of a cumulative histogram: the
-/// upper bound of the first bucket holding it (NaN when nothing was observed).
-fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
-    let grown = |i: usize| after[i].1 - before.get(i).map_or(0.0, |b| b.1);
-    let Some(total) = after.len().checked_sub(1).map(grown) else {
-        return f64::NAN;
-    };
-    if total <= 0.0 {
-        return f64::NAN;
-    }
-    (0..after.len())
-        .find(|&i| grown(i) >= q * total)
-        .map_or(f64::NAN, |i| after[i].0)
+    histogram_buckets(
+        &text,
+        "ebb_api_request_duration_seconds",
+        &[("verb", "list"), ("code", "200")],
+    )
 }
 
 /// Requests the systems made upstream so far: Prometheus's own count of the queries it

@@ -33,6 +33,8 @@ pub struct MachinePolicy {
     machine: TargetMachine,
     /// Feed the SLO rule each step's utilization of the ready pods (`--slo`).
     slo: bool,
+    /// Decisions taken while the learned headroom was held at `maxHeadroom`.
+    at_max_headroom: u64,
 }
 
 impl MachinePolicy {
@@ -52,6 +54,7 @@ impl MachinePolicy {
             spec,
             machine: TargetMachine::new(),
             slo,
+            at_max_headroom: 0,
         }
     }
 
@@ -99,6 +102,12 @@ impl ReplayPolicy for MachinePolicy {
             self.machine.observe(now, &self.spec, inputs);
         }
         let step = self.machine.step(now, &self.spec, replicas(previous));
+        let held = |l: crate::engine::learning::MetricLearned| {
+            l.learned.headroom_basis == crate::engine::adaptive::Basis::MaxHeadroom
+        };
+        if self.machine.learned(0).is_some_and(held) {
+            self.at_max_headroom += 1;
+        }
         let mut count = step.desired;
         // ebb's own writes, as the controller carries them out: every change in mode Direct,
         // the moves to and from zero in mode Hpa.
@@ -116,6 +125,14 @@ impl ReplayPolicy for MachinePolicy {
             }
         }
         count.max(0) as u32
+    }
+
+    fn decisions_at_max_headroom(&self) -> Option<u64> {
+        self.spec
+            .metrics
+            .iter()
+            .any(|m| m.learn.is_some())
+            .then_some(self.at_max_headroom)
     }
 }
 

@@ -259,6 +259,9 @@ pub struct PolicyResult {
     pub scores: Elasticity,
     /// Its cost divided by the oracle's.
     pub cost_vs_oracle: f64,
+    /// ebb's policies: decisions at which the learned headroom was held at `maxHeadroom`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decisions_at_max_headroom: Option<u64>,
     /// Its decisions.
     #[serde(skip)]
     pub replay: Replay,
@@ -441,11 +444,11 @@ pub fn run_backtest_with_progress(
             });
         }
     };
-    let run = |name: &str| -> Result<(Replay, Elasticity)> {
+    let run = |name: &str| -> Result<(Replay, Elasticity, Option<u64>)> {
         let mut policy = make_policy(name, &demand, &cfg, opts)?;
         let r = replay::replay(&trace.values, &cfg, policy.as_mut());
         let e = r.score(&demand, cfg.startup_delay, scored_from);
-        Ok((r, e))
+        Ok((r, e, policy.decisions_at_max_headroom()))
     };
     let mut results = Vec::new();
     for (index, name) in opts.policies.iter().enumerate() {
@@ -455,10 +458,11 @@ pub fn run_backtest_with_progress(
             of: opts.policies.len(),
             steps: trace.len(),
         });
-        let (replay, scores) = run(name)?;
+        let (replay, scores, decisions_at_max_headroom) = run(name)?;
         results.push(PolicyResult {
             policy: name.clone(),
             cost_vs_oracle: f64::NAN,
+            decisions_at_max_headroom,
             scores,
             replay,
         });

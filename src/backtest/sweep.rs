@@ -44,6 +44,9 @@ pub struct SweepRow {
     pub vs_frontier: Option<f64>,
     /// The clairvoyant family's cost at this row's tau_U, divided by the oracle's.
     pub clairvoyant_cost_vs_oracle: Option<f64>,
+    /// Share of the decisions, in %, taken with the learned headroom held at `maxHeadroom`:
+    /// where the risk asked needed more than the bound allows.
+    pub at_max_headroom_percent: Option<f64>,
 }
 
 /// The sweep's rows, by risk then policy.
@@ -133,6 +136,9 @@ pub fn risk_sweep(
                 frontier_cost_vs_oracle: best.as_ref().map(|b| b.cost_vs_oracle),
                 vs_frontier: best.map(|b| r.cost_vs_oracle / b.cost_vs_oracle),
                 clairvoyant_cost_vs_oracle: clairvoyant.first().map(|c| c.cost_vs_oracle),
+                at_max_headroom_percent: r
+                    .decisions_at_max_headroom
+                    .map(|n| 100.0 * n as f64 / report.steps.max(1) as f64),
             });
         }
         shape = Some((report.steps, report.scored_from, report.config.step_seconds));
@@ -354,6 +360,21 @@ pub fn format_sweep(report: &SweepReport) -> String {
                 .map_or("-".into(), |c| format!("{c:.3}")),
         );
     }
+    // A row short more often than asked says how often the bound held the headroom (the
+    // lines start with "note": the table's rows are read by position).
+    for r in &report.rows {
+        if let Some(share) = r.at_max_headroom_percent.filter(|&s| s > 0.0)
+            && r.tau_u_percent > hi * r.risk_percent
+        {
+            let _ = writeln!(
+                out,
+                "note: {} at {} %: in {share:.1} % of its decisions the headroom wanted more \
+                 than maxHeadroom and was held at it (spec.adaptive.maxHeadroom bounds what \
+                 the risk can buy)",
+                r.policy, r.risk_percent
+            );
+        }
+    }
     out
 }
 
@@ -404,6 +425,30 @@ mod tests {
         let short = report.history_days < 14.0;
         assert_eq!(table.contains("not calibrated"), short, "{table}");
         assert_eq!(table.lines().count(), 2 + 4 + usize::from(short), "{table}");
+    }
+
+    /// A risk that needs more headroom than `maxHeadroom` allows is not met, and the sweep
+    /// says the bound is why.
+    #[test]
+    fn a_risk_beyond_the_headroom_bound_says_so() {
+        let trace = synthetic::generate(Shape::Daily);
+        let mut opts = options(&["ebb"]);
+        let free = risk_sweep(&trace, &opts, &[0.1], None).unwrap();
+        assert_eq!(free.rows[0].at_max_headroom_percent, Some(0.0), "{free:?}");
+        assert!(!format_sweep(&free).contains("maxHeadroom"));
+        opts.adaptive.max_headroom = 0.01;
+        let bound = risk_sweep(&trace, &opts, &[0.1], None).unwrap();
+        let row = &bound.rows[0];
+        assert!(
+            !row.calibrated && row.tau_u_percent > free.rows[0].tau_u_percent,
+            "{row:?}"
+        );
+        assert!(row.at_max_headroom_percent.unwrap() > 50.0, "{row:?}");
+        let table = format_sweep(&bound);
+        assert!(
+            table.contains("note: ebb at 0.1 %: in ") && table.contains("held at it"),
+            "{table}"
+        );
     }
 
     /// Below the history the risk is calibrated from, the sweep says so rather than pretend.

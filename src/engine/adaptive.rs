@@ -213,6 +213,10 @@ pub enum Basis {
     Extrapolated,
     /// The history at this hour of the day (UTC), the load having a daily cycle.
     HourOfDay(u8),
+    /// Held at `maxHeadroom`: the growth quantile, with the correction from the polls short,
+    /// asks for more, so the risk asked is not honoured within that bound (raise it, or
+    /// accept more polls short).
+    MaxHeadroom,
 }
 
 /// The values in use, for status (`learned`) and events.
@@ -768,7 +772,17 @@ impl AdaptiveState {
         let need = min_tail_count(q);
         let phase = phase_of_day(ts);
         let daily = cfg.phase_of_day && matches!(l.period, Some(Period::Daily | Period::Weekly));
-        let mut best: Option<(f64, f64, Basis, usize, u64)> = None;
+        // The window whose held level plus headroom costs least, among those whose headroom
+        // is within `maxHeadroom` (one held at the bound does not cover what the others do).
+        struct Choice {
+            /// Held at the bound first, then the cost.
+            rank: (bool, f64),
+            headroom: f64,
+            basis: Basis,
+            len: usize,
+            samples: u64,
+        }
+        let mut best: Option<Choice> = None;
         for c in &self.candidates {
             if c.growth_all.total < MIN_TAIL_SAMPLES as u64 || c.hold_n <= 0.0 {
                 continue;
@@ -790,15 +804,33 @@ impl AdaptiveState {
             } else {
                 basis
             };
-            let headroom = (growth + self.risk_correction)
-                .exp_m1()
-                .clamp(cfg.min_headroom, cfg.max_headroom);
+            let wanted = (growth + self.risk_correction).exp_m1();
+            let headroom = wanted.clamp(cfg.min_headroom, cfg.max_headroom);
+            let basis = if wanted > cfg.max_headroom {
+                Basis::MaxHeadroom
+            } else {
+                basis
+            };
             let cost = headroom.ln_1p() + c.hold_sum / c.hold_n;
-            if best.is_none_or(|b| cost < b.0) {
-                best = Some((cost, headroom, basis, c.len, c.growth_all.total));
+            let rank = (basis == Basis::MaxHeadroom, cost);
+            if best.as_ref().is_none_or(|b| rank < b.rank) {
+                best = Some(Choice {
+                    rank,
+                    headroom,
+                    basis,
+                    len: c.len,
+                    samples: c.growth_all.total,
+                });
             }
         }
-        if let Some((_, headroom, basis, len, samples)) = best {
+        if let Some(Choice {
+            headroom,
+            basis,
+            len,
+            samples,
+            ..
+        }) = best
+        {
             l.risk_correction = self.risk_correction;
             l.headroom = headroom;
             l.headroom_basis = basis;
@@ -1244,5 +1276,30 @@ mod tests {
         assert!(l.scale_down_window_seconds >= 60, "{l:?}");
         let r = s.recommend(3000 * MIN, inputs(1300.0, 13));
         assert!(r.replicas >= 13);
+    }
+
+    #[test]
+    fn a_headroom_held_at_its_bound_says_so() {
+        // A load growing 1 % a minute: over the startup horizon every window needs a few per
+        // cent. Under a bound of 1 %, the headroom is that bound and its basis says the risk is
+        // not honoured within it.
+        let learn = |max_headroom: f64| {
+            let config = AdaptiveConfig {
+                max_headroom,
+                ..Default::default()
+            };
+            let mut s = AdaptiveState::new(config, MIN, 10.0).unwrap();
+            for k in 0..1500 {
+                s.observe(k * MIN, 1000.0 * 1.01f64.powi(k as i32));
+            }
+            s.learned()
+        };
+        let free = learn(1.0);
+        assert!(free.headroom > 0.01, "{free:?}");
+        assert_ne!(free.headroom_basis, Basis::MaxHeadroom);
+        let bound = learn(0.01);
+        assert_eq!(bound.headroom, 0.01);
+        assert_eq!(bound.headroom_basis, Basis::MaxHeadroom);
+        assert!(bound.change_from(&free).unwrap().contains("MaxHeadroom"));
     }
 }

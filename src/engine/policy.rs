@@ -56,6 +56,11 @@ pub trait ReplayPolicy {
     fn name(&self) -> &str;
     /// The desired replica count for `ctx.step`.
     fn decide(&mut self, ctx: &StepContext<'_>) -> u32;
+    /// For a policy with a learned headroom under a bound: at how many of its decisions the
+    /// headroom was held at the bound (`maxHeadroom`), short of what the risk asked needed.
+    fn decisions_at_max_headroom(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Pods needed for a load: `max(1, ceil(load / capacity))` (protocol section 2).

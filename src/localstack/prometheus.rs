@@ -159,6 +159,60 @@ fn requests_served_in(exposition: &str, handlers: &[&str]) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// The buckets of histogram `name` in a text exposition, for the series carrying every label
+/// pair in `labels`: (upper bound, cumulative count), by upper bound.
+pub fn histogram_buckets(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter(|series| {
+            labels
+                .iter()
+                .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|series| {
+            let le = series.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse::<f64>().ok()?
+            };
+            let count = series.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The `q` quantile of what a cumulative histogram observed between two reads of it
+/// ([`histogram_buckets`]): the upper bound of the first bucket holding it. NaN when nothing
+/// was observed, or when the reads are not of one histogram's life (other buckets, or a count
+/// that fell: the process restarted between them), so as to give no figure rather than a
+/// wrong one. An empty `before` is a histogram not there yet.
+pub fn quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let same_life = before.is_empty()
+        || (before.len() == after.len()
+            && before
+                .iter()
+                .zip(after)
+                .all(|(b, a)| b.0 == a.0 && a.1 >= b.1));
+    if !same_life {
+        return f64::NAN;
+    }
+    let grown = |i: usize| after[i].1 - before.get(i).map_or(0.0, |b| b.1);
+    let Some(total) = after.len().checked_sub(1).map(grown) else {
+        return f64::NAN;
+    };
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    (0..after.len())
+        .find(|&i| grown(i) >= q * total)
+        .map_or(f64::NAN, |i| after[i].0)
+}
+
 /// The remote-write 1.0 wire format: a snappy-compressed protobuf `WriteRequest`
 /// (prometheus/prometheus prompb/remote.proto, types.proto).
 mod remote_write {
@@ -217,7 +271,55 @@ mod remote_write {
 
 #[cfg(test)]
 mod tests {
-    use super::requests_served_in;
+    use super::{histogram_buckets, quantile_between, requests_served_in};
+
+    /// ebb's histogram as prometheus-client writes it, for two verbs and two codes.
+    fn exposition(fast: u64, slow: u64) -> String {
+        let series = |verb: &str, code: &str, le: &str, n: u64| {
+            format!(
+                "ebb_api_request_duration_seconds_bucket{{verb=\"{verb}\",code=\"{code}\",le=\"{le}\"}} {n}\n"
+            )
+        };
+        let mut text = String::from("# TYPE ebb_api_request_duration_seconds histogram\n");
+        for (le, n) in [("0.0001", fast), ("0.0002", fast), ("0.0004", fast + slow)] {
+            text += &series("list", "200", le, n);
+            text += &series("get", "200", le, 7);
+            text += &series("list", "404", le, 3);
+        }
+        text += &series("list", "200", "+Inf", fast + slow);
+        text + "ebb_api_request_duration_seconds_count{verb=\"list\",code=\"200\"} 1\n"
+    }
+
+    #[test]
+    fn histogram_quantiles_between_two_reads() {
+        let labels = [("verb", "list"), ("code", "200")];
+        let name = "ebb_api_request_duration_seconds";
+        let before = histogram_buckets(&exposition(0, 50), name, &labels);
+        assert_eq!(
+            before,
+            [
+                (0.0001, 0.0),
+                (0.0002, 0.0),
+                (0.0004, 50.0),
+                (f64::INFINITY, 50.0)
+            ]
+        );
+        // Between the reads: 98 fast, 2 slow. p50 and p98 are in the first bucket, p99 in the
+        // third.
+        let after = histogram_buckets(&exposition(98, 52), name, &labels);
+        assert_eq!(quantile_between(&before, &after, 0.5), 0.0001);
+        assert_eq!(quantile_between(&before, &after, 0.98), 0.0001);
+        assert_eq!(quantile_between(&before, &after, 0.99), 0.0004);
+        // The first read's 50 slow ones are not counted; read from nothing, they would be.
+        assert_eq!(quantile_between(&[], &after, 0.98), 0.0004);
+        // Nothing observed between the reads; no histogram at all.
+        assert!(quantile_between(&after, &after, 0.99).is_nan());
+        assert!(quantile_between(&[], &[], 0.99).is_nan());
+        // A process restarted between the reads (counts fell), or other buckets: no figure.
+        let restarted = histogram_buckets(&exposition(5, 1), name, &labels);
+        assert!(quantile_between(&after, &restarted, 0.99).is_nan());
+        assert!(quantile_between(&before[1..], &after, 0.99).is_nan());
+    }
 
     #[test]
     fn requests_served_sums_the_named_handlers_over_status_codes() {
