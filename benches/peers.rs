@@ -214,6 +214,11 @@ struct Load {
     /// ebb only: the p99 of its own server's time on this load's requests (a bucket's upper
     /// bound); NaN for the others.
     server_p99_ms: f64,
+    /// The kube-apiserver's own p99 for requests of this kind while the load ran (external
+    /// metrics lists, the floor's Deployment GETs; a bucket's upper bound), the HPA
+    /// controller's reads included: the time inside the apiserver, proxying to the system
+    /// included, as against the load generator's end-to-end figure.
+    apiserver_p99_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -554,10 +559,19 @@ async fn floor(bench: &Bench) -> Row {
         let _ = bench.load.get(&url).send().await;
     }
     let mut loads = Vec::new();
+    let floor_requests = [
+        ("group", "apps"),
+        ("resource", "deployments"),
+        ("verb", "GET"),
+    ];
     for &rate in &bench.args.rates {
+        let apiserver_before = apiserver_durations(&bench.client, &floor_requests).await;
         let (mut load, _) = open_loop(bench, rate, |_| url.clone()).await;
+        let apiserver_after = apiserver_durations(&bench.client, &floor_requests).await;
         load.upstream_per_s = f64::NAN;
         load.server_p99_ms = f64::NAN;
+        load.apiserver_p99_ms =
+            quantile_between(&apiserver_before, &apiserver_after, 0.99) * 1000.0;
         loads.push(load);
     }
     Row {
@@ -664,6 +678,7 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
             .collect();
         let (c0, t0) = (cpu_seconds(&pids), Instant::now());
         let served_before = served_durations(&bench.load, running.server_metrics.as_deref()).await;
+        let apiserver_before = apiserver_durations(&bench.client, &EXTERNAL_METRICS_LISTS).await;
         let (mut load, _) = open_loop(bench, rate, |_| {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -674,6 +689,9 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
         cpu_loaded = (cpu_seconds(&pids) - c0) / (t0.elapsed().as_secs_f64() / 60.0);
         let served_after = served_durations(&bench.load, running.server_metrics.as_deref()).await;
         load.server_p99_ms = quantile_between(&served_before, &served_after, 0.99) * 1000.0;
+        let apiserver_after = apiserver_durations(&bench.client, &EXTERNAL_METRICS_LISTS).await;
+        load.apiserver_p99_ms =
+            quantile_between(&apiserver_before, &apiserver_after, 0.99) * 1000.0;
         loads.push(load);
     }
     let rss = rss_mib(&pids).max(rss_idle);
@@ -1040,8 +1058,25 @@ async fn open_loop(
         max_ms: pct(1.0),
         upstream_per_s: (q1 - q0) / elapsed.as_secs_f64(),
         server_p99_ms: f64::NAN,
+        apiserver_p99_ms: f64::NAN,
     };
     (load, elapsed)
+}
+
+/// The external metrics API's reads, in the kube-apiserver's request metrics.
+const EXTERNAL_METRICS_LISTS: [(&str, &str); 2] =
+    [("group", "external.metrics.k8s.io"), ("verb", "LIST")];
+
+/// The kube-apiserver's `apiserver_request_duration_seconds` buckets for the requests with
+/// `labels`, summed over the series that carry them (empty without an answer).
+async fn apiserver_durations(client: &kube::Client, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let Ok(request) = http::Request::get("/metrics").body(Vec::new()) else {
+        return Vec::new();
+    };
+    let Ok(text) = client.request_text(request).await else {
+        return Vec::new();
+    };
+    histogram_buckets(&text, "apiserver_request_duration_seconds", labels)
 }
 
 /// The buckets (upper bound, cumulative count) of ebb's served-request histogram for
@@ -1129,6 +1164,7 @@ fn report(args: &Args, rows: &[Row]) {
             "max ms",
             "errors",
             "ebb's server p99 ms",
+            "apiserver p99 ms",
         ] {
             headers.push(format!("{what} @{r}/s"));
         }
@@ -1161,6 +1197,7 @@ fn report(args: &Args, rows: &[Row]) {
                 l.max_ms,
                 l.errors as f64,
                 l.server_p99_ms,
+                l.apiserver_p99_ms,
             ]);
         }
         let max_load = r.loads.iter().max_by_key(|l| l.rate);

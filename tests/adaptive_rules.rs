@@ -180,8 +180,9 @@ fn learned_values_stay_within_their_bounds_and_fall_back_while_history_is_short(
         ..Default::default()
     };
     let l = learn(&series, config, 100.0);
-    assert_eq!(l.headroom_basis, Basis::History);
-    assert!(l.headroom <= 0.05);
+    // The bursts need more than 5 %: the headroom is held at the bound, and says so.
+    assert_eq!(l.headroom_basis, Basis::MaxHeadroom, "{l:?}");
+    assert_eq!(l.headroom, 0.05);
     assert!(l.tolerance >= 0.2);
     assert!((600..=900).contains(&l.scale_down_window_seconds));
     // 50 minutes: younger than minHistorySeconds (an hour); the static target holds.

@@ -21,7 +21,7 @@ pub mod leader;
 pub mod metrics;
 pub mod pods;
 pub mod reader;
-mod recovery;
+pub(crate) mod recovery;
 pub mod replicas;
 pub mod stats;
 mod status;

@@ -38,7 +38,7 @@ pub(super) fn resumed(ctx: Arc<Context>) -> impl Stream<Item = ObjectRef<ScaledT
         loop {
             ctx.failures.any_backing_off().await;
             tokio::time::sleep(PROBE_PERIOD).await;
-            let answered = ready(&ctx.client).await;
+            let answered = api_server_ready(&ctx.client, PROBE_PERIOD).await;
             let resumed = ctx.failures.probed(answered, Instant::now());
             if resumed.is_empty() {
                 continue;
@@ -70,12 +70,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// True when the API server says it is ready (within a probe period).
-async fn ready(client: &kube::Client) -> bool {
+/// True when the API server's `/readyz` answers `ok` within `within`.
+pub(crate) async fn api_server_ready(client: &kube::Client, within: Duration) -> bool {
     let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
         return false;
     };
-    tokio::time::timeout(PROBE_PERIOD, client.request_text(request))
+    tokio::time::timeout(within, client.request_text(request))
         .await
         .is_ok_and(|answer| answer.is_ok_and(|body| body.trim() == "ok"))
 }

@@ -539,14 +539,8 @@ fn spawn_apiserver(
 }
 
 async fn apiserver_ready(client: &kube::Client, within: Duration) -> bool {
-    wait_until(within, || async {
-        let req = http::Request::get("/readyz")
-            .body(Vec::new())
-            .expect("request");
-        client
-            .request_text(req)
-            .await
-            .is_ok_and(|body| body == "ok")
+    wait_until(within, || {
+        crate::controller::recovery::api_server_ready(client, Duration::from_secs(5))
     })
     .await
 }
