@@ -110,6 +110,7 @@ pub struct ControllerMetrics {
     errors: Family<ErrorLabels, Counter>,
     escalations: Family<EscalationLabels, Counter>,
     escalation_attempts: Counter,
+    resumed_after_outage: Counter,
 }
 
 impl ControllerMetrics {
@@ -139,6 +140,17 @@ impl ControllerMetrics {
             .get()
     }
 
+    /// Counts a target polled at once because the API server answers again after an outage it
+    /// backed off through (`super::recovery`).
+    pub fn resumed_after_outage(&self) {
+        self.resumed_after_outage.inc();
+    }
+
+    /// The count of `ebb_resumed_after_outage_total` (tests).
+    pub fn resumed_after_outage_count(&self) -> u64 {
+        self.resumed_after_outage.get()
+    }
+
     /// The count of `ebb_reconcile_errors_total{kind, reason}` (tests).
     pub fn reconcile_errors(&self, kind: &'static str, reason: &'static str) -> u64 {
         self.errors
@@ -156,6 +168,8 @@ impl ControllerMetrics {
                 "Escalations by result: delivered, failed (every attempt failed) or dropped";
             "escalation_attempts" => self.escalation_attempts,
                 "Calls of escalation webhooks, retries included";
+            "resumed_after_outage" => self.resumed_after_outage,
+                "Targets polled at once when the API server answered again after an outage they backed off through";
         );
         // Every result from the start: no escalation yet reads 0, not absent.
         for result in ["delivered", "failed", "dropped"] {

@@ -49,6 +49,7 @@ pub(super) fn resumed(ctx: Arc<Context>) -> impl Stream<Item = ObjectRef<ScaledT
             );
             for target in resumed {
                 ctx.resume(&target);
+                ctx.metrics.resumed_after_outage();
                 if tx.send(target).is_err() {
                     return;
                 }
