@@ -105,7 +105,9 @@ impl ReplayPolicy for MachinePolicy {
         let held = |l: crate::engine::learning::MetricLearned| {
             l.learned.headroom_basis == crate::engine::adaptive::Basis::MaxHeadroom
         };
-        if self.machine.learned(0).is_some_and(held) {
+        // A decision is held when any learning metric's headroom is (the replay feeds every
+        // metric the same reading, but each may learn with its own settings).
+        if (0..self.spec.metrics.len()).any(|i| self.machine.learned(i).is_some_and(held)) {
             self.at_max_headroom += 1;
         }
         let mut count = step.desired;

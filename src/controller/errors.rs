@@ -194,8 +194,8 @@ struct Streak {
 #[derive(Debug, Default)]
 struct Streaks {
     by_target: HashMap<String, Streak>,
-    /// When the probe first found the API server not answering, while targets back off.
-    down_since: Option<Instant>,
+    /// The probe found the API server not answering while targets back off.
+    down: bool,
 }
 
 /// Failures in a row per target, for the backoff, and what the API server probe saw of an
@@ -231,7 +231,7 @@ impl Failures {
         let mut s = self.streaks.lock().expect("failures");
         s.by_target.remove(key);
         if s.by_target.is_empty() {
-            s.down_since = None;
+            s.down = false;
         }
     }
 
@@ -252,20 +252,25 @@ impl Failures {
     /// back to be polled at once, its streak forgotten (the failures were the outage's). A
     /// probe that answers without an outage seen changes nothing: those targets fail for
     /// their own reasons and keep their backoff.
-    pub(super) fn probed(&self, answered: bool, at: Instant) -> Vec<ObjectRef<ScaledTarget>> {
+    /// Each is handed back with its key.
+    pub(super) fn probed(
+        &self,
+        answered: bool,
+        at: Instant,
+    ) -> Vec<(String, ObjectRef<ScaledTarget>)> {
         let mut s = self.streaks.lock().expect("failures");
         if !answered {
-            s.down_since.get_or_insert(at);
+            s.down = true;
             return Vec::new();
         }
-        if s.down_since.take().is_none() {
+        if !std::mem::take(&mut s.down) {
             return Vec::new();
         }
         let mut resumed = Vec::new();
-        s.by_target.retain(|_, streak| {
+        s.by_target.retain(|key, streak| {
             let through_outage = streak.last <= at;
             if through_outage {
-                resumed.push(streak.target.clone());
+                resumed.push((key.clone(), streak.target.clone()));
             }
             !through_outage
         });
@@ -444,13 +449,15 @@ mod tests {
         // The probe finds the server down, then up: both are handed back, their streaks gone.
         assert!(failures.probed(false, s(8)).is_empty());
         assert!(failures.probed(false, s(9)).is_empty());
-        let mut resumed: Vec<String> = failures
-            .probed(true, s(10))
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
-        resumed.sort();
-        assert_eq!(resumed, ["a", "b"]);
+        let mut resumed = failures.probed(true, s(10));
+        resumed.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            resumed,
+            [
+                ("shop/a".into(), target("a")),
+                ("shop/b".into(), target("b"))
+            ]
+        );
         assert_eq!(
             failures.record("shop/a", target("a"), s(11)),
             1,
@@ -472,8 +479,7 @@ mod tests {
         failures.probed(false, s(3));
         failures.record("shop/b", target("b"), s(5));
         let resumed = failures.probed(true, s(4));
-        assert_eq!(resumed.len(), 1);
-        assert_eq!(resumed[0].name, "a");
+        assert_eq!(resumed, [("shop/a".into(), target("a"))]);
         assert_eq!(failures.record("shop/b", target("b"), s(6)), 2);
         // Once no target backs off, an outage seen before is forgotten.
         failures.probed(false, s(7));

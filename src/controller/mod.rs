@@ -45,7 +45,6 @@ use kube::api::{
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Reporter};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
@@ -323,13 +322,8 @@ impl Context {
 
     /// Lets `target`'s next wake-up poll it, whatever its backoff said
     /// ([`recovery`]: the API server answers again after an outage).
-    fn resume(&self, target: &ObjectRef<ScaledTarget>) {
-        let key = format!(
-            "{}/{}",
-            target.namespace.as_deref().unwrap_or_default(),
-            target.name
-        );
-        if let Some(t) = self.targets.lock().expect("targets").get_mut(&key) {
+    fn resume(&self, key: &str) {
+        if let Some(t) = self.targets.lock().expect("targets").get_mut(key) {
             t.scheduled = None;
         }
     }

@@ -47,8 +47,8 @@ pub(super) fn resumed(ctx: Arc<Context>) -> impl Stream<Item = ObjectRef<ScaledT
                 targets = resumed.len(),
                 "the API server answers again: polling the targets that backed off through its outage"
             );
-            for target in resumed {
-                ctx.resume(&target);
+            for (key, target) in resumed {
+                ctx.resume(&key);
                 ctx.metrics.resumed_after_outage();
                 if tx.send(target).is_err() {
                     return;
