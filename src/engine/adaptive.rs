@@ -1,9 +1,9 @@
 //! Thresholds learned from history. Three separate, bounded, explainable rules adjust the
 //! reactive recommendation (the HPA's `ceil(load / target)`):
 //!
-//! - **headroom** for the startup delay: the 99th percentile of the load's largest growth over
-//!   the horizon a decision must cover (pod startup plus one observation), learned per hour of
-//!   day once the history shows a daily cycle;
+//! - **headroom** for the startup delay: the `1 - underProvisionRisk` quantile of the load's
+//!   largest growth over the horizon a decision must cover (pod startup plus one observation),
+//!   corrected by the polls actually short; per phase of the day when asked;
 //! - **tolerance**: a band around the current count inside which scale-down waits, from the
 //!   measured noise of the signal (MAD of first differences of the log-load);
 //! - **scale-down window**: how long a scale-down waits, from how soon the load came back after
@@ -106,8 +106,9 @@ pub struct AdaptiveConfig {
     /// Scale up ahead of a daily or weekly rise when the history shows one.
     pub forecast: bool,
     /// Learn the headroom per phase of the day (3-hour phases) once a daily cycle shows: every
-    /// phase then gets the same risk. Off: one headroom for all hours, which lets the risk
-    /// gather in the volatile hours and costs less for the same overall risk.
+    /// phase then gets the same risk, and the volatile hours cost more. Off (the default): one
+    /// headroom for all hours, the risk asked being the share of all polls short; it lets the
+    /// misses gather in the volatile hours and costs less for the same overall risk.
     pub phase_of_day: bool,
     /// Share of decisions allowed to fall short of the load within the startup horizon: the
     /// headroom covers the `1 - underProvisionRisk` quantile of the growth.
@@ -127,7 +128,7 @@ impl Default for AdaptiveConfig {
             min_scale_down_window_seconds: 0,
             max_scale_down_window_seconds: 1800,
             forecast: true,
-            phase_of_day: true,
+            phase_of_day: false,
             under_provision_risk: 0.005,
         }
     }
@@ -403,25 +404,21 @@ impl Histogram {
 
     /// The growth (in log units, `bin * GROWTH_BIN`) at quantile `q`, and whether it was
     /// extrapolated. With [`MIN_TAIL_SAMPLES`] beyond it, the empirical quantile. With fewer,
-    /// the quantile `u` that has them, plus an exponential tail fitted to the samples beyond
-    /// it (peaks over a threshold with shape 0): `u + mean excess * ln(p_u / (1 - q))`, where
-    /// `p_u` is the share beyond `u`. Below [`MIN_EXTRAPOLATION_SAMPLES`], too few to fit a
-    /// tail, the largest growth seen: every high quantile is at least that, and without it a
-    /// series of hourly readings would have no headroom for its first four days. `None` below
-    /// [`MIN_TAIL_SAMPLES`].
+    /// the quantile `u` that has them (but never below the 90th percentile: below it the bulk,
+    /// not the tail, would shape the fit), plus an exponential tail fitted to the samples
+    /// beyond it (peaks over a threshold with shape 0): `u + mean excess * ln(p_u / (1 - q))`,
+    /// where `p_u` is the share beyond `u`. While fewer than `1 / (1 - q)` samples are known,
+    /// the `q` quantile lies beyond every one of them, so it is at least the largest growth
+    /// seen: from the first sample on (a series of hourly readings would otherwise have no
+    /// headroom through its first day, a few bursts of equal height none at all). `None`
+    /// without samples.
     fn tail_growth(&self, q: f64) -> Option<(f64, bool)> {
         let n = self.total as f64;
         if n * (1.0 - q) >= MIN_TAIL_SAMPLES {
             return Some((self.quantile_bin(q)? as f64 * GROWTH_BIN, false));
         }
-        if n < MIN_TAIL_SAMPLES {
-            return None;
-        }
-        if self.total < MIN_EXTRAPOLATION_SAMPLES {
-            let largest = self.counts.iter().rposition(|&c| c > 0)?;
-            return Some((largest as f64 * GROWTH_BIN, true));
-        }
-        let p_u = MIN_TAIL_SAMPLES / n;
+        let largest = self.counts.iter().rposition(|&c| c > 0)?;
+        let p_u = (MIN_TAIL_SAMPLES / n).min(MIN_TAIL_SAMPLES / MIN_EXTRAPOLATION_SAMPLES as f64);
         let u = self.quantile_bin(1.0 - p_u)?;
         let (mut count, mut excess) = (0u64, 0u64);
         for (b, &c) in self.counts.iter().enumerate().skip(u + 1) {
@@ -433,7 +430,10 @@ impl Histogram {
         } else {
             excess as f64 / count as f64 * GROWTH_BIN
         };
-        let growth = u as f64 * GROWTH_BIN + mean_excess * (p_u / (1.0 - q)).ln();
+        let mut growth = u as f64 * GROWTH_BIN + mean_excess * (p_u / (1.0 - q)).ln();
+        if n * (1.0 - q) < 1.0 {
+            growth = growth.max(largest as f64 * GROWTH_BIN);
+        }
         Some((growth, true))
     }
 
@@ -784,7 +784,7 @@ impl AdaptiveState {
         }
         let mut best: Option<Choice> = None;
         for c in &self.candidates {
-            if c.growth_all.total < MIN_TAIL_SAMPLES as u64 || c.hold_n <= 0.0 {
+            if c.growth_all.total == 0 || c.hold_n <= 0.0 {
                 continue;
             }
             let by_phase = &c.growth_by_phase[phase];
@@ -1086,20 +1086,31 @@ mod tests {
             h
         };
         let truth = 10.0 * 200f64.ln() * GROWTH_BIN;
-        assert_eq!(
-            exponential(9).tail_growth(0.995),
-            None,
-            "too few for anything"
-        );
-        // Too few to fit a tail: the largest growth seen, a floor under the quantile.
-        let largest = exponential(99);
-        let top = largest.counts.iter().rposition(|&c| c > 0).unwrap() as f64 * GROWTH_BIN;
-        assert_eq!(largest.tail_growth(0.995), Some((top, true)));
-        assert!(top < truth, "{top} vs {truth}");
-        for n in [100, 300, 1000] {
-            let (g, extrapolated) = exponential(n).tail_growth(0.995).unwrap();
+        assert_eq!(exponential(0).tail_growth(0.995), None, "nothing known");
+        let largest =
+            |h: &Histogram| h.counts.iter().rposition(|&c| c > 0).unwrap() as f64 * GROWTH_BIN;
+        // One sample: it is the headroom (the 99.5th percentile lies beyond it).
+        let one = exponential(1);
+        assert_eq!(one.tail_growth(0.995), Some((largest(&one), true)));
+        // Fewer than 200 samples: never below the largest growth seen.
+        for n in [2, 9, 30, 99, 199] {
+            let h = exponential(n);
+            let (g, extrapolated) = h.tail_growth(0.995).unwrap();
+            assert!(extrapolated);
+            assert!(g >= largest(&h), "{n}: {g} below the largest seen");
+        }
+        // From a few dozen samples on, the fitted tail finds the quantile no sample reached.
+        for n in [30, 100, 300, 1000] {
+            let h = exponential(n);
+            let (g, extrapolated) = h.tail_growth(0.995).unwrap();
             assert!(extrapolated);
             assert!((g / truth - 1.0).abs() < 0.15, "{n}: {g} vs {truth}");
+            if n < 100 {
+                assert!(
+                    largest(&h) < 0.85 * truth,
+                    "{n}: the largest seen alone would be short"
+                );
+            }
         }
         let (g, extrapolated) = exponential(4000).tail_growth(0.995).unwrap();
         assert!(!extrapolated);
@@ -1113,6 +1124,50 @@ mod tests {
             vec![1, 2, 3, 5, 8, 12, 18, 27, 31]
         );
         assert_eq!(candidate_lengths(11, 11), vec![11]);
+    }
+
+    #[test]
+    fn the_headroom_is_learned_per_phase_of_the_day_only_when_asked() {
+        // Minutes of a daily cycle whose afternoons are noisy: 2 % a minute, 15 % from 12:00
+        // to 18:00 (UTC). At a 2 % risk a phase needs 500 growth samples: four days. Learned
+        // at `minute_of_day` after five days.
+        let noisy_afternoons = |phase_of_day: bool, at_minute_of_day: i64| {
+            let cfg = AdaptiveConfig {
+                under_provision_risk: 0.02,
+                phase_of_day,
+                ..AdaptiveConfig::default()
+            };
+            let mut s = AdaptiveState::new(cfg, MIN, 10.0).unwrap();
+            let mut seed = 7u64;
+            for k in 0..(5 * 1440 + at_minute_of_day) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                let minute_of_day = k % 1440;
+                let noise = if (720..1080).contains(&minute_of_day) {
+                    0.15
+                } else {
+                    0.02
+                };
+                let cycle = (minute_of_day as f64 / 1440.0 * std::f64::consts::TAU).sin();
+                s.observe(k * MIN, 1000.0 * (1.0 + 0.3 * cycle) * (1.0 + noise * u));
+            }
+            s.learned()
+        };
+        let pooled = noisy_afternoons(false, 300);
+        assert_eq!(pooled.period, Some(Period::Daily));
+        assert_eq!(pooled.headroom_basis, Basis::History, "{pooled:?}");
+        // 05:00 and 14:00 fall in the phases from 03:00 and from 12:00.
+        let morning = noisy_afternoons(true, 300);
+        let afternoon = noisy_afternoons(true, 14 * 60);
+        assert_eq!(morning.headroom_basis, Basis::HourOfDay(3), "{morning:?}");
+        assert_eq!(
+            afternoon.headroom_basis,
+            Basis::HourOfDay(12),
+            "{afternoon:?}"
+        );
+        assert!(!AdaptiveConfig::default().phase_of_day, "off by default");
     }
 
     #[test]
