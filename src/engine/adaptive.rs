@@ -394,11 +394,23 @@ impl Histogram {
         self.counts[bin] = self.counts[bin].saturating_add(1);
         self.total += 1;
         if self.total >= cap {
-            self.total = 0;
-            for c in &mut self.counts {
-                *c /= 2;
-                self.total += u64::from(*c);
-            }
+            self.halve();
+        }
+    }
+
+    /// Halves every count, keeping the total: an odd count's half sample is carried to the
+    /// next bin up. Halving each bin alone would drop every bin holding one sample, and the
+    /// tail a high quantile is read from is made of such bins: after each halving the
+    /// headroom fell, until the polls short brought it back. Carried upwards, two lone samples
+    /// become one in the higher one's bin (the estimate stays on the safe side).
+    fn halve(&mut self) {
+        let mut carry = 0u32;
+        self.total = 0;
+        for c in &mut self.counts {
+            let held = u32::from(*c) + carry;
+            *c = (held / 2) as u16;
+            carry = held % 2;
+            self.total += u64::from(*c);
         }
     }
 
@@ -1071,6 +1083,19 @@ mod tests {
         }
         assert_eq!(h.total, 500);
         assert_eq!(h.counts[9], 5);
+        // A tail of lone samples survives a halving: the 99th percentile stays where it was.
+        let mut h = Histogram::new(100);
+        for _ in 0..980 {
+            h.add(0, 1000);
+        }
+        for bin in 50..69 {
+            h.add(bin, 1000);
+        }
+        assert_eq!(h.quantile_bin(0.99), Some(59));
+        h.add(69, 1000);
+        assert_eq!(h.total, 500, "halved");
+        assert_eq!(h.quantile_bin(0.99), Some(59));
+        assert_eq!(h.counts[50..70].iter().sum::<u16>(), 10);
     }
 
     #[test]
