@@ -6,7 +6,7 @@
 //!   controller does with `/scale`): adaptive rules, then the HPA algorithm with the
 //!   ScaledTarget's bounds, behavior, stabilization and rate limits, fallback on gaps.
 //! - `ebb-hpa`: mode Hpa. The machine serves values and learned targets to an HPA that it
-//!   models with the engine's HPA algorithm, synced every [`HPA_SYNC_SECONDS`] as the HPA
+//!   models with the engine's HPA algorithm, synced every [`crate::engine::hpa::SYNC_PERIOD_MS`] as the HPA
 //!   controller does (several syncs per step on a minute grid) on the values last served.
 //!
 //! The ScaledTarget comes from `--scaledtarget FILE` (the object a user will apply), else from
@@ -22,9 +22,6 @@ use crate::engine::NoData;
 use crate::engine::hpa::Replicas;
 use crate::engine::policy::{ReplayPolicy, StepContext};
 use crate::engine::target::{Action, Inputs, Mode, TargetMachine, TargetSpec};
-
-/// The HPA controller's sync period (`--horizontal-pod-autoscaler-sync-period`, default 15 s).
-pub const HPA_SYNC_SECONDS: i64 = 15;
 
 /// The decision machine as a replay policy.
 pub struct MachinePolicy {
@@ -119,7 +116,7 @@ impl ReplayPolicy for MachinePolicy {
         if self.spec.mode == Mode::Hpa {
             // The HPA syncs again on the values served until ebb's next poll (at 0 it does
             // nothing: only ebb wakes the workload).
-            let sync = HPA_SYNC_SECONDS * 1000;
+            let sync = crate::engine::hpa::SYNC_PERIOD_MS;
             let mut at = now + sync;
             while at < now + interval {
                 count = self.machine.hpa_sync(at, &self.spec, replicas(count));

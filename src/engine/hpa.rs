@@ -25,6 +25,9 @@ use super::{
     Decision, Direction, MetricSample, Millis, NoData, Policy, SelectPolicy, Target,
 };
 
+/// The HPA controller's sync period (`--horizontal-pod-autoscaler-sync-period`, default 15 s).
+pub const SYNC_PERIOD_MS: Millis = 15_000;
+
 /// Controller-wide settings (kube-controller-manager flags and constants).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ControllerConfig {
@@ -45,6 +48,29 @@ impl Default for ControllerConfig {
             downscale_stabilization_seconds: DEFAULT_DOWNSCALE_STABILIZATION_SECONDS,
             scale_up_limit_factor: 2.0,
             scale_up_limit_minimum: 4.0,
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// The legacy scale-up limit of one decision taken every `interval` instead of every
+    /// [`SYNC_PERIOD_MS`]: the per-sync limit compounded over the syncs the interval spans
+    /// (`n = interval / 15 s`: from `x`, `max(2^n x, 2^(n-1) * 4)` with the defaults), never
+    /// less than one sync's. The HPA's limit is a rate (at most double every sync); ebb
+    /// deciding every minute under the per-sync limit would ramp up four times slower than the
+    /// HPA it stands in for, and slower the longer its polling interval.
+    pub fn over_interval(self, interval: Millis) -> Self {
+        // Beyond 62 syncs (15.5 minutes) the limit is past any replica count already.
+        let syncs = (interval as f64 / SYNC_PERIOD_MS as f64).clamp(1.0, 62.0);
+        if syncs == 1.0 {
+            return self;
+        }
+        let compounded = self.scale_up_limit_factor.powf(syncs);
+        Self {
+            scale_up_limit_factor: compounded,
+            scale_up_limit_minimum: self.scale_up_limit_minimum * compounded
+                / self.scale_up_limit_factor,
+            ..self
         }
     }
 }
@@ -771,6 +797,27 @@ fn recheck_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_legacy_limit_over_a_longer_interval_is_the_per_sync_limit_compounded() {
+        let per_sync = ControllerConfig::default();
+        assert_eq!(per_sync.over_interval(15_000), per_sync);
+        assert_eq!(per_sync.over_interval(5_000), per_sync, "never stricter");
+        let minute = per_sync.over_interval(60_000);
+        let limit =
+            |c: &ControllerConfig, x: i32| convert_with_rules(x, i32::MAX - 1, 1, i32::MAX, c).0;
+        for x in [0, 1, 2, 3, 5, 10, 100, 1000] {
+            let mut synced = x;
+            for _ in 0..4 {
+                synced = limit(&per_sync, synced);
+            }
+            assert_eq!(limit(&minute, x), synced, "from {x}");
+        }
+        // In between, in between; an hour is unbounded in practice.
+        let twenty = limit(&per_sync.over_interval(20_000), 10);
+        assert!(20 < twenty && twenty < 40, "{twenty}");
+        assert_eq!(limit(&per_sync.over_interval(3_600_000), 1), i32::MAX - 1);
+    }
     use crate::engine::ScalingRules;
 
     fn avg(per_pod: i64, usage: i64) -> MetricSample {

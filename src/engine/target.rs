@@ -25,6 +25,7 @@
 //! edit of the object) decides again on the last readings; only an observation at least half
 //! an interval after the previous one counts as a new reading (for learning and fallback).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 use super::adaptive::{AdaptiveConfig, AdaptiveReason};
@@ -1059,6 +1060,14 @@ impl TargetMachine {
     /// fallback at least the fallback count and never down.
     fn step_scale(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas, step: &mut Step) {
         let samples = self.samples(spec);
+        // Without a behavior, the HPA's per-sync scale-up limit as a rate over the interval.
+        let rules = match spec.hpa.behavior {
+            None if spec.interval > hpa::SYNC_PERIOD_MS => Cow::Owned(HpaSpec {
+                config: spec.hpa.config.over_interval(spec.interval),
+                ..spec.hpa.clone()
+            }),
+            _ => Cow::Borrowed(&spec.hpa),
+        };
         let (decision, reasons) = if self.learning.active() {
             let loads: Vec<Option<f64>> = self.readings.iter().map(|r| r.ok()).collect();
             let tolerances = spec.hpa.tolerances();
@@ -1066,14 +1075,14 @@ impl TargetMachine {
                 .learning
                 .proposals(tolerances, &samples, &loads, replicas, now);
             let all = learning::all_learning(&self.learning, samples.len());
-            let engine = learning::engine_spec(spec.hpa.clone(), all);
+            let engine = learning::engine_spec(rules.into_owned(), all);
             (
                 hpa::decide_proposals(&engine, &mut self.scaling, replicas, proposals, now),
                 reasons,
             )
         } else {
             (
-                hpa::decide(&spec.hpa, &mut self.scaling, replicas, &samples, now),
+                hpa::decide(&rules, &mut self.scaling, replicas, &samples, now),
                 Vec::new(),
             )
         };

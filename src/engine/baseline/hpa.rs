@@ -8,14 +8,11 @@
 //! proposal is the protocol's float form `ceil(load / c - 1e-9)`, so that any `--capacity`
 //! works (the engine proper takes milli-unit integers).
 
-use crate::engine::hpa::{ScalingState, Tolerances, scale_up_limit};
+use crate::engine::hpa::{SYNC_PERIOD_MS, ScalingState, Tolerances, scale_up_limit};
 use crate::engine::policy::{ReplayPolicy, StepContext};
 use crate::engine::{
     Behavior, DEFAULT_DOWNSCALE_STABILIZATION_SECONDS, DEFAULT_TOLERANCE, ceil_eps,
 };
-
-/// The HPA controller's sync period in seconds.
-pub const SYNC_PERIOD_SECONDS: f64 = 15.0;
 
 /// See the module docs.
 #[derive(Debug, Clone, Default)]
@@ -62,7 +59,9 @@ impl ReplayPolicy for HpaBaseline {
         if rec <= current {
             return rec;
         }
-        let syncs = (ctx.step_seconds / SYNC_PERIOD_SECONDS).round().max(1.0) as u32;
+        let syncs = (ctx.step_seconds * 1000.0 / SYNC_PERIOD_MS as f64)
+            .round()
+            .max(1.0) as u32;
         // The engine's own scale-up limit, once per sync: max(x + 4, 2x) with the defaults.
         let mut limit = i32::try_from(current).unwrap_or(i32::MAX);
         for _ in 0..syncs {

@@ -3,12 +3,9 @@
 //! whole step), scale events stored as the controller stores them. Unlike the protocol's `hpa`
 //! baseline (a one-decision-per-step model), tolerance and stabilization see every sync.
 
-use crate::engine::hpa::{self, HpaSpec, Replicas, ScalingState};
+use crate::engine::hpa::{self, HpaSpec, Replicas, SYNC_PERIOD_MS, ScalingState};
 use crate::engine::policy::{ReplayPolicy, StepContext};
 use crate::engine::{Behavior, MetricSample, NoData, Target};
-
-/// The HPA controller's sync period in milliseconds.
-pub const SYNC_PERIOD_MS: i64 = 15_000;
 
 /// See the module docs.
 #[derive(Debug, Clone, Default)]
