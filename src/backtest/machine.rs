@@ -6,8 +6,9 @@
 //!   controller does with `/scale`): adaptive rules, then the HPA algorithm with the
 //!   ScaledTarget's bounds, behavior, stabilization and rate limits, fallback on gaps.
 //! - `ebb-hpa`: mode Hpa. The machine serves values and learned targets to an HPA that it
-//!   models with the engine's HPA algorithm, synced every [`crate::engine::hpa::SYNC_PERIOD_MS`] as the HPA
-//!   controller does (several syncs per step on a minute grid) on the values last served.
+//!   models with the engine's HPA algorithm, synced every
+//!   [`crate::engine::hpa::SYNC_PERIOD_MS`] as the HPA controller does (several syncs per step
+//!   on a minute grid) on the values last served.
 //!
 //! The ScaledTarget comes from `--scaledtarget FILE` (the object a user will apply), else from
 //! the protocol's defaults: one AverageValue metric with the replay's per-pod target, bounds

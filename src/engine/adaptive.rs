@@ -30,8 +30,9 @@ use super::{DEFAULT_DOWNSCALE_STABILIZATION_SECONDS, DEFAULT_TOLERANCE, Millis, 
 
 /// A tail quantile is trusted once about this many samples lie beyond it.
 pub const MIN_TAIL_SAMPLES: f64 = 10.0;
-/// Samples before a tail is extrapolated: the trusted quantile is then at least the 90th
-/// percentile (below it the bulk, not the tail, would shape the fit).
+/// Below this many samples, the threshold of the extrapolated tail is the 90th percentile
+/// (about a tenth of the samples beyond it) rather than the quantile with
+/// [`MIN_TAIL_SAMPLES`] beyond it: lower, the bulk, not the tail, would shape the fit.
 pub const MIN_EXTRAPOLATION_SAMPLES: u64 = 10 * MIN_TAIL_SAMPLES as u64;
 /// Width of a growth histogram bin, in log-load (0.2 %).
 pub const GROWTH_BIN: f64 = 0.002;
