@@ -1080,14 +1080,30 @@ async fn apiserver_durations(client: &kube::Client, labels: &[(&str, &str)]) -> 
 }
 
 /// The buckets (upper bound, cumulative count) of ebb's served-request histogram for
-/// successful lists, read from its `/metrics` at `url` (empty when there is none).
+/// successful lists, read from its `/metrics` at `url` (empty when there is none). Asked as
+/// Prometheus asks, for gzip: ebb's memory is measured as a scraped ebb's.
 async fn served_durations(client: &reqwest::Client, url: Option<&str>) -> Vec<(f64, f64)> {
     let Some(url) = url else {
         return Vec::new();
     };
-    let Ok(text) = async { client.get(url).send().await?.text().await }.await else {
+    let Ok(gzip) = async {
+        let response = client
+            .get(url)
+            .header("Accept-Encoding", "gzip")
+            .send()
+            .await?;
+        response.bytes().await
+    }
+    .await
+    else {
         return Vec::new();
     };
+    let mut text = String::new();
+    if std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut text)
+        .is_err()
+    {
+        return Vec::new();
+    }
     histogram_buckets(
         &text,
         "ebb_api_request_duration_seconds",

@@ -163,7 +163,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
         let metrics_text: crate::api::server::MetricsText = {
             let telemetry = telemetry.clone();
-            Arc::new(move || telemetry.encode())
+            Arc::new(move |out: &mut dyn std::fmt::Write| telemetry.encode_into(out))
         };
         // Every replica serves the API from what its own controller publishes.
         let api = match (tls_cert_file, tls_private_key_file) {

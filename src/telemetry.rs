@@ -86,8 +86,6 @@ pub struct Telemetry {
     registry: Registry,
     pub sources: SourceMetrics,
     pub collect: CollectMetrics,
-    /// The last exposition's length ([`encode_text`]).
-    last_len: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Telemetry {
@@ -123,7 +121,6 @@ impl Telemetry {
             registry,
             sources,
             collect,
-            last_len: Default::default(),
         }
     }
 
@@ -132,23 +129,18 @@ impl Telemetry {
         &mut self.registry
     }
 
-    /// The OpenMetrics text exposition of every registered metric.
-    pub fn encode(&self) -> String {
-        encode_text(&self.registry, &self.last_len)
+    /// The OpenMetrics text exposition of every registered metric, written into `out`.
+    pub fn encode_into(&self, out: &mut dyn std::fmt::Write) -> std::fmt::Result {
+        prometheus_client::encoding::text::encode(&mut &mut *out, &self.registry)
     }
-}
 
-/// The OpenMetrics text exposition of `registry`, in a String sized from the last one
-/// (`last_len`): at 5,000 targets an exposition is 4.8 MB, which a String grown by doubling
-/// copies a dozen times and holds up to twice over while it grows.
-pub fn encode_text(registry: &Registry, last_len: &std::sync::atomic::AtomicUsize) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let last = last_len.load(Relaxed);
-    let mut out = String::with_capacity(last + last / 16);
-    prometheus_client::encoding::text::encode(&mut out, registry)
-        .expect("writing to a String cannot fail");
-    last_len.store(out.len(), Relaxed);
-    out
+    /// The exposition as a String (tests, one-off reads).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        self.encode_into(&mut out)
+            .expect("writing to a String cannot fail");
+        out
+    }
 }
 
 /// `ebb_process_*`, read from `/proc/self` when Prometheus scrapes (nothing in between). No

@@ -373,6 +373,26 @@ async fn direct_requests_are_authenticated_and_authorized() {
         text.contains("ebb_api_request_duration_seconds_count{verb=\"list\",code=\"403\"}"),
         "{text}"
     );
+    // Prometheus asks for gzip: the same series, compressed.
+    let gzip = reqwest::Client::new()
+        .get(format!("http://{}/metrics", api.metrics_addr))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzip.status(), 200);
+    assert_eq!(gzip.headers()["content-encoding"], "gzip");
+    let mut decoded = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&gzip.bytes().await.unwrap()[..]),
+        &mut decoded,
+    )
+    .unwrap();
+    assert!(
+        decoded.contains("ebb_api_request_duration_seconds_count{verb=\"list\",code=\"403\"}"),
+        "{decoded}"
+    );
+    assert!(decoded.ends_with("# EOF\n"), "{decoded}");
 }
 
 /// ebb's RabbitMQ source for the backlog (ready + unacknowledged) of `queue`.

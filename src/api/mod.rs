@@ -7,12 +7,13 @@
 //! - [`auth`]: front-proxy / client-certificate / bearer-token authentication and
 //!   SubjectAccessReview authorization, as an aggregated API server must do them;
 //! - [`server`]: HTTPS with certificate reload, client certificates passed to the router, and
-//!   ebb's `/metrics` on a separate plain-HTTP port;
+//!   ebb's `/metrics` on a separate plain-HTTP port ([`exposition`]: gzip as it is encoded);
 //! - [`request`] and [`selector`]: parsing of value requests and label selectors.
 //!
 //! Wire format and rules: `shared/reference/external-metrics-api.md`.
 
 pub mod auth;
+pub mod exposition;
 pub mod metrics;
 pub mod readiness;
 pub mod request;

@@ -48,13 +48,15 @@ pub enum ServeError {
     Certificate { path: PathBuf, reason: String },
 }
 
-/// Produces the Prometheus text exposition of ebb's metrics for `/metrics`.
-pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
+/// Writes the OpenMetrics text of ebb's metrics for `/metrics` into a sink (a String, or a
+/// compressor: [`super::exposition`]).
+pub type MetricsText = super::exposition::Encode;
 
 /// `/metrics` text from a prometheus-client registry.
 pub fn metrics_text(registry: prometheus_client::registry::Registry) -> MetricsText {
-    let last_len = std::sync::atomic::AtomicUsize::new(0);
-    Arc::new(move || crate::telemetry::encode_text(&registry, &last_len))
+    Arc::new(move |out: &mut dyn std::fmt::Write| {
+        prometheus_client::encoding::text::encode(&mut &mut *out, &registry)
+    })
 }
 
 /// The serving certificate, swapped when its files change; rustls asks for it per handshake.
@@ -201,24 +203,47 @@ pub async fn serve_metrics(
     metrics_text: MetricsText,
 ) -> Result<(), ServeError> {
     use axum::response::IntoResponse;
+    let exposition = Arc::new(super::exposition::Exposition::new(metrics_text));
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: http::HeaderMap| {
                 // Encoding takes tens of milliseconds at thousands of targets: off the
                 // runtime's workers, which serve the metrics API meanwhile.
-                let metrics_text = metrics_text.clone();
+                let exposition = exposition.clone();
                 async move {
-                    match tokio::task::spawn_blocking(move || metrics_text()).await {
-                        Ok(text) => (
-                            [(
-                                http::header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            text,
-                        )
-                            .into_response(),
+                    let accept = headers
+                        .get(http::header::ACCEPT_ENCODING)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let body = tokio::task::spawn_blocking(move || {
+                        exposition.body(accept.as_deref())
+                    })
+                    .await;
+                    match body {
+                        Ok(Ok(body)) => {
+                            let mut response = (
+                                [
+                                    (
+                                        http::header::CONTENT_TYPE,
+                                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                    ),
+                                    (http::header::VARY, "Accept-Encoding"),
+                                ],
+                                body.bytes,
+                            )
+                                .into_response();
+                            if body.gzip {
+                                response.headers_mut().insert(
+                                    http::header::CONTENT_ENCODING,
+                                    http::HeaderValue::from_static("gzip"),
+                                );
+                            }
+                            response
+                        }
                         // A failed scrape, not an empty one (which would read as no series).
+                        Ok(Err(e)) => (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                            .into_response(),
                         Err(e) => {
                             (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
                         }

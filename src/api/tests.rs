@@ -359,7 +359,9 @@ async fn requests_are_counted_by_verb_and_code() {
     call(VALUES).send(&f.state).await;
     let mut registry = prometheus_client::registry::Registry::with_prefix("ebb");
     f.state.metrics.register(&mut registry);
-    let text = server::metrics_text(registry)();
+    let text = super::exposition::Exposition::new(server::metrics_text(registry))
+        .text()
+        .unwrap();
     assert!(
         text.contains("ebb_api_request_duration_seconds_count{verb=\"list\",code=\"401\"} 1"),
         "{text}"

@@ -334,6 +334,7 @@ async fn not_ready(ctx: &Context, st: &ScaledTarget, c: &Classified) {
         ..previous.clone().unwrap_or_default()
     };
     if super::status::worth_writing(previous.as_ref(), &status) {
+        let status = Arc::new(status);
         state_for(&mut ctx.targets.lock().expect("targets"), st).queue_status(status.clone());
         ctx.writer.write_status(st, status).await;
     }

@@ -140,10 +140,10 @@ impl ControllerMetrics {
             .get()
     }
 
-    /// Counts a target polled at once because the API server answers again after an outage it
-    /// backed off through (`super::recovery`).
-    pub fn resumed_after_outage(&self) {
-        self.resumed_after_outage.inc();
+    /// Counts the targets polled at once because the API server answers again after an
+    /// outage they backed off through (`super::recovery`).
+    pub fn resumed_after_outage(&self, targets: usize) {
+        self.resumed_after_outage.inc_by(targets as u64);
     }
 
     /// The count of `ebb_resumed_after_outage_total` (tests).

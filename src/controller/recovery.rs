@@ -47,9 +47,9 @@ pub(super) fn resumed(ctx: Arc<Context>) -> impl Stream<Item = ObjectRef<ScaledT
                 targets = resumed.len(),
                 "the API server answers again: polling the targets that backed off through its outage"
             );
+            ctx.metrics.resumed_after_outage(resumed.len());
             for (key, target) in resumed {
                 ctx.resume(&key);
-                ctx.metrics.resumed_after_outage();
                 if tx.send(target).is_err() {
                     return;
                 }

@@ -59,7 +59,8 @@ enum Job {
 struct PendingStatus {
     namespace: String,
     name: String,
-    status: ScaledTargetStatus,
+    /// Shared with the target's state until written (`TargetState::status`).
+    status: Arc<ScaledTargetStatus>,
     /// Failed writes of this status so far.
     failures: u8,
 }
@@ -149,7 +150,7 @@ impl Writer {
     }
 
     /// Queues `status` as the one to write for `st`, replacing any not yet written.
-    pub async fn write_status(&self, st: &ScaledTarget, status: ScaledTargetStatus) {
+    pub async fn write_status(&self, st: &ScaledTarget, status: Arc<ScaledTargetStatus>) {
         use kube::ResourceExt;
         let namespace = st.namespace().unwrap_or_default();
         let name = st.name_any();
@@ -238,7 +239,7 @@ impl Shared {
                 }
                 self.stats.requests(1);
                 let api = Api::<ScaledTarget>::namespaced(self.client.clone(), &p.namespace);
-                let patch = Patch::Merge(serde_json::json!({ "status": p.status }));
+                let patch = Patch::Merge(serde_json::json!({ "status": &*p.status }));
                 match api
                     .patch_status(&p.name, &PatchParams::default(), &patch)
                     .await
@@ -287,8 +288,7 @@ mod tests {
     async fn a_status_is_written_by_the_leader_only() {
         for leader in [true, false] {
             let (w, stats) = writer(leader);
-            w.write_status(&target(), ScaledTargetStatus::default())
-                .await;
+            w.write_status(&target(), Arc::default()).await;
             assert_eq!(w.flush(Duration::from_secs(10)).await, 0);
             let tried = stats.api_requests.load(Ordering::Relaxed);
             // The leader tries it (and retries: the server is down); a standby never does.

@@ -1060,7 +1060,9 @@ impl TargetMachine {
     /// fallback at least the fallback count and never down.
     fn step_scale(&mut self, now: Millis, spec: &TargetSpec, replicas: Replicas, step: &mut Step) {
         let samples = self.samples(spec);
-        // Without a behavior, the HPA's per-sync scale-up limit as a rate over the interval.
+        // Without a behavior, the HPA's per-sync scale-up limit as a rate over the interval
+        // (`over_interval` leaves 15 s or less alone; checked here too so that the spec is
+        // borrowed, not cloned, at the default interval).
         let rules = match spec.hpa.behavior {
             None if spec.interval > hpa::SYNC_PERIOD_MS => Cow::Owned(HpaSpec {
                 config: spec.hpa.config.over_interval(spec.interval),
