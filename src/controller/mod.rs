@@ -135,16 +135,43 @@ struct TargetState {
     /// there is none, and a state is allocated by size class (inline, the status made a state
     /// 1,048 bytes, allocated as 1,280; boxed, 888 in the 896 class).
     status: Option<Arc<ScaledTargetStatus>>,
-    /// The object's resourceVersion the queued status was last compared with: the object
-    /// is compared again only once it changed (a status is two serializations a compare).
-    status_compared_at: Option<Box<str>>,
+    /// The object's status as the watch last showed it; the watch's store keeps the object
+    /// without it ([`Context::saw_status`]).
+    object_status: Option<StoredStatus>,
+}
+
+/// A status kept as snappy-compressed JSON. The ScaledTarget watch's store keeps every
+/// object, and a status was most of one (at 5,000 targets about 1.8 KB of a 2.8 KB object in
+/// memory: five conditions, the metrics' readings); a poll reads it back once, a
+/// generation change once more.
+struct StoredStatus(Box<[u8]>);
+
+impl StoredStatus {
+    fn of_json(json: &[u8]) -> Self {
+        let compressed = snap::raw::Encoder::new()
+            .compress_vec(json)
+            .unwrap_or_else(|_| json.to_vec());
+        Self(compressed.into_boxed_slice())
+    }
+
+    fn status(&self) -> Option<ScaledTargetStatus> {
+        let json = snap::raw::Decoder::new().decompress_vec(&self.0).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
 }
 
 impl TargetState {
     /// Queues `status` as the last one written (see [`TargetState::status`]).
     fn queue_status(&mut self, status: Arc<ScaledTargetStatus>) {
         self.status = Some(status);
-        self.status_compared_at = None;
+    }
+
+    /// What the status says now: the last one this replica queued, else the object's.
+    fn last_status(&self) -> Option<ScaledTargetStatus> {
+        match &self.status {
+            Some(queued) => Some((**queued).clone()),
+            None => self.object_status.as_ref()?.status(),
+        }
     }
 }
 
@@ -185,12 +212,6 @@ struct AppliedHpa {
     desired: u64,
     /// Hash of the spec the apply returned (defaults filled in by the API server).
     spec: u64,
-}
-
-/// Whether `a` and `b` have the same JSON form (what an object read back shows of a write:
-/// times to the second).
-fn same_json(a: &impl serde::Serialize, b: &impl serde::Serialize) -> bool {
-    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
 /// A hash of `value`'s JSON form.
@@ -405,7 +426,7 @@ impl Context {
                 spec.clone()
             }
             _ => {
-                let spec = Arc::new(st.machine_spec());
+                let spec = Arc::new(st.machine_spec_with(t.last_status().as_ref()));
                 t.spec = Some(spec.clone());
                 spec
             }
@@ -554,8 +575,8 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
     // The ScaledTargets are kept without their managed fields (about a third of a stored object
     // once ebb has written status), the largest share of the controller's memory at scale, and
     // without kubectl's copy of the last applied object (`kubectl apply` without
-    // `--server-side` keeps the whole spec again in an annotation), and with their lists no
-    // longer than they are.
+    // `--server-side` keeps the whole spec again in an annotation), with their lists no
+    // longer than they are, and without their status (kept compressed in the target's state).
     // `for_stream` is kube-runtime's `unstable-runtime` API.
     let (reader, writer) = kube::runtime::reflector::store();
     let objects = watcher(sts, watcher::Config::default().any_semantic())
@@ -564,6 +585,19 @@ async fn run_on(sts: Api<ScaledTarget>, ctx: Arc<Context>, namespace: Option<&st
             st.managed_fields_mut().clear();
             st.annotations_mut().remove(LAST_APPLIED_ANNOTATION);
             st.shrink_to_fit();
+        })
+        // The status goes to the target's state (`Context::saw_status`); a deleted object's
+        // is dropped with it.
+        .map_ok({
+            let ctx = ctx.clone();
+            move |mut event| {
+                match &mut event {
+                    watcher::Event::Apply(st) | watcher::Event::InitApply(st) => ctx.saw_status(st),
+                    watcher::Event::Delete(st) => st.status = None,
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+                event
+            }
         })
         .inspect_ok({
             let ctx = ctx.clone();
@@ -859,37 +893,40 @@ impl Context {
         if let Some(t) = self.targets.lock().expect("targets").get_mut(&key(st)) {
             t.series = None;
             t.status = None;
-            t.status_compared_at = None;
             t.machine.stand_by();
         }
     }
 
-    /// What the status says now: the last one this replica queued, else the object's. Once
-    /// the object shows the queued one (the write landed: the same JSON), only the object's
-    /// copy is kept (a status is over a kilobyte; the watch keeps every object).
+    /// What the status says now: the last one this replica queued, else the object's.
     fn last_status(&self, st: &ScaledTarget) -> Option<ScaledTargetStatus> {
-        let mut targets = self.targets.lock().expect("targets");
-        let Some(t) = targets
-            .get_mut(&key(st))
+        let targets = self.targets.lock().expect("targets");
+        targets
+            .get(&key(st))
             .filter(|t| Some(&*t.uid) == st.metadata.uid.as_deref())
-        else {
-            return st.status.clone();
+            .and_then(|t| t.last_status())
+    }
+
+    /// Takes the status out of a watched object, for the target's state to keep compressed
+    /// (the watch's store then keeps the object without it). Once the object shows the status
+    /// this replica queued (the write landed: the same JSON), only the object's copy is kept.
+    fn saw_status(&self, st: &mut ScaledTarget) {
+        let Some(status) = st.status.take() else {
+            return;
         };
-        let Some(queued) = &t.status else {
-            return st.status.clone();
+        let Ok(json) = serde_json::to_vec(&status) else {
+            return;
         };
-        let version = &st.metadata.resource_version;
-        if version.is_some() && t.status_compared_at.as_deref() == version.as_deref() {
-            return Some((**queued).clone());
+        let mut targets = self.targets.lock().expect("targets");
+        let t = state_for(&mut targets, st);
+        // The same JSON is what an object read back shows of a write (times to the second);
+        // both sides are the same type, so their fields serialize in the same order.
+        if t.status
+            .as_ref()
+            .is_some_and(|queued| serde_json::to_vec(&**queued).is_ok_and(|q| q == json))
+        {
+            t.status = None;
         }
-        t.status_compared_at = version.as_deref().map(Box::from);
-        match &st.status {
-            Some(object) if same_json(&**queued, object) => {
-                t.status = None;
-                Some(object.clone())
-            }
-            _ => Some((**queued).clone()),
-        }
+        t.object_status = Some(StoredStatus::of_json(&json));
     }
 
     /// The startup delay the machine learned from the workload's pods, and on how many starts.
@@ -1730,11 +1767,16 @@ mod tests {
         let mut json = crate::crd::example_json();
         json["metadata"]["uid"] = "u1".into();
         json["status"] = serde_json::json!({ "desiredReplicas": 1 });
-        let mut st: ScaledTarget = serde_json::from_value(json).unwrap();
+        let object: ScaledTarget = serde_json::from_value(json).unwrap();
         let queued = |ctx: &Context| {
             let targets = ctx.targets.lock().unwrap();
             targets["shop/web"].status.as_deref().cloned()
         };
+        // The watch hands the object's status to the state and keeps the object without it.
+        let mut st = object.clone();
+        ctx.saw_status(&mut st);
+        assert_eq!(st.status, None);
+        assert_eq!(ctx.last_status(&st), object.status);
         // A status queued, with a time to the nanosecond; the object does not show it yet.
         let time =
             Time(k8s_openapi::jiff::Timestamp::from_nanosecond(1_700_000_000_123_456_789).unwrap());
@@ -1744,28 +1786,49 @@ mod tests {
             ..Default::default()
         };
         state_for(&mut ctx.targets.lock().unwrap(), &st).queue_status(Arc::new(ours.clone()));
-        st.metadata.resource_version = Some("1".into());
+        assert_eq!(ctx.last_status(&st), Some(ours.clone()));
+        // Another version of the object without it (an older write, an edit) leaves it queued.
+        let mut other = object.clone();
+        ctx.saw_status(&mut other);
         assert_eq!(ctx.last_status(&st), Some(ours.clone()));
         assert_eq!(queued(&ctx), Some(ours.clone()));
-        // The write landed (read back to the second): one copy, the object's. It is looked
-        // for only in another version of the object: version 1 was compared already.
+        // The write landed (read back to the second): one copy, the object's.
         let written: ScaledTargetStatus =
             serde_json::from_value(serde_json::to_value(&ours).unwrap()).unwrap();
-        st.status = Some(written.clone());
-        assert_eq!(ctx.last_status(&st), Some(ours.clone()));
-        assert_eq!(queued(&ctx), Some(ours.clone()));
-        st.metadata.resource_version = Some("2".into());
-        assert_eq!(ctx.last_status(&st), Some(written));
+        let mut landed = object.clone();
+        landed.status = Some(written.clone());
+        ctx.saw_status(&mut landed);
+        assert_eq!(landed.status, None);
         assert_eq!(queued(&ctx), None);
-        // A newer status queued is compared again with the same version.
-        let newer = ScaledTargetStatus {
-            desired_replicas: Some(3),
-            ..ours.clone()
+        assert_eq!(ctx.last_status(&st), Some(written.clone()));
+        // What was learned resumes from the status kept apart (after a restart: the first
+        // status the watch shows), as it would from the object's.
+        let mut json = crate::crd::example_json();
+        json["metadata"]["uid"] = "u1".into();
+        json["spec"]["adaptive"] = serde_json::json!({});
+        json["spec"]["metrics"][0]["target"] =
+            serde_json::json!({ "type": "AverageValue", "averageValue": "10" });
+        json["status"] = serde_json::json!({ "metrics": [{ "name": "m", "learned": {
+            "headroom": 0.2, "headroomBasis": "History", "tolerance": 0.1,
+            "toleranceBasis": "Static", "scaleDownWindowSeconds": 300,
+            "scaleDownWindowBasis": "Static", "growthSamples": 5000,
+            "riskCorrection": -0.25 } }] });
+        let mut learned: ScaledTarget = serde_json::from_value(json).unwrap();
+        let resumed = |spec: &TargetSpec| {
+            spec.metrics[0]
+                .learn
+                .as_ref()
+                .map(|l| l.resume_risk_correction)
         };
-        state_for(&mut ctx.targets.lock().unwrap(), &st).queue_status(Arc::new(newer.clone()));
-        st.status = Some(newer.clone());
-        assert_eq!(ctx.last_status(&st), Some(newer));
-        assert_eq!(queued(&ctx), None);
+        assert_eq!(resumed(&learned.machine_spec()), Some(-0.25));
+        ctx.saw_status(&mut learned);
+        assert_eq!(learned.status, None);
+        assert_eq!(resumed(&learned.machine_spec()), Some(0.0));
+        assert_eq!(resumed(&ctx.spec_of(&learned)), Some(-0.25));
+        // A recreated object (another uid) does not inherit the status.
+        let mut recreated = object.clone();
+        recreated.metadata.uid = Some("u2".into());
+        assert_eq!(ctx.last_status(&recreated), None);
     }
 
     #[test]

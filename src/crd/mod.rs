@@ -919,8 +919,17 @@ impl ScaledTarget {
     }
 
     /// What the decision machine needs of this ScaledTarget (`engine::target`), free of
-    /// Kubernetes types.
+    /// Kubernetes types; what was learned before a restart is resumed from its status.
     pub fn machine_spec(&self) -> crate::engine::target::TargetSpec {
+        self.machine_spec_with(self.status.as_ref())
+    }
+
+    /// [`Self::machine_spec`] resuming from `status` (the controller keeps the status apart
+    /// from the watched object).
+    pub fn machine_spec_with(
+        &self,
+        status: Option<&ScaledTargetStatus>,
+    ) -> crate::engine::target::TargetSpec {
         use crate::engine::target::{
             EscalationSpec, FallbackSpec, IdleSpec, MetricSpec, Mode as M, TargetSpec,
         };
@@ -949,7 +958,7 @@ impl ScaledTarget {
                     activation: m.activation.unwrap_or(0.0),
                     learn: adaptive
                         .as_ref()
-                        .and_then(|config| self.learn_spec(m, config, &uid)),
+                        .and_then(|config| self.learn_spec(m, config, &uid, status)),
                 })
                 .collect(),
             formula: spec
@@ -986,6 +995,7 @@ impl ScaledTarget {
         m: &Metric,
         config: &AdaptiveConfig,
         uid: &str,
+        status: Option<&ScaledTargetStatus>,
     ) -> Option<crate::engine::learning::LearnSpec> {
         if m.target.type_ != TargetType::AverageValue {
             return None;
@@ -998,8 +1008,9 @@ impl ScaledTarget {
             name: m.name.clone(),
             static_target: milli as f64 / 1000.0,
             slo: m.slo.as_ref().map(|s| s.learn.clone()),
-            resume_slo: self.previous_slo(&m.name),
-            resume_risk_correction: self.previous_risk_correction(&m.name),
+            resume_slo: previous_learned(status, &m.name).and_then(|l| l.slo.as_ref()?.to_engine()),
+            resume_risk_correction: previous_learned(status, &m.name)
+                .map_or(0.0, |l| l.risk_correction),
             backfill: m.prometheus.is_some(),
             fingerprint: format!(
                 "{uid}|{}",
@@ -1007,27 +1018,19 @@ impl ScaledTarget {
             ),
         })
     }
+}
 
-    /// The risk correction metric `metric` had in status (to resume from after a restart).
-    fn previous_risk_correction(&self, metric: &str) -> f64 {
-        self.previous_learned(metric)
-            .map_or(0.0, |l| l.risk_correction)
-    }
-
-    fn previous_learned(&self, metric: &str) -> Option<&LearnedStatus> {
-        self.status
-            .as_ref()?
-            .metrics
-            .iter()
-            .find(|s| s.name == metric)?
-            .learned
-            .as_deref()
-    }
-
-    /// The SLO target metric `metric` had in status (to resume from after a restart).
-    fn previous_slo(&self, metric: &str) -> Option<crate::engine::slo::SloTarget> {
-        self.previous_learned(metric)?.slo.as_ref()?.to_engine()
-    }
+/// What metric `metric` had learned by `status` (to resume from after a restart).
+fn previous_learned<'a>(
+    status: Option<&'a ScaledTargetStatus>,
+    metric: &str,
+) -> Option<&'a LearnedStatus> {
+    status?
+        .metrics
+        .iter()
+        .find(|s| s.name == metric)?
+        .learned
+        .as_deref()
 }
 
 /// `shop/web`: a ScaledTarget with one Prometheus metric, as JSON (tests).
