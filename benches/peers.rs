@@ -1086,22 +1086,30 @@ async fn served_durations(client: &reqwest::Client, url: Option<&str>) -> Vec<(f
     let Some(url) = url else {
         return Vec::new();
     };
-    let Ok(gzip) = async {
+    let Ok((gzip, body)) = async {
         let response = client
             .get(url)
             .header("Accept-Encoding", "gzip")
             .send()
             .await?;
-        response.bytes().await
+        let gzip = response
+            .headers()
+            .get("content-encoding")
+            .is_some_and(|v| v == "gzip");
+        Ok::<_, reqwest::Error>((gzip, response.bytes().await?))
     }
     .await
     else {
         return Vec::new();
     };
     let mut text = String::new();
-    if std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut text)
-        .is_err()
-    {
+    let decoded = if gzip {
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text)
+            .is_ok()
+    } else {
+        String::from_utf8(body.to_vec()).map(|t| text = t).is_ok()
+    };
+    if !decoded {
         return Vec::new();
     }
     histogram_buckets(
