@@ -219,9 +219,11 @@ pub async fn serve_metrics(
                     let body = tokio::task::spawn_blocking(move || {
                         exposition.body(accept.as_deref())
                     })
-                    .await;
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|body| body.map_err(|e| e.to_string()));
                     match body {
-                        Ok(Ok(body)) => {
+                        Ok(body) => {
                             let mut response = (
                                 [
                                     (
@@ -242,11 +244,7 @@ pub async fn serve_metrics(
                             response
                         }
                         // A failed scrape, not an empty one (which would read as no series).
-                        Ok(Err(e)) => (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                            .into_response(),
-                        Err(e) => {
-                            (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
-                        }
+                        Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
                     }
                 }
             }),
