@@ -21,13 +21,13 @@ use ebb::backtest::replay::{ReplayConfig, replay};
 use ebb::backtest::trace::{TraceOptions, read_trace, worldcup_trace_path};
 use ebb::engine::adaptive::{AdaptiveConfig, AdaptiveState, Inputs};
 use ebb::engine::hpa::{self, HpaSpec, Replicas, ScalingState};
-use ebb::engine::{Behavior, MetricSample, Target};
+use ebb::engine::{MetricSample, Target};
 
 fn decision(c: &mut Criterion) {
     let spec = HpaSpec {
         min_replicas: 1,
         max_replicas: 500,
-        behavior: Some(Behavior::default()),
+        behavior: Some(Box::default()),
         ..Default::default()
     };
     let metrics = |i: i64| {
@@ -49,7 +49,7 @@ fn decision(c: &mut Criterion) {
         let now = i * 15_000;
         let d = hpa::decide(&spec, state, Replicas::all(*current), &metrics(i), now);
         if d.desired != *current {
-            state.store_scale_event(spec.behavior.as_ref(), *current, d.desired, now);
+            state.store_scale_event(spec.behavior.as_deref(), *current, d.desired, now);
             *current = d.desired;
         }
         d

@@ -123,13 +123,13 @@ proptest! {
         let spec_ = HpaSpec {
             min_replicas: min,
             max_replicas: max,
-            behavior: behavior.map(|(u, d)| Behavior { scale_up: u, scale_down: d }),
+            behavior: behavior.map(|(u, d)| Box::new(Behavior { scale_up: u, scale_down: d })),
             config: ControllerConfig { scale_up_limit_factor: factor, ..Default::default() },
         };
         let mut state = ScalingState::default();
         let r = Replicas { spec, status, ready };
         let d = hpa::decide(&spec_, &mut state, r, &metrics, now);
-        state.store_scale_event(spec_.behavior.as_ref(), spec, d.desired, now);
+        state.store_scale_event(spec_.behavior.as_deref(), spec, d.desired, now);
     }
 
     /// Sane bounds and a running target: every decision of a sequence lies within them, and
@@ -145,7 +145,7 @@ proptest! {
         let spec = HpaSpec {
             min_replicas: min,
             max_replicas: max,
-            behavior: behavior.map(|(u, d)| Behavior { scale_up: u, scale_down: d }),
+            behavior: behavior.map(|(u, d)| Box::new(Behavior { scale_up: u, scale_down: d })),
             config: ControllerConfig::default(),
         };
         let mut state = ScalingState::default();
@@ -162,7 +162,7 @@ proptest! {
                 prop_assert_eq!(d.reason, d.scaling_limited);
             }
             if d.desired != current {
-                state.store_scale_event(spec.behavior.as_ref(), current, d.desired, now);
+                state.store_scale_event(spec.behavior.as_deref(), current, d.desired, now);
                 current = d.desired;
             }
             prop_assert!(state.recommendations().len() <= MAX_RECORDS);

@@ -166,19 +166,21 @@ pub fn protocol_spec(
             target: Ok(crate::engine::Target::AverageValue(
                 (per_pod * 1000.0).round().max(1.0) as i64,
             )),
-            learn: adaptive.enabled.then(|| LearnSpec {
-                name: "load".into(),
-                static_target: per_pod,
-                slo: slo.cloned(),
-                resume_slo: None,
-                resume_risk_correction: 0.0,
-                backfill: false,
-                fingerprint: "replay".into(),
+            learn: adaptive.enabled.then(|| {
+                Box::new(LearnSpec {
+                    name: "load".into(),
+                    static_target: per_pod,
+                    slo: slo.cloned(),
+                    resume_slo: None,
+                    resume_risk_correction: 0.0,
+                    backfill: false,
+                    fingerprint: "replay".into(),
+                })
             }),
             drain: None,
             activation: 0.0,
         }],
-        adaptive: Some(adaptive),
+        adaptive: Some(Box::new(adaptive)),
         fallback: None,
         escalation: None,
         idle: None,
@@ -198,7 +200,7 @@ pub fn scaled_target_spec(
 ) -> Result<TargetSpec, String> {
     let mut spec = st.machine_spec();
     if let Some(formula) = &st.spec.formula {
-        if let Some(Err(e)) = &spec.formula {
+        if let Some(Err(e)) = spec.formula.as_deref() {
             return Err(format!("formula: {e}"));
         }
         if metric.is_some_and(|m| m != formula.name) {

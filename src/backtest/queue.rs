@@ -219,7 +219,7 @@ fn queue_spec(policy: &str, cfg: &ReplayConfig, drain_seconds: f64) -> Option<Ta
             name: "queue".into(),
             target: Ok(crate::engine::Target::AverageValue(target)),
             learn: None,
-            drain,
+            drain: drain.map(Box::new),
             activation: 0.0,
         }],
         adaptive: None,

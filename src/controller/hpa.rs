@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, ExternalMetricSource, HorizontalPodAutoscaler,
-    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerSpec,
-    MetricIdentifier, MetricSpec, MetricTarget,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
+    MetricTarget,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
@@ -160,7 +160,17 @@ pub struct HpaStatusFacts {
     pub desired_replicas: i32,
     pub last_scale_time: Option<Time>,
     /// Its `ScalingLimited` condition, when it has one.
-    pub scaling_limited: Option<HorizontalPodAutoscalerCondition>,
+    pub scaling_limited: Option<ScalingLimited>,
+}
+
+/// What ebb repeats of an HPA's `ScalingLimited` condition in the ScaledTarget's status (the
+/// condition as read is 120 bytes inline and three more strings, in each of 5,000 HPAs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingLimited {
+    /// Its status is `True`.
+    pub limited: bool,
+    pub reason: Option<Box<str>>,
+    pub message: Option<Box<str>>,
 }
 
 impl HpaFacts {
@@ -196,7 +206,11 @@ impl HpaFacts {
                     .iter()
                     .flatten()
                     .find(|c| c.type_ == crate::engine::conditions::SCALING_LIMITED)
-                    .cloned(),
+                    .map(|c| ScalingLimited {
+                        limited: c.status == "True",
+                        reason: c.reason.as_deref().map(Into::into),
+                        message: c.message.as_deref().map(Into::into),
+                    }),
             }),
         }
     }

@@ -20,52 +20,85 @@ use super::watched::{Index, Watched};
 use crate::crd::ScaledTarget;
 
 type Name = (String, String);
-/// (namespace, kind, name) of the scaled workload.
-type Workload = (String, String, String);
 
 #[derive(Default)]
 struct State {
     by_name: HashMap<Name, Arc<HpaFacts>>,
-    /// Sorted names, as long as they are: nearly always one (a `BTreeSet` node is 11 slots).
-    by_workload: HashMap<Workload, Vec<String>>,
+    /// The HPAs of each workload, by a hash of its (namespace, kind, name), sorted by name:
+    /// nearly always one. A key of three strings (and a list of names to look up again) was
+    /// about 200 bytes an HPA; a lookup checks each HPA's workload and namespace instead
+    /// ([`State::on_workload`]).
+    by_workload: HashMap<u64, Vec<Arc<HpaFacts>>>,
+}
+
+/// The key of a workload in [`State::by_workload`].
+fn workload_key(namespace: &str, kind: &str, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (namespace, kind, name).hash(&mut h);
+    h.finish()
 }
 
 impl State {
-    fn workload(namespace: &str, h: &HpaFacts) -> Workload {
-        let r = &h.scale_target_ref;
-        (namespace.to_owned(), r.kind.clone(), r.name.clone())
+    fn key_of(namespace: &str, h: &HpaFacts) -> u64 {
+        workload_key(
+            namespace,
+            &h.scale_target_ref.kind,
+            &h.scale_target_ref.name,
+        )
     }
 
     fn remove(&mut self, name: &Name) {
         if let Some(old) = self.by_name.remove(name) {
-            let w = Self::workload(&name.0, &old);
-            if let Some(names) = self.by_workload.get_mut(&w) {
-                if let Ok(i) = names.binary_search(&name.1) {
-                    names.remove(i);
-                }
-                if names.is_empty() {
-                    self.by_workload.remove(&w);
+            let key = Self::key_of(&name.0, &old);
+            if let Some(hpas) = self.by_workload.get_mut(&key) {
+                hpas.retain(|h| !Arc::ptr_eq(h, &old));
+                if hpas.is_empty() {
+                    self.by_workload.remove(&key);
                 }
             }
         }
+    }
+
+    /// The HPAs of `namespace` that scale the workload (`kind`, `name`) (any API group: the
+    /// caller compares groups).
+    fn on_workload<'a>(
+        &'a self,
+        namespace: &'a str,
+        kind: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<HpaFacts>> + 'a {
+        self.by_workload
+            .get(&workload_key(namespace, kind, name))
+            .into_iter()
+            .flatten()
+            .filter(move |h| {
+                let r = &h.scale_target_ref;
+                r.kind == kind
+                    && r.name == name
+                    // Another namespace's HPA with the same key: not the one indexed here.
+                    && self
+                        .by_name
+                        .get(&(namespace.to_owned(), h.name.clone()))
+                        .is_some_and(|same| Arc::ptr_eq(same, h))
+            })
     }
 }
 
 impl Index<HorizontalPodAutoscaler> for State {
     fn apply(&mut self, h: HorizontalPodAutoscaler) {
         let namespace = h.namespace().unwrap_or_default();
-        let h = HpaFacts::of(&h);
-        let name = (namespace.clone(), h.name.clone());
+        let h = Arc::new(HpaFacts::of(&h));
+        let name = (namespace, h.name.clone());
         self.remove(&name);
-        let names = self
+        let hpas = self
             .by_workload
-            .entry(Self::workload(&namespace, &h))
+            .entry(Self::key_of(&name.0, &h))
             .or_default();
-        if let Err(i) = names.binary_search(&name.1) {
-            names.reserve_exact(1);
-            names.insert(i, name.1.clone());
-        }
-        self.by_name.insert(name, Arc::new(h));
+        let at = hpas.partition_point(|other| other.name < h.name);
+        hpas.reserve_exact(1);
+        hpas.insert(at, h.clone());
+        self.by_name.insert(name, h);
     }
 
     fn delete(&mut self, h: &HorizontalPodAutoscaler) {
@@ -151,14 +184,8 @@ impl HpaIndex {
         let state = self.watched.read()?;
         let ns = st.namespace().unwrap_or_default();
         let t = &st.spec.target_ref;
-        let workload = (ns.clone(), t.kind.clone(), t.name.clone());
         let own = state.by_name.get(&(ns.clone(), hpa::hpa_name(st)));
-        let same_workload = state
-            .by_workload
-            .get(&workload)
-            .into_iter()
-            .flatten()
-            .filter_map(|n| state.by_name.get(&(ns.clone(), n.clone())));
+        let same_workload = state.on_workload(&ns, &t.kind, &t.name);
         Some(HpaView::of(st, own.into_iter().chain(same_workload)))
     }
 }
@@ -228,6 +255,7 @@ mod tests {
         );
         let limited = status.scaling_limited.as_ref().unwrap();
         assert_eq!(limited.reason.as_deref(), Some("TooManyReplicas"));
+        assert!(limited.limited && limited.message.is_none());
         // What the HPA controller writes leaves the spec's hash alone.
         let mut moved = h.clone();
         moved.status.as_mut().unwrap().desired_replicas = 3;
@@ -242,17 +270,32 @@ mod tests {
         let mut s = State::default();
         s.apply(hpa("h", "a"));
         s.apply(hpa("h", "b"));
-        let key = |w: &str| ("n".to_owned(), "Deployment".to_owned(), w.to_owned());
-        assert!(!s.by_workload.contains_key(&key("a")));
-        assert_eq!(s.by_workload[&key("b")].len(), 1);
+        let on = |s: &State, w: &str| -> Vec<String> {
+            s.on_workload("n", "Deployment", w)
+                .map(|h| h.name.clone())
+                .collect()
+        };
+        assert!(on(&s, "a").is_empty());
+        assert_eq!(on(&s, "b"), ["h"]);
         s.remove(&("n".into(), "h".into()));
         assert!(s.by_workload.is_empty() && s.by_name.is_empty());
         // Two on one workload, each once, in order; one goes, the other stays.
         for name in ["z", "g", "z"] {
             s.apply(hpa(name, "c"));
         }
-        assert_eq!(s.by_workload[&key("c")], ["g", "z"]);
+        assert_eq!(on(&s, "c"), ["g", "z"]);
+        // The same workload's name in another namespace is another workload.
+        let mut elsewhere = hpa("y", "c");
+        elsewhere.metadata.namespace = Some("m".into());
+        s.apply(elsewhere);
+        assert_eq!(on(&s, "c"), ["g", "z"]);
         s.remove(&("n".into(), "g".into()));
-        assert_eq!(s.by_workload[&key("c")], ["z"]);
+        assert_eq!(on(&s, "c"), ["z"]);
+        assert_eq!(
+            s.on_workload("m", "Deployment", "c")
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>(),
+            ["y"]
+        );
     }
 }

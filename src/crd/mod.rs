@@ -43,7 +43,7 @@ pub const SCALED_TARGET_LABEL: &str = "ebb.dev/scaledtarget";
     kind = "ScaledTarget",
     namespaced,
     shortname = "st",
-    status = "ScaledTargetStatus",
+    status = "Box<ScaledTargetStatus>",
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "Min", type_ = "integer", json_path = ".spec.minReplicas"),
@@ -836,7 +836,10 @@ impl ScaledTargetSpec {
         crate::engine::hpa::HpaSpec {
             min_replicas: self.active_min_replicas(),
             max_replicas: self.max_replicas,
-            behavior: self.behavior.as_deref().map(engine_behavior),
+            behavior: self
+                .behavior
+                .as_deref()
+                .map(|b| Box::new(engine_behavior(b))),
             config: Default::default(),
         }
     }
@@ -921,7 +924,7 @@ impl ScaledTarget {
     /// What the decision machine needs of this ScaledTarget (`engine::target`), free of
     /// Kubernetes types; what was learned before a restart is resumed from its status.
     pub fn machine_spec(&self) -> crate::engine::target::TargetSpec {
-        self.machine_spec_with(self.status.as_ref())
+        self.machine_spec_with(self.status.as_deref())
     }
 
     /// [`Self::machine_spec`] resuming from `status` (the controller keeps the status apart
@@ -934,7 +937,7 @@ impl ScaledTarget {
             EscalationSpec, FallbackSpec, IdleSpec, MetricSpec, Mode as M, TargetSpec,
         };
         let spec = &self.spec;
-        let adaptive = spec.adaptive.as_deref().cloned().filter(|c| c.enabled);
+        let adaptive = spec.adaptive.clone().filter(|c| c.enabled);
         let uid = self.metadata.uid.clone().unwrap_or_default();
         TargetSpec {
             mode: match spec.mode {
@@ -954,35 +957,40 @@ impl ScaledTarget {
                         .to_engine()
                         .and_then(|t| m.target.drain_spec().map(|_| t))
                         .map_err(|e| e.to_string()),
-                    drain: m.target.drain_spec().ok().flatten(),
+                    drain: m.target.drain_spec().ok().flatten().map(Box::new),
                     activation: m.activation.unwrap_or(0.0),
                     learn: adaptive
                         .as_ref()
-                        .and_then(|config| self.learn_spec(m, config, &uid, status)),
+                        .and_then(|config| self.learn_spec(m, config, &uid, status))
+                        .map(Box::new),
                 })
                 .collect(),
             formula: spec
                 .formula
                 .as_ref()
-                .map(|f| f.parse(&spec.metrics).map_err(|e| e.to_string())),
+                .map(|f| Box::new(f.parse(&spec.metrics).map_err(|e| e.to_string()))),
             adaptive,
             fallback: spec.fallback.as_ref().map(|f| FallbackSpec {
                 failure_threshold: f.failure_threshold.max(1) as u32,
                 replicas: f.replicas,
             }),
-            escalation: spec.escalation.as_ref().map(|e| EscalationSpec {
-                failure_threshold: e.failure_threshold.max(1) as u32,
-                min_interval: std::time::Duration::from(e.min_interval).as_millis() as i64,
+            escalation: spec.escalation.as_ref().map(|e| {
+                Box::new(EscalationSpec {
+                    failure_threshold: e.failure_threshold.max(1) as u32,
+                    min_interval: std::time::Duration::from(e.min_interval).as_millis() as i64,
+                })
             }),
-            idle: spec.scales_to_zero().then(|| IdleSpec {
-                cooldown: i64::from(spec.cooldown_seconds.unwrap_or(DEFAULT_COOLDOWN_SECONDS))
-                    * 1000,
-                initial_cooldown: i64::from(spec.initial_cooldown_seconds.unwrap_or(0)) * 1000,
-                created: self
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.as_millisecond()),
+            idle: spec.scales_to_zero().then(|| {
+                Box::new(IdleSpec {
+                    cooldown: i64::from(spec.cooldown_seconds.unwrap_or(DEFAULT_COOLDOWN_SECONDS))
+                        * 1000,
+                    initial_cooldown: i64::from(spec.initial_cooldown_seconds.unwrap_or(0)) * 1000,
+                    created: self
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0.as_millisecond()),
+                })
             }),
             pause: self.pause(),
             revision: self.metadata.generation.map(|g| (uid.clone(), g)),

@@ -606,9 +606,9 @@ mod tests {
     impl Learning {
         fn sync_target(&mut self, st: &ScaledTarget, interval: Duration) -> Vec<Backfill> {
             let spec = st.machine_spec();
-            let learn: Vec<_> = spec.metrics.iter().map(|m| m.learn.as_ref()).collect();
+            let learn: Vec<_> = spec.metrics.iter().map(|m| m.learn.as_deref()).collect();
             let ms = interval.as_millis() as Millis;
-            self.sync(spec.revision, spec.adaptive.as_ref(), &learn, ms)
+            self.sync(spec.revision, spec.adaptive.as_deref(), &learn, ms)
         }
     }
 
@@ -847,7 +847,7 @@ mod tests {
         let base = HpaSpec {
             min_replicas: 1,
             max_replicas: 50,
-            behavior: Some(Behavior::default()),
+            behavior: Some(Box::default()),
             ..Default::default()
         };
         let (eq, reasons) = l.proposals(
@@ -876,7 +876,7 @@ mod tests {
         assert_eq!(d.desired, wanted);
         // A scale-up policy of one pod per minute still limits it.
         let mut limited = base.clone();
-        limited.behavior = Some(Behavior {
+        limited.behavior = Some(Box::new(Behavior {
             scale_up: ScalingRules {
                 policies: vec![Policy::Pods {
                     value: 1,
@@ -885,7 +885,7 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
-        });
+        }));
         let d = decide_proposals(
             &engine_spec(limited, false),
             &mut ScalingState::default(),
@@ -928,14 +928,14 @@ mod tests {
     #[test]
     fn engine_spec_drops_the_default_window_only() {
         let spec = HpaSpec {
-            behavior: Some(Behavior {
+            behavior: Some(Box::new(Behavior {
                 scale_down: ScalingRules {
                     stabilization_window_seconds: Some(120),
                     tolerance: Some(0.2),
                     ..Default::default()
                 },
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         let s = engine_spec(spec.clone(), true);

@@ -5,7 +5,7 @@
 
 use crate::engine::hpa::{self, HpaSpec, Replicas, SYNC_PERIOD_MS, ScalingState};
 use crate::engine::policy::{ReplayPolicy, StepContext};
-use crate::engine::{Behavior, MetricSample, NoData, Target};
+use crate::engine::{MetricSample, NoData, Target};
 
 /// See the module docs.
 #[derive(Debug, Clone, Default)]
@@ -27,7 +27,7 @@ impl ReplayPolicy for HpaEngineBaseline {
         let spec = self.spec.get_or_insert_with(|| HpaSpec {
             min_replicas: to_i32(ctx.min_replicas),
             max_replicas: to_i32(ctx.max_replicas),
-            behavior: Some(Behavior::default()),
+            behavior: Some(Box::default()),
             ..Default::default()
         });
         // An AverageValue target of c per pod, in milli-units as the HPA reads Quantities.
@@ -53,7 +53,7 @@ impl ReplayPolicy for HpaEngineBaseline {
             );
             if d.desired != current {
                 self.state
-                    .store_scale_event(spec.behavior.as_ref(), current, d.desired, now);
+                    .store_scale_event(spec.behavior.as_deref(), current, d.desired, now);
                 current = d.desired;
             }
         }
