@@ -219,6 +219,12 @@ struct Load {
     /// controller's reads included: the time inside the apiserver, proxying to the system
     /// included, as against the load generator's end-to-end figure.
     apiserver_p99_ms: f64,
+    /// API Priority and Fairness, over the load generator's flow ([`LOAD_FLOW`]) while this
+    /// load ran: the p99 of the wait in its queue and of the execution that follows
+    /// (authorization and the handler: for external metrics, the proxying to the system and
+    /// its answer). APF times every request it dispatches, proxied ones included.
+    apf_wait_p99_ms: f64,
+    apf_execution_p99_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -566,8 +572,10 @@ async fn floor(bench: &Bench) -> Row {
     ];
     for &rate in &bench.args.rates {
         let apiserver_before = apiserver_durations(&bench.client, &floor_requests).await;
+        let apf_before = Apf::read(&bench.client).await;
         let (mut load, _) = open_loop(bench, rate, |_| url.clone()).await;
         let apiserver_after = apiserver_durations(&bench.client, &floor_requests).await;
+        Apf::read(&bench.client).await.since(&apf_before, &mut load);
         load.upstream_per_s = f64::NAN;
         load.server_p99_ms = f64::NAN;
         load.apiserver_p99_ms =
@@ -679,6 +687,7 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
         let (c0, t0) = (cpu_seconds(&pids), Instant::now());
         let served_before = served_durations(&bench.load, running.server_metrics.as_deref()).await;
         let apiserver_before = apiserver_durations(&bench.client, &EXTERNAL_METRICS_LISTS).await;
+        let apf_before = Apf::read(&bench.client).await;
         let (mut load, _) = open_loop(bench, rate, |_| {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -690,6 +699,7 @@ async fn run_system(bench: &Bench, system: System, n: usize) -> Row {
         let served_after = served_durations(&bench.load, running.server_metrics.as_deref()).await;
         load.server_p99_ms = quantile_between(&served_before, &served_after, 0.99) * 1000.0;
         let apiserver_after = apiserver_durations(&bench.client, &EXTERNAL_METRICS_LISTS).await;
+        Apf::read(&bench.client).await.since(&apf_before, &mut load);
         load.apiserver_p99_ms =
             quantile_between(&apiserver_before, &apiserver_after, 0.99) * 1000.0;
         loads.push(load);
@@ -1059,6 +1069,8 @@ async fn open_loop(
         upstream_per_s: (q1 - q0) / elapsed.as_secs_f64(),
         server_p99_ms: f64::NAN,
         apiserver_p99_ms: f64::NAN,
+        apf_wait_p99_ms: f64::NAN,
+        apf_execution_p99_ms: f64::NAN,
     };
     (load, elapsed)
 }
@@ -1070,13 +1082,54 @@ const EXTERNAL_METRICS_LISTS: [(&str, &str); 2] =
 /// The kube-apiserver's `apiserver_request_duration_seconds` buckets for the requests with
 /// `labels`, summed over the series that carry them (empty without an answer).
 async fn apiserver_durations(client: &kube::Client, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    histogram_buckets(
+        &apiserver_metrics(client).await,
+        "apiserver_request_duration_seconds",
+        labels,
+    )
+}
+
+/// The kube-apiserver's `/metrics` (empty without an answer).
+async fn apiserver_metrics(client: &kube::Client) -> String {
     let Ok(request) = http::Request::get("/metrics").body(Vec::new()) else {
-        return Vec::new();
+        return String::new();
     };
-    let Ok(text) = client.request_text(request).await else {
-        return Vec::new();
-    };
-    histogram_buckets(&text, "apiserver_request_duration_seconds", labels)
+    client.request_text(request).await.unwrap_or_default()
+}
+
+/// The flow schema of the load generator's requests: its user belongs to no system group, so
+/// API Priority and Fairness files it under the catch-all for authenticated users.
+const LOAD_FLOW: (&str, &str) = ("flow_schema", "global-default");
+
+/// The buckets of API Priority and Fairness's histograms for [`LOAD_FLOW`] at one moment.
+struct Apf {
+    wait: Vec<(f64, f64)>,
+    execution: Vec<(f64, f64)>,
+}
+
+impl Apf {
+    async fn read(client: &kube::Client) -> Self {
+        let text = apiserver_metrics(client).await;
+        Self {
+            wait: histogram_buckets(
+                &text,
+                "apiserver_flowcontrol_request_wait_duration_seconds",
+                &[LOAD_FLOW, ("execute", "true")],
+            ),
+            execution: histogram_buckets(
+                &text,
+                "apiserver_flowcontrol_request_execution_seconds",
+                &[LOAD_FLOW, ("type", "regular")],
+            ),
+        }
+    }
+
+    /// The p99s of the requests between `before` and this reading, into `load`.
+    fn since(&self, before: &Apf, load: &mut Load) {
+        load.apf_wait_p99_ms = quantile_between(&before.wait, &self.wait, 0.99) * 1000.0;
+        load.apf_execution_p99_ms =
+            quantile_between(&before.execution, &self.execution, 0.99) * 1000.0;
+    }
 }
 
 /// The buckets (upper bound, cumulative count) of ebb's served-request histogram for
@@ -1189,6 +1242,8 @@ fn report(args: &Args, rows: &[Row]) {
             "errors",
             "ebb's server p99 ms",
             "apiserver p99 ms",
+            "APF wait p99 ms",
+            "APF execution p99 ms",
         ] {
             headers.push(format!("{what} @{r}/s"));
         }
@@ -1222,6 +1277,8 @@ fn report(args: &Args, rows: &[Row]) {
                 l.errors as f64,
                 l.server_p99_ms,
                 l.apiserver_p99_ms,
+                l.apf_wait_p99_ms,
+                l.apf_execution_p99_ms,
             ]);
         }
         let max_load = r.loads.iter().max_by_key(|l| l.rate);
