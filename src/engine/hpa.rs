@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use ebb::engine::{hpa, Behavior, MetricSample, Target};
-//! let spec = hpa::HpaSpec { min_replicas: 1, max_replicas: 10, behavior: Some(Behavior::default()),
+//! let spec = hpa::HpaSpec { min_replicas: 1, max_replicas: 10, behavior: Some(Box::new(Behavior::default())),
 //!                           ..Default::default() };
 //! let mut state = hpa::ScalingState::default();
 //! let replicas = hpa::Replicas::all(2);
